@@ -1,0 +1,194 @@
+"""The built-in catalog of models, GPUs, clusters, engines and workloads, and lookups by name or path.
+
+The catalog lives in ``specs/``: inside an installed wheel at ``apex_opt/_specs``, in a source checkout at
+``<repo>/specs``. Every name goes through a :class:`Registry`, the same path third-party entries take
+(``register``); a duplicate name raises, an unknown one raises :class:`UnknownNameError` with close matches.
+
+>>> get_model("llama-3.1-70b").num_layers
+80
+>>> get_gpu("h100-sxm").name
+Traceback (most recent call last):
+...
+apex_opt.errors.UnknownNameError: unknown GPU 'h100-sxm'; did you mean 'h100-sxm-80gb'? ...
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import yaml
+
+from .errors import SpecError, UnknownNameError
+from .schema.cluster import ClusterSpec
+from .schema.engine import EngineSpec
+from .schema.gpu import GPUSpec
+from .schema.model import ModelSpec, model_from_hf_config
+
+T = TypeVar("T")
+
+
+def specs_dir() -> Path:
+    """The folder holding the built-in catalog (wheel or source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_specs", here.parent / "specs"):
+        if (candidate / "gpus").is_dir():
+            return candidate
+    raise SpecError(
+        f"the built-in catalog was not found next to {here} (looked for _specs/ and ../specs/); "
+        "reinstall apex-opt with 'pip install .' from a full checkout"
+    )
+
+
+def read_structured(path: Path) -> Any:
+    """Read a YAML or JSON file; a syntax error names the file and line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the file ({exc.strerror}); check the path") from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise SpecError(f"{path}: {where}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+class Registry(Generic[T]):
+    """Named entries of one kind, filled lazily from a loader (the built-in catalog) and by :meth:`register`."""
+
+    def __init__(self, kind: str, loader: Callable[[], dict[str, T]], hint: str = "") -> None:
+        self.kind = kind
+        self._loader = loader
+        self._entries: dict[str, T] | None = None
+        self._hint = hint
+
+    def _all(self) -> dict[str, T]:
+        if self._entries is None:
+            self._entries = dict(self._loader())
+        return self._entries
+
+    def register(self, name: str, entry: T) -> None:
+        """Add an entry; a name that exists already raises :class:`SpecError`."""
+        entries = self._all()
+        if name in entries:
+            raise SpecError(f"a {self.kind} named '{name}' is already registered; choose another name")
+        entries[name] = entry
+
+    def unregister(self, name: str) -> None:
+        self._all().pop(name, None)
+
+    def get(self, name: str) -> T:
+        entries = self._all()
+        if name in entries:
+            return entries[name]
+        lowered = {k.lower(): k for k in entries}
+        if name.lower() in lowered:
+            return entries[lowered[name.lower()]]
+        raise UnknownNameError(self.kind, name, entries, self._hint)
+
+    def names(self) -> list[str]:
+        return sorted(self._all())
+
+    def __iter__(self) -> Iterator[T]:
+        entries = self._all()
+        return iter(entries[k] for k in sorted(entries))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._all()
+
+
+def _load_dir(sub: str, build: Callable[[Path, Any], Any], suffixes: tuple[str, ...] = (".yaml", ".yml")) -> dict:
+    folder = specs_dir() / sub
+    out: dict[str, Any] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in suffixes:
+            continue
+        spec = build(path, read_structured(path))
+        out[spec.name] = spec
+    return out
+
+
+def _load_models() -> dict[str, ModelSpec]:
+    def build(path: Path, data: Any) -> ModelSpec:
+        return model_from_hf_config(data, name=path.stem, source=str(path))
+
+    return _load_dir("models", build, suffixes=(".json",))
+
+
+MODELS: Registry[ModelSpec] = Registry("model", _load_models, "Or pass a path to a Hugging Face config.json.")
+GPUS: Registry[GPUSpec] = Registry(
+    "GPU", lambda: _load_dir("gpus", lambda p, d: GPUSpec.parse(d, source=p, kind="GPU"))
+)
+CLUSTERS: Registry[ClusterSpec] = Registry(
+    "cluster",
+    lambda: _load_dir("clusters", lambda p, d: ClusterSpec.parse(d, source=p, kind="cluster")),
+    "Or pass a cluster YAML file, or the quick form --gpu NAME --nodes N --gpus-per-node M.",
+)
+ENGINES: Registry[EngineSpec] = Registry(
+    "engine", lambda: _load_dir("engines", lambda p, d: EngineSpec.parse(d, source=p, kind="engine"))
+)
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.endswith((".json", ".yaml", ".yml")) or "/" in ref or ref.startswith(".")
+
+
+def get_model(ref: str) -> ModelSpec:
+    """A catalog model by name, or any Hugging Face ``config.json`` by path."""
+    if _looks_like_path(ref):
+        path = Path(ref)
+        if not path.is_file():
+            raise SpecError(f"--model '{ref}': no such file; give a catalog name (apex-opt catalog models) or a path")
+        return model_from_hf_config(read_structured(path), name=path.stem if path.stem != "config" else path.parent.name,
+                                    source=str(path))
+    return MODELS.get(ref)
+
+
+def get_gpu(name: str) -> GPUSpec:
+    """A catalog GPU by name."""
+    return GPUS.get(name)
+
+
+def get_engine(name: str) -> EngineSpec:
+    """A catalog engine by name (vllm-0.6, vllm-v1, sglang-0.4)."""
+    return ENGINES.get(name)
+
+
+def get_cluster(ref: str) -> ClusterSpec:
+    """A catalog cluster by name, or a cluster YAML file by path; its GPU kinds must be in the catalog."""
+    if _looks_like_path(ref):
+        path = Path(ref)
+        if not path.is_file():
+            raise SpecError(f"--cluster '{ref}': no such file; give a catalog name (apex-opt catalog clusters) or a path")
+        cluster = ClusterSpec.parse(read_structured(path), source=path, kind="cluster")
+    else:
+        cluster = CLUSTERS.get(ref)
+    check_cluster_gpus(cluster)
+    return cluster
+
+
+def check_cluster_gpus(cluster: ClusterSpec) -> None:
+    """Every node group's GPU must be a catalog GPU."""
+    for i, group in enumerate(cluster.nodes):
+        if group.gpu not in GPUS:
+            err = UnknownNameError("GPU", group.gpu, GPUS.names())
+            raise SpecError(f"cluster '{cluster.name}': nodes[{i}].gpu: {err}") from None
+
+
+@lru_cache(maxsize=None)
+def load_calibration(name: str) -> dict[str, Any]:
+    """A calibration file from ``specs/calibration`` (fitted parameters, see docs/calibration.md)."""
+    folder = specs_dir() / "calibration"
+    for suffix in (".yaml", ".json"):
+        path = folder / f"{name}{suffix}"
+        if path.is_file():
+            return read_structured(path)
+    raise SpecError(f"calibration '{name}' is missing from {folder}; reinstall apex-opt")

@@ -1,0 +1,108 @@
+"""``apex-opt catalog``: list what is built in."""
+
+from __future__ import annotations
+
+import click
+
+from .. import catalog as cat
+from .render import console, echo_json, table
+
+KINDS = ("models", "gpus", "clusters", "engines", "workloads")
+
+
+def _models() -> tuple[list[str], list[dict]]:
+    rows = []
+    for m in cat.MODELS:
+        rows.append(
+            {
+                "name": m.name,
+                "architecture": m.architecture,
+                "total_params": m.total_params,
+                "active_params": m.active_params,
+                "layers": m.num_layers,
+                "hidden_size": m.hidden_size,
+                "attention": "mla" if m.is_mla else f"gqa {m.num_heads}/{m.num_kv_heads}",
+                "experts": f"{m.moe.num_experts} (top {m.moe.top_k}, {m.moe.num_shared_experts} shared)" if m.moe else "",
+                "max_context": m.max_position_embeddings,
+            }
+        )
+    return ["name", "architecture", "total_params", "active_params", "layers", "attention", "experts"], rows
+
+
+def _gpus() -> tuple[list[str], list[dict]]:
+    rows = []
+    for g in cat.GPUS:
+        rows.append(
+            {
+                "name": g.name,
+                "memory_gib": round(g.memory / 2**30, 1),
+                "memory_bandwidth_tbps": round(g.memory_bandwidth / 1e12, 2),
+                "bf16_tflops": round(g.peak("bf16") / 1e12, 1),
+                "fp8_tflops": round(g.peak_flops["fp8"] / 1e12, 1) if "fp8" in g.peak_flops else None,
+                "link": f"{g.intra_node.kind} {g.intra_node.bandwidth / 1e9:.0f}GB/s",
+                "power_w": f"{g.power.idle:.0f}-{g.power.max:.0f}",
+                "price_per_hour": g.price_per_hour,
+            }
+        )
+    cols = ["name", "memory_gib", "memory_bandwidth_tbps", "bf16_tflops", "fp8_tflops", "link", "power_w", "price_per_hour"]
+    return cols, rows
+
+
+def _clusters() -> tuple[list[str], list[dict]]:
+    rows = []
+    for c in cat.CLUSTERS:
+        rows.append(
+            {
+                "name": c.name,
+                "gpus": c.total_gpus,
+                "nodes": " + ".join(f"{g.count}x{g.gpus_per_node} {g.gpu}" for g in c.nodes),
+                "network": f"{c.network.kind} {c.network.bandwidth_per_gpu * 8 / 1e9:.0f}Gb/s per GPU",
+                "description": c.description,
+            }
+        )
+    return ["name", "gpus", "nodes", "network"], rows
+
+
+def _engines() -> tuple[list[str], list[dict]]:
+    rows = []
+    for e in cat.ENGINES:
+        rows.append(
+            {
+                "name": e.name,
+                "family": e.family,
+                "version": e.version,
+                "chunked_prefill": e.scheduler.chunked_prefill,
+                "token_budget": e.scheduler.chunked_budget,
+                "max_num_seqs": e.scheduler.max_num_seqs,
+                "block_size": e.scheduler.block_size,
+                "cuda_graphs": e.cuda_graphs.mode if e.cuda_graphs.enabled else "off",
+                "description": e.description,
+            }
+        )
+    return ["name", "family", "version", "chunked_prefill", "token_budget", "max_num_seqs", "block_size", "cuda_graphs"], rows
+
+
+def _workloads() -> tuple[list[str], list[dict]]:
+    from ..workload import list_workloads
+
+    rows = list_workloads(cat.specs_dir())
+    return list(rows[0].keys())[:6] if rows else ["name"], rows
+
+
+@click.command()
+@click.argument("kind", type=click.Choice(KINDS))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def catalog(kind: str, fmt: str) -> None:
+    """List the built-in models, GPUs, clusters, engines or workloads."""
+    columns, rows = {"models": _models, "gpus": _gpus, "clusters": _clusters, "engines": _engines,
+                     "workloads": _workloads}[kind]()
+    if fmt == "json":
+        echo_json(rows)
+        return
+
+    def show(col: str, value: object) -> str:
+        if col.endswith("_params") and isinstance(value, int):
+            return f"{value / 1e9:,.1f}B"
+        return "" if value is None else str(value)
+
+    console().print(table(f"{kind} ({len(rows)})", columns, [[show(c, r.get(c)) for c in columns] for r in rows]))

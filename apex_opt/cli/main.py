@@ -1,0 +1,68 @@
+"""``apex-opt``: the command group, and the one place library errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import click
+
+from ..errors import ApexOptError
+
+
+class ApexGroup(click.Group):
+    """A click group that turns :class:`ApexOptError` into a one-paragraph message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except ApexOptError as exc:
+            message = str(exc)
+            lines = message.splitlines() or [message]
+            first = textwrap.fill(lines[0], width=110, subsequent_indent="  ")
+            click.echo("Error: " + "\n".join([first, *lines[1:]]), err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=ApexGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="apex-opt")
+def cli() -> None:
+    """Plan, simulate and check LLM deployments on GPU clusters.
+
+    \b
+    apex-opt solve                      # the built-in example: llama-3.1-70b on 8x H100, lmsys trace
+    apex-opt solve --model llama-3.1-70b --cluster h100x8 --workload lmsys --slo ttft=200ms,tpot=50ms
+    apex-opt simulate --model llama-3.1-70b --gpu h100-sxm-80gb --tp 8 --workload lmsys
+    apex-opt estimate --model llama-3.1-70b --gpu h100-sxm-80gb --tp 8 --batch 32 --context 1024
+    apex-opt catalog models
+    """
+
+
+def _register_commands() -> None:
+    from . import catalog as catalog_cmd
+
+    cli.add_command(catalog_cmd.catalog)
+    for module_name in ("estimate", "simulate", "solve"):
+        try:
+            module = __import__(f"apex_opt.cli.{module_name}", fromlist=[module_name])
+        except ModuleNotFoundError as exc:  # a command whose module is not part of this build
+            if exc.name != f"apex_opt.cli.{module_name}":
+                raise
+            continue
+        cli.add_command(getattr(module, module_name))
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="apex-opt", standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Option types and option groups shared by the commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..errors import SpecError
+from ..schema.slo import SLO, parse_slo
+
+
+class SLOType(click.ParamType):
+    """``--slo ttft=200ms,tpot.p90=50ms,attainment=95%``"""
+
+    name = "SLO"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> SLO:
+        if isinstance(value, SLO):
+            return value
+        try:
+            return parse_slo(value)
+        except SpecError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def plan_options(func: Callable) -> Callable:
+    """--tp/--pp/--dp/--ep and the dtype options of a single plan."""
+    options = [
+        click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="tensor-parallel size"),
+        click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True, help="pipeline stages"),
+        click.option("--dp", type=click.IntRange(min=1), default=1, show_default=True, help="data-parallel replicas"),
+        click.option("--ep", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="expert-parallel size (MoE); experts split over ep ranks of the TP group"),
+        click.option("--dp-attention/--no-dp-attention", default=False,
+                     help="wide EP: attention data-parallel, experts over tp x dp ranks"),
+        click.option("--layers-per-stage", default=None, metavar="N,N,...",
+                     help="layers on each pipeline stage (default: even split)"),
+        click.option("--weight-dtype", type=click.Choice(["bf16", "fp16", "fp8", "int4"]), default="bf16",
+                     show_default=True),
+        click.option("--kv-dtype", type=click.Choice(["bf16", "fp16", "fp8"]), default="bf16", show_default=True),
+        click.option("--engine", default="vllm-0.6", show_default=True, help="vllm-0.6 | vllm-v1 | sglang-0.4"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def parse_layers(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise SpecError(f"--layers-per-stage '{value}' must be comma-separated integers, e.g. 40,40") from None

@@ -1,0 +1,92 @@
+"""The one exception hierarchy of apex-opt.
+
+Every error a user can cause derives from :class:`ApexOptError`. The CLI turns an
+``ApexOptError`` into a one-paragraph message and exit code 2 in one place
+(``apex_opt.cli.main``); anything else is a bug and keeps its traceback.
+
+Messages name the field, the value and a fix, e.g.::
+
+    specs/gpus/x.yaml: field 'memory': '80 GB' is not a size; write e.g. 80GiB or 80GB
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ApexOptError(Exception):
+    """Base class of every error apex-opt raises on purpose."""
+
+    exit_code: int = 2
+
+
+class SpecError(ApexOptError, ValueError):
+    """A spec, a unit string, an SLO or a command-line value is malformed."""
+
+
+class UnknownNameError(SpecError, KeyError):
+    """A catalog name (model, GPU, cluster, engine, workload) does not exist.
+
+    The message lists the closest known names.
+    """
+
+    def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = "") -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+        if not close:
+            close = [k for k in known if name.lower() in k.lower() or k.lower() in name.lower()][:3]
+        msg = f"unknown {kind} '{name}'"
+        if close:
+            msg += "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+        msg += f" Known {kind}s: {', '.join(known)}." if len(known) <= 12 else f" See 'apex-opt catalog {kind}s'."
+        if hint:
+            msg += " " + hint
+        super().__init__(msg)
+        self.kind = kind
+        self.name = name
+        self.close_matches = close
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class TraceError(SpecError):
+    """A workload trace has a malformed line (the message names file, line and field)."""
+
+
+class ConstraintError(ApexOptError):
+    """A user constraint function is malformed (returns a bool, is non-linear, raises)."""
+
+
+class InfeasibleError(ApexOptError):
+    """No plan satisfies the constraints; ``conflict`` lists the labels that together rule out every plan."""
+
+    def __init__(self, message: str, conflict: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.conflict = conflict
+
+
+class DoesNotFitError(InfeasibleError):
+    """A plan's weights and reserves do not fit in GPU memory (the message says by how much)."""
+
+
+class SolverError(ApexOptError):
+    """The constraint solver failed in a way that is not infeasibility (time limit with no plan, model invalid)."""
+
+
+class SimulationError(ApexOptError):
+    """A simulation cannot run as asked (e.g. a plan the engine could not start)."""
+
+
+__all__ = [
+    "ApexOptError",
+    "ConstraintError",
+    "DoesNotFitError",
+    "InfeasibleError",
+    "SimulationError",
+    "SolverError",
+    "SpecError",
+    "TraceError",
+    "UnknownNameError",
+]

@@ -1,0 +1,317 @@
+"""Operator cost model: a roofline per GEMM with fitted, shape-dependent efficiencies.
+
+A GEMM ``(m x k) @ (k x n)`` (``m`` = tokens, ``k`` = input features, ``n`` = output features per GPU)
+takes::
+
+    t = overhead + max(flops / (peak_flops * eff_c(m, n, k)),  bytes / (mem_bandwidth * eff_m(W)))
+
+    flops  = 2 m n k
+    bytes  = n k * weight_bytes + m k * act_bytes + m n * out_bytes        (W = n k * weight_bytes)
+    eff_c  = compute_max * S(m; m_half, m_exp) * S(n; n_half, n_exp) * S(k; k_half, k_exp)
+    eff_m  = mem_max * S(W; mem_half_bytes, mem_exp)
+    S(x; h, a) = 1 / (1 + (h / x) ** a)        (a smooth step from 0 to 1, half-way at x = h)
+
+so small ``m`` is memory-bound (weights stream from HBM once) and large ``m`` compute-bound. The
+parameters are fitted per GPU by ``benchmarks/fit_calibration.py`` on measured vLLM/vidur layer
+profiles (see docs/calibration.md) and only *loaded* here, from ``specs/calibration/<gpu>.json``.
+
+Low-precision GEMMs reuse the bf16 fit (there is no fp8/int4 profile data), with stated
+assumptions carried in the calibration file:
+
+* **fp8 W8A8** (``act_bytes_per_elem <= 1``): the caller passes the fp8 peak; the compute efficiency
+  is scaled by ``fp8_compute_scale`` (fp8 kernels reach a smaller fraction of their higher peak).
+* **weight-only quantization** (``weight_bytes_per_elem < act_bytes_per_elem``, e.g. int4 W4A16 or
+  fp8 weights on Ampere): math runs at the activation precision (the caller passes that peak); the
+  weights stream at their packed size plus group scales (``wq_scale_bytes_per_elem``), the
+  dequantization costs ``wq_compute_scale`` of the compute efficiency and ``wq_mem_scale`` of the
+  bandwidth efficiency.
+
+Elementwise operators (norms, rotary, activation, residual add, embedding lookup) are memory-bound::
+
+    t = overhead + bytes / (mem_bandwidth * mem_frac) + (bytes / rows) / row_bandwidth
+
+where the last term is the time one thread block needs for one row (vLLM launches one block per
+token, so at a handful of tokens a few SMs do all the work).
+
+Everything here is plain floats (or numpy arrays for ``m``/``bytes``): no spec classes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ElementwiseParams",
+    "GemmEfficiency",
+    "calibration_dir",
+    "elementwise_time",
+    "gemm_time",
+    "load_gemm_efficiency",
+    "resolve_calibration",
+]
+
+
+def _step(x: Any, half: float, exp: float) -> Any:
+    """Smooth step S(x) = 1 / (1 + (half / x) ** exp), in (0, 1); vectorised."""
+    x = np.maximum(np.asarray(x, dtype=float), 1e-30)
+    return 1.0 / (1.0 + (half / x) ** exp)
+
+
+@dataclass(frozen=True)
+class ElementwiseParams:
+    """Fitted cost of one memory-bound operator kind (see the module docstring)."""
+
+    op: str
+    mem_frac: float  # fraction of the HBM bandwidth reached on large inputs
+    overhead_s: float  # fixed kernel time
+    row_bandwidth: float  # bytes/s one thread block moves (bounds the time at few rows)
+
+
+@dataclass(frozen=True)
+class GemmEfficiency:
+    """Fitted GEMM and elementwise efficiency parameters for one GPU.
+
+    Load with :func:`load_gemm_efficiency`; ``source`` says what the numbers were fitted on (or which
+    fit was borrowed for a GPU without profiles).
+    """
+
+    gpu: str
+    source: str
+    compute_max: float
+    m_half: float
+    m_exp: float
+    n_half: float
+    n_exp: float
+    k_half: float
+    k_exp: float
+    mem_max: float
+    mem_half_bytes: float
+    mem_exp: float
+    overhead_s: float
+    fp8_compute_scale: float = 0.85
+    wq_compute_scale: float = 0.7
+    wq_mem_scale: float = 0.9
+    wq_scale_bytes_per_elem: float = 2.0 / 128.0
+    elementwise: tuple[ElementwiseParams, ...] = field(default=())
+
+    def compute_efficiency(self, m: Any, n: Any, k: Any) -> Any:
+        """Fraction of peak FLOP/s reached by a bf16/fp16 GEMM of this shape (vectorised)."""
+        return (
+            self.compute_max
+            * _step(m, self.m_half, self.m_exp)
+            * _step(n, self.n_half, self.n_exp)
+            * _step(k, self.k_half, self.k_exp)
+        )
+
+    def memory_efficiency(self, weight_bytes: Any) -> Any:
+        """Fraction of HBM bandwidth reached while streaming ``weight_bytes`` of weights."""
+        return self.mem_max * _step(weight_bytes, self.mem_half_bytes, self.mem_exp)
+
+    def elementwise_params(self, op: str) -> ElementwiseParams:
+        """The fit for ``op`` (``embedding``, ``rmsnorm``, ``rope``, ``act``, ``add``), else ``generic``."""
+        by_name = {e.op: e for e in self.elementwise}
+        if op in by_name:
+            return by_name[op]
+        if "generic" in by_name:
+            return by_name["generic"]
+        raise KeyError(f"calibration for {self.gpu} has no elementwise fit for '{op}' and no 'generic' fit")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, gpu: str | None = None, source: str | None = None) -> GemmEfficiency:
+        names = {f.name for f in fields(cls)} - {"elementwise", "gpu", "source"}
+        kwargs = {k: float(v) for k, v in data.items() if k in names}
+        ew = tuple(
+            ElementwiseParams(op=op, mem_frac=float(p["mem_frac"]), overhead_s=float(p["overhead_s"]),
+                              row_bandwidth=float(p["row_bandwidth"]))
+            for op, p in sorted(dict(data.get("elementwise", {})).items())
+        )
+        return cls(gpu=gpu or str(data.get("gpu", "")), source=source or str(data.get("source", "")),
+                   elementwise=ew, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "elementwise"}
+        out["elementwise"] = {
+            e.op: {"mem_frac": e.mem_frac, "overhead_s": e.overhead_s, "row_bandwidth": e.row_bandwidth}
+            for e in self.elementwise
+        }
+        return out
+
+
+def gemm_time(
+    m: Any,
+    n: float,
+    k: float,
+    *,
+    peak_flops: float,
+    mem_bandwidth: float,
+    eff: GemmEfficiency,
+    weight_bytes_per_elem: float = 2.0,
+    act_bytes_per_elem: float = 2.0,
+    out_bytes_per_elem: float = 2.0,
+) -> Any:
+    """Seconds for one GEMM ``(m x k) @ (k x n)`` on one GPU; ``m`` may be a numpy array.
+
+    Parameters
+    ----------
+    m, n, k : token count, output features and input features (per GPU, i.e. after sharding).
+    peak_flops : dense peak of the math precision (bf16 peak for bf16 and weight-only int4; fp8 peak
+        for W8A8), FLOP/s.
+    mem_bandwidth : HBM bandwidth, bytes/s.
+    eff : fitted parameters (:func:`load_gemm_efficiency`).
+    weight_bytes_per_elem, act_bytes_per_elem, out_bytes_per_elem : storage sizes; 2 for bf16,
+        1 for fp8, 0.5 for int4 weights (group scales are added by the model).
+
+    Returns
+    -------
+    float or numpy array of seconds (0 where ``m <= 0``).
+
+    Examples
+    --------
+    >>> e = load_gemm_efficiency("h100-sxm-80gb")
+    >>> t1 = gemm_time(1, 8192, 8192, peak_flops=989.4e12, mem_bandwidth=3.35e12, eff=e)
+    >>> t4k = gemm_time(4096, 8192, 8192, peak_flops=989.4e12, mem_bandwidth=3.35e12, eff=e)
+    >>> t1 < t4k
+    True
+    """
+    m_arr = np.asarray(m, dtype=float)
+    if peak_flops <= 0 or mem_bandwidth <= 0:
+        raise ValueError(f"peak_flops and mem_bandwidth must be positive (got {peak_flops}, {mem_bandwidth})")
+    if n <= 0 or k <= 0:
+        raise ValueError(f"GEMM dimensions must be positive (got n={n}, k={k})")
+    weight_only = weight_bytes_per_elem < act_bytes_per_elem
+    w_bytes = n * k * weight_bytes_per_elem
+    if weight_only:
+        w_bytes += n * k * eff.wq_scale_bytes_per_elem
+    m_pos = np.maximum(m_arr, 1.0)
+    flops = 2.0 * m_pos * n * k
+    moved = w_bytes + m_pos * k * act_bytes_per_elem + m_pos * n * out_bytes_per_elem
+
+    eff_c = eff.compute_efficiency(m_pos, n, k)
+    # the memory efficiency is a property of the transfer size; evaluate it at the bf16 size of
+    # the same matrix so a quantized matrix is not penalised for being smaller
+    eff_m = eff.memory_efficiency(n * k * 2.0)
+    if act_bytes_per_elem <= 1.0:
+        eff_c = eff_c * eff.fp8_compute_scale
+    if weight_only:
+        eff_c = eff_c * eff.wq_compute_scale
+        eff_m = eff_m * eff.wq_mem_scale
+    t = eff.overhead_s + np.maximum(flops / (peak_flops * eff_c), moved / (mem_bandwidth * eff_m))
+    t = np.where(m_arr > 0, t, 0.0)
+    return float(t) if np.ndim(t) == 0 else t
+
+
+def elementwise_time(
+    bytes_moved: Any,
+    *,
+    mem_bandwidth: float,
+    eff: GemmEfficiency,
+    op: str = "generic",
+    rows: Any = None,
+) -> Any:
+    """Seconds for a memory-bound operator moving ``bytes_moved`` bytes (read + written).
+
+    ``op`` selects the fitted kind (``embedding``, ``rmsnorm``, ``rope``, ``act``, ``add``; anything else
+    uses ``generic``). ``rows`` is the number of independent rows (tokens) the kernel parallelises over;
+    without it the per-row term is left out (right for large inputs).
+
+    >>> e = load_gemm_efficiency("h100-sxm-80gb")
+    >>> small = elementwise_time(2 * 4096 * 2, mem_bandwidth=3.35e12, eff=e, op="rmsnorm", rows=1)
+    >>> big = elementwise_time(2 * 4096 * 4096 * 2, mem_bandwidth=3.35e12, eff=e, op="rmsnorm", rows=4096)
+    >>> 0 < small < big
+    True
+    """
+    p = eff.elementwise_params(op)
+    b = np.asarray(bytes_moved, dtype=float)
+    t = p.overhead_s + b / (mem_bandwidth * p.mem_frac)
+    if rows is not None:
+        r = np.maximum(np.asarray(rows, dtype=float), 1.0)
+        t = t + (b / r) / p.row_bandwidth
+    t = np.where(b > 0, t, 0.0)
+    return float(t) if np.ndim(t) == 0 else t
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading calibration files
+
+
+def calibration_dir() -> Path:
+    """Directory of the fitted calibration files.
+
+    ``$APEX_OPT_CALIBRATION_DIR`` if set, else ``apex_opt/_specs/calibration`` (installed wheel),
+    else ``<checkout>/specs/calibration``.
+    """
+    env = os.environ.get("APEX_OPT_CALIBRATION_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent  # apex_opt/
+    for candidate in (here / "_specs" / "calibration", here.parent / "specs" / "calibration"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "specs" / "calibration"
+
+
+# GPU families without their own profile data and the measured fit they reuse (architecture-nearest).
+_FALLBACKS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("h200",), "h200-sxm-141gb", "Hopper"),
+    (("h100", "h800", "h20", "gh200"), "h100-sxm-80gb", "Hopper"),
+    (("b100", "b200", "b300", "gb200", "gb300"), "h100-sxm-80gb",
+     "Blackwell has no profile: Hopper (H100) efficiencies applied to the Blackwell peaks"),
+    (("a100", "a800", "a30", "a10", "a40", "l40", "l4"), "a100-sxm-80gb", "Ampere/Ada: A100 fit"),
+    (("v100",), "v100-pcie-16gb", "Volta"),
+    (("mi300", "mi325", "mi350", "mi355", "mi250"), "h100-sxm-80gb",
+     "AMD Instinct has no profile: H100 efficiencies applied to the AMD peaks (rough)"),
+)
+_DEFAULT_FALLBACK = "h100-sxm-80gb"
+
+
+def resolve_calibration(gpu_name: str) -> tuple[Path, str]:
+    """``(file, note)`` of the calibration used for ``gpu_name``; ``note`` is empty on an exact match.
+
+    Exact file name first (``specs/calibration/<gpu_name>.json``), else the architecture-nearest
+    measured fit (see ``_FALLBACKS``), else the H100 fit.
+    """
+    directory = calibration_dir()
+    key = gpu_name.strip().lower()
+    exact = directory / f"{key}.json"
+    if exact.is_file():
+        return exact, ""
+    for prefixes, target, why in _FALLBACKS:
+        if any(key.startswith(p) for p in prefixes):
+            return directory / f"{target}.json", f"fallback for {gpu_name}: {target} calibration ({why})"
+    return (directory / f"{_DEFAULT_FALLBACK}.json",
+            f"fallback for {gpu_name}: no profile and no known architecture, {_DEFAULT_FALLBACK} calibration used")
+
+
+@functools.lru_cache(maxsize=64)
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
+
+
+def load_gemm_efficiency(gpu_name: str) -> GemmEfficiency:
+    """Fitted GEMM/elementwise parameters for ``gpu_name`` (e.g. ``"h100-sxm-80gb"``).
+
+    GPUs without profiles reuse the architecture-nearest fit (B200 and MI300X use the H100 fit,
+    V100 the A100 fit); the returned ``source`` says so.
+
+    >>> load_gemm_efficiency("b200").source.startswith("fallback for b200")
+    True
+    """
+    path, note = resolve_calibration(gpu_name)
+    if not path.is_file():
+        raise FileNotFoundError(f"no calibration file {path}; run benchmarks/fit_calibration.py")
+    data = _read_json(str(path))
+    section = data["gemm"]
+    source = str(section.get("source", ""))
+    if note:
+        source = f"{note}; {source}"
+    return GemmEfficiency.from_dict(section, gpu=str(data.get("gpu", path.stem)), source=source)

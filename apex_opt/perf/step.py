@@ -1,0 +1,394 @@
+"""The time, work and energy of one engine iteration on one pipeline stage of a plan.
+
+An iteration's cost splits into parts whose dependence on the batch is known in closed form:
+
+* **token-linear operators** (GEMMs, norms, rotary, activation, residual adds, router, experts and the
+  collectives after them) depend only on the number of tokens ``T`` in the iteration; their summed time is
+  tabulated over ``T`` once per stage, in CUDA-graph and in eager form (eager: each kernel costs at least its
+  launch time on the host);
+* **prefill attention** costs ``4 * q_heads * head_dim`` FLOPs per causal query-key pair, at a fitted fraction of
+  the GPU's peak, plus reading the chunk's past KV;
+* **decode attention** reads every token of every decoding sequence's KV cache once: bytes linear in
+  ``decode_ctx_sum``, at a fitted fraction of HBM bandwidth, plus a per-sequence cost;
+* **LM head and sampler** (last stage) depend on the number of sequences that sample a token;
+* **host overhead** of the engine (scheduling, input preparation, TP broadcast), per iteration and per sequence,
+  fitted on measured runs (``specs/calibration/serving.yaml``, ``docs/calibration.md``).
+
+So ``iteration_time`` is a handful of table look-ups and multiplications, and for a pure decode batch of ``B``
+sequences it is exactly ``c0(B) + c1 * decode_ctx_sum`` (:meth:`StageCost.decode_coeffs`), which the simulator uses
+to skip ahead in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ..catalog import load_calibration
+from ..ir.parallel import ShardedOp, StageLayout, expected_max_share
+from ..schema.gpu import DTYPE_BYTES, GPUSpec
+from ..schema.model import ModelSpec
+from ..schema.plan import Plan
+from ..sim.cost import BatchShape
+from ..topology.graph import GroupLink
+from .collectives import collective_time, load_collective_params
+from .engine_rules import EngineSettings
+from .gemm import elementwise_time, gemm_time, load_gemm_efficiency
+
+#: exact tables up to this many tokens; beyond, a grid every _GRID tokens with linear interpolation
+_EXACT = 4096
+_GRID = 64
+#: IR operator kinds -> the fitted elementwise kernels of apex_opt.perf.gemm
+_ELEMENTWISE_KIND = {"norm": "rmsnorm", "rope": "rope", "act": "act", "add": "add", "embedding": "embedding"}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Numeric formats of a plan: weights, activations (math), KV cache."""
+
+    weight: str
+    math: str
+    kv: str
+
+    @classmethod
+    def of(cls, plan: Plan, gpu: GPUSpec) -> Precision:
+        math_dtype = "fp8" if plan.weight_dtype == "fp8" and "fp8" in gpu.peak_flops else "bf16"
+        return cls(plan.weight_dtype, math_dtype, plan.kv_dtype)
+
+    @property
+    def weight_bytes(self) -> float:
+        return DTYPE_BYTES[self.weight]
+
+    @property
+    def act_bytes(self) -> float:
+        return DTYPE_BYTES[self.math] if self.math != "fp8" else 1.0
+
+    @property
+    def kv_bytes(self) -> float:
+        return DTYPE_BYTES[self.kv]
+
+
+def serving_calibration() -> dict:
+    """The fitted attention, host-overhead and energy parameters (specs/calibration/serving.yaml)."""
+    return load_calibration("serving")
+
+
+def _gpu_entry(table: dict, gpu: GPUSpec) -> dict:
+    """A per-GPU calibration entry, falling back to the architecture's, then to ``default``."""
+    if gpu.name in table:
+        return {**table.get("default", {}), **table[gpu.name]}
+    for entry in table.values():
+        if isinstance(entry, dict) and entry.get("architecture") == gpu.architecture:
+            return {**table.get("default", {}), **entry}
+    return dict(table["default"])
+
+
+class StageCost:
+    """Cost of one iteration on one pipeline stage (all its ``tp`` GPUs run in lock step).
+
+    Build it with :func:`apex_opt.perf.build_replica_cost`; it implements the simulator's ``StageCost`` protocol.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        gpu: GPUSpec,
+        plan: Plan,
+        layout: StageLayout,
+        settings: EngineSettings,
+        links: dict[str, GroupLink],
+    ) -> None:
+        self.model = model
+        self.gpu = gpu
+        self.plan = plan
+        self.layout = layout
+        self.settings = settings
+        self.links = links
+        self.precision = Precision.of(plan, gpu)
+        cal = serving_calibration()
+        self._attn = _gpu_entry(cal["attention"], gpu)
+        self._host = dict(cal["engines"].get(settings.engine.overhead_profile or settings.engine.name,
+                                              cal["engines"]["default"]))
+        self._energy = dict(cal["energy"])
+        self._eff = load_gemm_efficiency(gpu.name)
+        self._coll = load_collective_params(gpu.name)
+        self.num_layers = len(layout.layers)
+        self._tables: dict[bool, np.ndarray] = {}
+        self._flop_table: np.ndarray | None = None
+        self._byte_table: np.ndarray | None = None
+        self._cap = 0
+        self._decode_cache: dict[int, tuple[float, float]] = {}
+
+    # ---------------------------------------------------------------------------------------- operator costs
+    def _peak(self) -> float:
+        return self.gpu.peak(self.precision.math)
+
+    def _op_time(self, op: ShardedOp, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seconds, FLOPs, bytes) of ``op`` for each token count (vectorised)."""
+        p = self.precision
+        bw = self.gpu.memory_bandwidth
+        kind = op.op.kind
+        zeros = np.zeros_like(tokens, dtype=float)
+        if kind in ("gemm", "router"):
+            if op.op.name == "post.lm_head":
+                return zeros, zeros, zeros  # priced per sampled sequence, see _head_time
+            wb = 2.0 if kind == "router" else p.weight_bytes
+            ab = 2.0 if kind == "router" else p.act_bytes
+            t = gemm_time(tokens, op.n, op.k, peak_flops=self._peak() if kind == "gemm" else self.gpu.peak("bf16"),
+                          mem_bandwidth=bw, eff=self._eff, weight_bytes_per_elem=wb, act_bytes_per_elem=ab,
+                          out_bytes_per_elem=2.0)
+            flops = 2.0 * tokens * op.n * op.k
+            nbytes = op.n * op.k * wb + tokens * (op.k * ab + op.n * 2.0)
+            return np.asarray(t, dtype=float), flops, nbytes
+        if kind == "experts":
+            e = self.model.moe
+            assert e is not None
+            ranks = max(1, self.plan.ep)
+            assignments = tokens * e.top_k * (self.plan.dp if self.plan.dp_attention else 1)
+            busiest = np.array([expected_max_share(a, ranks, self.plan.expert_skew) for a in assignments])
+            local = op.local_experts
+            # expected experts of this rank that receive at least one token
+            touched = local * (1.0 - np.power(1.0 - 1.0 / e.num_experts, assignments))
+            touched = np.maximum(touched, np.minimum(1.0, busiest))
+            per_expert = np.where(touched > 0, busiest / np.maximum(touched, 1e-9), 0.0)
+            t = touched * np.asarray(gemm_time(np.maximum(per_expert, 1.0), op.n, op.k, peak_flops=self._peak(),
+                                               mem_bandwidth=bw, eff=self._eff, weight_bytes_per_elem=p.weight_bytes,
+                                               act_bytes_per_elem=p.act_bytes, out_bytes_per_elem=2.0), dtype=float)
+            flops = 2.0 * busiest * op.n * op.k
+            nbytes = touched * op.n * op.k * p.weight_bytes + busiest * (op.k + op.n) * 2.0
+            return t, flops, nbytes
+        if kind == "attention":
+            return zeros, zeros, zeros  # priced from BatchShape directly
+        if kind == "sampler":
+            return zeros, zeros, zeros
+        nbytes = tokens * op.elems_per_token * 2.0
+        if kind == "embedding":
+            nbytes = tokens * self.model.hidden_size * 2.0 * 2
+        t = np.asarray(elementwise_time(nbytes, mem_bandwidth=bw, eff=self._eff, op=_ELEMENTWISE_KIND[kind],
+                                        rows=tokens), dtype=float)
+        return t, zeros, nbytes
+
+    def _comm_time(self, op: ShardedOp, tokens: np.ndarray) -> np.ndarray:
+        c = op.after
+        if c is None or c.size <= 1:
+            return np.zeros_like(tokens, dtype=float)
+        link = self.links[c.group]
+        nbytes = tokens * c.bytes_per_token
+        if op.op.name == "post.lm_head":
+            return np.zeros_like(tokens, dtype=float)
+        custom = self.settings.custom_all_reduce and c.kind == "all_reduce"
+        out = np.empty_like(tokens, dtype=float)
+        for i, nb in enumerate(nbytes):
+            out[i] = collective_time(c.kind, float(nb), c.size, nodes=link.nodes, intra_bw=link.intra_bandwidth,
+                                     inter_bw=link.inter_bandwidth, params=self._coll,
+                                     custom_allreduce=custom and nb <= 8 * 2**20)
+        return out
+
+    def _build(self, cap: int) -> None:
+        """Tabulate the token-linear part for T in [0, cap] (exact up to _EXACT, then a grid)."""
+        exact = np.arange(0, min(cap, _EXACT) + 1, dtype=float)
+        grid = np.arange(_EXACT + _GRID, cap + _GRID, _GRID, dtype=float) if cap > _EXACT else np.zeros(0)
+        tokens = np.concatenate([exact, grid])
+        t_tokens = np.maximum(tokens, 1.0)
+        graph = np.zeros_like(tokens)
+        eager = np.zeros_like(tokens)
+        flops = np.zeros_like(tokens)
+        nbytes = np.zeros_like(tokens)
+        launch = float(self._host.get("eager_launch_s", 8e-6))
+        for block, ops in self.layout.blocks.items():
+            reps = self.layout.repeat[block]
+            for op in ops:
+                t, f, b = self._op_time(op, t_tokens)
+                comm = self._comm_time(op, t_tokens)
+                kernels = 0 if op.op.kind in ("attention", "sampler") or op.op.name == "post.lm_head" else 1
+                graph += reps * (t + comm)
+                eager += reps * (np.maximum(t, launch * kernels) + np.maximum(comm, launch if op.after else 0.0))
+                flops += reps * f
+                nbytes += reps * b
+        if self.layout.send_bytes_per_token and self.plan.pp > 1:
+            link = self.links["pp"]
+            send = np.array([collective_time("send_recv", float(n) * self.layout.send_bytes_per_token, 2,
+                                             nodes=link.nodes, intra_bw=link.intra_bandwidth,
+                                             inter_bw=link.inter_bandwidth, params=self._coll) for n in t_tokens])
+            graph += send
+            eager += send
+        graph[0] = eager[0] = flops[0] = nbytes[0] = 0.0
+        self._tokens = tokens
+        self._tables = {True: graph, False: eager}
+        self._flop_table = flops
+        self._byte_table = nbytes
+        self._cap = cap
+
+    def linear_time(self, tokens: int, graph: bool) -> float:
+        """GPU time of the token-linear operators (and their collectives) for ``tokens`` tokens."""
+        if tokens > self._cap:
+            self._build(max(tokens, 2 * self._cap, 1024))
+        table = self._tables[graph]
+        if tokens <= _EXACT:
+            return float(table[tokens])
+        return float(np.interp(tokens, self._tokens, table))
+
+    def _table_value(self, table: np.ndarray, tokens: int) -> float:
+        if tokens <= _EXACT:
+            return float(table[tokens])
+        return float(np.interp(tokens, self._tokens, table))
+
+    # ---------------------------------------------------------------------------------------- attention
+    @cached_property
+    def _attn_coeffs(self) -> tuple[float, float, float, float]:
+        """(s per prefill pair, s per decode context token, s per decode sequence, s per prefill chunk)."""
+        m = self.model
+        layers = self.num_layers
+        attn = [op for ops in self.layout.blocks.values() for op in ops if op.op.kind == "attention"]
+        if not attn or layers == 0:
+            return 0.0, 0.0, 0.0, 0.0
+        q_heads = attn[0].q_heads
+        if m.mla:
+            qk = m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim
+            flops_pair = 2.0 * q_heads * (qk + m.mla.v_head_dim)
+        else:
+            flops_pair = 4.0 * q_heads * m.head_dim
+        peak = self.gpu.peak("bf16")
+        s_pair = layers * flops_pair / (peak * float(self._attn["prefill_efficiency"]))
+        kv_token = m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes
+        s_ctx = layers * kv_token / (self.gpu.memory_bandwidth * float(self._attn["decode_bw_efficiency"]))
+        if m.mla:  # absorbed MLA decode: each query head multiplies the latent cache
+            s_ctx = max(s_ctx, layers * 2.0 * q_heads * (2 * m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) /
+                        (peak * float(self._attn["prefill_efficiency"])))
+        s_seq = layers * float(self._attn["decode_seq_s"])
+        s_chunk = layers * float(self._attn.get("prefill_chunk_s", 0.0))
+        return s_pair, s_ctx, s_seq, s_chunk
+
+    # ---------------------------------------------------------------------------------------- LM head, host
+    def _head_time(self, seqs: int) -> float:
+        if not self.layout.is_last or seqs <= 0:
+            return 0.0
+        m = self.model
+        tp = self.plan.tp
+        vocab = math.ceil(m.vocab_size / tp)
+        t = float(gemm_time(np.array([float(seqs)]), vocab, m.hidden_size, peak_flops=self.gpu.peak("bf16"),
+                            mem_bandwidth=self.gpu.memory_bandwidth, eff=self._eff, weight_bytes_per_elem=2.0,
+                            act_bytes_per_elem=2.0, out_bytes_per_elem=4.0)[0])
+        if tp > 1:
+            link = self.links["tp"]
+            t += collective_time("all_gather", seqs * m.vocab_size * 4.0, tp, nodes=link.nodes,
+                                 intra_bw=link.intra_bandwidth, inter_bw=link.inter_bandwidth, params=self._coll)
+        t += float(elementwise_time(np.array([seqs * m.vocab_size * 4.0 * 3]),
+                                    mem_bandwidth=self.gpu.memory_bandwidth, eff=self._eff)[0])
+        return t
+
+    def host_time(self, b: BatchShape) -> float:
+        """Engine host overhead of one iteration (scheduling, input preparation, broadcast, sampling glue)."""
+        if not self.layout.is_first:
+            return 0.0
+        h = self._host
+        t = float(h["step_s"]) + float(h["per_seq_s"]) * b.num_seqs
+        t += float(h.get("per_tp_rank_s", 0.0)) * (self.plan.tp - 1)
+        if b.has_prefill:
+            t += float(h.get("prefill_step_s", 0.0)) + float(h.get("per_prefill_token_s", 0.0)) * (
+                b.num_tokens - b.num_decodes)
+        return t
+
+    # ---------------------------------------------------------------------------------------- the protocol
+    def uses_graph(self, b: BatchShape) -> bool:
+        s = self.settings
+        if not s.cuda_graphs:
+            return False
+        if s.engine.cuda_graphs.mode == "piecewise-tokens":
+            return b.num_tokens <= (s.engine.cuda_graphs.max_tokens or 512)
+        return (not b.has_prefill) and b.num_decodes <= s.graph_max_batch
+
+    def graph_tokens(self, b: BatchShape) -> int:
+        """Tokens the GPU actually runs: decode graphs pad the batch to 1, 2, 4, then multiples of 8."""
+        n = b.num_tokens
+        if not self.uses_graph(b) or n <= 0:
+            return n
+        if n <= 2:
+            return n
+        if n <= 4:
+            return 4
+        return int(math.ceil(n / 8) * 8)
+
+    def iteration_time(self, b: BatchShape) -> float:
+        if b.num_tokens <= 0:
+            return 0.0
+        graph = self.uses_graph(b)
+        s_pair, s_ctx, s_seq, s_chunk = self._attn_coeffs
+        t = self.linear_time(self.graph_tokens(b), graph)
+        prefill_seqs = b.num_seqs - b.num_decodes
+        t += s_pair * b.prefill_pairs + s_chunk * prefill_seqs
+        t += s_ctx * b.decode_ctx_sum + s_seq * b.num_decodes
+        t += self._head_time(b.num_seqs)
+        return t + self.host_time(b)
+
+    def decode_coeffs(self, num_decodes: int) -> tuple[float, float]:
+        cached = self._decode_cache.get(num_decodes)
+        if cached is not None:
+            return cached
+        b = BatchShape(num_tokens=num_decodes, num_seqs=num_decodes, num_decodes=num_decodes, decode_ctx_sum=0,
+                       prefill_pairs=0.0, has_prefill=False)
+        c0 = self.iteration_time(b)
+        c1 = self._attn_coeffs[1]
+        self._decode_cache[num_decodes] = (c0, c1)
+        return c0, c1
+
+    def flops(self, b: BatchShape) -> float:
+        """FLOPs one GPU of this stage executes in the iteration."""
+        if b.num_tokens <= 0:
+            return 0.0
+        self.linear_time(b.num_tokens, True)
+        assert self._flop_table is not None
+        m = self.model
+        attn = 0.0
+        if self._attn_coeffs[0]:
+            attn = self._attn_coeffs[0] * b.prefill_pairs * self.gpu.peak("bf16") * float(
+                self._attn["prefill_efficiency"])
+        head = 2.0 * b.num_seqs * m.hidden_size * m.vocab_size / self.plan.tp if self.layout.is_last else 0.0
+        return self._table_value(self._flop_table, b.num_tokens) + attn + head
+
+    def bytes(self, b: BatchShape) -> float:
+        """HBM bytes one GPU of this stage moves in the iteration."""
+        if b.num_tokens <= 0:
+            return 0.0
+        self.linear_time(b.num_tokens, True)
+        assert self._byte_table is not None
+        m = self.model
+        kv = m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes * self.num_layers
+        head = m.hidden_size * m.vocab_size * 2.0 / self.plan.tp if self.layout.is_last else 0.0
+        return self._table_value(self._byte_table, b.num_tokens) + kv * b.decode_ctx_sum + head
+
+    def idle_power(self) -> float:
+        """Watts the stage's GPUs draw while idle."""
+        return self.plan.tp * self.gpu.power.idle
+
+    def power(self, b: BatchShape, seconds: float) -> float:
+        """Watts the stage's GPUs draw during the iteration: idle plus activity-driven dynamic power."""
+        if seconds <= 0:
+            return self.idle_power()
+        u_c = self.flops(b) / (self._peak() * seconds)
+        u_m = self.bytes(b) / (self.gpu.memory_bandwidth * seconds)
+        activity = min(1.0, float(self._energy["compute_weight"]) * u_c + float(self._energy["memory_weight"]) * u_m
+                       + float(self._energy["busy_floor"]))
+        p = self.gpu.power
+        return self.plan.tp * (p.idle + (p.max - p.idle) * activity)
+
+    def energy(self, b: BatchShape, seconds: float) -> float:
+        return self.power(b, seconds) * seconds
+
+
+@dataclass(frozen=True)
+class ReplicaCost:
+    """The stages of one replica and the pipeline send cost between them."""
+
+    stages: tuple[StageCost, ...]
+
+    def send_time(self, num_tokens: int) -> float:
+        # the send of activations is folded into each non-last stage's token table
+        return 0.0
+
+    @property
+    def gpus(self) -> int:
+        return sum(s.plan.tp for s in self.stages)

@@ -1,0 +1,102 @@
+"""Cluster specs: node groups of one GPU kind each, an intra-node fabric and an inter-node network."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..units import Bandwidth, Seconds
+from .base import Spec
+
+
+class NodeGroup(Spec):
+    """``count`` identical nodes of ``gpus_per_node`` GPUs of kind ``gpu``."""
+
+    gpu: str
+    count: int = Field(ge=1, description="number of nodes")
+    gpus_per_node: int = Field(ge=1, le=72)
+    fabric: Literal["nvswitch", "nvlink-mesh", "pcie", "infinity-fabric"] = "nvswitch"
+
+
+class Network(Spec):
+    """The scale-out network, per GPU (one NIC per GPU)."""
+
+    kind: str = "infiniband-ndr"
+    bandwidth_per_gpu: Bandwidth = Field(gt=0)
+    latency: Seconds = Field(default=5e-6, ge=0)
+
+
+class ClusterSpec(Spec):
+    """A cluster.
+
+    >>> c = ClusterSpec.homogeneous("h100-sxm-80gb", nodes=2, gpus_per_node=8)
+    >>> c.total_gpus, c.gpus_per_node, c.is_heterogeneous
+    (16, 8, False)
+    """
+
+    name: str
+    description: str = ""
+    nodes: tuple[NodeGroup, ...] = Field(min_length=1)
+    network: Network = Network(bandwidth_per_gpu=50e9)
+
+    @model_validator(mode="after")
+    def _unique_gpu_groups(self) -> ClusterSpec:
+        kinds = [g.gpu for g in self.nodes]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("each GPU kind appears in one node group only; merge groups of the same gpu")
+        return self
+
+    @classmethod
+    def homogeneous(
+        cls,
+        gpu: str,
+        nodes: int = 1,
+        gpus_per_node: int = 8,
+        *,
+        fabric: str | None = None,
+        network_bandwidth: str | float = "400Gb/s",
+        name: str | None = None,
+    ) -> ClusterSpec:
+        """The quick form ``--gpu NAME --nodes N --gpus-per-node M``."""
+        if fabric is None:
+            fabric = "pcie" if gpu.startswith(("l40", "v100-pcie", "a100-pcie")) else (
+                "infinity-fabric" if gpu.startswith("mi") else "nvswitch"
+            )
+        return cls.parse(
+            {
+                "name": name or f"{nodes}x{gpus_per_node}-{gpu}",
+                "nodes": [{"gpu": gpu, "count": nodes, "gpus_per_node": gpus_per_node, "fabric": fabric}],
+                "network": {"bandwidth_per_gpu": network_bandwidth},
+            },
+            source="--gpu/--nodes/--gpus-per-node",
+            kind="cluster",
+        )
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(g.count * g.gpus_per_node for g in self.nodes)
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(g.count for g in self.nodes)
+
+    @property
+    def is_heterogeneous(self) -> bool:
+        return len(self.nodes) > 1
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs per node (the smallest group's, on a heterogeneous cluster)."""
+        return min(g.gpus_per_node for g in self.nodes)
+
+    @property
+    def gpu(self) -> str:
+        """The GPU kind of the first (or only) node group."""
+        return self.nodes[0].gpu
+
+    def group(self, gpu: str) -> NodeGroup:
+        for g in self.nodes:
+            if g.gpu == gpu:
+                return g
+        raise KeyError(gpu)

@@ -1,0 +1,86 @@
+"""Serving-engine specs: the scheduler family and the knobs a plan runs under, with the engine's real defaults.
+
+The rules behind each knob are in ``docs/engines.md`` (vLLM 0.6 V0, vLLM V1, SGLang 0.4, read from their source).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..units import Bytes, Fraction, Seconds
+from .base import Spec
+
+Family = Literal["vllm-v0", "vllm-v1", "sglang"]
+
+
+class SchedulerKnobs(Spec):
+    chunked_prefill: Literal["auto", "on", "off"] = "auto"
+    #: vLLM 0.6: chunked prefill switches itself on when max_model_len exceeds this
+    chunked_prefill_auto_above: int | None = 32768
+    #: token budget with chunked prefill on (vLLM 0.6: 512; V1: 8192 on >=70 GiB GPUs; SGLang: chunked_prefill_size)
+    chunked_budget: int = Field(default=512, ge=1)
+    #: token budget with chunked prefill off: max(max_model_len, this)
+    unchunked_budget_floor: int = Field(default=2048, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1)
+    block_size: int = Field(default=16, ge=1)
+    watermark: float = Field(default=0.01, ge=0, lt=1)
+    #: SGLang: input tokens per prefill batch
+    max_prefill_tokens: int | None = None
+    #: SGLang new_token_ratio schedule
+    new_token_ratio_init: float = 0.7
+    new_token_ratio_min: float = 0.098
+    new_token_ratio_decay_steps: int = 600
+    #: SGLang: cap on max_new_tokens counted per request in admission
+    clip_max_new_tokens: int = 4096
+
+
+class MemoryKnobs(Spec):
+    #: vLLM: gpu_memory_utilization; SGLang: mem_fraction_static (by TP size below when not given)
+    gpu_memory_utilization: Fraction = 0.9
+    #: SGLang's mem_fraction_static by TP size: {min_tp: fraction}
+    mem_fraction_by_tp: dict[int, float] | None = None
+    #: activation peak the profile run holds: bytes per batched token per hidden element (fitted form in docs)
+    profile_activation: Literal["vllm-profile-run", "sglang-static"] = "vllm-profile-run"
+    #: fixed non-torch memory per GPU (CUDA context, NCCL buffers) counted by the profile run
+    fixed_overhead: Bytes = 1.5 * 2**30
+
+
+class CudaGraphKnobs(Spec):
+    enabled: bool = True
+    #: largest decode batch with a captured graph (vLLM 0.6: 256; SGLang: 160)
+    max_batch: int = Field(default=256, ge=1)
+    #: vLLM 0.6: graphs only when the longest decode context <= this (max_seq_len_to_capture)
+    max_context: int | None = 8192
+    #: which iterations may use graphs: decode-only (vLLM 0.6, SGLang) or any batch of <= max_tokens tokens (V1)
+    mode: Literal["decode-only", "piecewise-tokens"] = "decode-only"
+    max_tokens: int | None = None
+
+
+class EngineSpec(Spec):
+    """One serving engine and version with its defaults.
+
+    >>> from apex_opt.catalog import get_engine
+    >>> e = get_engine("vllm-0.6")
+    >>> e.family, e.scheduler.max_num_seqs, e.scheduler.block_size
+    ('vllm-v0', 256, 16)
+    """
+
+    name: str
+    family: Family
+    version: str
+    description: str = ""
+    scheduler: SchedulerKnobs = SchedulerKnobs()
+    memory: MemoryKnobs = MemoryKnobs()
+    cuda_graphs: CudaGraphKnobs = CudaGraphKnobs()
+    #: vLLM async output processing / SGLang overlap scheduler: finished requests run one extra step
+    async_output: bool = True
+    #: when the engine stamps a token: after the iteration's forward ("forward"), or when its outputs are
+    #: processed during the next iteration ("next-iteration", vLLM 0.6 async output processing)
+    metrics_stamp: Literal["forward", "next-iteration"] = "next-iteration"
+    #: name of the host-overhead calibration in specs/calibration/engines.yaml
+    overhead_profile: str = ""
+    launch_flags: dict[str, str] = Field(default_factory=dict)
+    max_step_gap: Seconds = 0.0
+    sources: dict[str, str] = Field(default_factory=dict)

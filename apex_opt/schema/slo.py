@@ -1,0 +1,102 @@
+"""Service-level objectives and their grammar.
+
+``ttft=200ms,tpot=50ms`` bounds the means; ``ttft.p99=1s,tpot.p90=60ms,attainment=95%`` bounds
+percentiles and sets the share of requests that must meet both per-request thresholds.
+
+>>> s = parse_slo("ttft=200ms,tpot=50ms")
+>>> s.ttft, s.ttft_stat, s.tpot, s.attainment
+(0.2, 'mean', 0.05, 0.9)
+>>> parse_slo("ttft.p99=1s,tpot.p90=60ms,attainment=95%").describe()
+'ttft.p99<=1s, tpot.p90<=60.0ms, attainment>=95%'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ..errors import SpecError
+from ..units import format_time, parse_fraction, parse_time
+from .base import Spec
+
+Stat = Literal["mean", "p50", "p90", "p95", "p99"]
+_STATS = ("mean", "p50", "p90", "p95", "p99")
+_METRICS = ("ttft", "tpot", "e2e")
+
+
+class SLO(Spec):
+    """Latency bounds (seconds) with the statistic each applies to, and the attainment target.
+
+    A request *attains* when its TTFT <= ``ttft`` and its TPOT <= ``tpot`` (and e2e <= ``e2e`` if set).
+    A plan *meets* the SLO when every bounded statistic holds and the attaining share >= ``attainment``.
+    """
+
+    ttft: float | None = Field(default=None, gt=0)
+    ttft_stat: Stat = "mean"
+    tpot: float | None = Field(default=None, gt=0)
+    tpot_stat: Stat = "mean"
+    e2e: float | None = Field(default=None, gt=0)
+    e2e_stat: Stat = "mean"
+    attainment: float = Field(default=0.9, ge=0, le=1)
+
+    @field_validator("ttft", "tpot", "e2e")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and v != v:
+            raise ValueError("must be a number")
+        return v
+
+    def describe(self) -> str:
+        parts = []
+        for metric in _METRICS:
+            bound = getattr(self, metric)
+            if bound is not None:
+                parts.append(f"{metric}.{getattr(self, metric + '_stat')}<={format_time(bound)}".replace(".mean", ""))
+        parts.append(f"attainment>={self.attainment * 100:.0f}%")
+        return ", ".join(parts)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.ttft is None and self.tpot is None and self.e2e is None
+
+
+_ITEM = re.compile(r"^\s*([a-z2]+)(?:\.([a-z0-9]+))?\s*=\s*(.+?)\s*$")
+
+
+def parse_slo(text: str | None) -> SLO:
+    """Parse the SLO grammar used by ``--slo`` (see the module docstring)."""
+    if text is None or not text.strip():
+        return SLO()
+    values: dict[str, object] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        match = _ITEM.match(item)
+        if not match:
+            raise SpecError(
+                f"--slo item '{item.strip()}' is not of the form metric[.stat]=value; "
+                "write e.g. ttft=200ms,tpot.p90=50ms,attainment=95%"
+            )
+        metric, stat, raw = match.groups()
+        if metric == "attainment":
+            if stat:
+                raise SpecError(f"--slo 'attainment' takes no statistic (got 'attainment.{stat}'); write attainment=95%")
+            values["attainment"] = parse_fraction(raw)
+            continue
+        if metric not in _METRICS:
+            raise SpecError(
+                f"--slo metric '{metric}' is unknown; use ttft, tpot, e2e or attainment (e.g. ttft=200ms,tpot=50ms)"
+            )
+        stat = stat or "mean"
+        if stat not in _STATS:
+            raise SpecError(f"--slo statistic '{metric}.{stat}' is unknown; use one of {', '.join(_STATS)}")
+        if not re.search(r"[a-zµ]\s*$", raw):
+            raise SpecError(f"--slo value '{metric}={raw}' has no unit; write e.g. {metric}={raw}ms")
+        seconds = parse_time(raw)
+        if seconds <= 0:
+            raise SpecError(f"--slo value '{metric}={raw}' must be positive; write e.g. {metric}=200ms")
+        values[metric] = seconds
+        values[f"{metric}_stat"] = stat
+    return SLO.parse(values, source="--slo", kind="SLO")

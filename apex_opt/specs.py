@@ -1,0 +1,81 @@
+"""The inputs of one planning problem, resolved from names, paths and expressions into specs.
+
+>>> s = load_specs(model="llama-3.1-70b", cluster="h100x8", workload="lmsys", slo="ttft=200ms,tpot=50ms")
+>>> s.model.name, s.cluster.total_gpus, s.gpu.name, len(s.workload), s.slo.tpot
+('llama-3.1-70b', 8, 'h100-sxm-80gb', 1024, 0.05)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .catalog import check_cluster_gpus, get_cluster, get_engine, get_gpu, get_model, specs_dir
+from .errors import SpecError
+from .schema.cluster import ClusterSpec
+from .schema.engine import EngineSpec
+from .schema.gpu import GPUSpec
+from .schema.model import ModelSpec
+from .schema.slo import SLO, parse_slo
+from .workload import Workload, load_workload
+
+DEFAULT_MODEL = "llama-3.1-70b"
+DEFAULT_CLUSTER = "h100x8"
+DEFAULT_WORKLOAD = "lmsys"
+DEFAULT_ENGINE = "vllm-0.6"
+DEFAULT_SLO = "ttft=200ms,tpot=50ms"
+
+
+@dataclass(frozen=True)
+class Specs:
+    """Model, cluster (with its GPU specs), engine, workload and SLO of one problem."""
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    engine: EngineSpec
+    workload: Workload
+    slo: SLO
+    gpus: dict[str, GPUSpec]
+
+    @property
+    def gpu(self) -> GPUSpec:
+        """The GPU of the first (or only) node group."""
+        return self.gpus[self.cluster.gpu]
+
+
+def resolve_cluster(cluster: str | ClusterSpec | None = None, *, gpu: str | None = None, nodes: int | None = None,
+                    gpus_per_node: int | None = None) -> ClusterSpec:
+    """A cluster from a catalog name / file, or from the quick form ``gpu`` x ``nodes`` x ``gpus_per_node``."""
+    if isinstance(cluster, ClusterSpec):
+        check_cluster_gpus(cluster)
+        return cluster
+    if cluster is not None and gpu is not None:
+        raise SpecError("give either --cluster or --gpu (with --nodes/--gpus-per-node), not both")
+    if gpu is not None:
+        get_gpu(gpu)
+        if nodes is not None and nodes < 1:
+            raise SpecError(f"--nodes {nodes}: must be at least 1")
+        if gpus_per_node is not None and gpus_per_node < 1:
+            raise SpecError(f"--gpus-per-node {gpus_per_node}: must be at least 1")
+        return ClusterSpec.homogeneous(gpu, nodes or 1, gpus_per_node or 8)
+    return get_cluster(cluster or DEFAULT_CLUSTER)
+
+
+def load_specs(
+    model: str | ModelSpec = DEFAULT_MODEL,
+    cluster: str | ClusterSpec | None = None,
+    *,
+    gpu: str | None = None,
+    nodes: int | None = None,
+    gpus_per_node: int | None = None,
+    engine: str | EngineSpec = DEFAULT_ENGINE,
+    workload: str | Workload = DEFAULT_WORKLOAD,
+    slo: str | SLO | None = DEFAULT_SLO,
+) -> Specs:
+    """Resolve every input of a problem; unknown names raise :class:`UnknownNameError` with close matches."""
+    model_spec = model if isinstance(model, ModelSpec) else get_model(model)
+    cluster_spec = resolve_cluster(cluster, gpu=gpu, nodes=nodes, gpus_per_node=gpus_per_node)
+    engine_spec = engine if isinstance(engine, EngineSpec) else get_engine(engine)
+    wl = workload if isinstance(workload, Workload) else load_workload(workload, specs_dir=specs_dir())
+    slo_spec = slo if isinstance(slo, SLO) else parse_slo(slo)
+    gpus = {g.gpu: get_gpu(g.gpu) for g in cluster_spec.nodes}
+    return Specs(model_spec, cluster_spec, engine_spec, wl, slo_spec, gpus)

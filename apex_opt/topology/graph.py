@@ -1,0 +1,143 @@
+"""The cluster as a networkx graph of GPUs, NVSwitches / PCIe switches, NICs and the network fabric.
+
+Edges carry ``bandwidth`` (bytes/s, one direction) and ``latency`` (s). A device group's collective cost comes from
+the graph: the bottleneck bandwidth along the paths the group uses, and whether it spans nodes.
+
+>>> from apex_opt.catalog import get_cluster
+>>> topo = Topology.build(get_cluster("h100x16"))
+>>> topo.num_gpus, topo.group_link(range(8)).nodes, topo.group_link(range(16)).nodes
+(16, 1, 2)
+>>> topo.group_link(range(8)).bandwidth / 1e9, topo.group_link(range(16)).bandwidth / 1e9
+(450.0, 50.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import networkx as nx
+
+from ..schema.cluster import ClusterSpec
+from ..schema.gpu import GPUSpec
+
+
+@dataclass(frozen=True)
+class GroupLink:
+    """What a device group communicates over."""
+
+    size: int
+    nodes: int
+    fabric: str  # nvswitch | nvlink-mesh | pcie | infinity-fabric | network
+    bandwidth: float  # bottleneck per-GPU bandwidth, bytes/s one direction
+    intra_bandwidth: float
+    inter_bandwidth: float | None
+    latency: float
+
+
+@dataclass(frozen=True)
+class GPUSlot:
+    index: int
+    node: int
+    local: int
+    kind: str
+
+
+class Topology:
+    """GPUs numbered node by node; ``slots[i]`` says where GPU ``i`` sits."""
+
+    def __init__(self, graph: nx.Graph, slots: tuple[GPUSlot, ...], cluster: ClusterSpec) -> None:
+        self.graph = graph
+        self.slots = slots
+        self.cluster = cluster
+
+    @classmethod
+    def build(cls, cluster: ClusterSpec, gpus: dict[str, GPUSpec] | None = None) -> Topology:
+        """Build the graph; ``gpus`` maps GPU names to specs (the catalog by default)."""
+        if gpus is None:
+            from ..catalog import get_gpu
+
+            gpus = {g.gpu: get_gpu(g.gpu) for g in cluster.nodes}
+        g = nx.Graph()
+        net = cluster.network
+        g.add_node("fabric", kind="network")
+        slots = []
+        node_index = 0
+        for group in cluster.nodes:
+            spec = gpus[group.gpu]
+            link = spec.intra_node
+            if group.fabric == "pcie" or link.kind.startswith("pcie"):
+                intra_bw = (spec.host_link.bandwidth if spec.host_link else link.bandwidth)
+                intra_bw = min(intra_bw, link.bandwidth)
+                fabric = "pcie"
+            else:
+                intra_bw = link.bandwidth
+                fabric = group.fabric
+            for _ in range(group.count):
+                switch = f"n{node_index}/switch"
+                g.add_node(switch, kind=fabric, node=node_index)
+                for local in range(group.gpus_per_node):
+                    idx = len(slots)
+                    gpu = f"gpu{idx}"
+                    nic = f"n{node_index}/nic{local}"
+                    g.add_node(gpu, kind="gpu", node=node_index, local=local, gpu=group.gpu)
+                    g.add_node(nic, kind="nic", node=node_index)
+                    g.add_edge(gpu, switch, bandwidth=intra_bw, latency=link.latency, fabric=fabric)
+                    g.add_edge(gpu, nic, bandwidth=min(net.bandwidth_per_gpu, intra_bw * 4), latency=0.0,
+                               fabric="pcie")
+                    g.add_edge(nic, "fabric", bandwidth=net.bandwidth_per_gpu, latency=net.latency, fabric="network")
+                    slots.append(GPUSlot(idx, node_index, local, group.gpu))
+                node_index += 1
+        return cls(g, tuple(slots), cluster)
+
+    @property
+    def num_gpus(self) -> int:
+        return len(self.slots)
+
+    def path_link(self, a: int, b: int) -> tuple[float, float, str]:
+        """Bottleneck bandwidth, summed latency and the slowest fabric on the shortest path from GPU a to b."""
+        return _path_link(self, a, b)
+
+    def group_link(self, members: Iterable[int]) -> GroupLink:
+        """How a group of GPU indices communicates: nodes spanned, bottleneck bandwidth, latency."""
+        members = tuple(members)
+        nodes = sorted({self.slots[i].node for i in members})
+        first = members[0]
+        intra = [self.path_link(first, m) for m in members[1:] if self.slots[m].node == self.slots[first].node]
+        cross = [self.path_link(first, m) for m in members[1:] if self.slots[m].node != self.slots[first].node]
+        # sample one peer per other node: all nodes of a group are built alike
+        intra_bw = min((bw for bw, _, _ in intra), default=self._local_bandwidth(first))
+        intra_lat = max((lat for _, lat, _ in intra), default=0.0)
+        if cross:
+            inter_bw = min(bw for bw, _, _ in cross)
+            latency = max(lat for _, lat, _ in cross)
+            return GroupLink(len(members), len(nodes), "network", inter_bw, intra_bw, inter_bw, latency)
+        fabric = self.graph.nodes[f"n{self.slots[first].node}/switch"]["kind"]
+        return GroupLink(len(members), 1, fabric, intra_bw, intra_bw, None, intra_lat)
+
+    def _local_bandwidth(self, gpu: int) -> float:
+        switch = f"n{self.slots[gpu].node}/switch"
+        return self.graph.edges[f"gpu{gpu}", switch]["bandwidth"]
+
+    def nodes_of(self, members: Iterable[int]) -> int:
+        return len({self.slots[i].node for i in members})
+
+
+@lru_cache(maxsize=4096)
+def _path_link_cached(topo_id: int, a: int, b: int, topo: Topology) -> tuple[float, float, str]:
+    path = nx.shortest_path(topo.graph, f"gpu{a}", f"gpu{b}")
+    bw = float("inf")
+    lat = 0.0
+    fabric = ""
+    for u, v in zip(path, path[1:]):
+        e = topo.graph.edges[u, v]
+        if e["bandwidth"] < bw:
+            bw = e["bandwidth"]
+            fabric = e["fabric"]
+        lat += e["latency"]
+    return bw, lat, fabric
+
+
+def _path_link(topo: Topology, a: int, b: int) -> tuple[float, float, str]:
+    return _path_link_cached(id(topo), a, b, topo)
