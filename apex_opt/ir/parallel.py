@@ -152,8 +152,8 @@ def _shard(op: Op, m: ModelSpec, p: Plan, act_bytes: float) -> ShardedOp:
         k = op.k // moe_tp if op.tp_split == "row" else op.k
         after = None
         if op.reduces:
-            if wide:
-                after = Collective("alltoall", "ep", span, h * act_bytes * e.top_k)
+            if wide:  # dispatch to the experts and combine back: two all-to-alls of top_k copies per token
+                after = Collective("alltoall", "ep", span, 2 * h * act_bytes * e.top_k)
             elif tp > 1:
                 after = Collective("all_reduce", "tp", tp, h * act_bytes)
         return ShardedOp(op, n=n, k=k, weight_elems=n * k * local, local_experts=local,

@@ -256,10 +256,10 @@ def read_collective_profiles(gpu: str, root: Path | None = None, *, apex_dtype: 
                 rows += _vidur_rows(folder / f"{kind}.csv", kind, f"vidur_{dataset}")
     if not rows:
         return CollectiveRows(*(np.array([]) for _ in range(6)))
-    ds, kind, nbytes, n, nodes, sec = zip(*rows, strict=True)
-    return CollectiveRows(dataset=np.array(ds, dtype=object), kind=np.array(kind, dtype=object),
-                          nbytes=np.array(nbytes, dtype=float), n=np.array(n, dtype=float),
-                          nodes=np.array(nodes, dtype=float), seconds=np.array(sec, dtype=float))
+    cols = list(zip(*rows, strict=True))
+    return CollectiveRows(dataset=np.array(cols[0], dtype=object), kind=np.array(cols[1], dtype=object),
+                          nbytes=np.array(cols[2], dtype=float), n=np.array(cols[3], dtype=float),
+                          nodes=np.array(cols[4], dtype=float), seconds=np.array(cols[5], dtype=float))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,12 +329,14 @@ def fit_gemm(rows: OperatorRows, *, peak_flops: float, mem_bandwidth: float, gpu
     """Fit the GEMM roofline efficiencies on the GEMM rows of ``rows``."""
     sub = rows.select(np.isin(rows.op, GEMM_OPS))
 
-    def residuals(p: dict[str, float]) -> np.ndarray:
-        eff = GemmEfficiency(gpu=gpu, source="", **p, **assumptions)
-        return np.log(predict_operators(sub, eff, peak_flops=peak_flops, mem_bandwidth=mem_bandwidth) / sub.seconds)
+    def make(p: dict[str, float]) -> GemmEfficiency:
+        return GemmEfficiency.from_dict({**p, **assumptions}, gpu=gpu, source="")
 
-    best = _least_squares(GEMM_PARAMS, residuals)
-    return GemmEfficiency(gpu=gpu, source="", **best, **assumptions)
+    def residuals(p: dict[str, float]) -> np.ndarray:
+        pred = predict_operators(sub, make(p), peak_flops=peak_flops, mem_bandwidth=mem_bandwidth)
+        return np.log(pred / sub.seconds)
+
+    return make(_least_squares(GEMM_PARAMS, residuals))
 
 
 EW_PARAMS = (
@@ -393,16 +395,16 @@ def predict_collectives(rows: CollectiveRows, params: CollectiveParams, ctx: Ban
 
 
 FABRIC_PARAMS = (
-    Param("latency_s", 8e-6, 5e-7, 5e-3, log=True),
-    Param("latency_log2n_s", 2e-6, 0.0, 2e-3),
+    Param("latency_s", 6e-6, 1e-6, 5e-3, log=True),
+    Param("latency_step_s", 0.5e-6, 0.0, 2e-3),
     Param("eff_all_reduce", 0.8, 0.01, 1.0),
     Param("eff_all_gather", 0.8, 0.01, 1.0),
     Param("eff_reduce_scatter", 0.8, 0.01, 1.0),
     Param("eff_alltoall", 0.8, 0.01, 1.0),
     Param("eff_send_recv", 0.8, 0.01, 1.0),
     Param("small_n_penalty", 0.3, 0.0, 1.5),
-    Param("ramp_bytes", 1e6, 1e3, 1e9, log=True),
-    Param("ramp_exp", 0.7, 0.2, 2.0),
+    Param("ramp_bytes", 1e5, 1e2, 1e9, log=True),
+    Param("ramp_exp", 0.6, 0.2, 0.9),
 )
 NETWORK_EXTRA = (Param("rail_exp", 1.0, 0.0, 1.0),)
 
@@ -412,14 +414,15 @@ def fabric_from_params(p: dict[str, float], base: FabricParams | None = None) ->
     if base is not None:
         eff = {**dict(base.bw_eff), **eff}
     return FabricParams(
-        latency_s=p["latency_s"], latency_log2n_s=p["latency_log2n_s"], bw_eff=tuple(sorted(eff.items())),
+        latency_s=p["latency_s"], latency_step_s=p["latency_step_s"], bw_eff=tuple(sorted(eff.items())),
         small_n_penalty=p.get("small_n_penalty", 0.0), ramp_bytes=p["ramp_bytes"], ramp_exp=p["ramp_exp"],
         rail_exp=p.get("rail_exp", 1.0),
     )
 
 
 def fit_fabric(rows: CollectiveRows, contexts: dict[str, BandwidthContext], base: CollectiveParams, fabric: str,
-               *, kinds_present: Iterable[str] | None = None, fixed: dict[str, float] | None = None) -> FabricParams:
+               *, kinds_present: Iterable[str] | None = None, fixed: dict[str, float] | None = None,
+               bounds: dict[str, tuple[float, float]] | None = None) -> FabricParams:
     """Fit one fabric's parameters with the other fabrics of ``base`` fixed.
 
     ``contexts`` maps each dataset name to its nominal bandwidths. Collective kinds absent from
@@ -431,7 +434,18 @@ def fit_fabric(rows: CollectiveRows, contexts: dict[str, BandwidthContext], base
         spec += list(NETWORK_EXTRA)
     fixed = fixed or {}
     spec = [p for p in spec if p.name not in fixed]
+    for name, (low, high) in (bounds or {}).items():
+        spec = [Param(p.name, min(max(p.start, low), high), low, high, p.log) if p.name == name else p for p in spec]
     datasets = sorted(set(rows.dataset))
+    # every (dataset, kind, group size, nodes) series weighs the same, however many sizes it sampled
+    weights = {}
+    for ds in datasets:
+        sub = rows.select(rows.dataset == ds)
+        keys = list(zip(sub.kind, sub.n, sub.nodes, strict=True))
+        counts: dict[tuple[Any, ...], int] = {}
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
+        weights[ds] = np.array([1.0 / math.sqrt(counts[key]) for key in keys])
 
     def build(p: dict[str, float]) -> CollectiveParams:
         p = {**p, **fixed}
@@ -444,7 +458,7 @@ def fit_fabric(rows: CollectiveRows, contexts: dict[str, BandwidthContext], base
         res = []
         for ds in datasets:
             sub = rows.select(rows.dataset == ds)
-            res.append(np.log(predict_collectives(sub, params, contexts[ds]) / sub.seconds))
+            res.append(weights[ds] * np.log(predict_collectives(sub, params, contexts[ds]) / sub.seconds))
         return np.concatenate(res)
 
     best = {**_least_squares(spec, residuals), **fixed}

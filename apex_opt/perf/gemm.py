@@ -100,6 +100,7 @@ class GemmEfficiency:
     wq_compute_scale: float = 0.7
     wq_mem_scale: float = 0.9
     wq_scale_bytes_per_elem: float = 2.0 / 128.0
+    wq_tile_m: float = 16.0
     elementwise: tuple[ElementwiseParams, ...] = field(default=())
 
     def compute_efficiency(self, m: Any, n: Any, k: Any) -> Any:
@@ -201,7 +202,12 @@ def gemm_time(
     if act_bytes_per_elem <= 1.0:
         eff_c = eff_c * eff.fp8_compute_scale
     if weight_only:
-        eff_c = eff_c * eff.wq_compute_scale
+        # mixed-precision kernels (Marlin-style) tile m by 16 rows: below that the tensor cores idle in
+        # proportion, above it they run at the large-batch efficiency (the fitted m-curve describes
+        # cuBLAS's large tiles and would hide a compute floor under the 4x smaller weight read)
+        tile = eff.wq_tile_m
+        eff_c = (eff.compute_efficiency(np.full_like(m_pos, 1e9), n, k) * eff.wq_compute_scale
+                 * m_pos / (tile * np.ceil(m_pos / tile)))
         eff_m = eff_m * eff.wq_mem_scale
     t = eff.overhead_s + np.maximum(flops / (peak_flops * eff_c), moved / (mem_bandwidth * eff_m))
     t = np.where(m_arr > 0, t, 0.0)

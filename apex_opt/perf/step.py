@@ -120,7 +120,7 @@ class StageCost:
         self._flop_table: np.ndarray | None = None
         self._byte_table: np.ndarray | None = None
         self._cap = 0
-        self._decode_cache: dict[int, tuple[float, float]] = {}
+        self._decode_cache: dict[tuple[int, int], tuple[float, float]] = {}
 
     # ---------------------------------------------------------------------------------------- operator costs
     def _peak(self) -> float:
@@ -132,34 +132,22 @@ class StageCost:
         bw = self.gpu.memory_bandwidth
         kind = op.op.kind
         zeros = np.zeros_like(tokens, dtype=float)
-        if kind in ("gemm", "router"):
+        if kind == "router":
+            # a [T, h] x [h, E] GEMM with E of a few hundred at most: bandwidth-bound, priced as streaming
+            nbytes = op.n * op.k * 2.0 + tokens * (op.k + op.n) * 2.0
+            t = np.asarray(elementwise_time(nbytes, mem_bandwidth=bw, eff=self._eff, op="generic"), dtype=float)
+            return t, 2.0 * tokens * op.n * op.k, nbytes
+        if kind == "gemm":
             if op.op.name == "post.lm_head":
                 return zeros, zeros, zeros  # priced per sampled sequence, see _head_time
-            wb = 2.0 if kind == "router" else p.weight_bytes
-            ab = 2.0 if kind == "router" else p.act_bytes
-            t = gemm_time(tokens, op.n, op.k, peak_flops=self._peak() if kind == "gemm" else self.gpu.peak("bf16"),
-                          mem_bandwidth=bw, eff=self._eff, weight_bytes_per_elem=wb, act_bytes_per_elem=ab,
+            t = gemm_time(tokens, op.n, op.k, peak_flops=self._peak(), mem_bandwidth=bw, eff=self._eff,
+                          weight_bytes_per_elem=p.weight_bytes, act_bytes_per_elem=p.act_bytes,
                           out_bytes_per_elem=2.0)
             flops = 2.0 * tokens * op.n * op.k
-            nbytes = op.n * op.k * wb + tokens * (op.k * ab + op.n * 2.0)
+            nbytes = op.n * op.k * p.weight_bytes + tokens * (op.k * p.act_bytes + op.n * 2.0)
             return np.asarray(t, dtype=float), flops, nbytes
         if kind == "experts":
-            e = self.model.moe
-            assert e is not None
-            ranks = max(1, self.plan.ep)
-            assignments = tokens * e.top_k * (self.plan.dp if self.plan.dp_attention else 1)
-            busiest = np.array([expected_max_share(a, ranks, self.plan.expert_skew) for a in assignments])
-            local = op.local_experts
-            # expected experts of this rank that receive at least one token
-            touched = local * (1.0 - np.power(1.0 - 1.0 / e.num_experts, assignments))
-            touched = np.maximum(touched, np.minimum(1.0, busiest))
-            per_expert = np.where(touched > 0, busiest / np.maximum(touched, 1e-9), 0.0)
-            t = touched * np.asarray(gemm_time(np.maximum(per_expert, 1.0), op.n, op.k, peak_flops=self._peak(),
-                                               mem_bandwidth=bw, eff=self._eff, weight_bytes_per_elem=p.weight_bytes,
-                                               act_bytes_per_elem=p.act_bytes, out_bytes_per_elem=2.0), dtype=float)
-            flops = 2.0 * busiest * op.n * op.k
-            nbytes = touched * op.n * op.k * p.weight_bytes + busiest * (op.k + op.n) * 2.0
-            return t, flops, nbytes
+            return self._experts_time(op, tokens)
         if kind == "attention":
             return zeros, zeros, zeros  # priced from BatchShape directly
         if kind == "sampler":
@@ -170,6 +158,35 @@ class StageCost:
         t = np.asarray(elementwise_time(nbytes, mem_bandwidth=bw, eff=self._eff, op=_ELEMENTWISE_KIND[kind],
                                         rows=tokens), dtype=float)
         return t, zeros, nbytes
+
+    def _experts_time(self, op: ShardedOp, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The routed experts of one rank as one fused grouped GEMM (vLLM fused_moe, SGLang EPMoE).
+
+        The busiest EP rank sets the pace: it runs ``busiest`` token-expert rows (the expected maximum of the
+        random routing, times ``expert_skew``), streams the weights of every local expert that receives a token,
+        and pays one kernel overhead. Compute efficiency follows the rows per touched expert.
+        """
+        e = self.model.moe
+        assert e is not None
+        p = self.precision
+        ranks = max(1, self.plan.ep)
+        assignments = tokens * e.top_k * (self.plan.dp if self.plan.dp_attention else 1)
+        busiest = np.array([expected_max_share(a, ranks, self.plan.expert_skew) for a in assignments])
+        local = op.local_experts
+        # expected local experts that receive at least one token under uniform routing
+        touched = local * (1.0 - np.power(1.0 - 1.0 / e.num_experts, assignments))
+        touched = np.clip(np.maximum(touched, np.minimum(1.0, busiest)), 0.0, local)
+        rows_per_expert = busiest / np.maximum(touched, 1e-9)
+        flops = 2.0 * busiest * op.n * op.k
+        weight_bytes = touched * op.n * op.k * p.weight_bytes
+        nbytes = weight_bytes + busiest * (op.k * p.act_bytes + op.n * 2.0)
+        eff_c = self._eff.compute_efficiency(np.maximum(rows_per_expert, 1.0), op.n, op.k)
+        if p.act_bytes <= 1.0:
+            eff_c = eff_c * self._eff.fp8_compute_scale
+        eff_m = self._eff.memory_efficiency(np.maximum(weight_bytes, 1.0) * 2.0 / p.weight_bytes)
+        t = self._eff.overhead_s + np.maximum(flops / (self._peak() * eff_c),
+                                              nbytes / (self.gpu.memory_bandwidth * eff_m))
+        return np.where(tokens > 0, t, 0.0), flops, nbytes
 
     def _comm_time(self, op: ShardedOp, tokens: np.ndarray) -> np.ndarray:
         c = op.after
@@ -290,7 +307,9 @@ class StageCost:
         if b.has_prefill:
             t += float(h.get("prefill_step_s", 0.0)) + float(h.get("per_prefill_token_s", 0.0)) * (
                 b.num_tokens - b.num_decodes)
-        return t
+        # an overlapped scheduler (SGLang's) prepares iteration N+1 while the GPU runs N: only part of the host
+        # work shows; a fraction rather than max(gpu, host) keeps decode cost exactly affine in the context
+        return t * float(h.get("host_exposed", 1.0))
 
     # ---------------------------------------------------------------------------------------- the protocol
     def uses_graph(self, b: BatchShape) -> bool:
@@ -299,7 +318,17 @@ class StageCost:
             return False
         if s.engine.cuda_graphs.mode == "piecewise-tokens":
             return b.num_tokens <= (s.engine.cuda_graphs.max_tokens or 512)
+        if s.graph_max_context is not None and b.max_ctx > s.graph_max_context:
+            return False
         return (not b.has_prefill) and b.num_decodes <= s.graph_max_batch
+
+    @property
+    def ctx_breakpoints(self) -> tuple[int, ...]:
+        """Longest-context thresholds where a decode batch changes cost regime (vLLM 0.6: eager above 8192)."""
+        s = self.settings
+        if s.cuda_graphs and s.engine.cuda_graphs.mode == "decode-only" and s.graph_max_context is not None:
+            return (s.graph_max_context,)
+        return ()
 
     def graph_tokens(self, b: BatchShape) -> int:
         """Tokens the GPU actually runs: decode graphs pad the batch to 1, 2, 4, then multiples of 8."""
@@ -324,15 +353,19 @@ class StageCost:
         t += self._head_time(b.num_seqs)
         return t + self.host_time(b)
 
-    def decode_coeffs(self, num_decodes: int) -> tuple[float, float]:
-        cached = self._decode_cache.get(num_decodes)
+    def decode_coeffs(self, num_decodes: int, max_ctx: int = 0) -> tuple[float, float]:
+        """``(c0, c1)``: a pure decode batch of ``num_decodes`` sequences whose longest context is ``max_ctx``
+        takes exactly ``c0 + c1 * decode_ctx_sum`` seconds."""
+        regime = sum(1 for bp in self.ctx_breakpoints if max_ctx > bp)
+        key = (num_decodes, regime)
+        cached = self._decode_cache.get(key)
         if cached is not None:
             return cached
         b = BatchShape(num_tokens=num_decodes, num_seqs=num_decodes, num_decodes=num_decodes, decode_ctx_sum=0,
-                       prefill_pairs=0.0, has_prefill=False)
+                       prefill_pairs=0.0, has_prefill=False, max_ctx=max_ctx)
         c0 = self.iteration_time(b)
         c1 = self._attn_coeffs[1]
-        self._decode_cache[num_decodes] = (c0, c1)
+        self._decode_cache[key] = (c0, c1)
         return c0, c1
 
     def flops(self, b: BatchShape) -> float:
@@ -360,6 +393,14 @@ class StageCost:
         head = m.hidden_size * m.vocab_size * 2.0 / self.plan.tp if self.layout.is_last else 0.0
         return self._table_value(self._byte_table, b.num_tokens) + kv * b.decode_ctx_sum + head
 
+    def peak_flops(self) -> float:
+        """Peak FLOP/s of one GPU in the plan's math precision (for MFU)."""
+        return self._peak()
+
+    def peak_bandwidth(self) -> float:
+        """HBM bytes/s of one GPU (for memory-bandwidth utilisation)."""
+        return self.gpu.memory_bandwidth
+
     def idle_power(self) -> float:
         """Watts the stage's GPUs draw while idle."""
         return self.plan.tp * self.gpu.power.idle
@@ -370,8 +411,9 @@ class StageCost:
             return self.idle_power()
         u_c = self.flops(b) / (self._peak() * seconds)
         u_m = self.bytes(b) / (self.gpu.memory_bandwidth * seconds)
-        activity = min(1.0, float(self._energy["compute_weight"]) * u_c + float(self._energy["memory_weight"]) * u_m
-                       + float(self._energy["busy_floor"]))
+        # affine in the work (no clamp), so energy over a run of decode steps sums exactly in closed form
+        activity = (float(self._energy["busy_floor"]) + float(self._energy["compute_weight"]) * u_c
+                    + float(self._energy["memory_weight"]) * u_m)
         p = self.gpu.power
         return self.plan.tp * (p.idle + (p.max - p.idle) * activity)
 

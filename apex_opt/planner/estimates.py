@@ -1,0 +1,545 @@
+"""What the cost model predicts for each candidate replica shape: memory, step times, batch, capacity, energy.
+
+The planner never prices a plan with formulas of its own: every number comes from ``apex_opt.perf`` (the same
+:class:`~apex_opt.perf.step.StageCost` and memory model the simulator runs), evaluated here in Python once per
+candidate, then handed to CP-SAT as integer tables (:mod:`apex_opt.planner.model`).
+
+Pipeline stages get real solver variables for their layer counts, so a stage's time and memory must be known
+as a function of the number of layers it holds. Both are affine in that number, which two replicas of each
+``(tp, ep, dtypes)`` shape expose exactly:
+
+* ``R1`` (``pp=1``): ``F(b) = host(b) + L * u(b) + head(b)`` (the embedding is folded into ``u``);
+* ``R2`` (``pp=2``, ``n0 + n1`` layers): ``T0(b) = host(b) + n0 * u(b) + send(b)``, ``T1(b) = n1 * u(b) + head(b)``;
+
+so ``u = (F - host - T1) / n0``, ``head = T1 - n1 * u`` and ``send = T0 + T1 - F``, for any
+:class:`~apex_opt.sim.cost.BatchShape` ``b``. Memory splits the same way (per-layer weights and KV bytes, and
+what the first and last stages hold besides their layers: embedding, LM head, activation peak).
+
+The workload enters through :class:`WorkloadStats`: arrival rate, mean prompt and output, the output-weighted
+mean context a decoding sequence holds, the prompt length at the SLO's attainment quantile.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+import numpy as np
+
+from ..errors import SpecError
+from ..ir.parallel import StageLayout, default_layer_split
+from ..perf.engine_rules import resolve_engine
+from ..perf.memory import plan_memory, stage_weight_bytes
+from ..perf.replica import Replica, build_replica
+from ..schema.engine import EngineSpec
+from ..schema.gpu import GPUSpec
+from ..schema.model import ModelSpec
+from ..schema.plan import Plan
+from ..schema.slo import SLO
+from ..sim.cost import BatchShape
+from ..topology.graph import Topology
+from ..workload import Workload
+
+#: shares of a replica's capacity the arrival rate may use before the [capacity] constraint refuses it
+DEFAULT_HEADROOM = 0.10
+
+
+@dataclass(frozen=True)
+class WorkloadStats:
+    """The few numbers of a workload the analytical bounds use."""
+
+    requests: int
+    rate: float  # requests/s
+    mean_prompt: float
+    mean_output: float
+    #: time-average context of a decoding sequence (output-weighted mean of prompt + output/2)
+    ctx_occupancy: float
+    #: prompt length at the SLO attainment quantile ("the workload's long prompts")
+    long_prompt: int
+    quantile: float  # that quantile, in percent
+    max_request_tokens: int  # longest prompt + output
+
+    @classmethod
+    def of(cls, workload: Workload, slo: SLO | None = None) -> WorkloadStats:
+        n = len(workload)
+        if n == 0:
+            raise SpecError(f"workload '{workload.name}' has no requests; the planner needs at least one")
+        rate = workload.rate
+        if not math.isfinite(rate) or rate <= 0:
+            # one request, or all at once: size for the whole trace arriving within a second
+            rate = float(max(n, 1))
+        prompt = workload.prompt_tokens.astype(float)
+        output = workload.output_tokens.astype(float)
+        occupancy = float(np.sum(output * (prompt + output / 2.0)) / max(np.sum(output), 1.0))
+        q = 90.0 if slo is None else min(99.9, max(50.0, slo.attainment * 100.0))
+        return cls(
+            requests=n,
+            rate=float(rate),
+            mean_prompt=float(prompt.mean()),
+            mean_output=float(output.mean()),
+            ctx_occupancy=occupancy,
+            long_prompt=int(math.ceil(workload.percentile("prompt", q))),
+            quantile=q,
+            max_request_tokens=int((workload.prompt_tokens + workload.output_tokens).max()),
+        )
+
+
+@dataclass(frozen=True)
+class Menu:
+    """Engine limits of one candidate: ``max_num_seqs`` and the chunked-prefill budget (None: engine default)."""
+
+    max_num_seqs: int
+    budget: int | None = None
+
+    def plan_fields(self) -> dict:
+        out: dict = {"max_num_seqs": self.max_num_seqs}
+        if self.budget is not None:
+            out["max_num_batched_tokens"] = self.budget
+            out["chunked_prefill"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class ShapeKey:
+    """The part of a replica shape that changes the per-layer cost: TP, EP, dtypes."""
+
+    tp: int
+    ep: int
+    moe_tp: int | None
+    weight_dtype: str
+    kv_dtype: str
+
+    def plan(self, gpu: str, engine: str, **extra) -> Plan:
+        fields = dict(gpu=gpu, engine=engine, tp=self.tp, ep=self.ep, weight_dtype=self.weight_dtype,
+                      kv_dtype=self.kv_dtype)
+        if self.ep > 1:
+            fields["moe_tp"] = self.moe_tp
+        fields.update(extra)
+        return Plan(**fields)
+
+
+@dataclass(frozen=True)
+class StageRoles:
+    """Memory of one stage role in bytes per GPU: what it must hold besides its layers, and its budget."""
+
+    budget: float  # bytes the engine may fill (total * utilization, minus what it reserves)
+    fixed: float  # non-torch buffers counted by the profile run
+    first: float  # embedding weights + activation peak of a first, non-last stage
+    middle: float  # activation peak of a middle stage
+    last: float  # LM head (+ tied copy) + activation peak + sampler of a last, non-first stage
+    only: float  # embedding + LM head + activation peak of a single stage (pp=1)
+    layer_weights: float  # weights of one (average) layer
+    kv_per_token_layer: float  # KV bytes of one token in one layer
+    block_size: int
+
+    def room(self, role: str) -> float:
+        return self.budget - self.fixed - getattr(self, role)
+
+
+class ShapeCost:
+    """Replicas ``R1`` (pp=1) and ``R2`` (pp=2) of one :class:`ShapeKey`, and the affine stage model they imply."""
+
+    def __init__(self, key: ShapeKey, model: ModelSpec, gpu: GPUSpec, engine: EngineSpec, topology: Topology,
+                 *, with_pipeline: bool, nvlink_tp: bool = True) -> None:
+        self.key = key
+        self.model = model
+        self.gpu = gpu
+        self.engine = engine
+        self.topology = topology
+        self.L = model.num_layers
+        self.r1: Replica = build_replica(model, gpu, key.plan(gpu.name, engine.name), engine, topology=topology)
+        self.r2: Replica | None = None
+        self.split2 = (self.L, 0)
+        if with_pipeline and self.L >= 2:
+            self.split2 = default_layer_split(self.L, 2)
+            self.r2 = build_replica(model, gpu, key.plan(gpu.name, engine.name, pp=2, layers_per_stage=self.split2),
+                                    engine, topology=topology)
+        self._parts: dict[BatchShape, tuple[float, float, float, float, float]] = {}
+        self._roles: dict[Menu, StageRoles] = {}
+
+    # ------------------------------------------------------------------------------------------- time
+    def parts(self, b: BatchShape) -> tuple[float, float, float, float, float]:
+        """``(F, u, host, head, send)`` in seconds for batch ``b`` (see the module docstring)."""
+        cached = self._parts.get(b)
+        if cached is not None:
+            return cached
+        f = self.r1.cost.stages[0]
+        full = f.iteration_time(b)
+        host_fn = getattr(f, "host_time", None)
+        host = float(host_fn(b)) if host_fn is not None else 0.0
+        if self.r2 is None:
+            u = (full - host) / self.L
+            out = (full, u, host, 0.0, 0.0)
+        else:
+            s0, s1 = self.r2.cost.stages
+            t0 = s0.iteration_time(b)
+            t1 = s1.iteration_time(b)
+            n0, n1 = self.split2
+            u = max((full - host - t1) / n0, 0.0)
+            head = max(t1 - n1 * u, 0.0)
+            send = max(t0 + t1 - full, 0.0)
+            out = (full, u, host, head, send)
+        self._parts[b] = out
+        return out
+
+    def stage_times(self, b: BatchShape, split: tuple[int, ...]) -> list[float]:
+        """Seconds each stage of a replica with ``split`` layers per stage takes on batch ``b``."""
+        full, u, host, head, send = self.parts(b)
+        if len(split) == 1:
+            return [full]
+        last = len(split) - 1
+        return [n * u + (host if i == 0 else 0.0) + (head if i == last else send) for i, n in enumerate(split)]
+
+    def stage_affine(self, b: BatchShape, pp: int) -> tuple[float, list[float]]:
+        """``(u, extras)``: stage ``i`` takes ``n_i * u + extras[i]`` seconds on batch ``b`` (pp >= 2)."""
+        _, u, host, head, send = self.parts(b)
+        extras = [(host if i == 0 else 0.0) + (head if i == pp - 1 else send) for i in range(pp)]
+        return u, extras
+
+    def energy_dynamic(self, b: BatchShape) -> float:
+        """Joules of one pass of batch ``b`` through every layer, above the GPUs' idle draw."""
+        f = self.r1.cost.stages[0]
+        t = f.iteration_time(b)
+        return max(f.energy(b, t) - f.idle_power() * t, 0.0)
+
+    # ------------------------------------------------------------------------------------------- memory
+    def roles(self, menu: Menu) -> StageRoles:
+        cached = self._roles.get(menu)
+        if cached is not None:
+            return cached
+        model, gpu, key = self.model, self.gpu, self.key
+        plan1 = key.plan(gpu.name, self.engine.name, **menu.plan_fields())
+        link = self.r1.links["tp"]
+        settings = resolve_engine(self.engine, plan1, model, gpu, nodes_per_tp_group=link.nodes,
+                                  nvlink=link.fabric not in ("pcie", "network"))
+        mem1 = plan_memory(model, gpu, plan1, settings, list(self.r1.layouts)).stages[0]
+        layers_w = _layer_weights(self.r1.layouts[0], model, plan1)
+        only = mem1.weights - self.L * layers_w + mem1.activation
+        first = middle = last = only
+        if self.r2 is not None:
+            plan2 = key.plan(gpu.name, self.engine.name, pp=2, layers_per_stage=self.split2, **menu.plan_fields())
+            mem2 = plan_memory(model, gpu, plan2, settings, list(self.r2.layouts)).stages
+            n0, n1 = self.split2
+            first = mem2[0].weights - n0 * layers_w + mem2[0].activation
+            last = mem2[1].weights - n1 * layers_w + mem2[1].activation
+            middle = mem2[0].activation
+        roles = StageRoles(
+            budget=mem1.budget,
+            fixed=mem1.fixed,
+            first=first,
+            middle=middle,
+            last=last,
+            only=only,
+            layer_weights=layers_w,
+            kv_per_token_layer=mem1.kv_bytes_per_token / max(self.L, 1),
+            block_size=settings.block_size,
+        )
+        self._roles[menu] = roles
+        return roles
+
+
+def _layer_weights(layout: StageLayout, model: ModelSpec, plan: Plan) -> float:
+    """Average weight bytes of one transformer layer on one GPU (dense and MoE layers weighted by count)."""
+    total = 0.0
+    count = 0
+    for block in ("dense", "moe"):
+        if block not in layout.blocks:
+            continue
+        reps = layout.repeat[block]
+        one = StageLayout(stage=1, num_stages=3, layers=(0,), blocks={block: layout.blocks[block]},
+                          repeat={block: 1})
+        total += reps * stage_weight_bytes(one, model, plan)
+        count += reps
+    return total / max(count, 1)
+
+
+def role_of(i: int, pp: int) -> str:
+    if pp == 1:
+        return "only"
+    if i == 0:
+        return "first"
+    return "last" if i == pp - 1 else "middle"
+
+
+def decode_shape(n: int, ctx: float) -> BatchShape:
+    n = max(int(n), 1)
+    return BatchShape(num_tokens=n, num_seqs=n, num_decodes=n, decode_ctx_sum=int(round(n * ctx)),
+                      prefill_pairs=0.0, has_prefill=False, max_ctx=int(math.ceil(ctx)))
+
+
+def prefill_shape(chunk: int, past: int, decodes: int, ctx: float) -> BatchShape:
+    """One iteration with a prefill chunk of ``chunk`` tokens after ``past`` cached ones, plus ``decodes``."""
+    pairs = chunk * (past + (chunk + 1) / 2.0)
+    return BatchShape(num_tokens=chunk + decodes, num_seqs=1 + decodes, num_decodes=decodes,
+                      decode_ctx_sum=int(round(decodes * ctx)), prefill_pairs=pairs, has_prefill=True,
+                      max_ctx=int(max(past + chunk, ctx)))
+
+
+@dataclass
+class ConfigEstimate:
+    """Predictions for one candidate plan (replica shape x dp), in SI units."""
+
+    split: tuple[int, ...]  # canonical layer split (min bottleneck under memory)
+    max_layers: tuple[int, ...]  # most layers each stage can hold with the KV the workload needs
+    fits: bool  # some split holds weights + reserves + needed KV on every stage
+    kv_tokens: int  # engine KV capacity of one replica (canonical split)
+    kv_needed: int  # KV tokens the expected concurrency needs
+    batch: float  # expected concurrent sequences per replica (Little's law fixed point)
+    stable: bool  # the fixed point exists below the replica's batch limits
+    tpot_s: float  # predicted mean time per output token at the expected batch
+    ttft_s: float  # predicted TTFT of the long prompt
+    capacity_rps: float  # max arrival rate the whole plan sustains within the TPOT SLO
+    energy_per_token_j: float
+    cost_per_mtok_usd: float
+    goodput_rps: float
+    throughput_tok_s: float  # sustainable output tokens/s (capacity x mean output)
+    #: per-layer decode seconds (scaled by pp and the prefill interference) and per-stage extras (pp >= 2)
+    layer_s: float = 0.0
+    stage_extra_s: tuple[float, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+class Estimator:
+    """Evaluates candidates of one problem; caches one :class:`ShapeCost` per shape key."""
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, engine: EngineSpec, topology: Topology,
+                 stats: WorkloadStats, slo: SLO, *, slo_slack: float = 1.1, headroom: float = DEFAULT_HEADROOM,
+                 max_pp: int = 16) -> None:
+        self.model = model
+        self.gpu = gpu
+        self.engine = engine
+        self.topology = topology
+        self.stats = stats
+        self.slo = slo
+        self.slo_slack = slo_slack
+        self.headroom = headroom
+        self.max_pp = max_pp
+        self._shapes: dict[ShapeKey, ShapeCost] = {}
+
+    def shape(self, key: ShapeKey) -> ShapeCost:
+        sc = self._shapes.get(key)
+        if sc is None:
+            sc = ShapeCost(key, self.model, self.gpu, self.engine, self.topology, with_pipeline=self.max_pp >= 2)
+            self._shapes[key] = sc
+        return sc
+
+    # ------------------------------------------------------------------------------------------- pieces
+    def _budget(self, sc: ShapeCost, menu: Menu) -> tuple[bool, int]:
+        """(chunked, tokens per iteration) the engine runs this candidate with."""
+        plan = sc.key.plan(self.gpu.name, self.engine.name, **menu.plan_fields())
+        settings = resolve_engine(self.engine, plan, self.model, self.gpu)
+        return settings.chunked_prefill, settings.max_num_batched_tokens
+
+    def _step(self, sc: ShapeCost, split: tuple[int, ...], n: float) -> float:
+        """Seconds between two tokens of one sequence when each virtual engine decodes ``n`` sequences."""
+        lo = max(int(math.floor(n)), 1)
+        hi = max(int(math.ceil(n)), 1)
+        ctx = self.stats.ctx_occupancy
+
+        def at(k: int) -> float:
+            times = sc.stage_times(decode_shape(k, ctx), split)
+            return len(split) * max(times) if len(split) > 1 else times[0]
+
+        if lo == hi:
+            return at(lo)
+        w = n - lo
+        return (1 - w) * at(lo) + w * at(hi)
+
+    def _prefill(self, sc: ShapeCost, split: tuple[int, ...], prompt: int, decodes: int, chunked: bool,
+                 budget: int) -> tuple[float, float]:
+        """(latency, extra busy time) of prefilling ``prompt`` tokens while ``decodes`` sequences decode.
+
+        The extra busy time is what the prompt adds to the iterations it rides in (chunked prefill) or the time
+        of its own prefill iterations (prefill-first schedulers), on the bottleneck stage.
+        """
+        ctx = self.stats.ctx_occupancy
+        chunk = max(min(budget - (decodes if chunked else 0), prompt), 1) if chunked else max(prompt, 1)
+        latency = 0.0
+        busy = 0.0
+        done = 0
+        base = sc.stage_times(decode_shape(decodes, ctx), split) if (chunked and decodes) else [0.0] * len(split)
+        while done < prompt:
+            c = min(chunk, prompt - done)
+            b = prefill_shape(c, done, decodes if chunked else 0, ctx)
+            times = sc.stage_times(b, split)
+            latency += sum(times)
+            busy += max(t - t0 for t, t0 in zip(times, base))
+            done += c
+        return latency, busy
+
+    def canonical_split(self, sc: ShapeCost, pp: int, max_layers: tuple[int, ...], n: float) -> tuple[int, ...]:
+        """The split minimising the bottleneck stage's decode time within each stage's layer limit."""
+        if pp == 1:
+            return (self.model.num_layers,)
+        u, extras = sc.stage_affine(decode_shape(max(int(round(n)), 1), self.stats.ctx_occupancy), pp)
+        split = [1] * pp
+        for _ in range(self.model.num_layers - pp):
+            best = None
+            for i in range(pp):
+                if split[i] >= max_layers[i]:
+                    continue
+                t = (split[i] + 1) * u + extras[i]
+                if best is None or t < best[0] - 1e-15:
+                    best = (t, i)
+            if best is None:  # memory cannot hold the layers: keep the even split (memory will refuse it)
+                return default_layer_split(self.model.num_layers, pp)
+            split[best[1]] += 1
+        return tuple(split)
+
+    def max_layers(self, sc: ShapeCost, menu: Menu, pp: int, kv_tokens: int) -> tuple[int, ...]:
+        roles = sc.roles(menu)
+        per_layer = roles.layer_weights + roles.kv_per_token_layer * kv_tokens
+        out = []
+        for i in range(pp):
+            room = roles.room(role_of(i, pp))
+            out.append(max(int(math.floor(room / per_layer)), 0) if per_layer > 0 else self.model.num_layers)
+        return tuple(min(x, self.model.num_layers) for x in out)
+
+    def kv_capacity(self, sc: ShapeCost, menu: Menu, split: tuple[int, ...]) -> int:
+        """KV tokens the engine would allocate for one replica with ``split`` (the memory model's arithmetic)."""
+        roles = sc.roles(menu)
+        blocks = math.inf
+        pp = len(split)
+        for i, n in enumerate(split):
+            free = roles.room(role_of(i, pp)) - n * roles.layer_weights
+            block_bytes = n * roles.kv_per_token_layer * roles.block_size
+            blocks = min(blocks, math.floor(free / block_bytes) if free > 0 and block_bytes > 0 else 0)
+        return int(max(blocks, 0)) * roles.block_size
+
+    # ------------------------------------------------------------------------------------------- one config
+    def estimate(self, key: ShapeKey, menu: Menu, pp: int, dp: int,
+                 split: tuple[int, ...] | None = None) -> ConfigEstimate:
+        """Predict one candidate; ``split`` fixes the layers per stage (default: the canonical split)."""
+        sc = self.shape(key)
+        st = self.stats
+        lam = st.rate / dp
+        chunked, budget = self._budget(sc, menu)
+        slo_tpot = self.slo.tpot * self.slo_slack if self.slo.tpot else math.inf
+
+        # first pass: even split, then the memory-aware balanced split at the resulting batch
+        cur = split or default_layer_split(self.model.num_layers, pp)
+        batch, stable, rho, tp_busy = self._fixed_point(sc, cur, menu, lam, chunked, budget)
+        kv_needed = int(math.ceil(batch * st.ctx_occupancy)) + st.max_request_tokens
+        max_layers = self.max_layers(sc, menu, pp, kv_needed)
+        if split is None and pp > 1:
+            cur = self.canonical_split(sc, pp, max_layers, batch / pp)
+            batch, stable, rho, tp_busy = self._fixed_point(sc, cur, menu, lam, chunked, budget)
+            kv_needed = int(math.ceil(batch * st.ctx_occupancy)) + st.max_request_tokens
+            max_layers = self.max_layers(sc, menu, pp, kv_needed)
+        fits = sum(max_layers) >= self.model.num_layers and all(m >= 1 for m in max_layers) and all(
+            n <= m for n, m in zip(cur, max_layers))
+        kv_tokens = self.kv_capacity(sc, menu, cur)
+
+        step = self._step(sc, cur, batch / pp if pp > 1 else batch)
+        tpot = step / max(1.0 - rho, 1e-3)
+        # TTFT: wait for the iteration in flight, prefill the long prompt, first token stamped next iteration
+        decodes = int(round(batch / pp)) if pp > 1 else int(round(batch))
+        decodes = min(decodes, menu.max_num_seqs - 1)
+        ttft_prefill, _ = self._prefill(sc, cur, st.long_prompt, max(decodes, 0), chunked, budget)
+        queue = rho / (2 * max(1.0 - rho, 1e-3)) * tp_busy
+        host = sc.parts(decode_shape(max(decodes, 1), st.ctx_occupancy))[2]
+        ttft = 0.5 * step + queue + ttft_prefill + host
+
+        capacity = dp * self._capacity(sc, cur, menu, kv_tokens, chunked, budget, slo_tpot)
+        goodput = min(st.rate, capacity)
+        # energy: idle draw of every GPU of the plan + dynamic energy of the work the workload brings
+        gpus = dp * pp * key.tp
+        n_dec = max(batch / pp if pp > 1 else batch, 1.0)
+        dec_b = decode_shape(max(int(round(n_dec)), 1), st.ctx_occupancy)
+        e_tok = sc.energy_dynamic(dec_b) / dec_b.num_decodes
+        e_pre = sc.energy_dynamic(prefill_shape(max(int(round(st.mean_prompt)), 1), 0, 0, 0.0))
+        idle_w = gpus * self.gpu.power.idle
+        tok_rate = st.rate * st.mean_output
+        energy = idle_w / tok_rate + e_tok + e_pre / max(st.mean_output, 1e-9)
+        cost = gpus * self.gpu.price_per_hour / 3600.0 / tok_rate * 1e6
+
+        layer_s = 0.0
+        extras: tuple[float, ...] = ()
+        if pp > 1:
+            u, ex = sc.stage_affine(dec_b, pp)
+            scale = pp / max(1.0 - rho, 1e-3)
+            layer_s = u * scale
+            extras = tuple(e * scale for e in ex)
+            tpot = max(n * layer_s + e for n, e in zip(cur, extras))
+        return ConfigEstimate(
+            split=tuple(cur), max_layers=max_layers, fits=fits, kv_tokens=kv_tokens, kv_needed=kv_needed,
+            batch=batch, stable=stable, tpot_s=tpot, ttft_s=ttft, capacity_rps=capacity,
+            energy_per_token_j=energy, cost_per_mtok_usd=cost, goodput_rps=goodput,
+            throughput_tok_s=capacity * st.mean_output, layer_s=layer_s, stage_extra_s=extras,
+        )
+
+    def _fixed_point(self, sc: ShapeCost, split: tuple[int, ...], menu: Menu, lam: float, chunked: bool,
+                     budget: int) -> tuple[float, bool, float, float]:
+        """Expected concurrent sequences per replica: ``B = lam * mean_output * TPOT(B)`` (Little's law).
+
+        Returns ``(B, stable, rho, prefill_busy)``: ``rho`` is the share of time prefill work adds to decode
+        iterations (TPOT = step / (1 - rho)); ``stable`` is False when no fixed point exists below the batch
+        limit (the replica cannot keep up).
+        """
+        st = self.stats
+        pp = len(split)
+        limit = float(menu.max_num_seqs)
+        batch = 1.0
+        rho = 0.0
+        busy = 0.0
+        for _ in range(30):
+            n = max(batch / pp, 1.0) if pp > 1 else max(batch, 1.0)
+            _, busy = self._prefill(sc, split, max(int(round(st.mean_prompt)), 1), int(round(n)) if chunked else 0,
+                                    chunked, budget)
+            rho = lam * busy / pp if pp > 1 else lam * busy
+            if rho >= 0.95:
+                return limit, False, 0.95, busy
+            step = self._step(sc, split, n)
+            new = lam * st.mean_output * step / (1.0 - rho)
+            if new > limit:
+                return limit, False, rho, busy
+            if abs(new - batch) < 1e-3 * max(batch, 1.0):
+                batch = new
+                break
+            batch = new
+        return batch, True, rho, busy
+
+    def _capacity(self, sc: ShapeCost, split: tuple[int, ...], menu: Menu, kv_tokens: int, chunked: bool,
+                  budget: int, slo_tpot: float) -> float:
+        """Highest arrival rate one replica sustains with TPOT within the SLO (requests/s)."""
+        st = self.stats
+        pp = len(split)
+        kv_batch = kv_tokens / max(st.ctx_occupancy, 1.0)
+        limit = max(min(float(menu.max_num_seqs), kv_batch), 1.0)
+        grid = sorted({1.0, limit, *[float(2**k) for k in range(0, 14) if 2**k < limit]})
+        best = 0.0
+        for batch in grid:
+            n = max(batch / pp, 1.0) if pp > 1 else batch
+            step = self._step(sc, split, n)
+            _, busy = self._prefill(sc, split, max(int(round(st.mean_prompt)), 1), int(round(n)) if chunked else 0,
+                                    chunked, budget)
+            busy_share = busy / pp if pp > 1 else busy
+            rate = batch / (st.mean_output * step + batch * busy_share)
+            rho = rate * busy_share
+            if step / max(1.0 - rho, 1e-3) > slo_tpot:
+                break
+            best = max(best, rate)
+        return best
+
+
+def with_split(plan: Plan, split: tuple[int, ...]) -> Plan:
+    return plan if plan.pp == 1 else replace_plan(plan, layers_per_stage=tuple(split))
+
+
+def replace_plan(plan: Plan, **fields) -> Plan:
+    data = plan.model_dump()
+    data.update(fields)
+    return Plan(**data)
+
+
+__all__ = [
+    "ConfigEstimate",
+    "Estimator",
+    "Menu",
+    "ShapeCost",
+    "ShapeKey",
+    "StageRoles",
+    "WorkloadStats",
+    "replace",
+]
