@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from fit_calibration import CUSTOM_AR_FILE, HELD_OUT_CROSS_NODE, NVLINK4, SYSTEMS
+from fit_calibration import CUSTOM_AR_FILE, NVLINK4, SYSTEMS, held_out
 
 from apex_opt.perf.collectives import collective_time, load_collective_params
 from apex_opt.perf.fit import predict_collectives, read_collective_profiles, relative_errors, summarize
@@ -29,14 +29,14 @@ from apex_opt.perf.fit import predict_collectives, read_collective_profiles, rel
 
 def _line(label: str, err: np.ndarray) -> str:
     n, med, p90 = summarize(err)
-    return f"{label:<58} {n:>6} {med:>8.3f} {p90:>8.3f}"
+    return f"{label:<76} {n:>6} {med:>8.3f} {p90:>8.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detail", action="store_true", help="also break down by group size")
     args = ap.parse_args(argv)
-    header = f"{'GPU / dataset / placement / collective':<58} {'rows':>6} {'median':>8} {'p90':>8}"
+    header = f"{'GPU / dataset / placement / collective':<76} {'rows':>6} {'median':>8} {'p90':>8}"
     print(header)
     print("-" * len(header))
     fitted_all: list[np.ndarray] = []
@@ -48,28 +48,28 @@ def main(argv: list[str] | None = None) -> int:
             ctx = contexts[str(dataset)]
             sub = rows.select(rows.dataset == dataset)
             err = relative_errors(predict_collectives(sub, params, ctx), sub.seconds)
+            held = held_out(sub)
             for multi in (False, True):
                 place = sub.nodes > 1 if multi else sub.nodes == 1
                 if not place.any():
                     continue
-                held = multi and dataset in HELD_OUT_CROSS_NODE
-                tag = f"{gpu} / {dataset} / {'multi-node' if multi else '1 node'}" + (" (held out)" if held else "")
+                tag = f"{gpu} / {dataset} / {'multi-node' if multi else '1 node'}"
                 for kind in sorted(set(sub.kind[place])):
                     mask = place & (sub.kind == kind)
-                    print(_line(f"{tag} / {kind}", err[mask]))
+                    note = " (not fitted)" if held[mask].all() else ""
+                    print(_line(f"{tag} / {kind}{note}", err[mask]))
                     if args.detail:
                         for n in sorted(set(sub.n[mask])):
                             m2 = mask & (sub.n == n)
                             nodes = int(sub.nodes[m2][0])
                             print(_line(f"    n={int(n)} over {nodes} node(s)", err[m2]))
-                if not held:
-                    gpu_err.append(err[place])
+                gpu_err.append(err[place & ~held])
         if gpu_err:
             e = np.concatenate(gpu_err)
             fitted_all.append(e)
-            print(_line(f"{gpu} / all fitted rows", e))
+            print(_line(f"{gpu} / all fitted series", e))
         print()
-    print(_line("ALL GPUs, all fitted rows", np.concatenate(fitted_all)))
+    print(_line("ALL GPUs, all fitted series", np.concatenate(fitted_all)))
 
     # custom all-reduce curve vs the public vLLM figures it was fitted on
     with open(CUSTOM_AR_FILE, newline="", encoding="utf-8") as fh:

@@ -125,6 +125,8 @@ def test_gpus_without_profiles_reuse_the_nearest_fit_and_say_so() -> None:
 @pytest.fixture(scope="module")
 def llama70b_h100_rows():
     path = profiles_root() / "h100-sxm-80gb" / "layers_vidur" / "Llama-2-70b-hf.mlp.csv"
+    if not path.is_file():  # an installed package without the checkout's data/ folder
+        pytest.skip(f"{path} not present")
     rows = read_layer_profiles("h100-sxm-80gb", files=[path])
     keep = np.isin(rows.op, GEMM_OPS) & np.isin(rows.num_tokens, [1, 64, 512, 1024, 4064])
     return rows.select(keep)

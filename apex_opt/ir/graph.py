@@ -72,7 +72,10 @@ def _attention_ops(m: ModelSpec, b: str) -> list[Op]:
     else:
         qkv = (m.num_heads + 2 * m.num_kv_heads) * m.head_dim
         ops.append(Op(f"{b}.qkv_proj", "gemm", b, n=qkv, k=h, weights=h * qkv, tp_split="col"))
-    ops.append(Op(f"{b}.rope", "rope", b, elems_per_token=2 * m.q_dim, tp_split="heads"))
+    # rotary reads and writes the query and key heads (MLA: only the rotary slice of q and the shared key)
+    rope_elems = (2 * m.num_heads * m.mla.qk_rope_head_dim + 2 * m.mla.qk_rope_head_dim if m.mla
+                  else 2 * (m.num_heads + m.num_kv_heads) * m.head_dim)
+    ops.append(Op(f"{b}.rope", "rope", b, elems_per_token=rope_elems, tp_split="heads"))
     ops.append(Op(f"{b}.attention", "attention", b, tp_split="heads"))
     ops.append(Op(f"{b}.o_proj", "gemm", b, n=h, k=m.attn_out_dim, weights=m.attn_out_dim * h, tp_split="row",
                   reduces=True))

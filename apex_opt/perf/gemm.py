@@ -6,9 +6,9 @@ takes::
     t = overhead + max(flops / (peak_flops * eff_c(m, n, k)),  bytes / (mem_bandwidth * eff_m(W)))
 
     flops  = 2 m n k
-    bytes  = n k * weight_bytes + m k * act_bytes + m n * out_bytes        (W = n k * weight_bytes)
+    bytes  = n k * weight_bytes + m k * act_bytes + m n * out_bytes
     eff_c  = compute_max * S(m; m_half, m_exp) * S(n; n_half, n_exp) * S(k; k_half, k_exp)
-    eff_m  = mem_max * S(W; mem_half_bytes, mem_exp)
+    eff_m  = mem_max * S(n k * 2; mem_half_bytes, mem_exp)      (bf16 size of the weight matrix)
     S(x; h, a) = 1 / (1 + (h / x) ** a)        (a smooth step from 0 to 1, half-way at x = h)
 
 so small ``m`` is memory-bound (weights stream from HBM once) and large ``m`` compute-bound. The
@@ -22,9 +22,9 @@ assumptions carried in the calibration file:
   is scaled by ``fp8_compute_scale`` (fp8 kernels reach a smaller fraction of their higher peak).
 * **weight-only quantization** (``weight_bytes_per_elem < act_bytes_per_elem``, e.g. int4 W4A16 or
   fp8 weights on Ampere): math runs at the activation precision (the caller passes that peak); the
-  weights stream at their packed size plus group scales (``wq_scale_bytes_per_elem``), the
-  dequantization costs ``wq_compute_scale`` of the compute efficiency and ``wq_mem_scale`` of the
-  bandwidth efficiency.
+  weights stream at their packed size plus group scales (``wq_scale_bytes_per_elem``) at
+  ``wq_mem_scale`` of the bandwidth efficiency; the compute runs at ``wq_compute_scale`` of the
+  large-batch efficiency, with ``m`` tiled by ``wq_tile_m`` rows (Marlin-style kernels: 16).
 
 Elementwise operators (norms, rotary, activation, residual add, embedding lookup) are memory-bound::
 
@@ -195,12 +195,9 @@ def gemm_time(
     flops = 2.0 * m_pos * n * k
     moved = w_bytes + m_pos * k * act_bytes_per_elem + m_pos * n * out_bytes_per_elem
 
-    eff_c = eff.compute_efficiency(m_pos, n, k)
     # the memory efficiency is a property of the transfer size; evaluate it at the bf16 size of
     # the same matrix so a quantized matrix is not penalised for being smaller
     eff_m = eff.memory_efficiency(n * k * 2.0)
-    if act_bytes_per_elem <= 1.0:
-        eff_c = eff_c * eff.fp8_compute_scale
     if weight_only:
         # mixed-precision kernels (Marlin-style) tile m by 16 rows: below that the tensor cores idle in
         # proportion, above it they run at the large-batch efficiency (the fitted m-curve describes
@@ -209,6 +206,10 @@ def gemm_time(
         eff_c = (eff.compute_efficiency(np.full_like(m_pos, 1e9), n, k) * eff.wq_compute_scale
                  * m_pos / (tile * np.ceil(m_pos / tile)))
         eff_m = eff_m * eff.wq_mem_scale
+    else:
+        eff_c = eff.compute_efficiency(m_pos, n, k)
+    if act_bytes_per_elem <= 1.0:
+        eff_c = eff_c * eff.fp8_compute_scale
     t = eff.overhead_s + np.maximum(flops / (peak_flops * eff_c), moved / (mem_bandwidth * eff_m))
     t = np.where(m_arr > 0, t, 0.0)
     return float(t) if np.ndim(t) == 0 else t

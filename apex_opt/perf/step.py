@@ -71,6 +71,13 @@ class Precision:
         return DTYPE_BYTES[self.kv]
 
 
+def _fabric(link: GroupLink) -> str:
+    """The fabric name the collective model knows for a group's intra-node links."""
+    if link.fabric == "network":
+        return "pcie" if link.intra_bandwidth < 100e9 else "nvlink"
+    return "pcie" if link.fabric == "pcie" else "nvlink"
+
+
 def serving_calibration() -> dict:
     """The fitted attention, host-overhead and energy parameters (specs/calibration/serving.yaml)."""
     return load_calibration("serving")
@@ -200,7 +207,7 @@ class StageCost:
         out = np.empty_like(tokens, dtype=float)
         for i, nb in enumerate(nbytes):
             out[i] = collective_time(c.kind, float(nb), c.size, nodes=link.nodes, intra_bw=link.intra_bandwidth,
-                                     inter_bw=link.inter_bandwidth, params=self._coll,
+                                     inter_bw=link.inter_bandwidth, params=self._coll, intra_fabric=_fabric(link),
                                      custom_allreduce=custom and nb <= 8 * 2**20)
         return out
 
@@ -229,7 +236,8 @@ class StageCost:
             link = self.links["pp"]
             send = np.array([collective_time("send_recv", float(n) * self.layout.send_bytes_per_token, 2,
                                              nodes=link.nodes, intra_bw=link.intra_bandwidth,
-                                             inter_bw=link.inter_bandwidth, params=self._coll) for n in t_tokens])
+                                             inter_bw=link.inter_bandwidth, params=self._coll,
+                                             intra_fabric=_fabric(link)) for n in t_tokens])
             graph += send
             eager += send
         graph[0] = eager[0] = flops[0] = nbytes[0] = 0.0
@@ -292,7 +300,8 @@ class StageCost:
         if tp > 1:
             link = self.links["tp"]
             t += collective_time("all_gather", seqs * m.vocab_size * 4.0, tp, nodes=link.nodes,
-                                 intra_bw=link.intra_bandwidth, inter_bw=link.inter_bandwidth, params=self._coll)
+                                 intra_bw=link.intra_bandwidth, inter_bw=link.inter_bandwidth, params=self._coll,
+                                 intra_fabric=_fabric(link))
         t += float(elementwise_time(np.array([seqs * m.vocab_size * 4.0 * 3]),
                                     mem_bandwidth=self.gpu.memory_bandwidth, eff=self._eff)[0])
         return t

@@ -254,6 +254,11 @@ def _layer_weights(layout: StageLayout, model: ModelSpec, plan: Plan) -> float:
     return total / max(count, 1)
 
 
+def _seen(batch: float, pp: int, limit: int) -> float:
+    """Batch a decoding token sees: itself plus the others of its virtual engine (Poisson: mean B/pp)."""
+    return min(1.0 + batch / pp, float(limit))
+
+
 def role_of(i: int, pp: int) -> str:
     if pp == 1:
         return "only"
@@ -320,7 +325,8 @@ class Estimator:
     def shape(self, key: ShapeKey) -> ShapeCost:
         sc = self._shapes.get(key)
         if sc is None:
-            sc = ShapeCost(key, self.model, self.gpu, self.engine, self.topology, with_pipeline=self.max_pp >= 2)
+            sc = ShapeCost(key, self.model, self.gpu, self.engine, self.topology,
+                           with_pipeline=self.max_pp >= 2 and 2 * key.tp <= self.topology.num_gpus)
             self._shapes[key] = sc
         return sc
 
@@ -423,7 +429,7 @@ class Estimator:
         kv_needed = int(math.ceil(batch * st.ctx_occupancy)) + st.max_request_tokens
         max_layers = self.max_layers(sc, menu, pp, kv_needed)
         if split is None and pp > 1:
-            cur = self.canonical_split(sc, pp, max_layers, batch / pp)
+            cur = self.canonical_split(sc, pp, max_layers, _seen(batch, pp, menu.max_num_seqs))
             batch, stable, rho, tp_busy = self._fixed_point(sc, cur, menu, lam, chunked, budget)
             kv_needed = int(math.ceil(batch * st.ctx_occupancy)) + st.max_request_tokens
             max_layers = self.max_layers(sc, menu, pp, kv_needed)
@@ -431,7 +437,7 @@ class Estimator:
             n <= m for n, m in zip(cur, max_layers))
         kv_tokens = self.kv_capacity(sc, menu, cur)
 
-        step = self._step(sc, cur, batch / pp if pp > 1 else batch)
+        step = self._step(sc, cur, _seen(batch, pp, menu.max_num_seqs))
         tpot = step / max(1.0 - rho, 1e-3)
         # TTFT: wait for the iteration in flight, prefill the long prompt, first token stamped next iteration
         decodes = int(round(batch / pp)) if pp > 1 else int(round(batch))
@@ -445,7 +451,7 @@ class Estimator:
         goodput = min(st.rate, capacity)
         # energy: idle draw of every GPU of the plan + dynamic energy of the work the workload brings
         gpus = dp * pp * key.tp
-        n_dec = max(batch / pp if pp > 1 else batch, 1.0)
+        n_dec = _seen(batch, pp, menu.max_num_seqs)
         dec_b = decode_shape(max(int(round(n_dec)), 1), st.ctx_occupancy)
         e_tok = sc.energy_dynamic(dec_b) / dec_b.num_decodes
         e_pre = sc.energy_dynamic(prefill_shape(max(int(round(st.mean_prompt)), 1), 0, 0, 0.0))
@@ -484,7 +490,7 @@ class Estimator:
         rho = 0.0
         busy = 0.0
         for _ in range(30):
-            n = max(batch / pp, 1.0) if pp > 1 else max(batch, 1.0)
+            n = _seen(batch, pp, menu.max_num_seqs)
             _, busy = self._prefill(sc, split, max(int(round(st.mean_prompt)), 1), int(round(n)) if chunked else 0,
                                     chunked, budget)
             rho = lam * busy / pp if pp > 1 else lam * busy

@@ -133,7 +133,7 @@ class LinearStageCost:
     ``busy_power * seconds``; FLOPs are ``flops_per_token * num_tokens + flops_per_pair * (decode_ctx_sum +
     prefill_pairs)``; bytes are ``weight_bytes + kv_bytes_per_token * (decode_ctx_sum + prefill tokens)``.
 
-    >>> s = LinearStageCost(a=0.01, b=0.001)
+    >>> s = LinearStageCost(a=0.01, b=0.001, c=0.0, d=0.0, e=0.0)
     >>> s.iteration_time(BatchShape(4, 4, 4, 40, 0.0, False))
     0.014
     >>> s.decode_coeffs(4)

@@ -105,7 +105,9 @@ class VllmV0Policy(SchedulerPolicy):
         return max(1, self.cfg.max_model_len + 1 - prompt)
 
     def kv_token_limit(self) -> int:
-        return (self.num_blocks - self.watermark_blocks) * self.cfg.block_size
+        # admission needs the watermark; a lone sequence must keep one block free to append (else it preempts
+        # itself and is recomputed forever): keep prompt + output within all blocks but max(watermark, 1)
+        return (self.num_blocks - max(self.watermark_blocks, 1)) * self.cfg.block_size
 
     def schedule(self, st: EngineState) -> Iteration | None:
         if self.cfg.chunked_prefill:
@@ -133,8 +135,9 @@ class VllmV0Policy(SchedulerPolicy):
                 chunks.append((p, c, p.computed))
                 budget -= c
             return B > 0, chunks, preempted, budget
-        # slow path: walk the running queue in order
-        queue = deque(st.running.values())
+        # slow path: walk the running queue in order; vLLM rebuilds it as decodes first, then prefill chunks
+        members = pool.members
+        queue = deque([r for r in st.running.values() if r.idx in members] + partials)
         free = kv.free
         ran = 0
         while queue:
@@ -259,8 +262,7 @@ class VllmV1Policy(SchedulerPolicy):
                 c = min(p.target - p.computed, budget)
                 need = kv.blocks_for(p.computed + c) - p.blocks
                 if need > kv.free:  # the partial request is the last running one: it preempts itself
-                    kv_free = st.preempt(p)
-                    del kv_free
+                    st.preempt(p)
                     st.waiting.appendleft(p)
                     preempted.append(p)
                     break
@@ -354,6 +356,7 @@ class SglangPolicy(SchedulerPolicy):
         self.ratio_e = 0  # pool step at which ratio_base was set; the ratio decays once per decode step after it
         self.batch_is_full = False
         self.pending_shrink = False
+        self.chunk_pending = False  # the last iteration was an extend batch that left a chunked request
         self.max_running = cfg.sglang_max_running(num_blocks)
         self.chunk_size = cfg.chunked_prefill_size if cfg.chunked_prefill and cfg.chunked_prefill_size > 0 else None
         self.clip = cfg.clip_max_new_tokens
@@ -386,8 +389,9 @@ class SglangPolicy(SchedulerPolicy):
         return self.batch_is_full and not st.prefilling
 
     def schedule(self, st: EngineState) -> Iteration | None:
-        if st.prefilling:  # get_next_batch_to_run: the chunked request is moved out of the last extend batch
+        if self.chunk_pending:  # get_next_batch_to_run: the chunked request is moved out of the last extend batch
             self.batch_is_full = False
+            self.chunk_pending = False
         it = self._prefill(st)
         if it is not None:
             return it
@@ -413,11 +417,7 @@ class SglangPolicy(SchedulerPolicy):
             return None
         ratio = self.ratio(st)
         clip = self.clip
-        e_done = pool.E_done
-        reserved = 0.0
-        for m in pool.members.values():
-            reserved += min(m.cap - (m.g0 + e_done - m.ejoin), clip) * ratio
-        rem_total = kv.free - reserved
+        rem_total = kv.free - pool.reserve_sum() * ratio
         rem_input = self.cfg.max_prefill_tokens
         rem_chunk = self.chunk_size
         cur_rem = kv.free
@@ -458,9 +458,7 @@ class SglangPolicy(SchedulerPolicy):
             rem_input -= c
             cur_rem -= c
             if rem_chunk is not None:
-                rem_chunk -= c
-            if c < ext:
-                break  # one chunked request at a time; the chunk budget is spent
+                rem_chunk -= c  # a chunked request leaves rem_chunk == 0: budget_state stops the loop
             if rem_total <= 0 or cur_rem <= 0:
                 self.batch_is_full = True  # budget_state NO_TOKEN
                 break
@@ -471,9 +469,11 @@ class SglangPolicy(SchedulerPolicy):
         for req, c in admitted:
             st.waiting.popleft()
             st.admit(req, 0)
-        for req, c, _ in can_run:
+        for req, c, before in can_run:
             kv.take(c)
             req.blocks += c
+            if before + c < req.target:
+                self.chunk_pending = True
         return Iteration(can_run, False, [])
 
     # ------------------------------------------------------------------------------------------- decode

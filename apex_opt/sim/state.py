@@ -59,7 +59,7 @@ class Request:
     """Mutable scheduling state of one admitted request (records live in the simulator's arrays)."""
 
     __slots__ = ("idx", "rid", "prompt", "cap", "state", "gen", "target", "computed", "blocks",
-                 "base", "ejoin", "g0", "serial", "gid", "stall_from", "had_first")
+                 "base", "ejoin", "g0", "serial", "gid", "stall_from", "had_first", "fin", "far")
 
     def __init__(self, idx: int, rid: str, prompt: int, cap: int) -> None:
         self.idx = idx
@@ -78,6 +78,8 @@ class Request:
         self.gid = -1           # ITL book group
         self.stall_from = -1.0  # stamp of the last token before a preemption
         self.had_first = False  # first token already produced (recompute prefills do not produce a first token)
+        self.fin = 0            # pool: E_done at which it will have generated ``cap`` tokens
+        self.far = False        # pool (clip tracking): fin - E_done > clip when last checked
 
     def __repr__(self) -> str:
         return f"<Request {self.rid} state={self.state} gen={self.gen}/{self.cap}>"
@@ -92,9 +94,10 @@ class DecodePool:
     with ``(base + E) % block_size == 0``: ``hist[(-E) % block_size]`` blocks.
     """
 
-    __slots__ = ("bs", "members", "sum_base", "hist", "E", "E_done", "_maxheap", "_finheap", "_serial")
+    __slots__ = ("bs", "members", "sum_base", "hist", "E", "E_done", "_maxheap", "_finheap", "_serial", "clip",
+                 "fin_sum", "zombies", "_farheap", "far_count", "far_sum")
 
-    def __init__(self, block_size: int) -> None:
+    def __init__(self, block_size: int, clip: int = 0) -> None:
         self.bs = block_size
         self.members: dict[int, Request] = {}
         self.sum_base = 0
@@ -104,6 +107,13 @@ class DecodePool:
         self._maxheap: list[tuple[int, int, int]] = []
         self._finheap: list[tuple[int, int, int]] = []
         self._serial = 0
+        # SGLang reservation: sum over members of clamp(cap - generated, 0, clip), kept incrementally when clip > 0
+        self.clip = clip
+        self.fin_sum = 0
+        self.zombies: dict[int, Request] = {}
+        self._farheap: list[tuple[int, int, int]] = []
+        self.far_count = 0
+        self.far_sum = 0
 
     def __len__(self) -> int:
         return len(self.members)
@@ -122,14 +132,48 @@ class DecodePool:
         self.hist[base % self.bs] += 1
         heapq.heappush(self._maxheap, (-base, self._serial, req.idx))
         fin = self.E + req.cap - generated
+        req.fin = fin
         if fin > self.E:
             heapq.heappush(self._finheap, (fin, self._serial, req.idx))
+        if self.clip:
+            self.fin_sum += fin
+            if fin <= self.E_done:
+                self.zombies[req.idx] = req
+            req.far = fin - self.E_done > self.clip
+            if req.far:
+                heapq.heappush(self._farheap, (fin, self._serial, req.idx))
+                self.far_count += 1
+                self.far_sum += fin
 
     def remove(self, req: Request) -> None:
         del self.members[req.idx]
         self.sum_base -= req.base
         self.hist[req.base % self.bs] -= 1
         req.serial = -1
+        if self.clip:
+            self.fin_sum -= req.fin
+            self.zombies.pop(req.idx, None)
+            if req.far:
+                req.far = False
+                self.far_count -= 1
+                self.far_sum -= req.fin
+
+    def reserve_sum(self) -> int:
+        """Sum over members of ``clamp(cap - generated, 0, clip)`` (SGLang's ``PrefillAdder`` reservation)."""
+        e, clip = self.E_done, self.clip
+        heap, members = self._farheap, self.members
+        while heap and heap[0][0] - e <= clip:
+            fin, serial, idx = heapq.heappop(heap)
+            m = members.get(idx)
+            if m is not None and m.serial == serial and m.far:
+                m.far = False
+                self.far_count -= 1
+                self.far_sum -= fin
+        total = self.fin_sum - len(members) * e
+        total -= self.far_sum - self.far_count * (e + clip)
+        for z in self.zombies.values():
+            total += e - z.fin
+        return total
 
     def generated(self, req: Request) -> int:
         return req.g0 + self.E_done - req.ejoin
@@ -188,6 +232,8 @@ class DecodePool:
             m = members.get(idx)
             if m is not None and m.serial == serial:
                 out.append(m)
+                if self.clip:
+                    self.zombies[idx] = m
         return out
 
 

@@ -1,0 +1,126 @@
+"""Launch commands for a plan: ``vllm serve`` and SGLang's ``python -m sglang.launch_server``.
+
+Flags are the engines' own: vLLM ``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--max-num-seqs``,
+``--max-num-batched-tokens``, ``--enable-chunked-prefill``, ``--quantization fp8``, ``--kv-cache-dtype fp8``,
+``--enable-expert-parallel`` (uneven pipeline splits through ``VLLM_PP_LAYER_PARTITION``); SGLang ``--tp``,
+``--dp``, ``--ep-size`` with ``--enable-ep-moe``, ``--chunked-prefill-size``, ``--max-running-requests``,
+``--quantization``, ``--kv-cache-dtype``. Data-parallel replicas run as separate vLLM 0.6 servers (one per GPU
+group, behind a load balancer); vLLM V1 and SGLang take ``--data-parallel-size`` / ``--dp``.
+
+>>> from apex_opt.schema.plan import Plan
+>>> print(vllm_command(Plan(gpu="h100-sxm-80gb", tp=4, dp=2), "llama-3.1-70b", engine="vllm-0.6"))
+# 2 replicas: one server per group of 4 GPUs, behind a load balancer
+CUDA_VISIBLE_DEVICES=0,1,2,3 vllm serve meta-llama/Llama-3.1-70B-Instruct --tensor-parallel-size 4 --port 8000
+CUDA_VISIBLE_DEVICES=4,5,6,7 vllm serve meta-llama/Llama-3.1-70B-Instruct --tensor-parallel-size 4 --port 8001
+"""
+
+from __future__ import annotations
+
+from ..ir.parallel import default_layer_split
+from ..schema.plan import Plan
+
+#: catalog name -> Hugging Face repository served (instruct variants where they exist)
+HF_REPOS = {
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama-3.1-70b": "meta-llama/Llama-3.1-70B-Instruct",
+    "llama-3.1-405b": "meta-llama/Llama-3.1-405B-Instruct",
+    "mistral-large-2407": "mistralai/Mistral-Large-Instruct-2407",
+    "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    "mixtral-8x22b": "mistralai/Mixtral-8x22B-Instruct-v0.1",
+    "qwen2.5-72b": "Qwen/Qwen2.5-72B-Instruct",
+    "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B",
+    "deepseek-v3": "deepseek-ai/DeepSeek-V3",
+    "kimi-k2": "moonshotai/Kimi-K2-Instruct",
+}
+
+
+def hf_repo(model: str) -> str:
+    return HF_REPOS.get(model, model)
+
+
+def _vllm_args(plan: Plan, num_layers: int | None) -> tuple[list[str], list[str]]:
+    """(environment, flags) of one vLLM replica."""
+    env: list[str] = []
+    args = [f"--tensor-parallel-size {plan.tp}"]
+    if plan.pp > 1:
+        args.append(f"--pipeline-parallel-size {plan.pp}")
+        if plan.layers_per_stage and num_layers and plan.layers_per_stage != default_layer_split(num_layers, plan.pp):
+            env.append(f"VLLM_PP_LAYER_PARTITION={','.join(str(n) for n in plan.layers_per_stage)}")
+    if plan.ep > 1:
+        args.append("--enable-expert-parallel")
+    if plan.max_num_seqs is not None:
+        args.append(f"--max-num-seqs {plan.max_num_seqs}")
+    if plan.max_num_batched_tokens is not None:
+        args.append(f"--max-num-batched-tokens {plan.max_num_batched_tokens}")
+    if plan.chunked_prefill:
+        args.append("--enable-chunked-prefill")
+    if plan.weight_dtype == "fp8":
+        args.append("--quantization fp8")
+    elif plan.weight_dtype == "int4":
+        args.append("--quantization awq  # needs an AWQ int4 checkpoint")
+    if plan.kv_dtype == "fp8":
+        args.append("--kv-cache-dtype fp8")
+    return env, args
+
+
+def vllm_command(plan: Plan, model: str, *, engine: str = "vllm-0.6", num_layers: int | None = None,
+                 port: int = 8000) -> str:
+    """The ``vllm serve`` command(s) for ``plan``; one line per server."""
+    repo = hf_repo(model)
+    env, args = _vllm_args(plan, num_layers)
+    comment = [a for a in args if "#" in a]
+    args = [a.split("  #")[0] for a in args]
+    flags = " ".join(args)
+    note = f"  # {comment[0].split('# ')[1]}" if comment else ""
+    per = plan.gpus_per_replica
+    lines = []
+    if plan.dp > 1 and engine == "vllm-v1":
+        lines.append(" ".join([*env, f"vllm serve {repo} {flags} --data-parallel-size {plan.dp} --port {port}"])
+                     + note)
+    elif plan.dp > 1:
+        lines.append(f"# {plan.dp} replicas: one server per group of {per} GPUs, behind a load balancer")
+        for r in range(plan.dp):
+            devices = ",".join(str(g) for g in range(r * per, (r + 1) * per))
+            prefix = " ".join([f"CUDA_VISIBLE_DEVICES={devices}", *env])
+            lines.append(f"{prefix} vllm serve {repo} {flags} --port {port + r}{note}")
+    else:
+        prefix = " ".join(env)
+        lines.append(f"{prefix + ' ' if prefix else ''}vllm serve {repo} {flags} --port {port}{note}")
+    if per > 8:
+        lines.append("# a replica spans nodes: start a Ray cluster over them first (vLLM multi-node serving)")
+    return "\n".join(lines)
+
+
+def sglang_command(plan: Plan, model: str, *, port: int = 30000) -> str:
+    """The ``python -m sglang.launch_server`` command for ``plan``."""
+    repo = hf_repo(model)
+    args = [f"--model-path {repo}", f"--tp {plan.tp}"]
+    if plan.dp > 1:
+        args.append(f"--dp {plan.dp}")
+    if plan.pp > 1:
+        args.append(f"--pp-size {plan.pp}")
+    if plan.ep > 1:
+        args.append(f"--enable-ep-moe --ep-size {plan.ep}")
+    if plan.max_num_batched_tokens is not None:
+        args.append(f"--chunked-prefill-size {plan.max_num_batched_tokens}")
+    if plan.max_num_seqs is not None:
+        args.append(f"--max-running-requests {plan.max_num_seqs}")
+    if plan.weight_dtype == "fp8":
+        args.append("--quantization fp8")
+    elif plan.weight_dtype == "int4":
+        args.append("--quantization awq")
+    if plan.kv_dtype == "fp8":
+        args.append("--kv-cache-dtype fp8_e5m2")
+    line = f"python -m sglang.launch_server {' '.join(args)} --port {port}"
+    if plan.pp > 1:
+        line += "  # --pp-size needs SGLang >= 0.4.8; 0.4.x before it has no pipeline parallelism"
+    return line
+
+
+def launch_commands(plan: Plan, model: str, *, engine: str = "vllm-0.6", num_layers: int | None = None) -> dict:
+    """``{"vllm": ..., "sglang": ...}`` for ``plan``."""
+    return {"vllm": vllm_command(plan, model, engine=engine, num_layers=num_layers),
+            "sglang": sglang_command(plan, model)}
+
+
+__all__ = ["HF_REPOS", "hf_repo", "launch_commands", "sglang_command", "vllm_command"]

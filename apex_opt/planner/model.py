@@ -1,0 +1,494 @@
+"""The CP-SAT model of a plan space: decision variables, cost tables, labelled constraints, objective.
+
+Decisions
+    ``index`` picks one candidate of the :class:`~apex_opt.planner.space.PlanSpace` (replica shape, engine limits,
+    dp); every quantity the cost model predicts for it enters as an ``AddElement`` table keyed by ``index`` (built
+    lazily, when a constraint or the objective first reads it), so the solver optimises the numbers the cost model
+    computes. With ``pp > 1`` the layers of each stage are real integer variables ``v.layers[i]``
+    (``sum == num_layers``, 0 past the last stage); each stage's decode time is
+    ``layers[i] * layer_ns + extra_ns[i]`` (``add_multiplication_equality``; the first stage carries the engine's
+    host work and the embedding, the last the LM head and sampler) and TPOT is the bottleneck stage
+    (``add_max_equality``). Each stage's memory bounds its layer count: ``layers[i] <= max_layers[i]`` (weights +
+    reserves + the KV cache the expected concurrency needs, with the embedding on the first stage and the LM
+    head on the last).
+
+Units
+    Times are integer nanoseconds inside the model (``v.tpot_ns``), exposed rounded up as ``v.tpot_us`` and
+    ``v.tpot_ms``; rates in micro-requests/s, energy in microjoules, cost in milli-USD, throughput in
+    milli-tokens/s (:data:`UNITS`).
+
+Constraints
+    ``mode="optimize"`` adds every labelled constraint as a hard constraint (fast solves). ``mode="explain"``
+    gives each label one enforcement literal (``model.add(e).only_enforce_if(lit)``) passed as an assumption;
+    :meth:`PlanModel.conflict` reads ``sufficient_assumptions_for_infeasibility`` and shrinks it to a minimal
+    set of labels by deletion.
+
+Objective
+    The objective's levels (primary, then its tie breaks) are combined into one weighted sum whose weights
+    provably dominate: each table metric enters as its rank among the distinct values the table holds (exact
+    order, small range), TPOT as nanoseconds (primary) or microseconds (tie break), and each weight exceeds the
+    range of everything after it. One solve per plan; top-k plans come from no-good cuts on the layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ortools.sat.python import cp_model
+
+from ..errors import ConstraintError, SolverError
+from ..specs import Specs
+from .constraints import Constraint, plan_expressions
+from .objectives import Objective
+from .space import DTYPE_BITS, Candidate, PlanSpace, scale
+
+#: solver units of the scaled quantities (value in SI = int * unit)
+UNITS = {
+    "time": 1e-9,  # ns
+    "rate": 1e-6,  # micro-requests/s
+    "throughput": 1e-3,  # milli-tokens/s
+    "energy": 1e-6,  # microjoules
+    "cost": 1e-3,  # milli-USD
+}
+_BIG = 10**13
+_COLUMNS = ("tp", "pp", "dp", "ep", "moe_tp", "gpus", "max_num_seqs", "budget", "weight_bits", "kv_bits", "tp_nodes",
+            "ttft_ns", "goodput_per_gpu", "throughput", "energy_per_token", "cost_per_mtok", "capacity")
+#: metric -> table column (TPOT depends on the layer split: not a column)
+_METRIC_COLUMN = {"goodput_per_gpu": "goodput_per_gpu", "throughput": "throughput", "gpus": "gpus",
+                  "energy_per_token": "energy_per_token", "cost_per_mtok": "cost_per_mtok", "ttft": "ttft_ns"}
+
+
+class PlanVars:
+    """The decisions a constraint function ``f(v, s)`` sees, as CP-SAT integer variables.
+
+    ======================  ==========================================================================
+    ``v.tp, v.pp, v.dp``    tensor-, pipeline-, data-parallel degrees
+    ``v.ep, v.moe_tp``      expert-parallel ranks and the TP degree inside each expert (MoE; else 1 and 0)
+    ``v.gpus``              GPUs the plan uses (``dp * pp * tp``)
+    ``v.max_num_seqs``      the engine's running-sequence limit
+    ``v.budget``            chunked-prefill token budget (0: the engine's default)
+    ``v.weight_bits``       16, 8 (fp8) or 4 (int4); ``v.kv_bits``: 16 or 8
+    ``v.tp_nodes``          nodes a tensor-parallel group spans (1 inside one NVLink domain)
+    ``v.layers``            layers on each pipeline stage (stages past ``pp`` hold 0)
+    ``v.ttft_ms, v.tpot_ms``  predicted TTFT / TPOT in whole milliseconds, rounded up (``_us``: microseconds,
+                            ``_ns``: nanoseconds)
+    ``v.goodput_per_gpu``   predicted goodput per GPU, micro-requests/s
+    ``v.throughput``        predicted sustainable output, milli-tokens/s
+    ``v.energy_per_token``  predicted microjoules per output token
+    ``v.cost_per_mtok``     predicted milli-USD per million output tokens
+    ``v.capacity``          predicted sustainable request rate of the whole plan, micro-requests/s
+    ======================  ==========================================================================
+
+    ``v.product('tp', 'pp')`` is an IntVar equal to the product (``add_multiplication_equality``): CP-SAT takes
+    linear expressions only, so write ``v.product('tp', 'pp') <= 8``, not ``v.tp * v.pp <= 8``.
+    ``v.space`` is the :class:`~apex_opt.planner.space.PlanSpace` (read-only context).
+    """
+
+    FIELDS = (*_COLUMNS, "tpot_ns", "ttft_us", "tpot_us", "ttft_ms", "tpot_ms")
+
+    def __init__(self, owner: PlanModel) -> None:
+        self._owner = owner
+        self.space = owner.space
+        self.layers: tuple[cp_model.IntVar, ...] = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in PlanVars.FIELDS:
+            raise AttributeError(f"PlanVars has no field '{name}'; fields: {', '.join(PlanVars.FIELDS)}, layers")
+        var = self._owner._field(name)
+        object.__setattr__(self, name, var)
+        return var
+
+    def product(self, *names: str) -> cp_model.IntVar:
+        """An IntVar equal to the product of the named fields, e.g. ``v.product('tp', 'pp')``."""
+        return self._owner._product(names)
+
+    def __repr__(self) -> str:
+        return f"<PlanVars over {len(self.space)} candidates: {', '.join(PlanVars.FIELDS[:11])}, ...>"
+
+
+@dataclass(frozen=True)
+class Solution:
+    """One plan the solver picked: the candidate and its layer split."""
+
+    index: int
+    split: tuple[int, ...]
+    objective: int
+
+
+@dataclass
+class LabelledConstraint:
+    label: str
+    constraint: Constraint
+    exprs: list
+    literal: Any = None
+
+
+class PlanModel:
+    """CP-SAT model of a :class:`PlanSpace` with labelled constraints (see the module docstring).
+
+    ``split="free"``: per-stage layer counts are solver variables (optimisation). ``split="fixed"``: each
+    candidate keeps the canonical split the estimator computed.
+    """
+
+    def __init__(self, space: PlanSpace, constraints: Sequence[Constraint], *, mode: str = "optimize",
+                 split: str = "free", seed: int = 0, time_limit: float | None = None) -> None:
+        if not space.candidates:
+            raise SolverError("the plan space is empty")
+        if mode not in ("optimize", "explain"):
+            raise ValueError(mode)
+        self.space = space
+        self.specs: Specs = space.specs
+        self.mode = mode
+        self.split = split
+        self.seed = seed
+        self.time_limit = time_limit
+        self.model = cp_model.CpModel()
+        self.labels: dict[str, LabelledConstraint] = {}
+        self.cuts: list[int] = []
+        self._rows = [_row(c, space) for c in space.candidates]
+        self._columns: dict[str, tuple[cp_model.IntVar, list[int]]] = {}
+        self._known: dict[int, Callable[[int], int]] = {}  # var index -> value for candidate i (canonical split)
+        self._products: dict[tuple[str, ...], cp_model.IntVar] = {}
+        self._ranks: dict[tuple[str, int], cp_model.IntVar] = {}
+        self.index = self.model.new_int_var(0, len(space.candidates) - 1, "index")
+        self._known[self.index.index] = lambda i: i
+        self.v = PlanVars(self)
+        self._build_stages()
+        for c in constraints:
+            self._add_labelled(c)
+
+    # ------------------------------------------------------------------------------------------- tables
+    def _column(self, name: str, values: list[int]) -> cp_model.IntVar:
+        if name in self._columns:
+            return self._columns[name][0]
+        lo, hi = min(values), max(values)
+        var = self.model.new_int_var(lo, hi, name)
+        if lo != hi:
+            self.model.add_element(self.index, values, var)
+        self._columns[name] = (var, values)
+        self._known[var.index] = values.__getitem__
+        return var
+
+    def _field(self, name: str) -> cp_model.IntVar:
+        if name in _COLUMNS:
+            return self._column(name, [r[name] for r in self._rows])
+        metric, unit = name.split("_")
+        div = {"us": 1000, "ms": 1_000_000}[unit]
+        ns = self.v.tpot_ns if metric == "tpot" else self.v.ttft_ns
+        hi = -(-_hi(ns) // div)
+        out = self.model.new_int_var(0, hi, name)
+        self.model.add_division_equality(out, ns + (div - 1), div)
+        source = self._known[ns.index]
+        self._known[out.index] = lambda i: -(-source(i) // div)
+        return out
+
+    def _product(self, names: tuple[str, ...]) -> cp_model.IntVar:
+        if len(names) < 2:
+            raise ConstraintError("v.product(...) needs at least two field names, e.g. v.product('tp', 'pp')")
+        if names in self._products:
+            return self._products[names]
+        factors = []
+        hi = 1
+        for name in names:
+            if name not in PlanVars.FIELDS:
+                raise ConstraintError(f"v.product: unknown field '{name}'; use one of {', '.join(PlanVars.FIELDS)}")
+            var = getattr(self.v, name)
+            factors.append(var)
+            hi *= max(abs(_lo(var)), abs(_hi(var)), 1)
+        if hi > 2**62:
+            raise ConstraintError(f"v.product{names}: the product may overflow 64-bit integers")
+        out = self.model.new_int_var(-hi, hi, "*".join(names))
+        self.model.add_multiplication_equality(out, factors)
+        getters = [self._known[f.index] for f in factors]
+
+        def value(i: int) -> int:
+            p = 1
+            for g in getters:
+                p *= g(i)
+            return p
+
+        self._known[out.index] = value
+        self._products[names] = out
+        return out
+
+    def _build_stages(self) -> None:
+        """Layer variables, per-stage time and the bottleneck (TPOT); see the module docstring."""
+        m = self.model
+        rows = self._rows
+        L = self.specs.model.num_layers
+        P = self.space.max_pp
+        layer_ns = self._column("layer_ns", [r["layer_ns"] for r in rows])
+        self._max_layers = []
+        stage_ns = []
+        layers = []
+        for i in range(P):
+            split_i = [r["split"][i] for r in rows]
+            if self.split == "fixed" or P == 1:
+                li = self._column(f"layers{i}", split_i)
+            else:
+                active = self._column(f"active{i}", [1 if i < c.pp else 0 for c in self.space.candidates])
+                li = m.new_int_var(0, L, f"layers{i}")
+                m.add(li >= active)
+                m.add(li <= L * active)
+                self._known[li.index] = split_i.__getitem__
+            layers.append(li)
+            extra = self._column(f"extra_ns{i}", [r["extra_ns"][i] for r in rows])
+            self._max_layers.append(self._column(f"max_layers{i}", [r["max_layers"][i] for r in rows]))
+            prod = m.new_int_var(0, L * max(r["layer_ns"] for r in rows), f"layer_time{i}")
+            m.add_multiplication_equality(prod, [li, layer_ns])
+            hi = L * max(r["layer_ns"] for r in rows) + max(r["extra_ns"][i] for r in rows)
+            t = m.new_int_var(0, hi, f"stage_ns{i}")
+            m.add(t == prod + extra)
+            stage_ns.append(t)
+        m.add(sum(layers) == L)
+        self.v.layers = tuple(layers)
+        tpot_hi = max(_hi(t) for t in stage_ns)
+        tpot = m.new_int_var(0, tpot_hi, "tpot_ns")
+        m.add_max_equality(tpot, stage_ns)
+        object.__setattr__(self.v, "tpot_ns", tpot)
+        self._known[tpot.index] = [r["tpot_ns"] for r in rows].__getitem__
+        self.v._max_layers = tuple(self._max_layers)  # read by the built-in `memory` constraint
+        self.v._divisible = self._column("divisible", [r["divisible"] for r in rows])
+
+    # ------------------------------------------------------------------------------------------- constraints
+    def _add_labelled(self, c: Constraint) -> None:
+        if c.label in self.labels:
+            raise ConstraintError(f"two constraints are labelled '{c.label}'; labels must be unique")
+        exprs = plan_expressions(c, self.v, self.specs)
+        lc = LabelledConstraint(c.label, c, exprs)
+        self.labels[c.label] = lc
+        if not exprs:
+            return
+        if self.mode == "optimize":
+            for e in exprs:
+                self.model.add(e)
+            return
+        lc.literal = self.model.new_bool_var(f"[{c.label}]")
+        for e in exprs:
+            self.model.add(e).only_enforce_if(lc.literal)
+
+    def holds(self, label: str, index: int) -> bool:
+        """Whether a labelled constraint holds for candidate ``index`` with its canonical split (no solve)."""
+        for e in self.labels[label].exprs:
+            try:
+                total = int(e.offset) + sum(int(c) * self._known[x.index](index) for c, x in zip(e.coeffs, e.vars))
+            except KeyError:
+                return self._holds_by_solving(label, index)
+            if not e.bounds.contains(total):
+                return False
+        return True
+
+    def _holds_by_solving(self, label: str, index: int) -> bool:
+        trial = PlanModel(self.space, [self.labels[label].constraint], split="fixed", seed=self.seed)
+        trial.model.add(trial.index == index)
+        return trial.feasible()
+
+    def violated(self, index: int, labels: Sequence[str] | None = None) -> list[str]:
+        """The labels candidate ``index`` violates (canonical split), in the order they were added."""
+        return [name for name in (labels or self.labels) if not self.holds(name, index)]
+
+    # ------------------------------------------------------------------------------------------- solving
+    def _solver(self, time_limit: float | None = None) -> cp_model.CpSolver:
+        solver = cp_model.CpSolver()
+        p = solver.parameters
+        p.num_workers = 1
+        p.random_seed = self.seed
+        p.cp_model_probing_level = 0  # the element tables make probing slow and it buys nothing here
+        p.linearization_level = 0
+        limit = time_limit if time_limit is not None else self.time_limit
+        if limit is not None:
+            p.max_time_in_seconds = max(float(limit), 0.01)
+        return solver
+
+    def _assume(self, labels: Sequence[str] | None = None) -> None:
+        self.model.clear_assumptions()
+        chosen = self.labels if labels is None else labels
+        self.model.add_assumptions([self.labels[n].literal for n in chosen if self.labels[n].literal is not None])
+
+    def _check(self, status: Any) -> None:
+        if status == cp_model.MODEL_INVALID:
+            raise SolverError(f"CP-SAT rejected the model: {self.model.validate()}")
+
+    def feasible(self, labels: Sequence[str] | None = None) -> bool:
+        """Whether some plan satisfies the given labels (all by default) and the cuts so far."""
+        self.model.clear_objective()
+        if self.mode == "explain":
+            self._assume(labels)
+        status = self._solver().solve(self.model)
+        self._check(status)
+        if status == cp_model.UNKNOWN:
+            raise SolverError("CP-SAT reached the time limit before deciding feasibility; raise --time-limit")
+        return status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+
+    def conflict(self) -> list[str]:
+        """A minimal set of labels that together rule out every plan ([] if some plan satisfies all)."""
+        if self.mode != "explain":
+            raise ValueError("conflict() needs mode='explain'")
+        self.model.clear_objective()
+        self._assume()
+        solver = self._solver()
+        status = solver.solve(self.model)
+        self._check(status)
+        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return []
+        by_index = {lc.literal.index: name for name, lc in self.labels.items() if lc.literal is not None}
+        core = [by_index[i] for i in solver.sufficient_assumptions_for_infeasibility() if i in by_index]
+        order = list(self.labels)
+        needed = sorted(set(core) or set(by_index.values()), key=order.index)
+        if self.feasible(needed):  # an incomplete core (time limit): start from every label
+            needed = [n for n in order if self.labels[n].literal is not None]
+        for name in list(needed):  # deletion filter: drop each label the others still conflict without
+            trial = [n for n in needed if n != name]
+            if not self.feasible(trial):
+                needed = trial
+        return needed
+
+    # ------------------------------------------------------------------------------------------- objective
+    def _rank(self, metric: str, sense: int) -> tuple[cp_model.IntVar, int]:
+        """A column holding each candidate's rank on ``metric`` (0 = best), and the largest rank."""
+        key = (metric, sense)
+        values = self._columns[_METRIC_COLUMN[metric]][1] if _METRIC_COLUMN[metric] in self._columns else [
+            r[_METRIC_COLUMN[metric]] for r in self._rows]
+        distinct = sorted(set(values), reverse=sense > 0)
+        where = {x: k for k, x in enumerate(distinct)}
+        if key not in self._ranks:
+            self._ranks[key] = self._column(f"rank_{metric}_{'max' if sense > 0 else 'min'}",
+                                            [where[x] for x in values])
+        return self._ranks[key], len(distinct) - 1
+
+    def _term(self, metric: str | None, sense: int, objective: Objective, primary: bool) -> tuple[Any, int, int]:
+        """(expression to minimise, lower bound, upper bound) of one objective level."""
+        if metric is None:
+            expr = function_objective(objective, self.v, self.specs)
+            lo, hi = _bounds(expr)
+            return (-expr, -hi, -lo) if sense > 0 else (expr, lo, hi)
+        if metric == "tpot":
+            var = self.v.tpot_ns if primary else self.v.tpot_us
+            lo, hi = _lo(var), _hi(var)
+            return (-var, -hi, -lo) if sense > 0 else (var, lo, hi)
+        rank, top = self._rank(metric, sense)
+        return rank, 0, top
+
+    def objective_expr(self, objective: Objective) -> Any:
+        """One linear expression whose minimum is the lexicographic optimum of the objective's levels."""
+        terms = [self._term(metric, sense, objective, k == 0) for k, (metric, sense) in enumerate(objective.levels)]
+        total = 0
+        weight = 1
+        for expr, lo, hi in reversed(terms):
+            total = total + weight * (expr - lo)
+            weight *= hi - lo + 1
+        if weight > 2**62:
+            raise SolverError(f"objective {objective.name}: the tie breaks' ranges are too wide to combine; "
+                              "bound the function objective's variables")
+        return total
+
+    def best(self, objective: Objective, time_limit: float | None = None) -> Solution | None:
+        """The best plan under the constraints and cuts (None: no plan left)."""
+        if self.mode == "explain":
+            self._assume()
+        self.model.minimize(self.objective_expr(objective))
+        solver = self._solver(time_limit)
+        status = solver.solve(self.model)
+        self._check(status)
+        if status == cp_model.INFEASIBLE:
+            return None
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            raise SolverError("CP-SAT found no plan within the time limit; raise --time-limit")
+        index = int(solver.value(self.index))
+        split = tuple(int(solver.value(x)) for x in self.v.layers)
+        return Solution(index, split[: self.space.candidates[index].pp], int(solver.objective_value))
+
+    def cut(self, indices: Sequence[int]) -> None:
+        """Exclude candidates from later solves (no-good cuts)."""
+        for i in indices:
+            if i not in self.cuts:
+                self.model.add(self.index != i)
+                self.cuts.append(i)
+
+
+def function_objective(objective: Objective, v: PlanVars, specs: Specs) -> Any:
+    """The linear expression of a function objective, checked like a constraint's."""
+    assert objective.fn is not None
+    try:
+        expr = objective.fn(v, specs)
+    except Exception as exc:  # noqa: BLE001
+        raise ConstraintError(f"objective {objective.name} raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(expr, (bool, cp_model.BoundedLinearExpression)) or expr is None:
+        raise ConstraintError(f"objective {objective.name} returned {expr!r}; return a linear expression such as "
+                              "v.gpus or 2 * v.tpot_us + v.ttft_us")
+    return expr
+
+
+def _lo(var: Any) -> int:
+    return int(list(var.proto.domain)[0])
+
+
+def _hi(var: Any) -> int:
+    """Upper bound of a variable (the proto's repeated field does not support negative indexing)."""
+    return int(list(var.proto.domain)[-1])
+
+
+def _bounds(expr: Any) -> tuple[int, int]:
+    """Lower and upper bound of a linear expression from its variables' domains."""
+    if isinstance(expr, int):
+        return expr, expr
+    flat = expr <= 0
+    lo = hi = int(flat.offset)
+    for c, x in zip(flat.coeffs, flat.vars):
+        a, b = _lo(x) * int(c), _hi(x) * int(c)
+        lo += min(a, b)
+        hi += max(a, b)
+    return lo, hi
+
+
+def _row(c: Candidate, space: PlanSpace) -> dict[str, Any]:
+    """The integer table row of one candidate."""
+    L = space.specs.model.num_layers
+    P = space.max_pp
+    key = c.key
+    row: dict[str, Any] = {
+        "tp": key.tp,
+        "pp": c.pp,
+        "dp": c.dp,
+        "ep": key.ep,
+        "moe_tp": key.moe_tp or 0,
+        "gpus": c.gpus,
+        "max_num_seqs": c.menu.max_num_seqs,
+        "budget": c.menu.budget or 0,
+        "weight_bits": DTYPE_BITS[key.weight_dtype],
+        "kv_bits": DTYPE_BITS[key.kv_dtype],
+        "tp_nodes": c.tp_nodes,
+        "divisible": 1 if c.divisible else 0,
+    }
+    e = c.est
+    if e is None:  # a row that breaks divisibility: neutral values (only `divisibility` rules it out)
+        base, extra = divmod(L, c.pp)
+        split = [base + (1 if i < extra else 0) for i in range(c.pp)]
+        row.update(ttft_ns=0, goodput_per_gpu=0, throughput=0, energy_per_token=0, cost_per_mtok=0, capacity=_BIG,
+                   layer_ns=0, extra_ns=[0] * P, max_layers=[L if i < c.pp else 0 for i in range(P)],
+                   split=split + [0] * (P - c.pp), tpot_ns=0)
+        return row
+    t = UNITS["time"]
+    row.update(
+        ttft_ns=scale(e.ttft_s, t, _BIG),
+        goodput_per_gpu=scale(e.goodput_rps / c.gpus, UNITS["rate"], _BIG),
+        throughput=scale(e.throughput_tok_s, UNITS["throughput"], _BIG),
+        energy_per_token=scale(e.energy_per_token_j, UNITS["energy"], _BIG),
+        cost_per_mtok=scale(e.cost_per_mtok_usd, UNITS["cost"], _BIG),
+        capacity=scale(e.capacity_rps, UNITS["rate"], _BIG),
+        split=list(e.split) + [0] * (P - c.pp),
+        max_layers=[min(e.max_layers[i], L) if i < c.pp else 0 for i in range(P)],
+    )
+    if c.pp == 1:
+        row["layer_ns"] = 0
+        row["extra_ns"] = [scale(e.tpot_s, t, _BIG)] + [0] * (P - 1)
+    else:
+        row["layer_ns"] = scale(e.layer_s, t, _BIG)
+        row["extra_ns"] = [scale(x, t, _BIG) for x in e.stage_extra_s] + [0] * (P - c.pp)
+    row["tpot_ns"] = max(n * row["layer_ns"] + x for n, x in zip(row["split"], row["extra_ns"]))
+    return row
+
+
+__all__ = ["UNITS", "LabelledConstraint", "PlanModel", "PlanVars", "Solution"]

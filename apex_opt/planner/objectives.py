@@ -1,0 +1,191 @@
+"""Objectives: what "best" means, predicted (CP-SAT, scaled ints) and simulated (the verified ranking).
+
+=====================  =========================================  ==========================  =================
+``--objective``        optimises                                  simulated as                ties broken by
+=====================  =========================================  ==========================  =================
+``goodput-per-gpu``    SLO-meeting requests/s per GPU (default)   ``goodput_rps / gpus``      min-tpot, min-ttft
+``throughput``         sustainable output tokens/s                ``throughput_tok_s``        min-tpot, min-ttft
+``min-gpus``           GPUs used                                  ``gpus``                    min-tpot, min-ttft
+``min-energy``         joules per output token                    ``energy_per_token_j``      min-tpot, min-ttft
+``min-cost``           USD per million output tokens              ``cost_per_mtok_usd``       min-tpot, min-ttft
+``min-tpot``           mean time per output token                 ``tpot_mean_s``             min-ttft, min-energy
+``min-ttft``           mean time to first token                   ``ttft_mean_s``             min-tpot, min-energy
+=====================  =========================================  ==========================  =================
+
+The documented tie-break order is ``min-tpot, min-ttft, min-energy``: an objective is followed by the first two of
+these that differ from it. CP-SAT optimises them lexicographically (solve, fix the optimum, re-solve on the tie
+breaks); the verified ranking sorts on the simulated values in the same order.
+
+``Minimize(metric)``, ``Maximize(metric)`` take a metric name (``"cost_per_mtok"``) or a function
+``(v, s) -> linear expression`` for objectives of your own; such plans are ranked by the solver's order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import SpecError
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One quantity the planner can optimise."""
+
+    name: str  # key used in PlanVars and predicted/simulated dicts
+    sense: int  # +1: more is better, -1: less is better
+    var: str  # PlanVars attribute holding the scaled prediction
+    sim_key: str | None  # SimResult.summary() key (None: derived)
+    label: str  # for reports
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("goodput_per_gpu", +1, "goodput_per_gpu", None, "goodput per GPU"),
+        Metric("throughput", +1, "throughput", "throughput_tok_s", "throughput"),
+        Metric("gpus", -1, "gpus", None, "GPUs"),
+        Metric("energy_per_token", -1, "energy_per_token", "energy_per_token_j", "energy per token"),
+        Metric("cost_per_mtok", -1, "cost_per_mtok", "cost_per_mtok_usd", "cost per million tokens"),
+        Metric("tpot", -1, "tpot_ns", "tpot_mean_s", "TPOT"),
+        Metric("ttft", -1, "ttft_ns", "ttft_mean_s", "TTFT"),
+    )
+}
+
+#: --objective NAME -> metric
+OBJECTIVE_NAMES: dict[str, str] = {
+    "goodput-per-gpu": "goodput_per_gpu",
+    "throughput": "throughput",
+    "min-gpus": "gpus",
+    "min-energy": "energy_per_token",
+    "min-cost": "cost_per_mtok",
+    "min-tpot": "tpot",
+    "min-ttft": "ttft",
+}
+TIE_BREAK_ORDER = ("tpot", "ttft", "energy_per_token")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A primary goal plus its tie breaks; build with :func:`Minimize`, :func:`Maximize` or a name."""
+
+    name: str
+    sense: int
+    metric: str | None = None
+    fn: Callable[..., Any] | None = field(default=None, compare=False)
+    tie_breaks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.metric is None and self.fn is None:
+            raise SpecError("an objective needs a metric name or a function (v, s) -> expression")
+
+    @property
+    def levels(self) -> tuple[tuple[str | None, int], ...]:
+        """(metric or None for the function, sense) for the primary and each tie break."""
+        return ((self.metric, self.sense), *((t, METRICS[t].sense) for t in self.tie_breaks))
+
+    def __repr__(self) -> str:
+        return f"<Objective {self.name}>"
+
+
+def _tie_breaks(metric: str | None) -> tuple[str, ...]:
+    return tuple(t for t in TIE_BREAK_ORDER if t != metric)[:2]
+
+
+def _metric_name(metric: str) -> str:
+    key = metric.strip().lower().replace("-", "_")
+    aliases = {"energy": "energy_per_token", "cost": "cost_per_mtok", "goodput": "goodput_per_gpu",
+               "tpot_ms": "tpot", "ttft_ms": "ttft", "energy_per_token_j": "energy_per_token",
+               "cost_per_mtok_usd": "cost_per_mtok"}
+    key = aliases.get(key, key)
+    if key not in METRICS:
+        raise SpecError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)}")
+    return key
+
+
+def Minimize(metric: str | Callable[..., Any]) -> Objective:  # noqa: N802 - reads like maths, as in cvxpy
+    """Minimise a metric (``"cost_per_mtok"``, ``"tpot"``, ...) or a function ``(v, s) -> linear expression``."""
+    if callable(metric):
+        return Objective(f"minimize {getattr(metric, '__name__', 'expression')}", -1, None, metric,
+                         _tie_breaks(None))
+    key = _metric_name(metric)
+    return Objective(f"minimize {key}", -1, key, None, _tie_breaks(key))
+
+
+def Maximize(metric: str | Callable[..., Any]) -> Objective:  # noqa: N802
+    """Maximise a metric (``"goodput_per_gpu"``, ``"throughput"``) or a function ``(v, s) -> expression``."""
+    if callable(metric):
+        return Objective(f"maximize {getattr(metric, '__name__', 'expression')}", +1, None, metric,
+                         _tie_breaks(None))
+    key = _metric_name(metric)
+    return Objective(f"maximize {key}", +1, key, None, _tie_breaks(key))
+
+
+def objective_function(objective: str | Objective | Callable[..., Any] | None) -> Objective:
+    """Normalise ``solve(objective=...)``: an ``--objective`` name, an :class:`Objective`, or a function to minimise."""
+    if objective is None:
+        objective = "goodput-per-gpu"
+    if isinstance(objective, Objective):
+        return objective
+    if isinstance(objective, str):
+        name = objective.strip().lower()
+        if name in OBJECTIVE_NAMES:
+            key = OBJECTIVE_NAMES[name]
+            return Objective(name, METRICS[key].sense, key, None, _tie_breaks(key))
+        raise SpecError(f"--objective '{objective}' is unknown; use one of {', '.join(OBJECTIVE_NAMES)}")
+    if callable(objective):
+        return Minimize(objective)
+    raise SpecError(f"objective={objective!r}: give a name ({', '.join(OBJECTIVE_NAMES)}), Minimize(...) or "
+                    "Maximize(...)")
+
+
+# ------------------------------------------------------------------------------------------- values
+def simulated_value(metric: str, summary: dict, gpus: int) -> float:
+    """The simulated value of ``metric`` (SI units) from a ``SimResult.summary()`` dict."""
+    if metric == "goodput_per_gpu":
+        return float(summary.get("goodput_rps", math.nan)) / max(gpus, 1)
+    if metric == "gpus":
+        return float(gpus)
+    key = METRICS[metric].sim_key
+    return float(summary.get(key, math.nan)) if key else math.nan
+
+
+def _sig(x: float, digits: int = 3) -> float:
+    """``x`` rounded to ``digits`` significant digits: simulated values that agree this far count as ties."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, -int(math.floor(math.log10(abs(x)))) + digits - 1)
+
+
+def rank_key(objective: Objective, simulated: dict | None, predicted: dict, gpus: int, order: int) -> tuple:
+    """Sort key of a verified plan: simulated objective levels (3 significant digits), then predicted, then order."""
+    key: list[float] = []
+    for metric, sense in objective.levels:
+        if metric is None:
+            continue
+        value = simulated_value(metric, simulated, gpus) if simulated else math.nan
+        if not math.isfinite(value):
+            value = float(predicted.get(metric, math.nan))
+        key.append(-sense * _sig(value) if math.isfinite(value) else math.inf)
+    for metric, sense in objective.levels:
+        if metric is not None:
+            value = float(predicted.get(metric, math.nan))
+            key.append(-sense * value if math.isfinite(value) else math.inf)
+    key.append(order)
+    return tuple(key)
+
+
+__all__ = [
+    "METRICS",
+    "OBJECTIVE_NAMES",
+    "TIE_BREAK_ORDER",
+    "Maximize",
+    "Metric",
+    "Minimize",
+    "Objective",
+    "objective_function",
+    "rank_key",
+    "simulated_value",
+]

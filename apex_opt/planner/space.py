@@ -1,0 +1,245 @@
+"""The plan space: every candidate (replica shape x engine limits x dp) with the cost model's predictions.
+
+A candidate is one row of the tables the CP-SAT model indexes (:mod:`apex_opt.planner.model`):
+
+* **shape**: ``tp`` (powers of two), ``pp`` (powers of two up to ``max_pp`` and the layer count), ``ep`` and the
+  MoE ``moe_tp = tp / ep`` split (MoE models; vLLM only runs ``ep == tp``), weight and KV dtypes the user allows;
+* **limits**: ``max_num_seqs`` and the chunked-prefill budget from a small menu;
+* **dp**: every replica count that fits the GPUs.
+
+Rows that break divisibility (heads, KV heads, experts) stay in the table, flagged, so that the ``divisibility``
+constraint can be named in an infeasibility explanation like any other.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from ..errors import SpecError
+from ..perf.replica import check_divisibility
+from ..schema.plan import Plan
+from ..specs import Specs
+from ..topology.graph import Topology
+from .estimates import ConfigEstimate, Estimator, Menu, ShapeKey, WorkloadStats
+
+QUANTIZATION = ("none", "fp8", "int4", "any")
+KV_DTYPES = ("bf16", "fp8", "any")
+DTYPE_BITS = {"bf16": 16, "fp16": 16, "fp8": 8, "int4": 4}
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What the search may choose from, and the slack of the analytical bounds.
+
+    ``quantization`` *allows* a weight format besides bf16 (``any``: fp8 and int4); ``kv_dtype`` picks the KV-cache
+    format (``any``: bf16 or fp8). ``slo_slack`` loosens the analytical SLO bounds (the simulation has the last
+    word); ``headroom`` is the share of capacity kept free by the ``capacity`` constraint.
+    """
+
+    quantization: str = "none"
+    kv_dtype: str = "bf16"
+    use_all_gpus: bool = False
+    tp_across_nodes: bool = False
+    max_pp: int = 16
+    max_num_seqs: tuple[int, ...] = (128, 256)
+    budgets: tuple[int | None, ...] = (None, 2048, 8192)
+    slo_slack: float = 1.1
+    headroom: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATION:
+            raise SpecError(f"--quantization '{self.quantization}' is unknown; use one of {', '.join(QUANTIZATION)}")
+        if self.kv_dtype not in KV_DTYPES:
+            raise SpecError(f"--kv-dtype '{self.kv_dtype}' is unknown; use one of {', '.join(KV_DTYPES)}")
+        if self.max_pp < 1:
+            raise SpecError(f"max_pp {self.max_pp} must be at least 1")
+        if not self.max_num_seqs or any(n < 1 for n in self.max_num_seqs):
+            raise SpecError("the max_num_seqs menu needs at least one positive value")
+        if self.slo_slack < 1.0:
+            raise SpecError(f"slo_slack {self.slo_slack} must be >= 1 (the bounds may only be loosened)")
+        if not 0 <= self.headroom < 1:
+            raise SpecError(f"headroom {self.headroom} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the plan space."""
+
+    index: int
+    key: ShapeKey
+    menu: Menu
+    pp: int
+    dp: int
+    tp_nodes: int
+    divisible: bool
+    est: ConfigEstimate | None  # None for rows that break divisibility
+    why_not_divisible: str = ""
+
+    @property
+    def tp(self) -> int:
+        return self.key.tp
+
+    @property
+    def gpus(self) -> int:
+        return self.dp * self.pp * self.key.tp
+
+    @property
+    def label(self) -> str:
+        return self.plan().label
+
+    def plan(self, gpu: str = "gpu", engine: str = "vllm-0.6", split: tuple[int, ...] | None = None) -> Plan:
+        split = split or (self.est.split if self.est else None)
+        extra = dict(self.menu.plan_fields(), dp=self.dp, pp=self.pp)
+        if self.pp > 1 and split:
+            extra["layers_per_stage"] = tuple(split)
+        return self.key.plan(gpu, engine, **extra)
+
+    def describe(self) -> str:
+        b = "default" if self.menu.budget is None else str(self.menu.budget)
+        return f"{self.plan().label} max_num_seqs={self.menu.max_num_seqs} budget={b}"
+
+
+@dataclass
+class PlanSpace:
+    """All candidates of one problem, with the context the constraints and the report need."""
+
+    specs: Specs
+    options: SearchOptions
+    stats: WorkloadStats
+    gpu_name: str
+    total_gpus: int
+    gpus_per_node: int
+    candidates: tuple[Candidate, ...]
+    estimator: Estimator
+    topology: Topology
+    build_time_s: float = 0.0
+    shapes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    @property
+    def max_pp(self) -> int:
+        return max((c.pp for c in self.candidates), default=1)
+
+    def plan(self, cand: Candidate, split: tuple[int, ...] | None = None) -> Plan:
+        return cand.plan(self.gpu_name, self.specs.engine.name, split)
+
+
+def weight_dtypes(options: SearchOptions, specs: Specs) -> tuple[str, ...]:
+    gpu = specs.gpu
+    allowed = ["bf16"]
+    if options.quantization in ("fp8", "any"):
+        if "fp8" in gpu.peak_flops:
+            allowed.append("fp8")
+        elif options.quantization == "fp8":
+            raise SpecError(f"--quantization fp8: {gpu.name} has no fp8 tensor cores; use int4 or none")
+    if options.quantization in ("int4", "any"):
+        allowed.append("int4")
+    return tuple(allowed)
+
+
+def kv_dtypes(options: SearchOptions) -> tuple[str, ...]:
+    return {"bf16": ("bf16",), "fp8": ("fp8",), "any": ("bf16", "fp8")}[options.kv_dtype]
+
+
+def _powers_of_two(limit: int) -> list[int]:
+    out = []
+    x = 1
+    while x <= limit:
+        out.append(x)
+        x *= 2
+    return out
+
+
+def _tp_nodes(tp: int, pp: int, dp: int, gpus_per_node: int) -> int:
+    """Most nodes any TP group spans when replicas fill GPUs in order (see apex_opt.perf.replica)."""
+    worst = 1
+    for r in range(dp):
+        for s in range(pp):
+            start = (r * pp + s) * tp
+            worst = max(worst, (start + tp - 1) // gpus_per_node - start // gpus_per_node + 1)
+    return worst
+
+
+def _ep_choices(specs: Specs, tp: int) -> list[tuple[int, int | None]]:
+    moe = specs.model.moe
+    if moe is None:
+        return [(1, None)]
+    out: list[tuple[int, int | None]] = [(1, None)]
+    vllm = specs.engine.family.startswith("vllm")
+    for ep in _powers_of_two(tp):
+        if ep < 2 or moe.num_experts % ep:
+            continue
+        if vllm and ep != tp:  # --enable-expert-parallel puts experts over the whole TP group
+            continue
+        out.append((ep, tp // ep))
+    return out
+
+
+def build_space(specs: Specs, options: SearchOptions | None = None) -> PlanSpace:
+    """Enumerate and estimate every candidate of ``specs`` (see the module docstring)."""
+    options = options or SearchOptions()
+    start = time.perf_counter()
+    group = specs.cluster.nodes[0]
+    total = group.count * group.gpus_per_node
+    gpn = group.gpus_per_node
+    gpu = specs.gpus[group.gpu]
+    notes = []
+    if specs.cluster.is_heterogeneous:
+        notes.append(f"heterogeneous cluster: planning on its first node group ({total} x {gpu.name}) only")
+    topology = Topology.build(specs.cluster, specs.gpus)
+    stats = WorkloadStats.of(specs.workload, specs.slo)
+    estimator = Estimator(specs.model, gpu, specs.engine, topology, stats, specs.slo, slo_slack=options.slo_slack,
+                          headroom=options.headroom, max_pp=options.max_pp)
+    L = specs.model.num_layers
+    menus = [Menu(n, b) for n in sorted(set(options.max_num_seqs)) for b in _budgets(specs, gpu, options.budgets)]
+    rows: list[Candidate] = []
+    shapes = 0
+    for wd in weight_dtypes(options, specs):
+        for kd in kv_dtypes(options):
+            for tp in _powers_of_two(total):
+                for ep, moe_tp in _ep_choices(specs, tp):
+                    key = ShapeKey(tp, ep, moe_tp, wd, kd)
+                    probe = key.plan(gpu.name, specs.engine.name)
+                    try:
+                        check_divisibility(specs.model, probe)
+                        divisible, why = True, ""
+                    except SpecError as exc:
+                        divisible, why = False, str(exc)
+                    for pp in _powers_of_two(min(options.max_pp, L, total // tp)):
+                        shapes += 1
+                        for menu in menus:
+                            for dp in range(1, total // (tp * pp) + 1):
+                                est = estimator.estimate(key, menu, pp, dp) if divisible else None
+                                rows.append(Candidate(len(rows), key, menu, pp, dp, _tp_nodes(tp, pp, dp, gpn),
+                                                      divisible, est, why))
+    return PlanSpace(specs, options, stats, gpu.name, total, gpn, tuple(rows), estimator, topology,
+                     time.perf_counter() - start, shapes, notes)
+
+
+def _budgets(specs: Specs, gpu, budgets: tuple[int | None, ...]) -> list[int | None]:
+    """The budget menu without entries equal to the engine's own default (chunked, same budget)."""
+    from ..perf.engine_rules import resolve_engine
+
+    default = resolve_engine(specs.engine, Plan(gpu=gpu.name, engine=specs.engine.name), specs.model, gpu)
+    seen: list[int | None] = []
+    for b in budgets:
+        if b is not None and default.chunked_prefill and b == default.max_num_batched_tokens:
+            b = None
+        if b not in seen:
+            seen.append(b)
+    return seen
+
+
+def scale(x: float, unit: float, cap: int = 2**40) -> int:
+    """``x / unit`` rounded to an int the solver can hold (inf and NaN become ``cap``)."""
+    if x is None or not math.isfinite(x):
+        return cap
+    return int(min(max(round(x / unit), -cap), cap))
+
+
+__all__ = ["Candidate", "PlanSpace", "SearchOptions", "build_space", "scale"]

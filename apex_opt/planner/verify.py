@@ -1,0 +1,150 @@
+"""Verify plans by simulation, in parallel processes, with results independent of the number of workers.
+
+Each plan is simulated on the (possibly truncated) workload in a worker process; only the summary dict travels
+back. Results are collected by position, never by completion order, and every simulation uses the same seed,
+so ``workers=1`` and ``workers=2`` give identical rankings.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ApexOptError
+from ..schema.plan import Plan
+from ..specs import Specs
+
+#: simulate(specs, plan, seed=...) -> object with .summary() (or a dict); module-level for pickling
+Simulator = Callable[..., Any]
+
+
+class SimMetrics(dict):
+    """A simulation summary with attribute access (``r.ttft_p99_s``) and the planner's normalised keys.
+
+    Besides the simulator's own keys it always holds ``goodput_rps``, ``throughput_tok_s``,
+    ``energy_per_token_j``, ``cost_usd``, ``cost_per_mtok_usd``, ``requests_per_s`` and ``gpus``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no simulated metric '{name}'; available: {', '.join(sorted(self))}") from None
+
+
+_ALIASES = {
+    "goodput_rps": ("goodput_rps", "goodput_req_s"),
+    "throughput_tok_s": ("throughput_tok_s", "throughput_output_tok_s"),
+    "requests_per_s": ("requests_per_s", "throughput_req_s"),
+    "energy_per_token_j": ("energy_per_token_j", "energy_per_output_token_j"),
+    "cost_usd": ("cost_usd", "cost"),
+    "preemptions": ("preemptions", "num_preemptions"),
+    "rejected": ("rejected", "num_rejected"),
+}
+
+
+def normalize_summary(summary: dict[str, Any], plan: Plan) -> SimMetrics:
+    """Add the planner's key names to a simulator summary (the simulator's own keys stay)."""
+    out = SimMetrics(summary)
+    for key, names in _ALIASES.items():
+        if key not in out:
+            out[key] = next((summary[n] for n in names if n in summary), math.nan)
+    if "cost_per_mtok_usd" not in out:
+        tokens = summary.get("output_tokens") or 0
+        cost = out.get("cost_usd", math.nan)
+        out["cost_per_mtok_usd"] = cost / tokens * 1e6 if tokens else math.nan
+    out.setdefault("gpus", plan.gpus)
+    return out
+
+
+def _default_simulator() -> Simulator:
+    from ..simulate import simulate
+
+    return simulate
+
+
+def _run_one(simulator: Simulator | None, specs: Specs, plan: Plan, seed: int) -> tuple[str, Any]:
+    """Worker: ('ok', summary dict) or ('error', message) for an error a user can cause."""
+    sim = simulator or _default_simulator()
+    try:
+        result = sim(specs, plan, seed=seed)
+    except ApexOptError as exc:
+        return "error", f"{type(exc).__name__}: {exc}"
+    summary = result.summary() if hasattr(result, "summary") else dict(result)
+    return "ok", summary
+
+
+@dataclass(frozen=True)
+class SimOutcome:
+    plan: Plan
+    metrics: SimMetrics | None
+    error: str = ""
+
+
+class Verifier:
+    """Runs simulations for one problem; ``workers`` processes (1: in this process)."""
+
+    def __init__(self, specs: Specs, *, workers: int = 2, seed: int = 0, simulator: Simulator | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.specs = specs
+        self.workers = max(1, int(workers))
+        self.seed = seed
+        self.simulator = simulator
+        self.progress = progress
+        self.count = 0
+        self.seconds = 0.0
+        self._pool: ProcessPoolExecutor | None = None
+        self._cache: dict[str, SimOutcome] = {}
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            method = "fork" if "fork" in mp.get_all_start_methods() and os.name == "posix" else "spawn"
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context(method))
+        return self._pool
+
+    def run(self, plans: Sequence[Plan]) -> list[SimOutcome]:
+        """Simulate ``plans`` (in parallel when workers > 1); outcomes in the order of ``plans``."""
+        import time
+
+        start = time.perf_counter()
+        todo = [p for p in plans if p.model_dump_json() not in self._cache]
+        unique: dict[str, Plan] = {p.model_dump_json(): p for p in todo}
+        if unique:
+            if self.progress:
+                self.progress(f"simulating {len(unique)} plan{'s' if len(unique) != 1 else ''}: "
+                              + ", ".join(p.label for p in unique.values()))
+            keys = list(unique)
+            if self.workers == 1 or len(keys) == 1:
+                raw = [_run_one(self.simulator, self.specs, unique[k], self.seed) for k in keys]
+            else:
+                pool = self._executor()
+                futures = [pool.submit(_run_one, self.simulator, self.specs, unique[k], self.seed) for k in keys]
+                raw = [f.result() for f in futures]
+            for k, (status, payload) in zip(keys, raw):
+                plan = unique[k]
+                if status == "ok":
+                    self._cache[k] = SimOutcome(plan, normalize_summary(payload, plan))
+                else:
+                    self._cache[k] = SimOutcome(plan, None, payload)
+                self.count += 1
+        self.seconds += time.perf_counter() - start
+        return [self._cache[p.model_dump_json()] for p in plans]
+
+
+__all__ = ["SimMetrics", "SimOutcome", "Verifier", "normalize_summary"]

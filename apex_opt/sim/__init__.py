@@ -1,0 +1,35 @@
+"""The iteration-level serving simulator (vLLM 0.6 V0, vLLM V1, SGLang 0.4 schedulers).
+
+>>> from apex_opt.sim import run_simulation, ReplicaSpec, SchedulerConfig, StaticReplicaCost, LinearStageCost
+"""
+
+from __future__ import annotations
+
+from .config import FAMILIES, ReplicaSpec, SchedulerConfig
+from .cost import BatchShape, LinearStageCost, ReplicaCost, StageCost, StaticReplicaCost
+from .engine import Simulation, run_simulation
+from .metrics import RequestRecords, SimResult, SLOTarget
+from .policies import Iteration, SchedulerPolicy, SglangPolicy, VllmV0Policy, VllmV1Policy
+from .router import ROUTERS
+
+__all__ = [
+    "FAMILIES",
+    "ROUTERS",
+    "BatchShape",
+    "Iteration",
+    "LinearStageCost",
+    "ReplicaCost",
+    "ReplicaSpec",
+    "RequestRecords",
+    "SLOTarget",
+    "SchedulerConfig",
+    "SchedulerPolicy",
+    "SglangPolicy",
+    "SimResult",
+    "Simulation",
+    "StageCost",
+    "StaticReplicaCost",
+    "VllmV0Policy",
+    "VllmV1Policy",
+    "run_simulation",
+]

@@ -1,0 +1,299 @@
+"""Simulation results: per-request records, the summary, SLO attainment and goodput.
+
+Metric semantics follow vLLM 0.6's engine-side metrics (``docs/engines.md`` section 2) and the reference data
+(``data/README.md``):
+
+* **TTFT** = first-token stamp - arrival; the stamp is taken when the outputs of the iteration that finished the
+  prefill are processed (``SchedulerConfig.metrics_stamp``).
+* **ITL** samples are the gaps between consecutive token stamps of a request. A recompute preemption's gap
+  (last token before the preemption -> first token after the re-prefill) is not an ITL sample; vLLM logs it as a
+  second TTFT sample. ITL percentiles are over all samples (token-weighted).
+* **TPOT** per request = (finish - first token) / (output - 1), preemption stalls included.
+* **tpot_ms** / **itl_ms** (reference aggregates) = sum of all ITL samples / sum of output tokens, resp. / sum of
+  (output tokens - 1).
+* **e2e** = finish - arrival. Throughputs, goodput and GPU-hours are over the makespan: first arrival to last finish.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+STATS: tuple[str, ...] = ("mean", "p50", "p90", "p95", "p99")
+_Q = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0}
+
+
+@dataclass(frozen=True)
+class SLOTarget:
+    """Latency bounds in seconds, the statistic each applies to, and the attainment target.
+
+    Any object with ``ttft``, ``tpot`` (seconds or None), ``ttft_stat``, ``tpot_stat`` ("mean", "p50", "p90",
+    "p95", "p99") and ``attainment`` (fraction) is accepted where an SLO is expected (e.g.
+    ``apex_opt.schema.slo.SLO``); ``e2e``/``e2e_stat`` are used when present.
+    """
+
+    ttft: float | None = None
+    tpot: float | None = None
+    ttft_stat: str = "mean"
+    tpot_stat: str = "mean"
+    attainment: float = 0.9
+    e2e: float | None = None
+    e2e_stat: str = "mean"
+
+
+def _stat(values: np.ndarray, stat: str) -> float:
+    if values.size == 0:
+        return math.nan
+    if stat == "mean":
+        return float(values.mean())
+    return float(np.percentile(values, _Q[stat]))
+
+
+def _describe(prefix: str, values: np.ndarray, out: dict[str, Any]) -> None:
+    for s in STATS:
+        out[f"{prefix}_{s}_s"] = _stat(values, s)
+
+
+def weighted_quantiles(vals: np.ndarray, wts: np.ndarray, segs: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """Quantiles (in [0, 1]) of a weighted sample: points ``vals`` with weights ``wts`` plus arithmetic segments
+    (rows ``alpha, beta, j_from, j_to, weight``: values ``alpha + beta*j`` for integer ``j`` in the range, each
+    with the weight). Returns the smallest ``v`` with cumulative weight >= q * total (bisection on ``v``)."""
+    segs = segs.reshape(-1, 5) if segs.size else np.zeros((0, 5))
+    seg_w = segs[:, 4] * (segs[:, 3] - segs[:, 2] + 1)
+    total = float(wts.sum() + seg_w.sum())
+    if total <= 0:
+        return [math.nan for _ in qs]
+    lo_candidates = [vals.min()] if vals.size else []
+    hi_candidates = [vals.max()] if vals.size else []
+    if segs.size:
+        a, b, j0, j1 = segs[:, 0], segs[:, 1], segs[:, 2], segs[:, 3]
+        ends = np.concatenate([a + b * j0, a + b * j1])
+        lo_candidates.append(ends.min())
+        hi_candidates.append(ends.max())
+    lo0, hi0 = float(min(lo_candidates)), float(max(hi_candidates))
+
+    def weight_le(v: float) -> float:
+        w = float(wts[vals <= v].sum()) if vals.size else 0.0
+        if segs.size:
+            a, b, j0, j1, sw = segs.T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                jmax = np.where(b > 0, np.floor((v - a) / np.where(b > 0, b, 1.0)), np.where(a <= v, j1, j0 - 1))
+            cnt = np.clip(jmax, j0 - 1, j1) - (j0 - 1)
+            w += float((cnt * sw).sum())
+        return w
+
+    out = []
+    for q in qs:
+        target = q * total
+        lo, hi = lo0, hi0
+        if weight_le(lo) >= target:
+            out.append(lo)
+            continue
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            if mid <= lo or mid >= hi:
+                break
+            if weight_le(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+        out.append(hi)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class RequestRecords:
+    """Per-request results, one entry per workload request (in workload order).
+
+    Times are seconds on the workload's clock; NaN where the event did not happen (e.g. rejected requests).
+    ``generated`` counts tokens produced; ``truncated`` marks requests stopped before their requested output
+    (context limit or KV capacity); ``reject_reason`` is "" or one of "prompt_limit", "length", "kv";
+    ``stall_s`` sums the gaps caused by recompute preemptions.
+    """
+
+    request_ids: tuple[str, ...]
+    replica: np.ndarray
+    arrival_s: np.ndarray
+    first_scheduled_s: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    prompt_tokens: np.ndarray
+    requested_tokens: np.ndarray
+    generated: np.ndarray
+    rejected: np.ndarray
+    truncated: np.ndarray
+    preemptions: np.ndarray
+    stall_s: np.ndarray
+    reject_reason: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    @property
+    def completed(self) -> np.ndarray:
+        return ~self.rejected & np.isfinite(self.finish_s)
+
+    @property
+    def ttft_s(self) -> np.ndarray:
+        return self.first_token_s - self.arrival_s
+
+    @property
+    def e2e_s(self) -> np.ndarray:
+        return self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> np.ndarray:
+        """(finish - first token) / (generated - 1); NaN for single-token outputs."""
+        n = self.generated.astype(np.float64) - 1.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(n > 0, (self.finish_s - self.first_token_s) / n, np.nan)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, eq=False)
+class SimResult:
+    """What :func:`~apex_opt.sim.run_simulation` returns.
+
+    ``records`` holds per-request results; ``summary()`` a flat dict of scalars; ``series`` downsampled time
+    series (``t_s``, ``queue_len``, ``running``, ``batch_size``, ``kv_util``) for plotting (bin means, not part
+    of the exact summary); ``log`` the request-level event log when ``record_log=True``: tuples
+    ``(request_id, event, time_s, detail)`` with event in arrive/reject/prefill/first_token/preempt/finish;
+    ``iterations`` the iteration log ``(replica, engine, start_s, duration_s, steps, prefill_tokens, decodes)``.
+
+    Summary keys
+    ------------
+    Counts: ``num_requests``, ``num_completed``, ``num_rejected``, ``num_truncated``, ``num_preemptions``,
+    ``output_tokens``, ``prompt_tokens``.
+    Time: ``makespan_s`` (first arrival -> last finish).
+    Latency (seconds, completed requests): ``ttft_{mean,p50,p90,p95,p99}_s``, ``tpot_*_s`` (per request),
+    ``itl_*_s`` (token-weighted over all inter-token gaps), ``e2e_*_s``; reference aggregates ``ttft_ms_mean``,
+    ``tpot_ms``, ``itl_ms``, ``e2e_s_mean``.
+    Throughput: ``throughput_output_tok_s``, ``throughput_total_tok_s``, ``throughput_req_s``.
+    Load: ``batch_size_mean`` (sequences per iteration, weighted by iteration time), ``batch_size_max``,
+    ``queue_len_mean``/``queue_len_max`` (waiting requests, whole cluster, time-weighted over the makespan),
+    ``running_mean``/``running_max``, ``kv_util_mean`` (time-weighted), ``kv_util_max``.
+    Hardware: ``mfu``, ``mbu`` (NaN if a stage lacks ``peak_flops``/``peak_bandwidth``), ``busy_fraction``,
+    ``energy_j`` (busy + idle), ``energy_per_output_token_j``, ``gpus``, ``gpu_hours``, ``cost`` (NaN without a
+    price).
+    SLO (with ``slo``): ``slo_attainment`` (share of all requests with TTFT <= ttft and TPOT <= tpot [and e2e <=
+    e2e]), ``goodput_req_s`` (attaining requests / makespan), ``slo_ttft_value_s``, ``slo_tpot_value_s``,
+    ``slo_e2e_value_s`` (the bounded statistics), ``slo_met`` (every bounded statistic within its bound and
+    attainment >= target).
+    """
+
+    records: RequestRecords
+    summary_values: dict[str, Any]
+    series: dict[str, np.ndarray] = field(default_factory=dict)
+    per_replica: tuple[dict[str, Any], ...] = ()
+    log: tuple[tuple, ...] | None = None
+    iterations: tuple[tuple, ...] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The summary as a new dict (see the class docstring for the keys)."""
+        return dict(self.summary_values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.summary_values[key]
+
+
+def slo_fields(slo: Any) -> SLOTarget | None:
+    """Normalise any SLO-like object to :class:`SLOTarget` (``None`` stays ``None``)."""
+    if slo is None:
+        return None
+    if isinstance(slo, SLOTarget):
+        return slo
+    return SLOTarget(
+        ttft=getattr(slo, "ttft", None), tpot=getattr(slo, "tpot", None),
+        ttft_stat=getattr(slo, "ttft_stat", "mean"), tpot_stat=getattr(slo, "tpot_stat", "mean"),
+        attainment=float(getattr(slo, "attainment", 0.9)),
+        e2e=getattr(slo, "e2e", None), e2e_stat=getattr(slo, "e2e_stat", "mean"),
+    )
+
+
+def latency_summary(rec: RequestRecords, itl_vals: np.ndarray, itl_wts: np.ndarray, itl_segs: np.ndarray,
+                    makespan: float, slo: SLOTarget | None) -> dict[str, Any]:
+    """The latency, throughput and SLO part of the summary."""
+    out: dict[str, Any] = {}
+    done = rec.completed
+    ttft = rec.ttft_s[done]
+    e2e = rec.e2e_s[done]
+    tpot = rec.tpot_s[done]
+    tpot = tpot[np.isfinite(tpot)]
+    gen = rec.generated[done]
+    out["num_requests"] = len(rec)
+    out["num_completed"] = int(done.sum())
+    out["num_rejected"] = int(rec.rejected.sum())
+    out["num_truncated"] = int(rec.truncated.sum())
+    out["num_preemptions"] = int(rec.preemptions.sum())
+    out["output_tokens"] = int(rec.generated.sum())
+    out["prompt_tokens"] = int(rec.prompt_tokens[done].sum())
+    out["makespan_s"] = makespan
+    _describe("ttft", ttft, out)
+    _describe("tpot", tpot, out)
+    _describe("e2e", e2e, out)
+    itl_mean = math.nan
+    segs = itl_segs.reshape(-1, 5) if itl_segs.size else np.zeros((0, 5))
+    seg_w = segs[:, 4] * (segs[:, 3] - segs[:, 2] + 1)
+    total_w = float(itl_wts.sum() + seg_w.sum())
+    if total_w > 0:
+        seg_sum = float((segs[:, 4] * (segs[:, 0] * (segs[:, 3] - segs[:, 2] + 1)
+                                       + segs[:, 1] * (segs[:, 3] * (segs[:, 3] + 1) - (segs[:, 2] - 1) * segs[:, 2])
+                                       / 2)).sum())
+        itl_mean = (float((itl_vals * itl_wts).sum()) + seg_sum) / total_w
+    out["itl_mean_s"] = itl_mean
+    for s, v in zip(("p50", "p90", "p95", "p99"),
+                    weighted_quantiles(itl_vals, itl_wts, itl_segs, (0.5, 0.9, 0.95, 0.99)), strict=True):
+        out[f"itl_{s}_s"] = v
+    itl_sum = float(((rec.finish_s - rec.first_token_s) - rec.stall_s)[done].sum())
+    out["ttft_ms_mean"] = out["ttft_mean_s"] * 1e3
+    out["tpot_ms"] = itl_sum / gen.sum() * 1e3 if gen.sum() > 0 else math.nan
+    denom = (gen - 1).sum()
+    out["itl_ms"] = itl_sum / denom * 1e3 if denom > 0 else math.nan
+    out["e2e_s_mean"] = out["e2e_mean_s"]
+    span = makespan if makespan > 0 else math.nan
+    out["throughput_output_tok_s"] = out["output_tokens"] / span
+    out["throughput_total_tok_s"] = (out["output_tokens"] + out["prompt_tokens"]) / span
+    out["throughput_req_s"] = out["num_completed"] / span
+    if slo is not None:
+        ok = done.copy()
+        tt_all = rec.ttft_s
+        tp_all = np.where(np.isfinite(rec.tpot_s), rec.tpot_s, 0.0)
+        if slo.ttft is not None:
+            ok &= tt_all <= slo.ttft
+        if slo.tpot is not None:
+            ok &= tp_all <= slo.tpot
+        if slo.e2e is not None:
+            ok &= rec.e2e_s <= slo.e2e
+        attain = float(ok.sum()) / len(rec) if len(rec) else math.nan
+        out["slo_attainment"] = attain
+        out["goodput_req_s"] = float(ok.sum()) / span
+        met = attain >= slo.attainment
+        for metric, bound, stat, values in (("ttft", slo.ttft, slo.ttft_stat, ttft),
+                                            ("tpot", slo.tpot, slo.tpot_stat, tpot),
+                                            ("e2e", slo.e2e, slo.e2e_stat, e2e)):
+            value = _stat(values, stat) if bound is not None else math.nan
+            out[f"slo_{metric}_value_s"] = value
+            if bound is not None and not (value <= bound):
+                met = False
+        out["slo_met"] = bool(met)
+    return out
+
+
+def downsample(t: np.ndarray, v: np.ndarray, t0: float, t1: float, bins: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Time-weighted bin means of a step function with value ``v[i]`` from ``t[i]`` to ``t[i+1]`` (last: ``t1``)."""
+    if t.size == 0 or not t1 > t0:
+        return np.zeros(0), np.zeros(0)
+    edges = np.linspace(t0, t1, bins + 1)
+    knots = np.concatenate([t, [t1]])
+    cum = np.concatenate([[0.0], np.cumsum(v * np.diff(knots))])
+    at = np.interp(edges, knots, cum)
+    return 0.5 * (edges[:-1] + edges[1:]), np.diff(at) / np.diff(edges)
+
+
+__all__ = ["STATS", "RequestRecords", "SLOTarget", "SimResult", "downsample", "latency_summary", "slo_fields",
+           "weighted_quantiles"]
