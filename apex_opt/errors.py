@@ -39,6 +39,8 @@ class UnknownNameError(SpecError, KeyError):
         msg = f"unknown {kind} '{name}'"
         if close:
             msg += "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+        else:
+            msg += "."
         msg += f" Known {kind}s: {', '.join(known)}." if len(known) <= 12 else f" See 'apex-opt catalog {kind}s'."
         if hint:
             msg += " " + hint

@@ -80,7 +80,7 @@ def default_layer_split(num_layers: int, pp: int) -> tuple[int, ...]:
     """Even split with the remainder on the middle stages (the first and last also hold embedding / LM head).
 
     >>> default_layer_split(80, 3)
-    (26, 28, 26)
+    (27, 27, 26)
     """
     if pp < 1 or pp > num_layers:
         raise ValueError(f"pp={pp} must be between 1 and the number of layers ({num_layers})")

@@ -1,0 +1,123 @@
+"""Words for results: why no plan exists (the labelled constraints in conflict), and why the winner wins."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..units import format_time
+from .constraints import Constraint
+from .objectives import METRICS, Objective, _sig, simulated_value
+
+
+def infeasible_message(space: Any, conflict: Sequence[Constraint], *, hard_only: bool = False) -> str:
+    """The error text of an infeasible problem, cvxpy style: what, which constraints, how to relax.
+
+    ::
+
+        no plan for llama-3.1-70b on 8 x h100-sxm-80gb satisfies all constraints.
+        These constraints together rule out every plan:
+          [memory]          weights + KV cache fit in 80 GiB per GPU
+          [slo.tpot]        TPOT <= 5.0ms at the workload's expected batch
+        Try relaxing one of them (e.g. --slo tpot=20ms) or adding GPUs.
+    """
+    specs = space.specs
+    head = (f"no plan for {specs.model.name} on {space.total_gpus} x {space.gpu_name} satisfies all constraints.")
+    if not conflict:
+        return head + "\nThe plan space itself is empty (no tensor/pipeline shape fits the cluster)."
+    width = max(18, max(len(c.label) for c in conflict) + 4)
+    lines = [head, "These constraints together rule out every plan:" if len(conflict) > 1
+             else "This constraint alone rules out every plan:"]
+    for c in conflict:
+        lines.append(f"  {('[' + c.label + ']').ljust(width)}{c.describe(space)}")
+    hint = _hint(space, conflict)
+    more = "" if "GPU" in hint else " or adding GPUs"
+    lines.append(f"Try relaxing {'one of them' if len(conflict) > 1 else 'it'} (e.g. {hint}){more}.")
+    return "\n".join(lines)
+
+
+def _hint(space: Any, conflict: Sequence[Constraint]) -> str:
+    order = ("slo.tpot", "slo.ttft", "slo.e2e", "memory", "placement.tp", "capacity", "gpus")
+    builtins = {c.label: c for c in conflict if c.builtin}
+    for label in order:
+        c = builtins.get(label)
+        if c is not None and c.relax:
+            return c.relax(space) if callable(c.relax) else c.relax
+    user = [c for c in conflict if not c.builtin]
+    if user:
+        return f"remove or loosen [{user[0].label}] ({user[0].location})"
+    return "a looser --slo"
+
+
+# ------------------------------------------------------------------------------------------- formatting
+def format_metric(metric: str, value: float) -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    if metric == "goodput_per_gpu":
+        return f"{value:.3g} req/s per GPU"
+    if metric == "throughput":
+        return f"{value:,.0f} tok/s"
+    if metric == "gpus":
+        return f"{value:.0f} GPUs"
+    if metric == "energy_per_token":
+        return f"{value:.3g} J/token"
+    if metric == "cost_per_mtok":
+        return f"${value:,.2f}/Mtok"
+    if metric in ("tpot", "ttft"):
+        return format_time(value)
+    return f"{value:.3g}"
+
+
+def _value(entry: Any, metric: str) -> float:
+    if entry.simulated:
+        v = simulated_value(metric, entry.simulated, entry.plan.gpus)
+        if math.isfinite(v):
+            return v
+    return float(entry.predicted.get(metric, math.nan))
+
+
+def why_best(plans: Sequence[Any], objective: Objective, *, simulated: int = 0, candidates: int = 0) -> str:
+    """One sentence on why the first plan wins (against the runner-up, on the first level that separates them)."""
+    if not plans:
+        return ""
+    best = plans[0]
+    levels = [(m, s) for m, s in objective.levels if m is not None]
+    sim = best.simulated or {}
+    slo_part = ""
+    if sim:
+        att = sim.get("slo_attainment")
+        parts = []
+        if isinstance(att, (int, float)) and math.isfinite(att):
+            parts.append(f"meets the SLO for {att:.1%} of requests")
+        parts.append(f"TTFT {format_time(sim.get('ttft_mean_s', math.nan))}, "
+                     f"TPOT {format_time(sim.get('tpot_mean_s', math.nan))} in simulation")
+        slo_part = "; " + ", ".join(parts)
+    if len(plans) == 1:
+        scope = f"the only plan verified of {simulated} simulated" if simulated else "the only plan"
+        first = levels[0][0] if levels else None
+        value = f" ({format_metric(first, _value(best, first))})" if first else ""
+        return f"{best.plan.label} is {scope}{value}{slo_part}."
+    runner = plans[1]
+    if not levels:
+        return f"{best.plan.label} wins on {objective.name} (solver order), ahead of {runner.plan.label}{slo_part}."
+    for k, (metric, sense) in enumerate(levels):
+        a, b = _value(best, metric), _value(runner, metric)
+        if not (math.isfinite(a) and math.isfinite(b)) or _sig(a) == _sig(b):
+            continue
+        label = METRICS[metric].label
+        ratio = ""
+        if a > 0 and b > 0:
+            r = a / b if sense > 0 else b / a
+            ratio = f", {r:.2f}x " if r >= 1.05 else ", "
+        compare = f"{ratio}vs {format_metric(metric, b)} for {runner.plan.label}" if ratio else \
+            f" vs {format_metric(metric, b)} for {runner.plan.label}"
+        if k == 0:
+            return f"{best.plan.label} wins on {label}: {format_metric(metric, a)}{compare}{slo_part}."
+        tied = METRICS[levels[0][0]].label
+        return (f"{best.plan.label} ties {runner.plan.label} on {tied} and wins on {label}: "
+                f"{format_metric(metric, a)} vs {format_metric(metric, b)}{slo_part}.")
+    return f"{best.plan.label} ties {runner.plan.label} on every objective level; the solver's order decides{slo_part}."
+
+
+__all__ = ["format_metric", "infeasible_message", "why_best"]

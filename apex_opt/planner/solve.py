@@ -1,0 +1,505 @@
+"""The front door, :func:`solve`, and :class:`Problem`, what every search strategy works with.
+
+``solve(specs, objective=..., constraints=[...], top_k=3, solver="cpsat")`` builds a :class:`Problem` (the plan
+space with the cost model's predictions, the labelled constraints, the objective, a simulator pool) and hands
+it to a *strategy*: a function ``search(problem) -> PlanSet``. Strategies live outside the package, in
+``solvers/<name>.py`` (``cpsat``, ``exhaustive``, ``heuristic``), written against the public API only; ``solver``
+names one of them, a path to a ``.py`` file defining ``search``, or is the function itself.
+
+What a strategy uses:
+
+* ``problem.optimizer()``: the CP-SAT model; ``.next()`` returns the next-best :class:`Proposal` (no-good cuts
+  between calls) or None; raises :class:`~apex_opt.errors.InfeasibleError` naming the conflicting labels when no
+  plan satisfies the constraints at all;
+* ``problem.feasible()``: every candidate meeting the hard constraints (GPU count, divisibility, placement,
+  memory and the user's), without the analytical SLO bounds: what an exhaustive search simulates;
+* ``problem.proposal(tp=..., pp=..., dp=...)``: a plan of your own (engine defaults), with predictions;
+* ``problem.verify(proposals)``: simulate in parallel, return :class:`RankedPlan` entries marked verified or not;
+* ``problem.result(verified, rejected, ...)``: rank and package a :class:`PlanSet`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..errors import InfeasibleError, SpecError
+from ..perf.replica import build_replica
+from ..schema.plan import Plan
+from ..specs import Specs
+from .constraints import Constraint, builtin_constraints, check_simulated, normalize, split_kinds
+from .estimates import Menu, ShapeKey
+from .explain import infeasible_message, why_best
+from .model import PlanModel
+from .objectives import Objective, objective_function, rank_key
+from .result import PlanSet, RankedPlan, SolveStats
+from .space import Candidate, PlanSpace, SearchOptions, build_space
+from .verify import Verifier
+
+#: built-in labels that hold for the deployment itself; the rest are analytical estimates
+HARD_LABELS = ("gpus", "divisibility", "placement.tp", "memory")
+ESTIMATE_LABELS = ("slo.ttft", "slo.tpot", "slo.e2e", "capacity")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A plan a strategy wants verified, with the cost model's predictions."""
+
+    plan: Plan
+    predicted: dict[str, Any]
+    index: int | None = None  # candidate index in the plan space (None: a plan from outside it)
+    source: str = ""
+
+
+class Optimizer:
+    """CP-SAT search over a problem's space: :meth:`next` yields plans best first."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.model = PlanModel(problem.space, problem.all_constraints, seed=problem.seed,
+                               time_limit=problem.time_limit)
+        self.count = 0
+        self.seconds = 0.0
+
+    def next(self) -> Proposal | None:
+        """The best plan not proposed before (None when none is left); its layout is cut from later solves."""
+        start = time.perf_counter()
+        sol = self.model.best(self.problem.objective, self.problem.remaining_time())
+        if sol is None:
+            self.seconds += time.perf_counter() - start
+            if self.count == 0:
+                raise self.problem.infeasible()
+            return None
+        self.model.cut(self.problem.space_layout(sol.index))
+        self.count += 1
+        self.seconds += time.perf_counter() - start
+        self.problem.search_seconds += time.perf_counter() - start
+        return self.problem.proposal_of(sol.index, sol.split, source="cpsat")
+
+
+class Problem:
+    """One planning problem (see the module docstring)."""
+
+    def __init__(self, specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iterable[Any] = (),
+                 top_k: int = 3, options: SearchOptions | None = None, max_requests: int | None = None,
+                 seed: int = 0, workers: int = 2, time_limit: float | None = None,
+                 max_simulations: int | None = None, simulator: Callable[..., Any] | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        if top_k < 1:
+            raise SpecError(f"--top-k {top_k}: must be at least 1")
+        if max_requests is not None:
+            if max_requests < 1:
+                raise SpecError(f"--max-requests {max_requests}: must be at least 1")
+            specs = dataclasses.replace(specs, workload=specs.workload.head(max_requests))
+        self.specs = specs
+        self.objective: Objective = objective_function(objective)
+        self.constraints, self.sim_constraints = split_kinds(normalize(constraints))
+        self.top_k = top_k
+        self.options = options or SearchOptions()
+        self.seed = seed
+        self.workers = max(1, workers)
+        self.time_limit = time_limit
+        self.max_simulations = max_simulations if max_simulations is not None else 5 * top_k + 5
+        self.simulator = simulator
+        self.progress = progress
+        self.started = time.perf_counter()
+        self.search_seconds = 0.0
+        self._verifier: Verifier | None = None
+
+    # ------------------------------------------------------------------------------------------- space
+    @cached_property
+    def space(self) -> PlanSpace:
+        self._say(f"estimating plans of {self.specs.model.name} on {self.specs.cluster.name}")
+        space = build_space(self.specs, self.options)
+        if not space.candidates:
+            raise InfeasibleError(infeasible_message(space, []), ())
+        return space
+
+    @cached_property
+    def builtins(self) -> list[Constraint]:
+        return builtin_constraints(self.space)
+
+    @property
+    def all_constraints(self) -> list[Constraint]:
+        return [*self.builtins, *self.constraints]
+
+    @cached_property
+    def _checker(self) -> PlanModel:
+        """A model used only to evaluate constraints on candidates (canonical split, no solve)."""
+        return PlanModel(self.space, self.all_constraints, split="fixed", seed=self.seed)
+
+    @cached_property
+    def violations(self) -> list[list[str]]:
+        """For each candidate, the labels it violates (canonical split)."""
+        checker = self._checker
+        return [checker.violated(i) for i in range(len(self.space.candidates))]
+
+    def hard_labels(self) -> list[str]:
+        return [c.label for c in self.all_constraints if c.label not in ESTIMATE_LABELS]
+
+    def space_layout(self, index: int) -> list[int]:
+        """Candidates with the same layout as ``index`` (differing only in engine limits)."""
+        c = self.space.candidates[index]
+        return [d.index for d in self.space.candidates
+                if d.key == c.key and d.pp == c.pp and d.dp == c.dp]
+
+    # ------------------------------------------------------------------------------------------- strategies' tools
+    def optimizer(self) -> Optimizer:
+        return Optimizer(self)
+
+    def feasible(self) -> list[Proposal]:
+        """Every candidate that meets the hard constraints (no analytical SLO bounds), canonical split."""
+        estimates = set(ESTIMATE_LABELS)
+        out = []
+        for c, bad in zip(self.space.candidates, self.violations):
+            if not [b for b in bad if b not in estimates]:
+                out.append(self.proposal_of(c.index, None, source="feasible"))
+        return out
+
+    def infeasible(self, *, hard_only: bool = False) -> InfeasibleError:
+        """The error for a problem no plan satisfies, naming a minimal set of conflicting labels."""
+        constraints = self.all_constraints
+        if hard_only:
+            constraints = [c for c in constraints if c.label not in ESTIMATE_LABELS]
+        explain = PlanModel(self.space, constraints, mode="explain", seed=self.seed, time_limit=self.time_limit)
+        labels = explain.conflict()
+        by_label = {c.label: c for c in constraints}
+        conflict = [by_label[n] for n in labels]
+        err = InfeasibleError(infeasible_message(self.space, conflict, hard_only=hard_only), tuple(labels))
+        err.explanation = str(err)  # type: ignore[attr-defined]
+        return err
+
+    def proposal_of(self, index: int, split: tuple[int, ...] | None, source: str = "") -> Proposal:
+        c = self.space.candidates[index]
+        if split is not None and c.est is not None and tuple(split) != c.est.split:
+            est = self.space.estimator.estimate(c.key, c.menu, c.pp, c.dp, split=tuple(split))
+        else:
+            est = c.est
+            split = c.est.split if c.est else None
+        plan = self.space.plan(c, split)
+        return Proposal(plan, _predicted(est, c.gpus), index, source)
+
+    def proposal(self, *, tp: int, pp: int = 1, dp: int = 1, ep: int = 1, weight_dtype: str = "bf16",
+                 kv_dtype: str = "bf16", max_num_seqs: int | None = None, budget: int | None = None,
+                 source: str = "") -> Proposal:
+        """A plan of your own choosing (engine defaults unless given), with the cost model's predictions."""
+        sp = self.space
+        moe_tp = tp // ep if ep > 1 else None
+        key = ShapeKey(tp, ep, moe_tp, weight_dtype, kv_dtype)
+        menu = Menu(max_num_seqs or self.specs.engine.scheduler.max_num_seqs, budget)
+        if tp * pp * dp > sp.total_gpus:
+            raise SpecError(f"plan dp{dp} tp{tp} pp{pp} needs {tp * pp * dp} GPUs; the cluster has {sp.total_gpus}")
+        est = sp.estimator.estimate(key, menu, pp, dp)
+        cand = Candidate(-1, key, menu, pp, dp, 1, True, est)
+        plan = sp.plan(cand, est.split)
+        if max_num_seqs is None:
+            plan = Plan(**{**plan.model_dump(), "max_num_seqs": None})
+        return Proposal(plan, _predicted(est, plan.gpus), None, source)
+
+    def fits(self, proposal: Proposal) -> bool:
+        """Whether the plan's replica fits GPU memory with room for the workload's longest request (cost model)."""
+        return bool(proposal.predicted.get("fits", False))
+
+    @property
+    def verifier(self) -> Verifier:
+        if self._verifier is None:
+            self._verifier = Verifier(self.specs, workers=self.workers, seed=self.seed, simulator=self.simulator,
+                                      progress=self.progress)
+        return self._verifier
+
+    @property
+    def simulations(self) -> int:
+        return self.verifier.count if self._verifier is not None else 0
+
+    @property
+    def simulation_budget_spent(self) -> bool:
+        return self.simulations >= self.max_simulations
+
+    def remaining_time(self) -> float | None:
+        if self.time_limit is None:
+            return None
+        return max(self.time_limit - (time.perf_counter() - self.started), 0.05)
+
+    def verify(self, proposals: Sequence[Proposal]) -> list[RankedPlan]:
+        """Simulate ``proposals`` (in parallel) and judge each: SLO met and simulated constraints hold."""
+        outcomes = self.verifier.run([p.plan for p in proposals])
+        out = []
+        slo = self.specs.slo
+        for prop, outcome in zip(proposals, outcomes):
+            notes: list[str] = []
+            if outcome.metrics is None:
+                out.append(RankedPlan(prop.plan, prop.predicted, None, False, (f"simulation failed: {outcome.error}",),
+                                      source=prop.source))
+                continue
+            m = outcome.metrics
+            ok = True
+            if not slo.is_empty and not m.get("slo_met", True):
+                ok = False
+                notes.append(_slo_miss(m, slo))
+            for c in self.sim_constraints:
+                if not check_simulated(c, m, self.specs):
+                    ok = False
+                    notes.append(f"[{c.label}] does not hold in simulation ({c.location})")
+            out.append(RankedPlan(prop.plan, prop.predicted, dict(m), ok, tuple(notes), source=prop.source))
+        return out
+
+    # ------------------------------------------------------------------------------------------- results
+    def result(self, verified: Sequence[RankedPlan], rejected: Sequence[RankedPlan] = (), *, solver: str = "",
+               exhausted: bool = False, keep: int | None = None) -> PlanSet:
+        """Rank ``verified`` by the objective on simulated metrics and package a :class:`PlanSet`."""
+        keep = self.top_k if keep is None else keep
+        order = {id(p): i for i, p in enumerate(verified)}
+        ranked = sorted(verified, key=lambda p: rank_key(self.objective, p.simulated, p.predicted, p.plan.gpus,
+                                                         order[id(p)]))[:keep]
+        ranked = [dataclasses.replace(p, rank=i + 1, predicted=self._with_memory(p)) for i, p in enumerate(ranked)]
+        rej = sorted(rejected, key=lambda p: -float((p.simulated or {}).get("slo_attainment", -1.0) or -1.0))
+        if ranked:
+            status = "optimal" if len(ranked) >= keep else ("exhausted" if exhausted else "budget")
+        else:
+            status = "unverified"
+        stats = self.stats(len(ranked), len(rejected))
+        explanation = why_best(ranked, self.objective, simulated=stats.plans_simulated,
+                               candidates=stats.candidates)
+        notes = list(self.space.notes)
+        if status == "budget":
+            notes.append(f"stopped at the simulation budget ({self.max_simulations}); raise max_simulations for more")
+        return PlanSet(status, tuple(ranked), self.objective, solver, stats, tuple(rej), explanation,
+                       self.describe(), tuple(notes))
+
+    def _with_memory(self, p: RankedPlan) -> dict[str, Any]:
+        """Add the memory model's exact headroom and KV capacity for a reported plan."""
+        predicted = dict(p.predicted)
+        try:
+            replica = build_replica(self.specs.model, self.specs.gpus[p.plan.gpu], p.plan, self.specs.engine,
+                                    topology=self.space.topology)
+        except Exception:  # noqa: BLE001 - a report detail must not fail the solve
+            return predicted
+        predicted["memory_headroom_bytes"] = min(s.headroom for s in replica.memory.stages)
+        predicted["kv_tokens"] = replica.memory.kv_tokens
+        predicted["weights_per_gpu_bytes"] = replica.memory.weights_per_gpu
+        return predicted
+
+    def stats(self, verified: int = 0, cut: int = 0) -> SolveStats:
+        space = self.space
+        n = len(space.candidates)
+        estimates = set(ESTIMATE_LABELS)
+        hard_ok = sum(1 for bad in self.violations if not [b for b in bad if b not in estimates])
+        all_ok = sum(1 for bad in self.violations if not bad)
+        return SolveStats(
+            candidates=n,
+            feasible_plans=hard_ok,
+            proven_infeasible=n - all_ok,
+            estimated_feasible=all_ok,
+            plans_simulated=self.simulations,
+            plans_verified=verified,
+            plans_cut=cut,
+            solve_time_s=time.perf_counter() - self.started,
+            space_time_s=space.build_time_s,
+            search_time_s=self.search_seconds,
+            simulation_time_s=self._verifier.seconds if self._verifier else 0.0,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        s = self.specs
+        return {
+            "model": s.model.name,
+            "num_layers": s.model.num_layers,
+            "cluster": s.cluster.name,
+            "gpu": self.space.gpu_name,
+            "gpus": self.space.total_gpus,
+            "engine": s.engine.name,
+            "workload": s.workload.name,
+            "requests": len(s.workload),
+            "rate_rps": self.space.stats.rate,
+            "slo": s.slo.describe(),
+            "objective": self.objective.name,
+            "top_k": self.top_k,
+            "constraints": [c.label for c in self.constraints],
+            "simulated_constraints": [c.label for c in self.sim_constraints],
+            "quantization": self.options.quantization,
+            "kv_dtype": self.options.kv_dtype,
+            "use_all_gpus": self.options.use_all_gpus,
+            "seed": self.seed,
+        }
+
+    def close(self) -> None:
+        if self._verifier is not None:
+            self._verifier.close()
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            self.progress(text)
+
+
+def _predicted(est: Any, gpus: int) -> dict[str, Any]:
+    if est is None:
+        return {"fits": False}
+    return {
+        "ttft_s": est.ttft_s,
+        "tpot_s": est.tpot_s,
+        "goodput_rps": est.goodput_rps,
+        "goodput_per_gpu": est.goodput_rps / gpus,
+        "capacity_rps": est.capacity_rps,
+        "throughput_tok_s": est.throughput_tok_s,
+        "energy_per_token_j": est.energy_per_token_j,
+        "cost_per_mtok_usd": est.cost_per_mtok_usd,
+        "batch": est.batch,
+        "kv_tokens": est.kv_tokens,
+        "kv_needed": est.kv_needed,
+        "fits": est.fits,
+        # metric-named copies used by the ranking (objectives.METRICS)
+        "tpot": est.tpot_s,
+        "ttft": est.ttft_s,
+        "throughput": est.throughput_tok_s,
+        "energy_per_token": est.energy_per_token_j,
+        "cost_per_mtok": est.cost_per_mtok_usd,
+        "gpus": gpus,
+    }
+
+
+def _slo_miss(m: dict[str, Any], slo: Any) -> str:
+    parts = []
+    att = m.get("slo_attainment")
+    if isinstance(att, (int, float)) and math.isfinite(att) and att < slo.attainment:
+        parts.append(f"attainment {att:.1%} < {slo.attainment:.0%}")
+    from ..units import format_time
+
+    for metric in ("ttft", "tpot", "e2e"):
+        bound = getattr(slo, metric)
+        value = m.get(f"slo_{metric}_value_s")
+        if bound is not None and isinstance(value, (int, float)) and not value <= bound:
+            stat = getattr(slo, f"{metric}_stat")
+            parts.append(f"{metric}.{stat} {format_time(value)} > {format_time(bound)}")
+    return "SLO missed in simulation: " + ("; ".join(parts) if parts else "slo_met is false")
+
+
+# ------------------------------------------------------------------------------------------- strategies
+_STRATEGIES: dict[str, Callable[[Problem], PlanSet]] = {}
+
+
+def register_solver(name: str, search: Callable[[Problem], PlanSet]) -> None:
+    """Register a search strategy under ``name`` (``solve(solver=name)``, ``--solver name``)."""
+    if name in _STRATEGIES and _STRATEGIES[name] is not search:
+        raise SpecError(f"a solver named '{name}' is already registered; choose another name")
+    _STRATEGIES[name] = search
+
+
+def solvers_dir() -> Path | None:
+    """The folder of the bundled strategies: ``apex_opt/_solvers`` (wheel) or ``<repo>/solvers`` (checkout)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_solvers", here.parent / "solvers"):
+        if (candidate / "cpsat.py").is_file():
+            return candidate
+    return None
+
+
+def solver_names() -> list[str]:
+    folder = solvers_dir()
+    found = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")} if folder else set()
+    return sorted(found | set(_STRATEGIES))
+
+
+def _load_strategy(path: Path) -> Callable[[Problem], PlanSet]:
+    name = f"apex_opt_solver_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"--solver {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    search = getattr(module, "search", None)
+    if not callable(search):
+        raise SpecError(f"--solver {path}: the file defines no function search(problem)")
+    return search
+
+
+def get_solver(solver: str | Callable[[Problem], PlanSet]) -> tuple[str, Callable[[Problem], PlanSet]]:
+    """(name, strategy) from a registered name, a bundled ``solvers/<name>.py``, a ``.py`` path or a function."""
+    if callable(solver):
+        return getattr(solver, "__name__", "custom"), solver
+    if solver in _STRATEGIES:
+        return solver, _STRATEGIES[solver]
+    path = Path(solver)
+    if solver.endswith(".py"):
+        if not path.is_file():
+            raise SpecError(f"--solver {solver}: no such file")
+        return path.stem, _load_strategy(path)
+    folder = solvers_dir()
+    if folder is not None and (folder / f"{solver}.py").is_file():
+        search = _load_strategy(folder / f"{solver}.py")
+        _STRATEGIES[solver] = search
+        return solver, search
+    names = solver_names()
+    if not names:
+        raise SpecError(f"--solver {solver}: the bundled strategies (solvers/) are not installed next to apex_opt; "
+                        "pass a .py file defining search(problem)")
+    raise SpecError(f"--solver '{solver}' is unknown; use one of {', '.join(names)} or a .py file")
+
+
+def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iterable[Any] = (), top_k: int = 3,
+          solver: str | Callable[[Problem], PlanSet] = "cpsat", quantization: str = "none", kv_dtype: str = "bf16",
+          use_all_gpus: bool = False, tp_across_nodes: bool = False, max_requests: int | None = None,
+          seed: int = 0, workers: int = 2, time_limit: float | None = None, max_simulations: int | None = None,
+          options: SearchOptions | None = None, simulator: Callable[..., Any] | None = None,
+          progress: Callable[[str], None] | None = None) -> PlanSet:
+    """Find the ``top_k`` best deployments of ``specs`` and verify them by simulation.
+
+    Parameters
+    ----------
+    specs:
+        Model, cluster, engine, workload and SLO (:func:`apex_opt.load_specs`).
+    objective:
+        ``"goodput-per-gpu"`` (default), ``"throughput"``, ``"min-gpus"``, ``"min-energy"``, ``"min-cost"``,
+        ``"min-tpot"``, ``"min-ttft"``, or ``Minimize(...)`` / ``Maximize(...)``.
+    constraints:
+        ``@constraint`` functions or paths of ``.py`` files holding them.
+    top_k:
+        How many verified plans to return.
+    solver:
+        ``"cpsat"`` (default), ``"exhaustive"``, ``"heuristic"``, a ``.py`` file or a ``search(problem)`` function.
+    quantization, kv_dtype:
+        Weight formats allowed besides bf16 (``none``, ``fp8``, ``int4``, ``any``); KV format (``bf16``, ``fp8``,
+        ``any``).
+    use_all_gpus:
+        Use exactly the cluster's GPUs (default: at most).
+    max_requests:
+        Plan and simulate on the first N requests of the workload only (speed).
+    seed, workers:
+        Simulation seed and parallel processes; results do not depend on ``workers``.
+    time_limit:
+        Seconds for the CP-SAT search.
+
+    Returns
+    -------
+    PlanSet
+        Verified plans, best first, with predictions, simulated metrics and launch commands.
+
+    Raises
+    ------
+    InfeasibleError
+        No plan satisfies the constraints; the message lists the labels that together rule out every plan.
+    ConstraintError
+        A constraint function is malformed (the message names its label and file:line).
+    """
+    opts = options or SearchOptions(quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
+                                    tp_across_nodes=tp_across_nodes)
+    name, strategy = get_solver(solver)
+    problem = Problem(specs, objective=objective, constraints=constraints, top_k=top_k, options=opts,
+                      max_requests=max_requests, seed=seed, workers=workers, time_limit=time_limit,
+                      max_simulations=max_simulations, simulator=simulator, progress=progress)
+    try:
+        result = strategy(problem)
+    finally:
+        problem.close()
+    if not result.solver:
+        result = dataclasses.replace(result, solver=name)
+    return result
+
+
+__all__ = ["Optimizer", "Problem", "Proposal", "get_solver", "register_solver", "solve", "solver_names"]
