@@ -1,6 +1,6 @@
 """Accuracy of the collective model against every measured collective row in data/profiles.
 
-    /tmp/devenv/bin/python benchmarks/collective_accuracy.py [--detail]
+    python benchmarks/collective_accuracy.py [--detail]
 
 Prints the median and p90 absolute relative error per GPU, dataset, placement (1 node / multi-node)
 and collective kind, with the nominal link bandwidths of benchmarks/fit_calibration.py. NCCL rows only

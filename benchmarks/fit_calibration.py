@@ -1,6 +1,6 @@
 """Fit the operator and collective cost models on the measured profiles; write specs/calibration/*.json.
 
-    /tmp/devenv/bin/python benchmarks/fit_calibration.py          # writes specs/calibration/<gpu>.json
+    python benchmarks/fit_calibration.py          # writes specs/calibration/<gpu>.json
 
 Needs scipy (fitting only; apex_opt loads the written JSON at run time). Inputs are the profile copies
 in data/profiles (see data/profiles/README.md) and the nominal hardware figures below, each with its

@@ -1,6 +1,6 @@
 """Accuracy of the operator model against every row of the measured H100 and A100 layer profiles.
 
-    /tmp/devenv/bin/python benchmarks/gemm_accuracy.py [--by-model] [--by-tp]
+    python benchmarks/gemm_accuracy.py [--by-model] [--by-tp]
 
 For each GPU and operator: rows, median and p90 of |predicted / measured - 1| (measured = the
 profile's median CUDA time), then the GEMM operators together and all operators together.

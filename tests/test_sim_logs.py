@@ -32,8 +32,8 @@ def decodes(res) -> list[tuple[float, int, int]]:
 
 
 def v0(**kw) -> SchedulerConfig:
-    base = dict(num_kv_blocks=64, max_model_len=1000, chunked_prefill=True, max_num_batched_tokens=8,
-                max_num_seqs=4, block_size=4, async_output=False, metrics_stamp="forward")
+    base = {"num_kv_blocks": 64, "max_model_len": 1000, "chunked_prefill": True, "max_num_batched_tokens": 8,
+                "max_num_seqs": 4, "block_size": 4, "async_output": False, "metrics_stamp": "forward"}
     base.update(kw)
     return SchedulerConfig.vllm_v0(**base)
 
@@ -172,8 +172,8 @@ def test_vllm_v1_admits_first_chunk_where_v0_reserves_whole_prompt():
     v1_cfg = SchedulerConfig.vllm_v1(num_kv_blocks=8, max_model_len=1000, max_num_batched_tokens=8,
                                      max_num_seqs=4, block_size=4)
     v1_res = simulate(v1_cfg, w)
-    assert [e for e in v0_res.log if e[0] == "r1" and e[1] == "prefill"][0][2] > 2.0
-    assert [e for e in v1_res.log if e[0] == "r1" and e[1] == "prefill"][0] == ("r1", "prefill", 2.0, 7)
+    assert next(e for e in v0_res.log if e[0] == "r1" and e[1] == "prefill")[2] > 2.0
+    assert next(e for e in v1_res.log if e[0] == "r1" and e[1] == "prefill") == ("r1", "prefill", 2.0, 7)
 
 
 def test_sglang_prefill_batches_pause_decodes():
@@ -208,8 +208,8 @@ def test_sglang_admission_reserves_new_tokens():
     not fit next to r0's reservation (0.7 * 29 = 20.3) and waits until r0 finished."""
     cfg = SchedulerConfig.sglang(num_kv_tokens=40, max_model_len=64, chunked_prefill_size=8)
     res = simulate(cfg, wl([0, 0.5], [4, 4], [30, 30]))
-    first_r1 = [e for e in res.log if e[0] == "r1" and e[1] == "prefill"][0]
-    finish_r0 = [e for e in res.log if e[0] == "r0" and e[1] == "finish"][0]
+    first_r1 = next(e for e in res.log if e[0] == "r1" and e[1] == "prefill")
+    finish_r0 = next(e for e in res.log if e[0] == "r0" and e[1] == "finish")
     assert first_r1[2] > finish_r0[2]
     assert res["num_preemptions"] == 0
 
@@ -217,7 +217,7 @@ def test_sglang_admission_reserves_new_tokens():
 def test_rejection_and_truncation():
     """r0's prompt exceeds max_model_len: rejected. r1 would pass the context: vLLM 0.6 stops it once its
     length exceeds max_model_len (20 + 1 - 8 = 13 tokens). r2 finishes with its prefill (one token)."""
-    res = simulate(v0(num_kv_blocks=6, max_model_len=20), wl([0, 0, 0], [21, 8, 4], [2, 20, 1]))
+    res = simulate(v0(max_model_len=20), wl([0, 0, 0], [21, 8, 4], [2, 20, 1]))
     assert res.log[:2] == (("r0", "arrive", 0.0, 0), ("r0", "reject", 0.0, "prompt_limit"))
     rec = res.records
     assert rec.rejected.tolist() == [True, False, False]

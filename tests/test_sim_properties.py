@@ -12,10 +12,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apex_opt.sim import FAMILIES, ROUTERS, LinearStageCost, ReplicaSpec, SchedulerConfig, StaticReplicaCost
+from apex_opt.sim import (
+    FAMILIES,
+    ROUTERS,
+    LinearStageCost,
+    ReplicaSpec,
+    SchedulerConfig,
+    StaticReplicaCost,
+    run_simulation,
+)
 from apex_opt.sim.engine import Simulation
 from apex_opt.workload import Workload
 
@@ -41,9 +50,9 @@ def scenarios(draw):
         budget = draw(st.integers(4, 64))
         seqs = draw(st.integers(1, min(8, budget)))
         max_len = draw(st.integers(8, 140))
-        common = dict(max_model_len=max_len, async_output=draw(st.booleans()),
-                      metrics_stamp=draw(st.sampled_from(["forward", "next-iteration"])),
-                      length_policy=draw(st.sampled_from(["truncate", "truncate", "reject"])))
+        common = {"max_model_len": max_len, "async_output": draw(st.booleans()),
+                      "metrics_stamp": draw(st.sampled_from(["forward", "next-iteration"])),
+                      "length_policy": draw(st.sampled_from(["truncate", "truncate", "reject"]))}
         if family == "sglang":
             cfg = SchedulerConfig.sglang(
                 num_kv_tokens=draw(st.integers(12, 400)) * pp, chunked_prefill_size=draw(st.sampled_from([-1, budget])),
@@ -198,3 +207,19 @@ def test_skip_ahead_respects_cost_breakpoints():
     _, on = run(w, reps, "round-robin", skip=True)
     _, off = run(w, reps, "round-robin", skip=False)
     assert_same(on, off)
+
+
+@pytest.mark.shared
+def test_skip_ahead_identical_on_the_creation_trace(shared_data):
+    """The 512-request creation trace (~586k output tokens) under vLLM 0.6 chunked prefill, as measured."""
+    from apex_opt.workload import read_apex_jsonl
+
+    w = read_apex_jsonl(shared_data / "traces" / "llama" / "creation_05.jsonl")
+    stage = LinearStageCost(a=0.012, b=2e-5, c=1e-8, d=1e-9, e=1e-5, host_s=0.002)
+    reps = [ReplicaSpec(StaticReplicaCost((stage,)), SchedulerConfig.vllm_v0(num_kv_blocks=20_000,
+                                                                             max_model_len=131072))]
+    on = run_simulation(reps, w, record_log=True)
+    off = run_simulation(reps, w, record_log=True, skip_ahead=False)
+    assert on["num_completed"] == 512 and on["output_tokens"] == int(w.output_tokens.sum())
+    assert_same(on, off)
+    assert len(on.iterations) < len(off.iterations) / 10

@@ -25,8 +25,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import itertools
-import math
 import linecache
+import math
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -274,6 +274,12 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------- built-ins
+def _slo_time(seconds: float) -> str:
+    from ..units import format_time
+
+    return format_time(seconds).replace(".0ms", "ms").replace(".0us", "us")
+
+
 def _gib(x: float) -> str:
     return f"{x / 2**30:.0f} GiB"
 
@@ -342,7 +348,7 @@ def builtin_constraints(space: Any) -> list[Constraint]:
         limit_ns = int(slo.ttft * opts.slo_slack * 1e9)
 
         def ttft_text(sp: Any) -> str:
-            return (f"TTFT <= {format_time(sp.specs.slo.ttft)} for the workload's p{sp.stats.quantile:g} prompt "
+            return (f"TTFT <= {_slo_time(sp.specs.slo.ttft)} for the workload's p{sp.stats.quantile:g} prompt "
                     f"({sp.stats.long_prompt} tokens)")
 
         @_builtin("slo.ttft", ttft_text, lambda sp: _suggest(sp, "ttft"))
@@ -355,7 +361,7 @@ def builtin_constraints(space: Any) -> list[Constraint]:
         tpot_ns = int(slo.tpot * opts.slo_slack * 1e9)
 
         @_builtin("slo.tpot",
-                  lambda sp: f"TPOT <= {format_time(sp.specs.slo.tpot)} at the workload's expected batch",
+                  lambda sp: f"TPOT <= {_slo_time(sp.specs.slo.tpot)} at the workload's expected batch",
                   lambda sp: _suggest(sp, "tpot"))
         def slo_tpot(v: Any, s: Any) -> Any:
             return v.tpot_ns <= tpot_ns
@@ -366,8 +372,8 @@ def builtin_constraints(space: Any) -> list[Constraint]:
         e2e_ns = int(slo.e2e * opts.slo_slack * 1e9)
         mean_out = max(int(round(space.stats.mean_output)) - 1, 0)
 
-        @_builtin("slo.e2e", lambda sp: f"TTFT + mean output x TPOT <= {format_time(sp.specs.slo.e2e)}",
-                  lambda sp: f"--slo e2e={format_time(2 * sp.specs.slo.e2e)}")
+        @_builtin("slo.e2e", lambda sp: f"TTFT + mean output x TPOT <= {_slo_time(sp.specs.slo.e2e)}",
+                  lambda sp: f"--slo e2e={_slo_time(2 * sp.specs.slo.e2e)}")
         def slo_e2e(v: Any, s: Any) -> Any:
             return v.ttft_ns + mean_out * v.tpot_ns <= e2e_ns
 
@@ -399,7 +405,7 @@ def _suggest(space: Any, metric: str) -> str:
     if not math.isfinite(best):
         return f"a looser --slo {metric}"
     nice = _round_up(best * 1.05)
-    return f"--slo {metric}={format_time(nice).replace('.0ms', 'ms')}"
+    return f"--slo {metric}={_slo_time(nice)}"
 
 
 def _round_up(seconds: float) -> float:

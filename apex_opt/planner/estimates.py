@@ -511,7 +511,9 @@ class Estimator:
         """Highest arrival rate one replica sustains with TPOT within the SLO (requests/s)."""
         st = self.stats
         pp = len(split)
-        kv_batch = kv_tokens / max(st.ctx_occupancy, 1.0)
+        # a plan that does not fit has no KV cache to speak of: its capacity is priced on compute alone, so
+        # that `capacity` and `memory` stay separate reasons
+        kv_batch = kv_tokens / max(st.ctx_occupancy, 1.0) if kv_tokens > 0 else math.inf
         limit = max(min(float(menu.max_num_seqs), kv_batch), 1.0)
         grid = sorted({1.0, limit, *[float(2**k) for k in range(0, 14) if 2**k < limit]})
         best = 0.0

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..units import format_time
 from .constraints import Constraint
-from .objectives import METRICS, Objective, _sig, simulated_value
+from .objectives import METRICS, Objective, _close, predicted_value, simulated_value
 
 
 def infeasible_message(space: Any, conflict: Sequence[Constraint], *, hard_only: bool = False) -> str:
@@ -74,7 +74,7 @@ def _value(entry: Any, metric: str) -> float:
         v = simulated_value(metric, entry.simulated, entry.plan.gpus)
         if math.isfinite(v):
             return v
-    return float(entry.predicted.get(metric, math.nan))
+    return predicted_value(metric, entry.predicted)
 
 
 def why_best(plans: Sequence[Any], objective: Objective, *, simulated: int = 0, candidates: int = 0) -> str:
@@ -103,21 +103,18 @@ def why_best(plans: Sequence[Any], objective: Objective, *, simulated: int = 0, 
         return f"{best.plan.label} wins on {objective.name} (solver order), ahead of {runner.plan.label}{slo_part}."
     for k, (metric, sense) in enumerate(levels):
         a, b = _value(best, metric), _value(runner, metric)
-        if not (math.isfinite(a) and math.isfinite(b)) or _sig(a) == _sig(b):
+        if not (math.isfinite(a) and math.isfinite(b)) or _close(-sense * a, -sense * b):
             continue
         label = METRICS[metric].label
-        ratio = ""
-        if a > 0 and b > 0:
-            r = a / b if sense > 0 else b / a
-            ratio = f", {r:.2f}x " if r >= 1.05 else ", "
-        compare = f"{ratio}vs {format_metric(metric, b)} for {runner.plan.label}" if ratio else \
-            f" vs {format_metric(metric, b)} for {runner.plan.label}"
+        ratio = (a / b if sense > 0 else b / a) if a > 0 and b > 0 else math.nan
+        times = f" ({ratio:.2f}x)" if math.isfinite(ratio) and ratio >= 1.05 else ""
+        versus = f"{format_metric(metric, a)} vs {format_metric(metric, b)} for {runner.plan.label}{times}"
         if k == 0:
-            return f"{best.plan.label} wins on {label}: {format_metric(metric, a)}{compare}{slo_part}."
+            return f"{best.plan.label} wins on {label}: {versus}{slo_part}."
         tied = METRICS[levels[0][0]].label
-        return (f"{best.plan.label} ties {runner.plan.label} on {tied} and wins on {label}: "
-                f"{format_metric(metric, a)} vs {format_metric(metric, b)}{slo_part}.")
-    return f"{best.plan.label} ties {runner.plan.label} on every objective level; the solver's order decides{slo_part}."
+        return f"{best.plan.label} ties {runner.plan.label} on {tied} (within 1%) and wins on {label}: {versus}{slo_part}."
+    return (f"{best.plan.label} ties {runner.plan.label} within 1% on every objective level and is preferred for its "
+            f"precision, engine defaults or solver order{slo_part}.")
 
 
 __all__ = ["format_metric", "infeasible_message", "why_best"]

@@ -64,7 +64,7 @@ def _vllm_args(plan: Plan, num_layers: int | None) -> tuple[list[str], list[str]
 
 
 def vllm_command(plan: Plan, model: str, *, engine: str = "vllm-0.6", num_layers: int | None = None,
-                 port: int = 8000) -> str:
+                 port: int = 8000, gpus_per_node: int = 8) -> str:
     """The ``vllm serve`` command(s) for ``plan``; one line per server."""
     repo = hf_repo(model)
     env, args = _vllm_args(plan, num_layers)
@@ -77,17 +77,27 @@ def vllm_command(plan: Plan, model: str, *, engine: str = "vllm-0.6", num_layers
     if plan.dp > 1 and engine == "vllm-v1":
         lines.append(" ".join([*env, f"vllm serve {repo} {flags} --data-parallel-size {plan.dp} --port {port}"])
                      + note)
-    elif plan.dp > 1:
+    elif plan.dp > 1 and per <= gpus_per_node:
         lines.append(f"# {plan.dp} replicas: one server per group of {per} GPUs, behind a load balancer")
         for r in range(plan.dp):
-            devices = ",".join(str(g) for g in range(r * per, (r + 1) * per))
+            first = r * per
+            node, local = divmod(first, gpus_per_node)
+            devices = ",".join(str(g) for g in range(local, local + per))
             prefix = " ".join([f"CUDA_VISIBLE_DEVICES={devices}", *env])
-            lines.append(f"{prefix} vllm serve {repo} {flags} --port {port + r}{note}")
+            where = f"  # node {node}" if plan.gpus > gpus_per_node else ""
+            lines.append(f"{prefix} vllm serve {repo} {flags} --port {port + r % max(gpus_per_node // per, 1)}"
+                         f"{note}{where}")
+    elif plan.dp > 1:
+        nodes = -(-per // gpus_per_node)
+        lines.append(f"# {plan.dp} replicas of {nodes} nodes each, behind a load balancer; on each replica's Ray "
+                     "cluster (vLLM multi-node serving) run:")
+        prefix = " ".join(env)
+        lines.append(f"{prefix + ' ' if prefix else ''}vllm serve {repo} {flags} --port {port}{note}")
     else:
         prefix = " ".join(env)
         lines.append(f"{prefix + ' ' if prefix else ''}vllm serve {repo} {flags} --port {port}{note}")
-    if per > 8:
-        lines.append("# a replica spans nodes: start a Ray cluster over them first (vLLM multi-node serving)")
+        if per > gpus_per_node:
+            lines.append("# the replica spans nodes: start a Ray cluster over them first (vLLM multi-node serving)")
     return "\n".join(lines)
 
 
@@ -117,9 +127,10 @@ def sglang_command(plan: Plan, model: str, *, port: int = 30000) -> str:
     return line
 
 
-def launch_commands(plan: Plan, model: str, *, engine: str = "vllm-0.6", num_layers: int | None = None) -> dict:
+def launch_commands(plan: Plan, model: str, *, engine: str = "vllm-0.6", num_layers: int | None = None,
+                    gpus_per_node: int = 8) -> dict:
     """``{"vllm": ..., "sglang": ...}`` for ``plan``."""
-    return {"vllm": vllm_command(plan, model, engine=engine, num_layers=num_layers),
+    return {"vllm": vllm_command(plan, model, engine=engine, num_layers=num_layers, gpus_per_node=gpus_per_node),
             "sglang": sglang_command(plan, model)}
 
 

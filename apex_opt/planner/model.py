@@ -41,7 +41,7 @@ from ortools.sat.python import cp_model
 from ..errors import ConstraintError, SolverError
 from ..specs import Specs
 from .constraints import Constraint, plan_expressions
-from .objectives import Objective
+from .objectives import Objective, precision_penalty
 from .space import DTYPE_BITS, Candidate, PlanSpace, scale
 
 #: solver units of the scaled quantities (value in SI = int * unit)
@@ -334,16 +334,26 @@ class PlanModel:
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return []
         by_index = {lc.literal.index: name for name, lc in self.labels.items() if lc.literal is not None}
-        core = [by_index[i] for i in solver.sufficient_assumptions_for_infeasibility() if i in by_index]
+        core = {by_index[i] for i in solver.sufficient_assumptions_for_infeasibility() if i in by_index}
+        # CP-SAT's core is sufficient, not minimal (with assumptions in presolve it may hold every label), and may
+        # name a derived bound (capacity) where a root cause (memory) also suffices. The deletion filter starts
+        # from every label and tries to drop, in this order, derived bounds, user rules, then the hard built-ins
+        # (labels outside the core first within each group), keeping each label the others need to conflict.
         order = list(self.labels)
-        needed = sorted(set(core) or set(by_index.values()), key=order.index)
-        if self.feasible(needed):  # an incomplete core (time limit): start from every label
-            needed = [n for n in order if self.labels[n].literal is not None]
-        for name in list(needed):  # deletion filter: drop each label the others still conflict without
+        needed = [n for n in order if self.labels[n].literal is not None]
+        first = ("capacity", "slo.e2e", "slo.ttft", "slo.tpot")
+        last = ("placement.tp", "memory", "divisibility", "gpus")
+
+        def priority(n: str) -> tuple[int, int, int]:
+            kind = (0, first.index(n)) if n in first else (2, last.index(n)) if n in last else (1, 0)
+            return (*kind, n in core)
+
+        needed.sort(key=priority)
+        for name in list(needed):
             trial = [n for n in needed if n != name]
             if not self.feasible(trial):
                 needed = trial
-        return needed
+        return sorted(needed, key=order.index)
 
     # ------------------------------------------------------------------------------------------- objective
     def _rank(self, metric: str, sense: int) -> tuple[cp_model.IntVar, int]:
@@ -374,6 +384,9 @@ class PlanModel:
     def objective_expr(self, objective: Objective) -> Any:
         """One linear expression whose minimum is the lexicographic optimum of the objective's levels."""
         terms = [self._term(metric, sense, objective, k == 0) for k, (metric, sense) in enumerate(objective.levels)]
+        # last level, always: on an exact tie prefer full precision and the engine's default limits
+        values = [r["penalty"] for r in self._rows]
+        terms.append((self._column("penalty", values), min(values), max(values)))
         total = 0
         weight = 1
         for expr, lo, hi in reversed(terms):
@@ -443,6 +456,12 @@ def _bounds(expr: Any) -> tuple[int, int]:
     return lo, hi
 
 
+def penalty(c: Candidate, default_seqs: int) -> int:
+    """Small integer preferring, on exact ties, full precision weights and KV, then the engine's default limits."""
+    return precision_penalty(c.key.weight_dtype, c.key.kv_dtype, c.menu.budget is not None,
+                             c.menu.max_num_seqs != default_seqs)
+
+
 def _row(c: Candidate, space: PlanSpace) -> dict[str, Any]:
     """The integer table row of one candidate."""
     L = space.specs.model.num_layers
@@ -461,6 +480,7 @@ def _row(c: Candidate, space: PlanSpace) -> dict[str, Any]:
         "kv_bits": DTYPE_BITS[key.kv_dtype],
         "tp_nodes": c.tp_nodes,
         "divisible": 1 if c.divisible else 0,
+        "penalty": penalty(c, space.specs.engine.scheduler.max_num_seqs),
     }
     e = c.est
     if e is None:  # a row that breaks divisibility: neutral values (only `divisibility` rules it out)

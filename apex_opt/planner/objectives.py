@@ -13,8 +13,10 @@
 =====================  =========================================  ==========================  =================
 
 The documented tie-break order is ``min-tpot, min-ttft, min-energy``: an objective is followed by the first two of
-these that differ from it. CP-SAT optimises them lexicographically (solve, fix the optimum, re-solve on the tie
-breaks); the verified ranking sorts on the simulated values in the same order.
+these that differ from it; after them, always, full-precision weights and KV and the engine's default limits are
+preferred. CP-SAT optimises the levels lexicographically through one weighted sum with provably dominating weights
+(:meth:`apex_opt.planner.model.PlanModel.objective_expr`); the verified ranking compares the simulated values in
+the same order, counting values within 1% of the best as ties (:func:`rank_plans`).
 
 ``Minimize(metric)``, ``Maximize(metric)`` take a metric name (``"cost_per_mtok"``) or a function
 ``(v, s) -> linear expression`` for objectives of your own; such plans are ranked by the solver's order.
@@ -65,6 +67,26 @@ OBJECTIVE_NAMES: dict[str, str] = {
     "min-ttft": "ttft",
 }
 TIE_BREAK_ORDER = ("tpot", "ttft", "energy_per_token")
+#: metric -> key of the predicted dict (SI units) of a RankedPlan
+PREDICTED_KEY = {"goodput_per_gpu": "goodput_per_gpu", "throughput": "throughput_tok_s", "gpus": "gpus",
+                 "energy_per_token": "energy_per_token_j", "cost_per_mtok": "cost_per_mtok_usd", "tpot": "tpot_s",
+                 "ttft": "ttft_s"}
+
+
+def precision_penalty(weight_dtype: str, kv_dtype: str, custom_budget: bool, custom_seqs: bool) -> int:
+    """The last, implicit tie break: full-precision weights, then KV, then the engine's default limits."""
+    weights = {"bf16": 0, "fp16": 0, "fp8": 1, "int4": 2}.get(weight_dtype, 0)
+    kv = 0 if kv_dtype in ("bf16", "fp16") else 1
+    return weights * 9 + kv * 3 + int(custom_budget) + int(custom_seqs)
+
+
+def plan_penalty(plan: Any, default_seqs: int = 256) -> int:
+    return precision_penalty(plan.weight_dtype, plan.kv_dtype, plan.max_num_batched_tokens is not None,
+                             plan.max_num_seqs is not None and plan.max_num_seqs != default_seqs)
+
+
+def predicted_value(metric: str, predicted: dict) -> float:
+    return float(predicted.get(PREDICTED_KEY[metric], math.nan))
 
 
 @dataclass(frozen=True)
@@ -153,28 +175,55 @@ def simulated_value(metric: str, summary: dict, gpus: int) -> float:
 
 
 def _sig(x: float, digits: int = 3) -> float:
-    """``x`` rounded to ``digits`` significant digits: simulated values that agree this far count as ties."""
+    """``x`` rounded to ``digits`` significant digits (for reports)."""
     if x == 0 or not math.isfinite(x):
         return x
     return round(x, -int(math.floor(math.log10(abs(x)))) + digits - 1)
 
 
-def rank_key(objective: Objective, simulated: dict | None, predicted: dict, gpus: int, order: int) -> tuple:
-    """Sort key of a verified plan: simulated objective levels (3 significant digits), then predicted, then order."""
-    key: list[float] = []
+#: simulated values within this relative distance of the best count as ties, broken by the next level
+TIE_TOLERANCE = 0.01
+
+
+def _level_values(objective: Objective, entry: Any) -> list[float]:
+    """Each level's value of a ranked entry (simulated when available, else predicted), oriented: lower is better."""
+    out = []
     for metric, sense in objective.levels:
         if metric is None:
             continue
-        value = simulated_value(metric, simulated, gpus) if simulated else math.nan
+        value = simulated_value(metric, entry.simulated, entry.plan.gpus) if entry.simulated else math.nan
         if not math.isfinite(value):
-            value = float(predicted.get(metric, math.nan))
-        key.append(-sense * _sig(value) if math.isfinite(value) else math.inf)
-    for metric, sense in objective.levels:
-        if metric is not None:
-            value = float(predicted.get(metric, math.nan))
-            key.append(-sense * value if math.isfinite(value) else math.inf)
-    key.append(order)
-    return tuple(key)
+            value = predicted_value(metric, entry.predicted)
+        out.append(-sense * value if math.isfinite(value) else math.inf)
+    return out
+
+
+def _close(a: float, b: float) -> bool:
+    if a == b:
+        return True
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    return abs(a - b) <= TIE_TOLERANCE * max(abs(a), abs(b))
+
+
+def rank_plans(objective: Objective, entries: list, default_seqs: int = 256) -> list:
+    """Order entries best first: level by level, values within 1% of the level's best count as ties.
+
+    The best entry is picked greedily: keep the entries within :data:`TIE_TOLERANCE` of the best on the primary
+    level, among them those within tolerance of the best on the next level, and so on; then the implicit
+    precision/default-limits preference, then the original (solver) order. Repeat on the rest.
+    """
+    rest = [(i, e, _level_values(objective, e)) for i, e in enumerate(entries)]
+    out = []
+    while rest:
+        pool = rest
+        for k in range(len(pool[0][2])):
+            best = min(vals[k] for _, _, vals in pool)
+            pool = [x for x in pool if _close(x[2][k], best)]
+        pick = min(pool, key=lambda x: (plan_penalty(x[1].plan, default_seqs), x[0]))
+        out.append(pick[1])
+        rest = [x for x in rest if x is not pick]
+    return out
 
 
 __all__ = [
@@ -185,7 +234,10 @@ __all__ = [
     "Metric",
     "Minimize",
     "Objective",
+    "PREDICTED_KEY",
     "objective_function",
-    "rank_key",
+    "predicted_value",
+    "plan_penalty",
+    "rank_plans",
     "simulated_value",
 ]

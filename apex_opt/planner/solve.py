@@ -38,7 +38,7 @@ from .constraints import Constraint, builtin_constraints, check_simulated, norma
 from .estimates import Menu, ShapeKey
 from .explain import infeasible_message, why_best
 from .model import PlanModel
-from .objectives import Objective, objective_function, rank_key
+from .objectives import Objective, objective_function, rank_plans
 from .result import PlanSet, RankedPlan, SolveStats
 from .space import Candidate, PlanSpace, SearchOptions, build_space
 from .verify import Verifier
@@ -255,9 +255,15 @@ class Problem:
                exhausted: bool = False, keep: int | None = None) -> PlanSet:
         """Rank ``verified`` by the objective on simulated metrics and package a :class:`PlanSet`."""
         keep = self.top_k if keep is None else keep
-        order = {id(p): i for i, p in enumerate(verified)}
-        ranked = sorted(verified, key=lambda p: rank_key(self.objective, p.simulated, p.predicted, p.plan.gpus,
-                                                         order[id(p)]))[:keep]
+        ranked = rank_plans(self.objective, list(verified), self.specs.engine.scheduler.max_num_seqs)
+        seen: set[tuple] = set()
+        distinct = []
+        for p in ranked:  # the best of each layout: plans differing only in engine limits are one plan
+            layout = _layout(p.plan)
+            if layout not in seen:
+                seen.add(layout)
+                distinct.append(p)
+        ranked = distinct[:keep]
         ranked = [dataclasses.replace(p, rank=i + 1, predicted=self._with_memory(p)) for i, p in enumerate(ranked)]
         rej = sorted(rejected, key=lambda p: -float((p.simulated or {}).get("slo_attainment", -1.0) or -1.0))
         if ranked:
@@ -314,6 +320,7 @@ class Problem:
             "cluster": s.cluster.name,
             "gpu": self.space.gpu_name,
             "gpus": self.space.total_gpus,
+            "gpus_per_node": self.space.gpus_per_node,
             "engine": s.engine.name,
             "workload": s.workload.name,
             "requests": len(s.workload),
@@ -338,6 +345,10 @@ class Problem:
             self.progress(text)
 
 
+def _layout(plan: Plan) -> tuple:
+    return (plan.dp, plan.pp, plan.tp, plan.ep, plan.expert_tp, plan.weight_dtype, plan.kv_dtype)
+
+
 def _predicted(est: Any, gpus: int) -> dict[str, Any]:
     if est is None:
         return {"fits": False}
@@ -354,12 +365,6 @@ def _predicted(est: Any, gpus: int) -> dict[str, Any]:
         "kv_tokens": est.kv_tokens,
         "kv_needed": est.kv_needed,
         "fits": est.fits,
-        # metric-named copies used by the ranking (objectives.METRICS)
-        "tpot": est.tpot_s,
-        "ttft": est.ttft_s,
-        "throughput": est.throughput_tok_s,
-        "energy_per_token": est.energy_per_token_j,
-        "cost_per_mtok": est.cost_per_mtok_usd,
         "gpus": gpus,
     }
 

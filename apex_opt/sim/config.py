@@ -128,10 +128,10 @@ class SchedulerConfig:
         if chunked_prefill is None:
             chunked_prefill = max_model_len > 32768
         budget = 512 if chunked_prefill else max(max_model_len, 2048)
-        kw: dict[str, Any] = dict(family="vllm-v0", num_kv_blocks=num_kv_blocks, max_model_len=max_model_len,
-                                  chunked_prefill=chunked_prefill, max_num_batched_tokens=budget, max_num_seqs=256,
-                                  block_size=16, watermark=0.01, async_output=pp == 1,
-                                  metrics_stamp="next-iteration")
+        kw: dict[str, Any] = {"family": "vllm-v0", "num_kv_blocks": num_kv_blocks, "max_model_len": max_model_len,
+                                  "chunked_prefill": chunked_prefill, "max_num_batched_tokens": budget, "max_num_seqs": 256,
+                                  "block_size": 16, "watermark": 0.01, "async_output": pp == 1,
+                                  "metrics_stamp": "next-iteration"}
         kw.update(overrides)
         return cls(**kw)
 
@@ -139,20 +139,20 @@ class SchedulerConfig:
     def vllm_v1(cls, num_kv_blocks: int, max_model_len: int, *, large_gpu: bool = True,
                 **overrides: Any) -> SchedulerConfig:
         """vLLM V1 (0.8.5) OpenAI-server defaults: 8192 tokens / 1024 seqs on >= 70 GiB GPUs, else 2048 / 256."""
-        kw: dict[str, Any] = dict(family="vllm-v1", num_kv_blocks=num_kv_blocks, max_model_len=max_model_len,
-                                  chunked_prefill=True, max_num_batched_tokens=8192 if large_gpu else 2048,
-                                  max_num_seqs=1024 if large_gpu else 256, block_size=16, watermark=0.0,
-                                  async_output=False, metrics_stamp="forward")
+        kw: dict[str, Any] = {"family": "vllm-v1", "num_kv_blocks": num_kv_blocks, "max_model_len": max_model_len,
+                                  "chunked_prefill": True, "max_num_batched_tokens": 8192 if large_gpu else 2048,
+                                  "max_num_seqs": 1024 if large_gpu else 256, "block_size": 16, "watermark": 0.0,
+                                  "async_output": False, "metrics_stamp": "forward"}
         kw.update(overrides)
         return cls(**kw)
 
     @classmethod
     def sglang(cls, num_kv_tokens: int, max_model_len: int, **overrides: Any) -> SchedulerConfig:
         """SGLang 0.4 defaults: page size 1, chunked prefill of 8192 tokens, overlap scheduler on."""
-        kw: dict[str, Any] = dict(family="sglang", num_kv_blocks=num_kv_tokens, max_model_len=max_model_len,
-                                  chunked_prefill=True, chunked_prefill_size=8192, max_num_batched_tokens=8192,
-                                  max_num_seqs=4096, block_size=1, watermark=0.0, async_output=True,
-                                  metrics_stamp="forward")
+        kw: dict[str, Any] = {"family": "sglang", "num_kv_blocks": num_kv_tokens, "max_model_len": max_model_len,
+                                  "chunked_prefill": True, "chunked_prefill_size": 8192, "max_num_batched_tokens": 8192,
+                                  "max_num_seqs": 4096, "block_size": 1, "watermark": 0.0, "async_output": True,
+                                  "metrics_stamp": "forward"}
         kw.update(overrides)
         return cls(**kw)
 

@@ -48,12 +48,13 @@ from .state import DECODE, DONE, PREFILL, WAITING, DecodePool, KVCache, Request,
 
 ARRIVAL, STAGE_DONE, STAGE_READY, WAKE = 0, 1, 2, 3
 _INF = math.inf
+_IGNORED = -2.0  # Request.stall_from marker: ignored before its last token stamp was known
 
 
 class _Pending:
     """Outputs of a finished iteration that await processing (stamping, finishing, freeing)."""
 
-    __slots__ = ("t_end", "gid", "pool_ran", "firsts", "rejoins", "fins")
+    __slots__ = ("fins", "firsts", "gid", "pool_ran", "rejoins", "t_end")
 
     def __init__(self, t_end: float, gid: int, pool_ran: bool, firsts: list, rejoins: list, fins: list) -> None:
         self.t_end = t_end
@@ -67,9 +68,37 @@ class _Pending:
 class EngineState:
     """State of one engine (a replica, or one of its ``pp`` virtual engines): queues, KV, decode pool."""
 
-    __slots__ = ("sim", "eid", "replica", "vid", "cfg", "policy", "kv", "waiting", "running", "prefilling", "pool",
-                 "book", "in_flight", "wake_pending", "it", "it_shape", "it_steps", "pending", "to_leave", "now",
-                 "kv_t", "kv_last", "kv_int", "kv_max", "qlen", "rlen", "async_", "stamp_next", "host")
+    __slots__ = (
+        "async_",
+        "book",
+        "cfg",
+        "eid",
+        "host",
+        "in_flight",
+        "it",
+        "it_shape",
+        "it_steps",
+        "kv",
+        "kv_int",
+        "kv_last",
+        "kv_max",
+        "kv_t",
+        "now",
+        "pending",
+        "policy",
+        "pool",
+        "prefilling",
+        "qlen",
+        "replica",
+        "rlen",
+        "running",
+        "sim",
+        "stamp_next",
+        "to_leave",
+        "vid",
+        "waiting",
+        "wake_pending",
+    )
 
     def __init__(self, sim: Simulation, eid: int, replica: int, vid: int, spec: ReplicaSpec, blocks: int,
                  books: tuple[array, array, array]) -> None:
@@ -352,10 +381,8 @@ class Simulation:
             e.rlen += dr
             self.n_wait += dq
             self.n_run += dr
-            if self.n_wait > self.q_max:
-                self.q_max = self.n_wait
-            if self.n_run > self.r_max:
-                self.r_max = self.n_run
+            self.q_max = max(self.q_max, self.n_wait)
+            self.r_max = max(self.r_max, self.n_run)
             self.ser_q.extend((t, self.n_wait, self.n_run))
 
     def _kv(self, t: float, e: EngineState) -> None:
@@ -363,8 +390,7 @@ class Simulation:
         e.kv_t = t
         used = e.kv.capacity - e.kv.free
         e.kv_last = used
-        if used > e.kv_max:
-            e.kv_max = used
+        e.kv_max = max(e.kv_max, used)
 
     # ========================================================================================= iterations
     def _shape(self, e: EngineState, it: Iteration) -> BatchShape:
@@ -378,8 +404,7 @@ class Simulation:
         for _, c, p in it.chunks:
             tokens += c
             pairs += c * (p + (c + 1) / 2)
-            if p + c > maxc:
-                maxc = p + c
+            maxc = max(maxc, p + c)
         seqs = decodes + len(it.chunks)
         return BatchShape(tokens + decodes, seqs, decodes, ctx, pairs, bool(it.chunks), maxc)
 
@@ -462,8 +487,7 @@ class Simulation:
                 self.iter_log.append((e.replica, e.vid, t, t0, 1, shape.num_tokens - shape.num_decodes,
                                       shape.num_decodes))
             self._stage_ready(t, e, 0)
-        if nseq > self.bs_max:
-            self.bs_max = nseq
+        self.bs_max = max(self.bs_max, nseq)
         if self.debug:
             self._check(e)
 
@@ -497,6 +521,7 @@ class Simulation:
     def _stage_begin(self, t: float, e: EngineState, s: int, sc: StageClock) -> None:
         stage = self.replicas[e.replica].cost.stages[s]
         shape = e.it_shape
+        assert shape is not None
         d = stage.iteration_time(shape)
         sc.busy = True
         sc.busy_s += d
@@ -516,6 +541,7 @@ class Simulation:
             nxt = self.engines[sc.queue.popleft()]
             self._stage_begin(t, nxt, s, sc)
         if s + 1 < spec.pp:
+            assert e.it_shape is not None
             self._push(t + spec.cost.send_time(e.it_shape.num_tokens), STAGE_READY, e.eid, s + 1)
         else:
             self._finish(e, t)
@@ -524,6 +550,7 @@ class Simulation:
     def _finish(self, e: EngineState, t: float) -> None:
         """The iteration of ``e`` left the last stage at ``t``: sample tokens, then schedule the next one."""
         it = e.it
+        assert it is not None
         pool, book = e.pool, e.book
         pool.E_done = pool.E
         gid = book.new_group()
@@ -585,6 +612,7 @@ class Simulation:
         elif req.state == PREFILL:
             blocks = req.blocks
             e.prefilling.pop(req.idx, None)
+            e.policy.on_prefill_finished(e)
         else:  # preempted after its last token was sampled, before it was seen as finished
             blocks = 0
             e.waiting.remove(req)
@@ -605,6 +633,8 @@ class Simulation:
                 stamp = e.book.leave(req)
                 if req.state != DONE:
                     req.stall_from = stamp
+                elif req.stall_from == _IGNORED and stamp >= 0.0:  # ignored in the step that preempted it
+                    self.r_stall[req.idx] += self.r_finish[req.idx] - stamp
             e.to_leave.clear()
 
     def _on_preempt(self, e: EngineState, req: Request) -> None:
@@ -618,7 +648,12 @@ class Simulation:
             self._reject(req.idx, e.now, reason)
             req.state = DONE
             return
-        # a recomputed request whose prompt + output no longer fits: finished early with what it generated
+        # a recomputed request whose prompt + output no longer fits: finished early with what it generated;
+        # the wait since its last token is a stall, not an inter-token gap
+        if req.stall_from >= 0.0:
+            self.r_stall[req.idx] += e.now - req.stall_from
+        elif req in e.to_leave:
+            req.stall_from = _IGNORED
         req.state = DONE
         self.r_truncated[req.idx] = True
         self.r_finish[req.idx] = e.now
@@ -721,8 +756,7 @@ class Simulation:
         kv.take(grow)
         pool.E += m
         used = kv.capacity - kv.free
-        if used > e.kv_max:
-            e.kv_max = used
+        e.kv_max = max(e.kv_max, used)
         e.kv_int += _kv_run_integral(pool.hist, pool.bs, first, m, alpha, beta)
         sum_t = m * alpha + beta * m * (m + 1) / 2
         total = t0 + sum_t
@@ -812,6 +846,8 @@ class Simulation:
                 "rejected": int((sel & rec.rejected).sum()), "output_tokens": int(rec.generated[sel].sum()),
                 "preemptions": int(rec.preemptions[sel].sum()),
                 "busy_fraction": rep_busy / (spec.pp * span) if span > 0 else 0.0, "energy_j": rep_energy,
+                "stage_busy_fraction": tuple(self.stages[r][s].busy_s / span if span > 0 else 0.0
+                                             for s in range(spec.pp)),
             })
         out["mfu"] = flops / (peak_f * span) if have_peaks and peak_f > 0 and span > 0 else math.nan
         out["mbu"] = bytes_ / (peak_b * span) if have_peaks and peak_b > 0 and span > 0 else math.nan

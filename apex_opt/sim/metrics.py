@@ -11,7 +11,8 @@ Metric semantics follow vLLM 0.6's engine-side metrics (``docs/engines.md`` sect
 * **TPOT** per request = (finish - first token) / (output - 1), preemption stalls included.
 * **tpot_ms** / **itl_ms** (reference aggregates) = sum of all ITL samples / sum of output tokens, resp. / sum of
   (output tokens - 1).
-* **e2e** = finish - arrival. Throughputs, goodput and GPU-hours are over the makespan: first arrival to last finish.
+* **e2e** = finish - arrival. Throughputs, goodput, energy and GPU-hours are over the makespan: first arrival to
+  the last finish (or the end of the last engine step, if later).
 """
 
 from __future__ import annotations
@@ -160,16 +161,21 @@ class SimResult:
     """What :func:`~apex_opt.sim.run_simulation` returns.
 
     ``records`` holds per-request results; ``summary()`` a flat dict of scalars; ``series`` downsampled time
-    series (``t_s``, ``queue_len``, ``running``, ``batch_size``, ``kv_util``) for plotting (bin means, not part
-    of the exact summary); ``log`` the request-level event log when ``record_log=True``: tuples
-    ``(request_id, event, time_s, detail)`` with event in arrive/reject/prefill/first_token/preempt/finish;
-    ``iterations`` the iteration log ``(replica, engine, start_s, duration_s, steps, prefill_tokens, decodes)``.
+    series (``t_s``, ``queue_len``, ``running``, ``batch_size``: 256 time bins; queue and running are exact bin
+    means, batch size is binned by iteration start) for plotting; ``per_replica`` one dict per replica (requests,
+    completed, rejected, output_tokens, preemptions, busy_fraction, stage_busy_fraction, energy_j, family, pp);
+    ``log`` the request-level event log when ``record_log=True``: tuples ``(request_id, event, time_s, detail)``
+    with event in arrive (detail: replica), reject (reason), prefill (chunk tokens), first_token (None), preempt
+    (tokens generated so far), finish (tokens generated); ``iterations`` the iteration log ``(replica, engine,
+    start_s, duration_s, steps, prefill_tokens, decodes)``, where ``steps > 1`` is a closed-form run of identical
+    decode steps (so the iteration log, unlike the request log, differs with ``skip_ahead``).
 
     Summary keys
     ------------
     Counts: ``num_requests``, ``num_completed``, ``num_rejected``, ``num_truncated``, ``num_preemptions``,
     ``output_tokens``, ``prompt_tokens``.
-    Time: ``makespan_s`` (first arrival -> last finish).
+    Time: ``makespan_s`` (first arrival -> last finish, or the end of the last engine step if later: under async
+    output processing a finished request runs one more step).
     Latency (seconds, completed requests): ``ttft_{mean,p50,p90,p95,p99}_s``, ``tpot_*_s`` (per request),
     ``itl_*_s`` (token-weighted over all inter-token gaps), ``e2e_*_s``; reference aggregates ``ttft_ms_mean``,
     ``tpot_ms``, ``itl_ms``, ``e2e_s_mean``.

@@ -71,6 +71,9 @@ class SchedulerPolicy(ABC):
     def on_removed(self, st: EngineState) -> None:
         """Called when a member leaves the decode batch (finish or preemption)."""
 
+    def on_prefill_finished(self, st: EngineState) -> None:
+        """Called when a request finishes with its prefill (it never joins the decode batch)."""
+
     # --------------------------------------------------------------------------------------- length rules
     def prompt_limit(self) -> int:
         return self.cfg.max_model_len
@@ -382,6 +385,11 @@ class SglangPolicy(SchedulerPolicy):
     def on_removed(self, st: EngineState) -> None:
         self.pending_shrink = True
 
+    def on_prefill_finished(self, st: EngineState) -> None:
+        # the finished request is filtered out when the extend batch is merged into the running batch: a
+        # shrunken merge frees the batch (without it an engine with no decodes would never admit again)
+        self.batch_is_full = False
+
     def decode_stable(self, st: EngineState) -> bool:
         return (not st.waiting or self.batch_is_full) and not st.prefilling and not self.pending_shrink
 
@@ -428,7 +436,7 @@ class SglangPolicy(SchedulerPolicy):
             if rem_chunk is not None:
                 ext = min(ext, rem_chunk)
             can_run.append((chunked, ext, chunked.computed))
-            rem_total -= ext + (0 if truncated else min(chunked.cap, clip))
+            rem_total -= ext + (0 if truncated else min(max(chunked.cap - chunked.gen, 0), clip))
             rem_input -= ext
             cur_rem -= ext
             if rem_chunk is not None:
@@ -439,7 +447,9 @@ class SglangPolicy(SchedulerPolicy):
                 self.batch_is_full = True
                 break
             ext = req.target
-            total = ext + min(req.cap, clip)
+            # newer 0.4.x: min(max(max_new_tokens - len(output_ids), 0), CLIP); the older min(max_new_tokens, CLIP)
+            # double-counts the outputs of a retracted request and can block it forever
+            total = ext + min(max(req.cap - req.gen, 0), clip)
             if total >= rem_total:
                 self.batch_is_full = True  # NO_TOKEN
                 break

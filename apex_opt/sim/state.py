@@ -58,8 +58,26 @@ class KVCache:
 class Request:
     """Mutable scheduling state of one admitted request (records live in the simulator's arrays)."""
 
-    __slots__ = ("idx", "rid", "prompt", "cap", "state", "gen", "target", "computed", "blocks",
-                 "base", "ejoin", "g0", "serial", "gid", "stall_from", "had_first", "fin", "far")
+    __slots__ = (
+        "base",
+        "blocks",
+        "cap",
+        "computed",
+        "ejoin",
+        "far",
+        "fin",
+        "g0",
+        "gen",
+        "gid",
+        "had_first",
+        "idx",
+        "prompt",
+        "rid",
+        "serial",
+        "stall_from",
+        "state",
+        "target",
+    )
 
     def __init__(self, idx: int, rid: str, prompt: int, cap: int) -> None:
         self.idx = idx
@@ -94,8 +112,23 @@ class DecodePool:
     with ``(base + E) % block_size == 0``: ``hist[(-E) % block_size]`` blocks.
     """
 
-    __slots__ = ("bs", "members", "sum_base", "hist", "E", "E_done", "_maxheap", "_finheap", "_serial", "clip",
-                 "fin_sum", "zombies", "_farheap", "far_count", "far_sum")
+    __slots__ = (
+        "E",
+        "E_done",
+        "_farheap",
+        "_finheap",
+        "_maxheap",
+        "_serial",
+        "bs",
+        "clip",
+        "far_count",
+        "far_sum",
+        "fin_sum",
+        "hist",
+        "members",
+        "sum_base",
+        "zombies",
+    )
 
     def __init__(self, block_size: int, clip: int = 0) -> None:
         self.bs = block_size
@@ -228,7 +261,7 @@ class DecodePool:
         out = []
         heap, members = self._finheap, self.members
         while heap and heap[0][0] <= self.E_done:
-            fin, serial, idx = heapq.heappop(heap)
+            _fin, serial, idx = heapq.heappop(heap)
             m = members.get(idx)
             if m is not None and m.serial == serial:
                 out.append(m)
@@ -246,7 +279,7 @@ class SampleBook:
     (value, weight) pairs, and runs of identical decode steps as arithmetic segments.
     """
 
-    __slots__ = ("main_stamp", "main_count", "fresh", "_gid", "vals", "wts", "segs")
+    __slots__ = ("_gid", "fresh", "main_count", "main_stamp", "segs", "vals", "wts")
 
     def __init__(self, vals: array, wts: array, segs: array) -> None:
         self.main_stamp = 0.0
@@ -315,7 +348,7 @@ class SampleBook:
 class StageClock:
     """One pipeline stage of a replica: busy flag, FIFO of waiting micro-batches and accumulated work."""
 
-    __slots__ = ("busy", "queue", "busy_s", "energy_j", "flops", "bytes")
+    __slots__ = ("busy", "busy_s", "bytes", "energy_j", "flops", "queue")
 
     def __init__(self) -> None:
         self.busy = False

@@ -1,0 +1,147 @@
+"""``apex-opt solve``: search the plan space with CP-SAT, verify the best plans by simulation, print launch commands."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import click
+
+from ..errors import InfeasibleError
+from ..planner.objectives import OBJECTIVE_NAMES
+from ..planner.result import PlanSet
+from ..planner.solve import solve as run_solve
+from ..planner.space import KV_DTYPES, QUANTIZATION
+from ..specs import DEFAULT_CLUSTER, DEFAULT_ENGINE, DEFAULT_MODEL, DEFAULT_SLO, DEFAULT_WORKLOAD, load_specs
+from ..units import format_bytes, format_time
+from .options import SLOType
+from rich.console import Console
+
+from .render import echo_json, table
+
+
+@click.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="catalog name or path to an HF config.json")
+@click.option("--cluster", default=None, help=f"catalog name or cluster YAML file [default: {DEFAULT_CLUSTER}]")
+@click.option("--gpu", default=None, help="quick cluster form: GPU kind (with --nodes, --gpus-per-node)")
+@click.option("--nodes", type=click.IntRange(min=1), default=None, help="quick cluster form: number of nodes")
+@click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, help="quick cluster form")
+@click.option("--workload", default=DEFAULT_WORKLOAD, show_default=True,
+              help="catalog name, trace file or synthetic:... expression")
+@click.option("--engine", default=DEFAULT_ENGINE, show_default=True, help="vllm-0.6 | vllm-v1 | sglang-0.4")
+@click.option("--slo", type=SLOType(), default=DEFAULT_SLO, show_default=True,
+              help="e.g. ttft=200ms,tpot=50ms or ttft.p99=1s,tpot.p90=60ms,attainment=95%")
+@click.option("--objective", type=click.Choice(list(OBJECTIVE_NAMES)), default="goodput-per-gpu", show_default=True,
+              help="what 'best' means; ties broken by min-tpot, min-ttft, min-energy (docs/planner.md)")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="verified plans to return")
+@click.option("--solver", default="cpsat", show_default=True,
+              help="cpsat | exhaustive | heuristic, or a .py file defining search(problem)")
+@click.option("--constraints", "constraint_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Python file of @constraint functions (repeatable)")
+@click.option("--quantization", type=click.Choice(QUANTIZATION), default="none", show_default=True,
+              help="weight formats allowed besides bf16")
+@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="bf16", show_default=True, help="KV-cache format")
+@click.option("--use-all-gpus", is_flag=True, help="use exactly the cluster's GPUs (default: at most)")
+@click.option("--tp-across-nodes", is_flag=True, help="allow tensor-parallel groups to span nodes")
+@click.option("--max-requests", type=click.IntRange(min=1), default=None,
+              help="plan and simulate on the first N requests only (speed)  [default: all]")
+@click.option("--seed", type=int, default=0, show_default=True, help="simulation and solver seed")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="parallel simulation processes (results do not depend on it)")
+@click.option("--time-limit", type=click.FloatRange(min=0.01), default=None, help="seconds for the CP-SAT search")
+@click.option("--max-simulations", type=click.IntRange(min=1), default=None,
+              help="stop verifying after N simulations [default: 5 x top-k + 5]")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, gpus_per_node: int | None,
+          workload: str, engine: str, slo: Any, objective: str, top_k: int, solver: str,
+          constraint_files: tuple[str, ...], quantization: str, kv_dtype: str, use_all_gpus: bool,
+          tp_across_nodes: bool, max_requests: int | None, seed: int, workers: int, time_limit: float | None,
+          max_simulations: int | None, fmt: str) -> None:
+    """Find the best deployments of a model on a cluster for a workload and SLO, verified by simulation.
+
+    With no options: llama-3.1-70b on 8x H100 (h100x8), the lmsys trace, SLO ttft=200ms,tpot=50ms.
+    """
+    specs = load_specs(model, cluster, gpu=gpu, nodes=nodes, gpus_per_node=gpus_per_node, engine=engine,
+                       workload=workload, slo=slo)
+    progress = None
+    if fmt == "table" and sys.stderr.isatty():
+        def progress(text: str) -> None:
+            click.echo(click.style(f"... {text}", dim=True), err=True)
+
+    result = run_solve(specs, objective=objective, constraints=list(constraint_files), top_k=top_k, solver=solver,
+                       quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
+                       tp_across_nodes=tp_across_nodes, max_requests=max_requests, seed=seed, workers=workers,
+                       time_limit=time_limit, max_simulations=max_simulations, progress=progress)
+    if fmt == "json":
+        echo_json(result.to_dict())
+        if not result.plans:
+            sys.exit(1)
+        return
+    if not result.plans:
+        raise InfeasibleError(unverified_message(result), ("simulation",))
+    render_table(result)
+
+
+def _t(x: Any) -> str:
+    return format_time(x) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def _num(x: Any, fmt: str) -> str:
+    return format(x, fmt) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def render_table(result: PlanSet) -> None:
+    out = Console(width=max(150, Console().width), soft_wrap=False)
+    prob = result.problem
+    rows = []
+    for p in result.plans:
+        s = p.simulated or {}
+        pred = p.predicted
+        rows.append([
+            p.rank,
+            p.plan.label,
+            p.plan.gpus,
+            _t(s.get("ttft_mean_s")),
+            _t(s.get("ttft_p99_s")),
+            _t(s.get("tpot_mean_s")),
+            _t(s.get("tpot_p99_s")),
+            _num(s.get("slo_attainment", math.nan) * 100 if "slo_attainment" in s else math.nan, ".1f") + "%",
+            _num(s.get("goodput_rps", math.nan) / p.plan.gpus if s else math.nan, ".3g"),
+            _num(s.get("throughput_tok_s"), ",.0f"),
+            _num(s.get("energy_per_token_j"), ".3g"),
+            "$" + _num(s.get("cost_per_mtok_usd"), ",.2f"),
+            format_bytes(pred["memory_headroom_bytes"]) if "memory_headroom_bytes" in pred else "-",
+        ])
+    title = (f"{prob.get('model')} on {prob.get('gpus')} x {prob.get('gpu')}, {prob.get('workload')} "
+             f"({prob.get('requests')} requests, {prob.get('rate_rps', 0):.3g} req/s), SLO {prob.get('slo')}, "
+             f"objective {result.objective.name}")
+    out.print(table(title, ["#", "plan", "GPUs", "TTFT", "TTFT p99", "TPOT", "TPOT p99", "SLO met",
+                            "goodput/GPU", "tok/s", "J/tok", "$/Mtok", "headroom"], rows))
+    out.print(f"[bold]Why:[/bold] {result.explanation}", highlight=False)
+    s = result.stats
+    out.print(f"Searched {s.candidates} candidate plans with the {result.solver} solver: {s.proven_infeasible} "
+              f"proven infeasible, {s.estimated_feasible} estimated feasible, {s.plans_simulated} simulated "
+              f"({s.plans_verified} verified, {s.plans_cut} cut) in {s.solve_time_s:.1f} s.", highlight=False)
+    for p in result.rejected[:5]:
+        out.print(f"  cut: {p.plan.label}: {'; '.join(p.notes)}", highlight=False)
+    for note in result.notes:
+        out.print(f"Note: {note}", highlight=False)
+    cmds = result.launch_commands()
+    if cmds:
+        out.print(f"\n[bold]Launch {result.plans[0].plan.label} with vLLM:[/bold]")
+        out.print(cmds["vllm"], highlight=False, soft_wrap=True)
+        out.print("[bold]or with SGLang:[/bold]")
+        out.print(cmds["sglang"], highlight=False, soft_wrap=True)
+
+
+def unverified_message(result: PlanSet) -> str:
+    prob = result.problem
+    lines = [f"no plan for {prob.get('model')} on {prob.get('gpus')} x {prob.get('gpu')} met the SLO "
+             f"({prob.get('slo')}) in simulation; {result.stats.plans_simulated} plans were simulated."]
+    if result.rejected:
+        lines.append("The closest ones:")
+        for p in result.rejected[:3]:
+            lines.append(f"  {p.plan.label}: {'; '.join(p.notes)}")
+    lines.append("Try a looser --slo, more GPUs, or --solver exhaustive to simulate every plan that fits.")
+    return "\n".join(lines)

@@ -1,0 +1,35 @@
+"""The default strategy: CP-SAT proposes plans best first, the simulator verifies them.
+
+Each round asks the solver for as many new plans as verified ones are still missing (``top_k - verified``; never
+a number that depends on the worker count, so results are the same with 1 or 2 workers), simulates them in
+parallel, keeps those that meet the SLO and every simulated-result constraint, and cuts the rest. It stops with
+``top_k`` verified plans, when the space is exhausted, or at the simulation budget.
+
+Written against the public API only: ``problem`` is an ``apex_opt.Problem``.
+"""
+
+from __future__ import annotations
+
+import apex_opt as ax
+
+
+def search(problem: ax.Problem) -> ax.PlanSet:
+    optimizer = problem.optimizer()
+    verified: list = []
+    rejected: list = []
+    exhausted = False
+    while len(verified) < problem.top_k and not problem.simulation_budget_spent:
+        batch = []
+        while len(batch) < problem.top_k - len(verified):
+            proposal = optimizer.next()  # raises InfeasibleError (with the conflicting labels) if none exists
+            if proposal is None:
+                exhausted = True
+                break
+            batch.append(proposal)
+        if not batch:
+            break
+        for entry in problem.verify(batch):
+            (verified if entry.verified else rejected).append(entry)
+        if exhausted:
+            break
+    return problem.result(verified, rejected, solver="cpsat", exhausted=exhausted)
