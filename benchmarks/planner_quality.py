@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 import apex_opt
-import apex_opt.planner as planner
+from apex_opt import planner
 from apex_opt.errors import InfeasibleError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ for _name in planner.__all__:  # until the facade re-exports the planner
     if not hasattr(apex_opt, _name):
         setattr(apex_opt, _name, getattr(planner, _name))
 
-from solvers import heuristic  # noqa: E402
+from solvers import heuristic
 
 MODELS = ("llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b")
 CLUSTERS = ((1, 4), (1, 8), (2, 8))  # (nodes, GPUs per node) of H100-SXM-80GB
@@ -119,12 +119,12 @@ def slo_levels(specs: apex_opt.Specs, options: planner.SearchOptions) -> dict[st
     return {name: f"ttft={max(ttft * f, 0.02) * 1e3:.0f}ms,tpot={tpot * f * 1e3:.1f}ms" for name, f in LEVELS.items()}
 
 
-def goodput_per_gpu(entry) -> float:  # noqa: ANN001
+def goodput_per_gpu(entry) -> float:
     return entry.simulated["goodput_rps"] / entry.plan.gpus if entry and entry.simulated else math.nan
 
 
 def run_case(specs: apex_opt.Specs, options: planner.SearchOptions, workers: int, top_k: int) -> dict:
-    common = dict(options=options, workers=workers, simulator=cached_simulate)
+    common = {"options": options, "workers": workers, "simulator": cached_simulate}
     row: dict = {}
     start = time.perf_counter()
     try:

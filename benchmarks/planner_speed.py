@@ -41,8 +41,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    print("| case | wall s (median of %d) | space s | search s | simulation s | candidates | simulated | best |"
-          % args.repeat)
+    print(f"| case | wall s (median of {args.repeat}) | space s | search s | simulation s | candidates | simulated "
+          "| best |")
     print("|---|---|---|---|---|---|---|---|")
     for name, extra in CASES:
         walls = []

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import apex_opt
-import apex_opt.planner as planner
+from apex_opt import planner
 from apex_opt.errors import ConstraintError, InfeasibleError
 from apex_opt.perf.replica import build_replica
 from apex_opt.planner.constraints import builtin_constraints, load_constraints
@@ -42,7 +42,7 @@ def small() -> apex_opt.Specs:
                       slo="ttft=300ms,tpot=30ms")
 
 
-def line_of(fn) -> int:  # noqa: ANN001
+def line_of(fn) -> int:
     """The `def` line of a decorated constraint (what error messages point at)."""
     code = fn.fn.__code__
     source = Path(code.co_filename).read_text().splitlines()

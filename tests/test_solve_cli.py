@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import apex_opt
-import apex_opt.planner as planner
+from apex_opt import planner
 from apex_opt.cli.main import cli
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+from rich.console import Console
 
 from ..errors import InfeasibleError
 from ..planner.objectives import OBJECTIVE_NAMES
@@ -16,8 +17,6 @@ from ..planner.space import KV_DTYPES, QUANTIZATION
 from ..specs import DEFAULT_CLUSTER, DEFAULT_ENGINE, DEFAULT_MODEL, DEFAULT_SLO, DEFAULT_WORKLOAD, load_specs
 from ..units import format_bytes, format_time
 from .options import SLOType
-from rich.console import Console
-
 from .render import echo_json, table
 
 
@@ -137,8 +136,9 @@ def render_table(result: PlanSet) -> None:
 
 def unverified_message(result: PlanSet) -> str:
     prob = result.problem
-    lines = [f"no plan for {prob.get('model')} on {prob.get('gpus')} x {prob.get('gpu')} met the SLO "
-             f"({prob.get('slo')}) in simulation; {result.stats.plans_simulated} plans were simulated."]
+    first = (f"no plan for {prob.get('model')} on {prob.get('gpus')} x {prob.get('gpu')} met the SLO "
+             f"({prob.get('slo')}) in simulation; {result.stats.plans_simulated} plans were simulated.")
+    lines = [first]
     if result.rejected:
         lines.append("The closest ones:")
         for p in result.rejected[:3]:

@@ -66,14 +66,17 @@ def _breakdown(replica: Replica, kind: str, batch: int, context: int) -> Iterati
                 if op.op.kind in ("attention", "sampler") or op.op.name == "post.lm_head":
                     continue
                 t, f, b = (float(x[0]) for x in stage._op_time(op, run_tokens))
-                if not graph:
-                    t = max(t, float(stage._host.get("eager_launch_s", 0.0)))
                 ops.append(OpCost(prefix + op.op.name, op.op.kind, reps, reps * t, reps * f, reps * b,
                                   _roofline(stage, f, b, t)))
                 if op.after is not None:
                     c = float(stage._comm_time(op, run_tokens)[0])
                     ops.append(OpCost(f"{prefix}{op.op.name}.{op.after.kind}", "collective", reps, reps * c, 0.0,
                                       reps * float(run_tokens[0]) * op.after.bytes_per_token, 0.0))
+        if not graph:  # eager: the pass is launch-bound when the host cannot keep the GPU fed
+            gpu_linear = stage.linear_time(int(run_tokens[0]), True)
+            stall = stage.linear_time(int(run_tokens[0]), False) - gpu_linear
+            if stall > 0:
+                ops.append(OpCost(prefix + "eager_launch_stall", "host", stage.kernels, stall, 0.0, 0.0, 0.0))
         s_pair, s_ctx, s_seq, s_chunk = stage._attn_coeffs
         attn_t = s_pair * shape.prefill_pairs + s_chunk * (shape.num_seqs - shape.num_decodes) + \
             s_ctx * shape.decode_ctx_sum + s_seq * shape.num_decodes

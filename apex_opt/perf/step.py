@@ -218,18 +218,17 @@ class StageCost:
         tokens = np.concatenate([exact, grid])
         t_tokens = np.maximum(tokens, 1.0)
         graph = np.zeros_like(tokens)
-        eager = np.zeros_like(tokens)
         flops = np.zeros_like(tokens)
         nbytes = np.zeros_like(tokens)
         launch = float(self._host.get("eager_launch_s", 8e-6))
+        kernels = 0
         for block, ops in self.layout.blocks.items():
             reps = self.layout.repeat[block]
             for op in ops:
                 t, f, b = self._op_time(op, t_tokens)
                 comm = self._comm_time(op, t_tokens)
-                kernels = 0 if op.op.kind in ("attention", "sampler") or op.op.name == "post.lm_head" else 1
                 graph += reps * (t + comm)
-                eager += reps * (np.maximum(t, launch * kernels) + np.maximum(comm, launch if op.after else 0.0))
+                kernels += reps * (int(op.op.kind not in ("sampler",)) + int(op.after is not None))
                 flops += reps * f
                 nbytes += reps * b
         if self.layout.send_bytes_per_token and self.plan.pp > 1:
@@ -240,6 +239,10 @@ class StageCost:
                                              intra_fabric=_fabric(link)) for n in t_tokens])
             graph += send
             eager += send
+        # eager mode: the host enqueues kernels asynchronously, so the GPU waits only when launching falls behind;
+        # a forward pass takes the longer of its GPU time and its host launch time
+        eager = np.maximum(graph, kernels * launch)
+        self.kernels = kernels
         graph[0] = eager[0] = flops[0] = nbytes[0] = 0.0
         self._tokens = tokens
         self._tables = {True: graph, False: eager}

@@ -123,7 +123,7 @@ def _location(fn: Callable) -> str:
 def _def_line(code: Any) -> int:
     """The ``def`` line (``co_firstlineno`` points at the first decorator)."""
     line = code.co_firstlineno
-    for offset in range(0, 20):
+    for offset in range(20):
         text = linecache.getline(code.co_filename, line + offset).lstrip()
         if text.startswith(("def ", "async def ")):
             return line + offset
@@ -151,7 +151,7 @@ def plan_expressions(c: Constraint, v: Any, specs: Any) -> list[cp_model.Bounded
         out = c.fn(v, specs)
     except ConstraintError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every user error becomes a ConstraintError naming the rule
+    except Exception as exc:
         site = _raise_site(exc, c.fn)
         msg = f"{where} raised {type(exc).__name__} at {site}: {exc}"
         text = str(exc)
@@ -186,7 +186,7 @@ def check_simulated(c: Constraint, metrics: Any, specs: Any) -> bool:
     where = f"simulated constraint '{c.label}' ({c.location})"
     try:
         out = c.fn(metrics, specs)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ConstraintError(f"{where} raised {type(exc).__name__} at {_raise_site(exc, c.fn)}: {exc}") from exc
     if isinstance(out, bool) or type(out).__name__ == "bool_":
         return bool(out)
@@ -295,7 +295,6 @@ def _builtin(label: str, description: Callable[[Any], str], relax: Callable[[Any
 
 def builtin_constraints(space: Any) -> list[Constraint]:
     """The built-in constraints of a problem, in the order explanations list them."""
-    from ..units import format_time
 
     specs = space.specs
     opts = space.options
@@ -370,7 +369,7 @@ def builtin_constraints(space: Any) -> list[Constraint]:
 
     if slo.e2e is not None:
         e2e_ns = int(slo.e2e * opts.slo_slack * 1e9)
-        mean_out = max(int(round(space.stats.mean_output)) - 1, 0)
+        mean_out = max(round(space.stats.mean_output) - 1, 0)
 
         @_builtin("slo.e2e", lambda sp: f"TTFT + mean output x TPOT <= {_slo_time(sp.specs.slo.e2e)}",
                   lambda sp: f"--slo e2e={_slo_time(2 * sp.specs.slo.e2e)}")
@@ -379,7 +378,7 @@ def builtin_constraints(space: Any) -> list[Constraint]:
 
         out.append(slo_e2e)
 
-    need = int(math.ceil(space.stats.rate * (1 + opts.headroom) * 1e6))
+    need = math.ceil(space.stats.rate * (1 + opts.headroom) * 1e6)
 
     @_builtin("capacity",
               lambda sp: f"serves the workload's {sp.stats.rate:.3g} req/s with {sp.options.headroom:.0%} headroom",
@@ -393,7 +392,6 @@ def builtin_constraints(space: Any) -> list[Constraint]:
 
 def _suggest(space: Any, metric: str) -> str:
     """A relaxed SLO value that some candidate fitting in memory would meet (rounded up to a round number)."""
-    from ..units import format_time
 
     best = math.inf
     for c in space.candidates:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 
 import numpy as np
 
@@ -79,7 +78,7 @@ class WorkloadStats:
             mean_prompt=float(prompt.mean()),
             mean_output=float(output.mean()),
             ctx_occupancy=occupancy,
-            long_prompt=int(math.ceil(workload.percentile("prompt", q))),
+            long_prompt=math.ceil(workload.percentile("prompt", q)),
             quantile=q,
             max_request_tokens=int((workload.prompt_tokens + workload.output_tokens).max()),
         )
@@ -111,8 +110,8 @@ class ShapeKey:
     kv_dtype: str
 
     def plan(self, gpu: str, engine: str, **extra) -> Plan:
-        fields = dict(gpu=gpu, engine=engine, tp=self.tp, ep=self.ep, weight_dtype=self.weight_dtype,
-                      kv_dtype=self.kv_dtype)
+        fields = {"gpu": gpu, "engine": engine, "tp": self.tp, "ep": self.ep, "weight_dtype": self.weight_dtype,
+                      "kv_dtype": self.kv_dtype}
         if self.ep > 1:
             fields["moe_tp"] = self.moe_tp
         fields.update(extra)
@@ -269,15 +268,15 @@ def role_of(i: int, pp: int) -> str:
 
 def decode_shape(n: int, ctx: float) -> BatchShape:
     n = max(int(n), 1)
-    return BatchShape(num_tokens=n, num_seqs=n, num_decodes=n, decode_ctx_sum=int(round(n * ctx)),
-                      prefill_pairs=0.0, has_prefill=False, max_ctx=int(math.ceil(ctx)))
+    return BatchShape(num_tokens=n, num_seqs=n, num_decodes=n, decode_ctx_sum=round(n * ctx),
+                      prefill_pairs=0.0, has_prefill=False, max_ctx=math.ceil(ctx))
 
 
 def prefill_shape(chunk: int, past: int, decodes: int, ctx: float) -> BatchShape:
     """One iteration with a prefill chunk of ``chunk`` tokens after ``past`` cached ones, plus ``decodes``."""
     pairs = chunk * (past + (chunk + 1) / 2.0)
     return BatchShape(num_tokens=chunk + decodes, num_seqs=1 + decodes, num_decodes=decodes,
-                      decode_ctx_sum=int(round(decodes * ctx)), prefill_pairs=pairs, has_prefill=True,
+                      decode_ctx_sum=round(decodes * ctx), prefill_pairs=pairs, has_prefill=True,
                       max_ctx=int(max(past + chunk, ctx)))
 
 
@@ -339,8 +338,8 @@ class Estimator:
 
     def _step(self, sc: ShapeCost, split: tuple[int, ...], n: float) -> float:
         """Seconds between two tokens of one sequence when each virtual engine decodes ``n`` sequences."""
-        lo = max(int(math.floor(n)), 1)
-        hi = max(int(math.ceil(n)), 1)
+        lo = max(math.floor(n), 1)
+        hi = max(math.ceil(n), 1)
         ctx = self.stats.ctx_occupancy
 
         def at(k: int) -> float:
@@ -378,7 +377,7 @@ class Estimator:
         """The split minimising the bottleneck stage's decode time within each stage's layer limit."""
         if pp == 1:
             return (self.model.num_layers,)
-        u, extras = sc.stage_affine(decode_shape(max(int(round(n)), 1), self.stats.ctx_occupancy), pp)
+        u, extras = sc.stage_affine(decode_shape(max(round(n), 1), self.stats.ctx_occupancy), pp)
         split = [1] * pp
         for _ in range(self.model.num_layers - pp):
             best = None
@@ -399,7 +398,7 @@ class Estimator:
         out = []
         for i in range(pp):
             room = roles.room(role_of(i, pp))
-            out.append(max(int(math.floor(room / per_layer)), 0) if per_layer > 0 else self.model.num_layers)
+            out.append(max(math.floor(room / per_layer), 0) if per_layer > 0 else self.model.num_layers)
         return tuple(min(x, self.model.num_layers) for x in out)
 
     def kv_capacity(self, sc: ShapeCost, menu: Menu, split: tuple[int, ...]) -> int:
@@ -426,12 +425,12 @@ class Estimator:
         # first pass: even split, then the memory-aware balanced split at the resulting batch
         cur = split or default_layer_split(self.model.num_layers, pp)
         batch, stable, rho, tp_busy = self._fixed_point(sc, cur, menu, lam, chunked, budget)
-        kv_needed = int(math.ceil(batch * st.ctx_occupancy)) + st.max_request_tokens
+        kv_needed = math.ceil(batch * st.ctx_occupancy) + st.max_request_tokens
         max_layers = self.max_layers(sc, menu, pp, kv_needed)
         if split is None and pp > 1:
             cur = self.canonical_split(sc, pp, max_layers, _seen(batch, pp, menu.max_num_seqs))
             batch, stable, rho, tp_busy = self._fixed_point(sc, cur, menu, lam, chunked, budget)
-            kv_needed = int(math.ceil(batch * st.ctx_occupancy)) + st.max_request_tokens
+            kv_needed = math.ceil(batch * st.ctx_occupancy) + st.max_request_tokens
             max_layers = self.max_layers(sc, menu, pp, kv_needed)
         fits = sum(max_layers) >= self.model.num_layers and all(m >= 1 for m in max_layers) and all(
             n <= m for n, m in zip(cur, max_layers))
@@ -440,7 +439,7 @@ class Estimator:
         step = self._step(sc, cur, _seen(batch, pp, menu.max_num_seqs))
         tpot = step / max(1.0 - rho, 1e-3)
         # TTFT: wait for the iteration in flight, prefill the long prompt, first token stamped next iteration
-        decodes = int(round(batch / pp)) if pp > 1 else int(round(batch))
+        decodes = round(batch / pp) if pp > 1 else round(batch)
         decodes = min(decodes, menu.max_num_seqs - 1)
         ttft_prefill, _ = self._prefill(sc, cur, st.long_prompt, max(decodes, 0), chunked, budget)
         queue = rho / (2 * max(1.0 - rho, 1e-3)) * tp_busy
@@ -452,9 +451,9 @@ class Estimator:
         # energy: idle draw of every GPU of the plan + dynamic energy of the work the workload brings
         gpus = dp * pp * key.tp
         n_dec = _seen(batch, pp, menu.max_num_seqs)
-        dec_b = decode_shape(max(int(round(n_dec)), 1), st.ctx_occupancy)
+        dec_b = decode_shape(max(round(n_dec), 1), st.ctx_occupancy)
         e_tok = sc.energy_dynamic(dec_b) / dec_b.num_decodes
-        e_pre = sc.energy_dynamic(prefill_shape(max(int(round(st.mean_prompt)), 1), 0, 0, 0.0))
+        e_pre = sc.energy_dynamic(prefill_shape(max(round(st.mean_prompt), 1), 0, 0, 0.0))
         idle_w = gpus * self.gpu.power.idle
         tok_rate = st.rate * st.mean_output
         energy = idle_w / tok_rate + e_tok + e_pre / max(st.mean_output, 1e-9)
@@ -491,7 +490,7 @@ class Estimator:
         busy = 0.0
         for _ in range(30):
             n = _seen(batch, pp, menu.max_num_seqs)
-            _, busy = self._prefill(sc, split, max(int(round(st.mean_prompt)), 1), int(round(n)) if chunked else 0,
+            _, busy = self._prefill(sc, split, max(round(st.mean_prompt), 1), round(n) if chunked else 0,
                                     chunked, budget)
             rho = lam * busy / pp if pp > 1 else lam * busy
             if rho >= 0.95:
@@ -515,12 +514,12 @@ class Estimator:
         # that `capacity` and `memory` stay separate reasons
         kv_batch = kv_tokens / max(st.ctx_occupancy, 1.0) if kv_tokens > 0 else math.inf
         limit = max(min(float(menu.max_num_seqs), kv_batch), 1.0)
-        grid = sorted({1.0, limit, *[float(2**k) for k in range(0, 14) if 2**k < limit]})
+        grid = sorted({1.0, limit, *[float(2**k) for k in range(14) if 2**k < limit]})
         best = 0.0
         for batch in grid:
             n = max(batch / pp, 1.0) if pp > 1 else batch
             step = self._step(sc, split, n)
-            _, busy = self._prefill(sc, split, max(int(round(st.mean_prompt)), 1), int(round(n)) if chunked else 0,
+            _, busy = self._prefill(sc, split, max(round(st.mean_prompt), 1), round(n) if chunked else 0,
                                     chunked, budget)
             busy_share = busy / pp if pp > 1 else busy
             rate = batch / (st.mean_output * step + batch * busy_share)

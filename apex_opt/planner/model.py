@@ -426,7 +426,7 @@ def function_objective(objective: Objective, v: PlanVars, specs: Specs) -> Any:
     assert objective.fn is not None
     try:
         expr = objective.fn(v, specs)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ConstraintError(f"objective {objective.name} raised {type(exc).__name__}: {exc}") from exc
     if isinstance(expr, (bool, cp_model.BoundedLinearExpression)) or expr is None:
         raise ConstraintError(f"objective {objective.name} returned {expr!r}; return a linear expression such as "
@@ -435,7 +435,7 @@ def function_objective(objective: Objective, v: PlanVars, specs: Specs) -> Any:
 
 
 def _lo(var: Any) -> int:
-    return int(list(var.proto.domain)[0])
+    return int(next(iter(var.proto.domain)))
 
 
 def _hi(var: Any) -> int:

@@ -127,7 +127,7 @@ def _metric_name(metric: str) -> str:
     return key
 
 
-def Minimize(metric: str | Callable[..., Any]) -> Objective:  # noqa: N802 - reads like maths, as in cvxpy
+def Minimize(metric: str | Callable[..., Any]) -> Objective:
     """Minimise a metric (``"cost_per_mtok"``, ``"tpot"``, ...) or a function ``(v, s) -> linear expression``."""
     if callable(metric):
         return Objective(f"minimize {getattr(metric, '__name__', 'expression')}", -1, None, metric,
@@ -136,7 +136,7 @@ def Minimize(metric: str | Callable[..., Any]) -> Objective:  # noqa: N802 - rea
     return Objective(f"minimize {key}", -1, key, None, _tie_breaks(key))
 
 
-def Maximize(metric: str | Callable[..., Any]) -> Objective:  # noqa: N802
+def Maximize(metric: str | Callable[..., Any]) -> Objective:
     """Maximise a metric (``"goodput_per_gpu"``, ``"throughput"``) or a function ``(v, s) -> expression``."""
     if callable(metric):
         return Objective(f"maximize {getattr(metric, '__name__', 'expression')}", +1, None, metric,
@@ -178,7 +178,7 @@ def _sig(x: float, digits: int = 3) -> float:
     """``x`` rounded to ``digits`` significant digits (for reports)."""
     if x == 0 or not math.isfinite(x):
         return x
-    return round(x, -int(math.floor(math.log10(abs(x)))) + digits - 1)
+    return round(x, -math.floor(math.log10(abs(x))) + digits - 1)
 
 
 #: simulated values within this relative distance of the best count as ties, broken by the next level
@@ -229,15 +229,15 @@ def rank_plans(objective: Objective, entries: list, default_seqs: int = 256) -> 
 __all__ = [
     "METRICS",
     "OBJECTIVE_NAMES",
+    "PREDICTED_KEY",
     "TIE_BREAK_ORDER",
     "Maximize",
     "Metric",
     "Minimize",
     "Objective",
-    "PREDICTED_KEY",
     "objective_function",
-    "predicted_value",
     "plan_penalty",
+    "predicted_value",
     "rank_plans",
     "simulated_value",
 ]

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from ..errors import ApexOptError
 from ..schema.plan import Plan
@@ -101,10 +101,10 @@ class Verifier:
         self._pool: ProcessPoolExecutor | None = None
         self._cache: dict[str, SimOutcome] = {}
 
-    def __enter__(self) -> Verifier:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
