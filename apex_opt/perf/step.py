@@ -238,7 +238,6 @@ class StageCost:
                                              inter_bw=link.inter_bandwidth, params=self._coll,
                                              intra_fabric=_fabric(link)) for n in t_tokens])
             graph += send
-            eager += send
         # eager mode: the host enqueues kernels asynchronously, so the GPU waits only when launching falls behind;
         # a forward pass takes the longer of its GPU time and its host launch time
         eager = np.maximum(graph, kernels * launch)
