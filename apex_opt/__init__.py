@@ -27,6 +27,18 @@ from .errors import (
     TraceError,
     UnknownNameError,
 )
+from .planner import (
+    Maximize,
+    Minimize,
+    PlanSet,
+    PlanVars,
+    Problem,
+    RankedPlan,
+    SearchOptions,
+    constraint,
+    load_constraints,
+    solve,
+)
 from .schema.plan import Deployment, Plan
 from .schema.slo import SLO, parse_slo
 from .sim import SimResult
@@ -57,7 +69,14 @@ __all__ = [
     "Deployment",
     "DoesNotFitError",
     "InfeasibleError",
+    "Maximize",
+    "Minimize",
     "Plan",
+    "PlanSet",
+    "PlanVars",
+    "Problem",
+    "RankedPlan",
+    "SearchOptions",
     "SimResult",
     "SimulationError",
     "SolverError",
@@ -66,9 +85,12 @@ __all__ = [
     "TraceError",
     "UnknownNameError",
     "Workload",
+    "constraint",
     "estimate",
+    "load_constraints",
     "load_specs",
     "load_workload",
     "parse_slo",
     "simulate",
+    "solve",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from .errors import SimulationError, SpecError
 from .perf.replica import Replica, build_replica
@@ -65,12 +66,19 @@ def scheduler_config(replica: Replica) -> SchedulerConfig:
 
 def replicas_for(specs: Specs, plan: Plan | Deployment) -> list[tuple[Replica, int]]:
     """Each distinct replica of ``plan`` placed on the cluster, with how many copies run (its dp)."""
+    _, placed = place_replicas(specs, plan)
+    return [(replica, copies) for replica, copies, _ in placed]
+
+
+def place_replicas(specs: Specs, plan: Plan | Deployment) -> tuple[Topology, list[tuple[Replica, int, int]]]:
+    """The cluster topology and each plan's replica with its copies (dp) and the index of its first GPU.
+
+    Plans are placed one after another on the GPUs of their kind (a disaggregated deployment lists its prefill
+    plans first, so prefill instances take the first GPUs); copy ``i`` of a replica of ``g`` GPUs starts at GPU
+    ``offset + i * g``.
+    """
     plans = plan.plans if isinstance(plan, Deployment) else (plan,)
-    if any(p.role != "both" for p in plans):
-        raise SimulationError(
-            "disaggregated prefill/decode deployments are not simulated in this version; "
-            "simulate the prefill and decode plans as aggregated plans instead"
-        )
+    plans = tuple(sorted(plans, key=lambda p: p.role == "decode"))  # prefill instances first (stable)
     topology = Topology.build(specs.cluster, specs.gpus)
     out = []
     used_by_kind: dict[str, int] = {}
@@ -88,8 +96,8 @@ def replicas_for(specs: Specs, plan: Plan | Deployment) -> list[tuple[Replica, i
         engine = specs.engine if p.engine == specs.engine.name else _engine(p.engine)
         replica = build_replica(specs.model, specs.gpus[p.gpu], p, engine, topology=topology, offset=offset)
         used_by_kind[p.gpu] = used_by_kind.get(p.gpu, 0) + p.gpus
-        out.append((replica, p.dp))
-    return out
+        out.append((replica, p.dp, offset))
+    return topology, out
 
 
 def _engine(name: str):  # type: ignore[no-untyped-def]
@@ -105,11 +113,44 @@ def _capacity(replica: Replica) -> float:
     return b / max(sum(stage_times), 1e-9)
 
 
+def _prefill_capacity(replica: Replica) -> float:
+    """Prompt tokens per second of one replica prefilling 4096-token chunks: the prefill router's weight."""
+    from .sim.cost import BatchShape
+
+    c = 4096
+    shape = BatchShape(c, 1, 0, 0, c * (c + 1) / 2, True, c)
+    return c / max(max(st.iteration_time(shape) for st in replica.cost.stages), 1e-9)
+
+
+def kv_transfers(specs: Specs, topology: Topology, placed: list[tuple[Replica, int, int]],
+                 indices: list[list[int]]) -> dict[tuple[int, int], Any]:
+    """The KV transfer cost of every (prefill copy, decode copy) pair, keyed by the copies' replica indices."""
+    from .perf.collectives import load_collective_params
+    from .perf.kv_transfer import kv_transfer_cost
+
+    out: dict[tuple[int, int], Any] = {}
+    params: dict[str, Any] = {}
+    for (pr, pcopies, poff), pidx in zip(placed, indices, strict=True):
+        if pr.plan.role != "prefill":
+            continue
+        coll = params.setdefault(pr.gpu.name, load_collective_params(pr.gpu.name))
+        for (dr, dcopies, doff), didx in zip(placed, indices, strict=True):
+            if dr.plan.role != "decode":
+                continue
+            for i in range(pcopies):
+                for j in range(dcopies):
+                    out[(pidx[i], didx[j])] = kv_transfer_cost(
+                        specs.model, pr.gpu, pr.plan, poff + i * pr.plan.gpus_per_replica, dr.plan,
+                        doff + j * dr.plan.gpus_per_replica, topology, params=coll)
+    return out
+
+
 def simulate(
     specs: Specs,
     plan: Plan | Deployment,
     *,
     router: str = "round-robin",
+    decode_router: str = "least-loaded",
     seed: int = 0,
     max_requests: int | None = None,
     progress: Callable[[float], None] | None = None,
@@ -120,23 +161,45 @@ def simulate(
 
     Replicas of a :class:`Deployment` with different shapes or GPU kinds are weighted by their decode capacity
     for the router. ``max_requests`` replays only the first N requests of the workload.
+
+    A disaggregated deployment (``Deployment(plans=(Plan(role="prefill", ...), Plan(role="decode", ...)))``)
+    places its prefill plans' GPUs first, then the decode plans', prices the KV-cache transfer of every
+    (prefill, decode) replica pair from the topology (:mod:`apex_opt.perf.kv_transfer`) and runs the
+    disaggregated simulator (:mod:`apex_opt.sim.disagg`): ``router`` spreads arrivals over the prefill
+    replicas (weighted by prefill capacity when the prefill plans differ), ``decode_router`` picks the decode
+    replica of each prefilled request (weighted by decode capacity when the decode plans differ).
+
+    >>> import apex_opt as ax
+    >>> specs = ax.load_specs(workload="synthetic:rate=2rps,requests=20,prompt=512,output=64,seed=1")
+    >>> d = ax.Deployment(plans=(ax.Plan(gpu="h100-sxm-80gb", tp=4, role="prefill"),
+    ...                          ax.Plan(gpu="h100-sxm-80gb", tp=4, role="decode")))
+    >>> r = ax.simulate(specs, d)
+    >>> r["num_completed"], r["num_kv_transfers"], r.per_replica[1]["role"]
+    (20, 20, 'decode')
     """
     if max_requests is not None and max_requests < 1:
         raise SpecError(f"max_requests {max_requests}: must be at least 1")
-    built = replicas_for(specs, plan)
-    capacities = [_capacity(r) for r, _ in built]
-    top = max(capacities)
+    topology, placed = place_replicas(specs, plan)
+    disagg = any(r.plan.role != "both" for r, _, _ in placed)
+    capacities = [_prefill_capacity(r) if r.plan.role == "prefill" else _capacity(r) for r, _, _ in placed]
     reps: list[ReplicaSpec] = []
+    indices: list[list[int]] = []
     gpu_price_hours = 0.0
     gpus = 0
-    for (replica, copies), cap in zip(built, capacities):
+    for (replica, copies, _), cap in zip(placed, capacities, strict=True):
         config = scheduler_config(replica)
-        weight = 1.0 if len(built) == 1 else cap / top
+        role = replica.plan.role
+        peers = [c for (r, _, _), c in zip(placed, capacities, strict=True) if r.plan.role == role]
+        weight = 1.0 if len(peers) == 1 else cap / max(peers)
+        indices.append(list(range(len(reps), len(reps) + copies)))
         for i in range(copies):
-            reps.append(ReplicaSpec(replica.cost, config, weight=weight, name=f"{replica.plan.label}#{i}"))
+            reps.append(ReplicaSpec(replica.cost, config, weight=weight, name=f"{replica.plan.label}#{i}", role=role))
         gpu_price_hours += replica.gpu.price_per_hour * replica.plan.gpus
         gpus += replica.plan.gpus
     workload = specs.workload if max_requests is None else specs.workload.head(max_requests)
     price = gpu_price_hours / gpus if gpus else math.nan
+    extra: dict[str, Any] = {}
+    if disagg:
+        extra = {"kv_transfer": kv_transfers(specs, topology, placed, indices), "decode_router": decode_router}
     return run_simulation(reps, workload, router=router, slo=specs.slo, seed=seed, skip_ahead=skip_ahead,
-                          progress=progress, record_log=record_log, price_per_gpu_hour=price)
+                          progress=progress, record_log=record_log, price_per_gpu_hour=price, **extra)

@@ -5,6 +5,11 @@ a number that depends on the worker count, so results are the same with 1 or 2 w
 parallel, keeps those that meet the SLO and every simulated-result constraint, and cuts the rest. It stops with
 ``top_k`` verified plans, when the space is exhausted, or at the simulation budget.
 
+It also refines the winner: up to ``REFINE`` plans of the winner's layout with other engine limits that the cost
+model predicts within 1% of it on every objective level (``problem.siblings``) are simulated, and the best variant
+is kept; only the simulator can rank such plans. The first round already includes those of the solver's best
+proposal, so that they simulate in parallel with it.
+
 Written against the public API only: ``problem`` is an ``apex_opt.Problem``.
 """
 
@@ -12,12 +17,15 @@ from __future__ import annotations
 
 import apex_opt as ax
 
+REFINE = 2
+
 
 def search(problem: ax.Problem) -> ax.PlanSet:
     optimizer = problem.optimizer()
     verified: list = []
     rejected: list = []
     exhausted = False
+    refined = None
     while len(verified) < problem.top_k and not problem.simulation_budget_spent:
         batch = []
         while len(batch) < problem.top_k - len(verified):
@@ -28,8 +36,17 @@ def search(problem: ax.Problem) -> ax.PlanSet:
             batch.append(proposal)
         if not batch:
             break
+        if refined is None:
+            refined = batch[0].plan
+            batch += problem.siblings(batch[0])[:REFINE]
         for entry in problem.verify(batch):
             (verified if entry.verified else rejected).append(entry)
         if exhausted:
             break
+    if verified and not problem.simulation_budget_spent:
+        winner = problem.rank(verified)[0]
+        if winner.plan != refined:
+            variants = problem.siblings(winner)[: min(REFINE, problem.max_simulations - problem.simulations)]
+            for entry in problem.verify(variants):
+                (verified if entry.verified else rejected).append(entry)
     return problem.result(verified, rejected, solver="cpsat", exhausted=exhausted)

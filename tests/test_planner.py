@@ -12,6 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import apex_opt
 from apex_opt import planner
@@ -33,6 +35,20 @@ def facade(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in planner.__all__:
         if not hasattr(apex_opt, name):
             monkeypatch.setattr(apex_opt, name, getattr(planner, name), raising=False)
+
+
+@pytest.fixture(scope="module")
+def small_space():
+    """Plan spaces of the `small` problem, one per SLO (cached)."""
+    cache: dict = {}
+
+    def make(slo: str):
+        if slo not in cache:
+            cache[slo] = build_space(load_specs("llama-3.1-8b", gpu="h100-sxm-80gb", nodes=1, gpus_per_node=4,
+                                                workload=SMALL, slo=slo))
+        return cache[slo]
+
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -347,27 +363,33 @@ def test_pipeline_stages_get_solver_chosen_uneven_splits():
     assert est.tpot_s <= cand.est.tpot_s * 1.001
 
 
-def test_cpsat_optimum_matches_brute_force_over_the_candidate_table(small):
-    """For several constraint sets, the solver's best equals the best candidate found by checking every row."""
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(tp_cap=st.sampled_from([1, 2, 4]), gpu_cap=st.integers(1, 4), pp_cap=st.sampled_from([1, 2, 4]),
+       objective=st.sampled_from(["goodput-per-gpu", "min-energy", "min-ttft", "min-cost", "throughput"]),
+       tpot_ms=st.sampled_from([8, 12, 30]))
+def test_cpsat_optimum_matches_brute_force_over_the_candidate_table(small_space, tp_cap, gpu_cap, pp_cap, objective,
+                                                                    tpot_ms):
+    """With the canonical layer split, the solver's best equals the best row found by checking every candidate."""
     from apex_opt.planner.model import _row
-    from apex_opt.planner.objectives import objective_function
+    from apex_opt.planner.objectives import METRICS, objective_function
 
-    space = build_space(small)
-    caps = [(4, 4), (2, 4), (1, 2), (4, 1)]
-    for tp_cap, gpu_cap in caps:
-        rules = [planner.constraint("tp-cap")(lambda v, s, c=tp_cap: v.tp <= c),
-                 planner.constraint("gpu-cap")(lambda v, s, c=gpu_cap: v.gpus <= c)]
-        constraints = [*builtin_constraints(space), *rules]
-        for name, column, sense in (("goodput-per-gpu", "goodput_per_gpu", 1), ("min-energy", "energy_per_token", -1),
-                                    ("min-ttft", "ttft_ns", -1)):
-            model = PlanModel(space, constraints, split="fixed")
-            ok = [i for i in range(len(space)) if not model.violated(i)]
-            sol = model.best(objective_function(name))
-            if not ok:
-                assert sol is None
-                continue
-            best = max(sense * _row(space.candidates[i], space)[column] for i in ok)
-            assert sense * _row(space.candidates[sol.index], space)[column] == best, (tp_cap, gpu_cap, name)
+    space = small_space(f"ttft=300ms,tpot={tpot_ms}ms")
+    rules = [planner.constraint("tp-cap")(lambda v, s: v.tp <= tp_cap),
+             planner.constraint("gpu-cap")(lambda v, s: v.gpus <= gpu_cap),
+             planner.constraint("pp-cap")(lambda v, s: v.pp <= pp_cap)]
+    model = PlanModel(space, [*builtin_constraints(space), *rules], split="fixed")
+    ok = [i for i in range(len(space)) if not model.violated(i)]
+    obj = objective_function(objective)
+    sol = model.best(obj)
+    if not ok:
+        assert sol is None
+        return
+    column = {"goodput_per_gpu": "goodput_per_gpu", "energy_per_token": "energy_per_token", "ttft": "ttft_ns",
+              "cost_per_mtok": "cost_per_mtok", "throughput": "throughput"}[obj.metric]
+    sense = METRICS[obj.metric].sense
+    best = max(sense * _row(space.candidates[i], space)[column] for i in ok)
+    assert sol.index in ok
+    assert sense * _row(space.candidates[sol.index], space)[column] == best
 
 
 def test_use_all_gpus_and_placement(small):

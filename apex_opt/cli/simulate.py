@@ -1,4 +1,5 @@
-"""``apex-opt simulate``: replay a workload through one plan and report what users would see."""
+"""``apex-opt simulate``: replay a workload through one plan (or prefill and decode plans) and report what users
+would see."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import SpecError
-from ..schema.plan import Plan
+from ..schema.plan import Deployment, Plan
 from ..schema.slo import SLO
 from ..simulate import simulate as run
 from ..specs import load_specs
@@ -41,10 +43,62 @@ def _progress_callback(enabled: bool):  # type: ignore[no-untyped-def]
     return progress, update
 
 
+#: what a --prefill / --decode SPEC may set, and a valid form for messages
+ROLE_KEYS = ("tp", "dp", "pp", "ep", "gpu")
+ROLE_FORM = "tp=4,dp=2[,pp=1,ep=1,gpu=NAME]"
+#: the aggregated plan's shape options, exclusive with --prefill/--decode
+SHAPE_OPTIONS = (("tp", "--tp"), ("dp", "--dp"), ("pp", "--pp"), ("ep", "--ep"), ("dp_attention", "--dp-attention"),
+                 ("layers_per_stage", "--layers-per-stage"))
+
+
+def parse_role_spec(option: str, value: str) -> dict[str, int | str]:
+    """``tp=4,dp=2,gpu=h100-sxm-80gb`` -> ``{"tp": 4, "dp": 2, "gpu": "h100-sxm-80gb"}`` (SpecError when malformed).
+
+    >>> parse_role_spec("--prefill", "tp=4, dp=2")
+    {'tp': 4, 'dp': 2}
+    >>> parse_role_spec("--decode", "tp=eight")
+    Traceback (most recent call last):
+    ...
+    apex_opt.errors.SpecError: --decode 'tp=eight': tp must be a positive integer, got 'eight'; use the form ...
+    """
+
+    def bad(why: str) -> SpecError:
+        return SpecError(f"{option} '{value}': {why}; use the form {ROLE_FORM}, e.g. {option} tp=4,dp=2")
+
+    out: dict[str, int | str] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, val = item.partition("=")
+        key, val = key.strip().lower().replace("-", "_"), val.strip()
+        if not sep or not val:
+            raise bad(f"'{item}' is not key=value")
+        if key not in ROLE_KEYS:
+            raise bad(f"unknown key '{key}' (keys: {', '.join(ROLE_KEYS)})")
+        if key in out:
+            raise bad(f"'{key}' is given twice")
+        if key == "gpu":
+            out[key] = val
+            continue
+        try:
+            number = int(val)
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise bad(f"{key} must be a positive integer, got '{val}'")
+        out[key] = number
+    if not out:
+        raise bad("it is empty")
+    return out
+
+
 def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
     """One JSON object per request: request_id, replica, arrival_s, first_token_s, finish_s, prompt_tokens,
-    output_tokens, and rejected (with the reason) where it was."""
+    output_tokens, and rejected (with the reason) where it was; disaggregated runs add decode_replica,
+    kv_transfer_start_s and kv_transfer_end_s (``replica`` is the prefill replica)."""
     rec = result.records
+    disagg = bool((rec.decode_replica >= 0).any()) or "num_kv_transfers" in result.summary_values
     n = 0
     with open(path, "w") as f:
         for i in range(len(rec)):
@@ -57,6 +111,11 @@ def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
                 "prompt_tokens": int(rec.prompt_tokens[i]),
                 "output_tokens": int(rec.generated[i]),
             }
+            if disagg:
+                row["decode_replica"] = None if rec.decode_replica[i] < 0 else int(rec.decode_replica[i])
+                for key in ("kv_transfer_start_s", "kv_transfer_end_s"):
+                    v = float(getattr(rec, key)[i])
+                    row[key] = None if math.isnan(v) else v
             if rec.rejected[i]:
                 row["rejected"] = True
                 row["reject_reason"] = rec.reject_reason[i]
@@ -81,28 +140,63 @@ def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
 @click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
 @click.option("--gpu-memory-utilization", type=click.FloatRange(min=0.05, max=1.0), default=None)
 @click.option("--max-model-len", type=click.IntRange(min=1), default=None)
+@click.option("--prefill", "prefill_spec", default=None, metavar="SPEC",
+              help=f"disaggregated: the prefill instances, {ROLE_FORM} (with --decode; not with --tp/--dp)")
+@click.option("--decode", "decode_spec", default=None, metavar="SPEC",
+              help=f"disaggregated: the decode instances, {ROLE_FORM} (with --prefill)")
 @click.option("--router", type=click.Choice(["round-robin", "least-loaded", "random"]), default="round-robin",
-              show_default=True)
+              show_default=True, help="spreads arrivals over the replicas (disaggregated: the prefill instances)")
+@click.option("--decode-router", type=click.Choice(["round-robin", "least-loaded", "random"]),
+              default="least-loaded", show_default=True,
+              help="disaggregated: picks the decode instance of each prefilled request")
 @click.option("--slo", type=SLOType(), default=None, help="e.g. ttft=200ms,tpot.p90=50ms,attainment=95%")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-requests", type=click.IntRange(min=1), default=None, help="replay only the first N requests")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--requests-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write one JSON object per request to this .jsonl file")
-def simulate(model: str, gpu: str, cluster: str | None, nodes: int | None, gpus_per_node: int | None, tp: int,
-             pp: int, dp: int, ep: int, dp_attention: bool, layers_per_stage: str | None, weight_dtype: str,
-             kv_dtype: str, engine: str, workload: str, chunked_prefill: bool | None,
-             max_num_batched_tokens: int | None, max_num_seqs: int | None, gpu_memory_utilization: float | None,
-             max_model_len: int | None, router: str, slo: SLO | None, seed: int, max_requests: int | None,
-             fmt: str, requests_out: Path | None) -> None:
+@click.pass_context
+def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, nodes: int | None,
+             gpus_per_node: int | None, tp: int, pp: int, dp: int, ep: int, dp_attention: bool,
+             layers_per_stage: str | None, weight_dtype: str, kv_dtype: str, engine: str, workload: str,
+             chunked_prefill: bool | None, max_num_batched_tokens: int | None, max_num_seqs: int | None,
+             gpu_memory_utilization: float | None, max_model_len: int | None, prefill_spec: str | None,
+             decode_spec: str | None, router: str, decode_router: str, slo: SLO | None, seed: int,
+             max_requests: int | None, fmt: str, requests_out: Path | None) -> None:
     """Replay a workload through one plan, iteration by iteration, and report TTFT, TPOT, ITL, e2e latency,
-    throughput, goodput and SLO attainment, KV use, preemptions, MFU, energy and cost."""
-    plan = Plan.parse(
-        dict(gpu=gpu, engine=engine, tp=tp, pp=pp, dp=dp, ep=ep, dp_attention=dp_attention,
-             layers_per_stage=parse_layers(layers_per_stage), weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-             chunked_prefill=chunked_prefill, max_num_batched_tokens=max_num_batched_tokens,
-             max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len),
-        source="command line", kind="plan")
+    throughput, goodput and SLO attainment, KV use, preemptions, MFU, energy and cost.
+
+    With --prefill and --decode the cluster is split into prefill and decode instances (disaggregated serving,
+    each with its own tp/pp/ep/dp): prompts are prefilled on the prefill instances, their KV caches are sent over
+    the cluster's links to the decode instances, which generate the rest, e.g.
+    --prefill tp=4,dp=2 --decode tp=8,dp=1.
+    """
+    common: dict[str, Any] = {
+        "gpu": gpu, "engine": engine, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
+        "chunked_prefill": chunked_prefill, "max_num_batched_tokens": max_num_batched_tokens,
+        "max_num_seqs": max_num_seqs, "gpu_memory_utilization": gpu_memory_utilization,
+        "max_model_len": max_model_len}
+    plan: Plan | Deployment
+    if prefill_spec is not None or decode_spec is not None:
+        if prefill_spec is None or decode_spec is None:
+            given_opt, missing = ("--prefill", "--decode") if decode_spec is None else ("--decode", "--prefill")
+            raise SpecError(f"{given_opt} needs {missing} too: a disaggregated deployment has prefill and decode "
+                            f"instances, e.g. --prefill tp=4,dp=2 --decode tp=8,dp=1")
+        source = click.core.ParameterSource
+        shape = [flag for name, flag in SHAPE_OPTIONS
+                 if ctx.get_parameter_source(name) not in (source.DEFAULT, source.DEFAULT_MAP, None)]
+        if shape:
+            raise SpecError(f"{'/'.join(shape)} set the shape of an aggregated plan and cannot be combined with "
+                            "--prefill/--decode; give tp, dp, pp and ep inside the specs, e.g. --prefill tp=4,dp=2 "
+                            "--decode tp=8,dp=1")
+        plans = []
+        for role, option, value in (("prefill", "--prefill", prefill_spec), ("decode", "--decode", decode_spec)):
+            fields = {**common, **parse_role_spec(option, value), "role": role}
+            plans.append(Plan.parse(fields, source=f"{option} {value}", kind="plan"))
+        plan = Deployment(plans=tuple(plans))
+    else:
+        plan = Plan.parse({**common, "tp": tp, "pp": pp, "dp": dp, "ep": ep, "dp_attention": dp_attention,
+                           "layers_per_stage": parse_layers(layers_per_stage)}, source="command line", kind="plan")
     if cluster is None:
         per_node = gpus_per_node or 8
         nodes = nodes or max(1, -(-plan.gpus // per_node))
@@ -112,18 +206,24 @@ def simulate(model: str, gpu: str, cluster: str | None, nodes: int | None, gpus_
         if nodes is not None or gpus_per_node is not None:
             raise SpecError("--nodes/--gpus-per-node describe a quick-form cluster; drop them or --cluster")
         specs = load_specs(model, cluster, engine=engine, workload=workload, slo=slo or SLO())
-        if gpu not in specs.gpus:
+        if isinstance(plan, Deployment):
+            plan = Deployment(plans=tuple(p if p.gpu in specs.gpus else p.model_copy(update={"gpu": specs.cluster.gpu})
+                                          for p in plan.plans))
+        elif gpu not in specs.gpus:
             plan = plan.model_copy(update={"gpu": specs.cluster.gpu})
     if plan.gpus > specs.cluster.total_gpus:
+        fix = "lower tp/dp/pp in --prefill/--decode" if isinstance(plan, Deployment) else "Lower --dp/--tp/--pp"
         raise SpecError(f"plan {plan.label} needs {plan.gpus} GPUs; cluster '{specs.cluster.name}' has "
-                        f"{specs.cluster.total_gpus}. Lower --dp/--tp/--pp or add --nodes")
+                        f"{specs.cluster.total_gpus}. {fix} or add --nodes")
     show_progress = fmt == "table" and sys.stderr.isatty()
     progress, callback = _progress_callback(show_progress)
+    kw: dict[str, Any] = {"router": router, "decode_router": decode_router, "seed": seed,
+                          "max_requests": max_requests}
     if progress is not None:
         with progress:
-            result = run(specs, plan, router=router, seed=seed, max_requests=max_requests, progress=callback)
+            result = run(specs, plan, progress=callback, **kw)
     else:
-        result = run(specs, plan, router=router, seed=seed, max_requests=max_requests)
+        result = run(specs, plan, **kw)
     summary = result.summary()
     if requests_out is not None:
         write_requests(result, requests_out)
@@ -140,7 +240,13 @@ def simulate(model: str, gpu: str, cluster: str | None, nodes: int | None, gpus_
         ["ITL", *(format_time(s[f"itl_{k}_s"]) for k in ("mean", "p50", "p90", "p99"))],
         ["e2e latency", *(format_time(s[f"e2e_{k}_s"]) for k in ("mean", "p50", "p90", "p99"))],
     ]
-    out.print(table(f"{specs.model.name} on {plan.label} ({specs.gpu.name}, {specs.engine.name}), "
+    if isinstance(plan, Deployment):
+        kinds = {p.gpu for p in plan.plans}
+        label = " + ".join(p.label if len(kinds) == 1 else f"{p.label} on {p.gpu}" for p in plan.plans)
+        gpu_name = ", ".join(sorted(kinds))
+    else:
+        label, gpu_name = plan.label, specs.gpu.name
+    out.print(table(f"{specs.model.name} on {label} ({gpu_name}, {specs.engine.name}), "
                     f"workload {specs.workload.name}: {s['num_completed']:,} of {s['num_requests']:,} requests",
                     ["latency", "mean", "p50", "p90", "p99"], rows))
     lines = [
@@ -156,6 +262,15 @@ def simulate(model: str, gpu: str, cluster: str | None, nodes: int | None, gpus_
         f"energy       {s['energy_j'] / 3.6e6:.2f} kWh, {s['energy_per_output_token_j']:.2f} J per output token",
         f"cost         {s['gpu_hours']:.2f} GPU-hours, ${s['cost']:.2f}",
     ]
+    if "num_kv_transfers" in s:
+        lines.append(
+            f"KV transfer  {s['num_kv_transfers']:,} transfers, {s['kv_transfer_bytes'] / 2**30:,.1f} GiB, "
+            f"{format_time(s['kv_transfer_mean_s'])} mean / {format_time(s['kv_transfer_p99_s'])} p99, "
+            f"{format_time(s['kv_transfer_wait_mean_s'])} mean wait for decode memory and links")
+        for role in ("prefill", "decode"):
+            reps = [r for r in result.per_replica if r.get("role") == role]
+            busy = sum(r["busy_fraction"] for r in reps) / len(reps)
+            lines.append(f"{role:<12} {len(reps)} instance{'s' if len(reps) != 1 else ''}, busy {busy * 100:.0f}%")
     if "slo_attainment" in s and not specs.slo.is_empty:
         lines.append(f"SLO          {specs.slo.describe()}: attainment {s['slo_attainment'] * 100:.1f}%, goodput "
                      f"{s['goodput_req_s']:.2f} req/s, {'met' if s['slo_met'] else 'MISSED'}")

@@ -128,6 +128,8 @@ class StageCost:
         self._byte_table: np.ndarray | None = None
         self._cap = 0
         self._decode_cache: dict[tuple[int, int], tuple[float, float]] = {}
+        self._head_cache: dict[int, float] = {}
+        self._comm_memo: dict[tuple, dict[float, float]] = {}
 
     # ---------------------------------------------------------------------------------------- operator costs
     def _peak(self) -> float:
@@ -204,11 +206,19 @@ class StageCost:
         if op.op.name == "post.lm_head":
             return np.zeros_like(tokens, dtype=float)
         custom = self.settings.custom_all_reduce and c.kind == "all_reduce"
-        out = np.empty_like(tokens, dtype=float)
-        for i, nb in enumerate(nbytes):
-            out[i] = collective_time(c.kind, float(nb), c.size, nodes=link.nodes, intra_bw=link.intra_bandwidth,
-                                     inter_bw=link.inter_bandwidth, params=self._coll, intra_fabric=_fabric(link),
-                                     custom_allreduce=custom and nb <= 8 * 2**20)
+        return self._comm_table(c.kind, c.size, link, custom, nbytes)
+
+    def _comm_table(self, kind: str, size: int, link: GroupLink, custom: bool, nbytes: np.ndarray) -> np.ndarray:
+        """Collective time for each message size; every op of a stage shares one memo per (kind, size)."""
+        memo = self._comm_memo.setdefault((kind, size, link, custom), {})
+        out = np.empty_like(nbytes, dtype=float)
+        for i, nb in enumerate(nbytes.tolist()):
+            t = memo.get(nb)
+            if t is None:
+                t = memo[nb] = collective_time(kind, nb, size, nodes=link.nodes, intra_bw=link.intra_bandwidth,
+                                               inter_bw=link.inter_bandwidth, params=self._coll,
+                                               intra_fabric=_fabric(link), custom_allreduce=custom and nb <= 8 * 2**20)
+            out[i] = t
         return out
 
     def _build(self, cap: int) -> None:
@@ -291,8 +301,15 @@ class StageCost:
 
     # ---------------------------------------------------------------------------------------- LM head, host
     def _head_time(self, seqs: int) -> float:
+        """LM head GEMM, logits gather and sampling for ``seqs`` sampled sequences (last stage; memoized)."""
         if not self.layout.is_last or seqs <= 0:
             return 0.0
+        cached = self._head_cache.get(seqs)
+        if cached is None:
+            cached = self._head_cache[seqs] = self._head_time_uncached(seqs)
+        return cached
+
+    def _head_time_uncached(self, seqs: int) -> float:
         m = self.model
         tp = self.plan.tp
         vocab = math.ceil(m.vocab_size / tp)

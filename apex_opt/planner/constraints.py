@@ -352,7 +352,7 @@ def builtin_constraints(space: Any) -> list[Constraint]:
 
         @_builtin("slo.ttft", ttft_text, lambda sp: _suggest(sp, "ttft"))
         def slo_ttft(v: Any, s: Any) -> Any:
-            return v.ttft_ns <= limit_ns
+            return v.ttft_tail_ns <= limit_ns
 
         out.append(slo_ttft)
 
@@ -398,7 +398,7 @@ def _suggest(space: Any, metric: str) -> str:
         e = c.est
         if e is None or not e.fits or c.gpus > space.total_gpus:
             continue
-        value = (e.ttft_s if metric == "ttft" else e.tpot_s) / space.options.slo_slack
+        value = (e.ttft_tail_s if metric == "ttft" else e.tpot_s) / space.options.slo_slack
         best = min(best, value)
     if not math.isfinite(best):
         return f"a looser --slo {metric}"

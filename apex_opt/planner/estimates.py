@@ -21,6 +21,7 @@ mean context a decoding sequence holds, the prompt length at the SLO's attainmen
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field, replace
 
@@ -56,8 +57,16 @@ class WorkloadStats:
     ctx_occupancy: float
     #: prompt length at the SLO attainment quantile ("the workload's long prompts")
     long_prompt: int
+    #: prompt lengths at the 5th, 15th, ..., 95th percentiles (the mean TTFT averages over them)
+    prompt_deciles: tuple[int, ...]
     quantile: float  # that quantile, in percent
     max_request_tokens: int  # longest prompt + output
+    #: every prompt length, sorted (the share of requests within a TTFT bound is read off it)
+    prompts_sorted: tuple[int, ...] = ()
+
+    def share_at_most(self, prompt: int) -> float:
+        """Share of requests whose prompt has at most ``prompt`` tokens."""
+        return bisect.bisect_right(self.prompts_sorted, prompt) / max(len(self.prompts_sorted), 1)
 
     @classmethod
     def of(cls, workload: Workload, slo: SLO | None = None) -> WorkloadStats:
@@ -79,8 +88,10 @@ class WorkloadStats:
             mean_output=float(output.mean()),
             ctx_occupancy=occupancy,
             long_prompt=math.ceil(workload.percentile("prompt", q)),
+            prompt_deciles=tuple(max(round(workload.percentile("prompt", p)), 1) for p in range(5, 100, 10)),
             quantile=q,
             max_request_tokens=int((workload.prompt_tokens + workload.output_tokens).max()),
+            prompts_sorted=tuple(int(x) for x in np.sort(workload.prompt_tokens)),
         )
 
 
@@ -258,6 +269,13 @@ def _seen(batch: float, pp: int, limit: int) -> float:
     return min(1.0 + batch / pp, float(limit))
 
 
+def _busy(batch: float, pp: int) -> float:
+    """Virtual engines busy each pipeline round, as a decoding token sees it (its own plus the others')."""
+    if pp <= 1:
+        return 1.0
+    return 1.0 + (pp - 1) * (1.0 - math.exp(-batch / pp))
+
+
 def role_of(i: int, pp: int) -> str:
     if pp == 1:
         return "only"
@@ -292,7 +310,10 @@ class ConfigEstimate:
     batch: float  # expected concurrent sequences per replica (Little's law fixed point)
     stable: bool  # the fixed point exists below the replica's batch limits
     tpot_s: float  # predicted mean time per output token at the expected batch
-    ttft_s: float  # predicted TTFT of the long prompt
+    ttft_s: float  # predicted mean TTFT (averaged over the prompt-length deciles)
+    ttft_tail_s: float  # predicted TTFT of the long prompt (the SLO attainment quantile)
+    attainment: float  # predicted share of requests within the per-request TTFT and TPOT bounds
+    ttft_max_s: float  # predicted TTFT of the workload's longest prompt
     capacity_rps: float  # max arrival rate the whole plan sustains within the TPOT SLO
     energy_per_token_j: float
     cost_per_mtok_usd: float
@@ -301,6 +322,8 @@ class ConfigEstimate:
     #: per-layer decode seconds (scaled by pp and the prefill interference) and per-stage extras (pp >= 2)
     layer_s: float = 0.0
     stage_extra_s: tuple[float, ...] = ()
+    #: a token's time through every stage (pp >= 2, scaled like the stages): TPOT = max(this, bottleneck)
+    pipeline_sum_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -320,6 +343,7 @@ class Estimator:
         self.headroom = headroom
         self.max_pp = max_pp
         self._shapes: dict[ShapeKey, ShapeCost] = {}
+        self._prefills: dict[tuple, tuple[float, float]] = {}
 
     def shape(self, key: ShapeKey) -> ShapeCost:
         sc = self._shapes.get(key)
@@ -336,15 +360,19 @@ class Estimator:
         settings = resolve_engine(self.engine, plan, self.model, self.gpu)
         return settings.chunked_prefill, settings.max_num_batched_tokens
 
-    def _step(self, sc: ShapeCost, split: tuple[int, ...], n: float) -> float:
-        """Seconds between two tokens of one sequence when each virtual engine decodes ``n`` sequences."""
+    def _step(self, sc: ShapeCost, split: tuple[int, ...], n: float, busy: float = 1.0) -> float:
+        """Seconds between two tokens of one sequence when each virtual engine decodes ``n`` sequences.
+
+        With pipeline stages a virtual engine's batch passes every stage in turn (``sum`` of the stage times),
+        and the bottleneck stage also serves the other ``busy - 1`` busy virtual engines each round.
+        """
         lo = max(math.floor(n), 1)
         hi = max(math.ceil(n), 1)
         ctx = self.stats.ctx_occupancy
 
         def at(k: int) -> float:
             times = sc.stage_times(decode_shape(k, ctx), split)
-            return len(split) * max(times) if len(split) > 1 else times[0]
+            return max(sum(times), busy * max(times)) if len(split) > 1 else times[0]
 
         if lo == hi:
             return at(lo)
@@ -358,6 +386,10 @@ class Estimator:
         The extra busy time is what the prompt adds to the iterations it rides in (chunked prefill) or the time
         of its own prefill iterations (prefill-first schedulers), on the bottleneck stage.
         """
+        key = (sc.key, split, prompt, decodes, chunked, budget)
+        cached = self._prefills.get(key)
+        if cached is not None:
+            return cached
         ctx = self.stats.ctx_occupancy
         chunk = max(min(budget - (decodes if chunked else 0), prompt), 1) if chunked else max(prompt, 1)
         latency = 0.0
@@ -371,6 +403,7 @@ class Estimator:
             latency += sum(times)
             busy += max(t - t0 for t, t0 in zip(times, base))
             done += c
+        self._prefills[key] = (latency, busy)
         return latency, busy
 
     def canonical_split(self, sc: ShapeCost, pp: int, max_layers: tuple[int, ...], n: float) -> tuple[int, ...]:
@@ -436,18 +469,29 @@ class Estimator:
             n <= m for n, m in zip(cur, max_layers))
         kv_tokens = self.kv_capacity(sc, menu, cur)
 
-        step = self._step(sc, cur, _seen(batch, pp, menu.max_num_seqs))
+        busy_ves = _busy(batch, pp)
+        step = self._step(sc, cur, _seen(batch, pp, menu.max_num_seqs), busy_ves)
         tpot = step / max(1.0 - rho, 1e-3)
-        # TTFT: wait for the iteration in flight, prefill the long prompt, first token stamped next iteration
+        # TTFT: wait for a (virtual) engine, prefill the prompt through every stage; with async output processing
+        # (pp = 1) the first token is stamped in the next iteration, after its host work
         decodes = round(batch / pp) if pp > 1 else round(batch)
         decodes = min(decodes, menu.max_num_seqs - 1)
-        ttft_prefill, _ = self._prefill(sc, cur, st.long_prompt, max(decodes, 0), chunked, budget)
         queue = rho / (2 * max(1.0 - rho, 1e-3)) * tp_busy
         host = sc.parts(decode_shape(max(decodes, 1), st.ctx_occupancy))[2]
-        ttft = 0.5 * step + queue + ttft_prefill + host
+        settings = resolve_engine(self.engine, key.plan(self.gpu.name, self.engine.name, pp=pp,
+                                                        **menu.plan_fields()), self.model, self.gpu)
+        stamp = host if settings.async_output and self.engine.metrics_stamp == "next-iteration" else 0.0
+        wait = 0.5 * step / pp + queue + stamp
+        longest = st.prompts_sorted[-1] if st.prompts_sorted else st.long_prompt
+        prefill = {p: self._prefill(sc, cur, p, max(decodes, 0), chunked, budget)[0]
+                   for p in {st.long_prompt, longest, *st.prompt_deciles}}
+        ttft_tail = wait + prefill[st.long_prompt]
+        ttft_max = wait + prefill[longest]
+        ttft = wait + sum(prefill[p] for p in st.prompt_deciles) / len(st.prompt_deciles)
 
         capacity = dp * self._capacity(sc, cur, menu, kv_tokens, chunked, budget, slo_tpot)
-        goodput = min(st.rate, capacity)
+        attainment = self._attainment(sc, cur, wait, max(decodes, 0), chunked, budget, tpot)
+        goodput = min(st.rate, capacity) * attainment
         # energy: idle draw of every GPU of the plan + dynamic energy of the work the workload brings
         gpus = dp * pp * key.tp
         n_dec = _seen(batch, pp, menu.max_num_seqs)
@@ -460,19 +504,52 @@ class Estimator:
         cost = gpus * self.gpu.price_per_hour / 3600.0 / tok_rate * 1e6
 
         layer_s = 0.0
+        pipeline_sum = 0.0
         extras: tuple[float, ...] = ()
         if pp > 1:
             u, ex = sc.stage_affine(dec_b, pp)
-            scale = pp / max(1.0 - rho, 1e-3)
+            scale = busy_ves / max(1.0 - rho, 1e-3)
             layer_s = u * scale
             extras = tuple(e * scale for e in ex)
-            tpot = max(n * layer_s + e for n, e in zip(cur, extras))
+            pipeline_sum = (self.model.num_layers * u + sum(ex)) / max(1.0 - rho, 1e-3)
+            tpot = max(pipeline_sum, *(n * layer_s + e for n, e in zip(cur, extras)))
         return ConfigEstimate(
             split=tuple(cur), max_layers=max_layers, fits=fits, kv_tokens=kv_tokens, kv_needed=kv_needed,
-            batch=batch, stable=stable, tpot_s=tpot, ttft_s=ttft, capacity_rps=capacity,
+            batch=batch, stable=stable, tpot_s=tpot, ttft_s=ttft, ttft_tail_s=ttft_tail, attainment=attainment,
+            ttft_max_s=ttft_max,
+            capacity_rps=capacity,
             energy_per_token_j=energy, cost_per_mtok_usd=cost, goodput_rps=goodput,
             throughput_tok_s=capacity * st.mean_output, layer_s=layer_s, stage_extra_s=extras,
+            pipeline_sum_s=pipeline_sum,
         )
+
+    def _attainment(self, sc: ShapeCost, split: tuple[int, ...], wait: float, decodes: int, chunked: bool,
+                    budget: int, tpot: float) -> float:
+        """Predicted share of requests meeting the per-request TTFT and TPOT bounds of the SLO.
+
+        TTFT: every prompt up to the longest one whose prefill (after the mean wait) ends within the bound
+        (binary search; prefill time grows with the prompt). TPOT: all requests decode at the predicted TPOT;
+        the share falls linearly from 1 to 0 as it goes from the bound to 10% over it.
+        """
+        st = self.stats
+        share = 1.0
+        if self.slo.ttft is not None:
+            bound = self.slo.ttft - wait
+            longest = st.prompts_sorted[-1] if st.prompts_sorted else st.long_prompt
+            if bound <= 0:
+                return 0.0
+            if self._prefill(sc, split, longest, decodes, chunked, budget)[0] > bound:
+                lo, hi = 0, longest  # prefill(lo) fits (or lo == 0), prefill(hi) does not
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if self._prefill(sc, split, mid, decodes, chunked, budget)[0] <= bound:
+                        lo = mid
+                    else:
+                        hi = mid
+                share = st.share_at_most(lo)
+        if self.slo.tpot is not None and tpot > self.slo.tpot:
+            share *= max(0.0, 1.0 - (tpot - self.slo.tpot) / (0.1 * self.slo.tpot))
+        return share
 
     def _fixed_point(self, sc: ShapeCost, split: tuple[int, ...], menu: Menu, lam: float, chunked: bool,
                      budget: int) -> tuple[float, bool, float, float]:
@@ -495,7 +572,7 @@ class Estimator:
             rho = lam * busy / pp if pp > 1 else lam * busy
             if rho >= 0.95:
                 return limit, False, 0.95, busy
-            step = self._step(sc, split, n)
+            step = self._step(sc, split, n, _busy(batch, pp))
             new = lam * st.mean_output * step / (1.0 - rho)
             if new > limit:
                 return limit, False, rho, busy
@@ -518,7 +595,7 @@ class Estimator:
         best = 0.0
         for batch in grid:
             n = max(batch / pp, 1.0) if pp > 1 else batch
-            step = self._step(sc, split, n)
+            step = self._step(sc, split, n, _busy(batch, pp))
             _, busy = self._prefill(sc, split, max(round(st.mean_prompt), 1), round(n) if chunked else 0,
                                     chunked, budget)
             busy_share = busy / pp if pp > 1 else busy

@@ -7,8 +7,9 @@ Decisions
     computes. With ``pp > 1`` the layers of each stage are real integer variables ``v.layers[i]``
     (``sum == num_layers``, 0 past the last stage); each stage's decode time is
     ``layers[i] * layer_ns + extra_ns[i]`` (``add_multiplication_equality``; the first stage carries the engine's
-    host work and the embedding, the last the LM head and sampler) and TPOT is the bottleneck stage
-    (``add_max_equality``). Each stage's memory bounds its layer count: ``layers[i] <= max_layers[i]`` (weights +
+    host work and the embedding, the last the LM head and sampler; the times are already scaled by the number
+    of busy virtual engines each stage serves per round) and TPOT is the slowest stage or, at low load, the
+    whole pipeline's time, whichever is longer (``add_max_equality``). Each stage's memory bounds its layer count: ``layers[i] <= max_layers[i]`` (weights +
     reserves + the KV cache the expected concurrency needs, with the embedding on the first stage and the LM
     head on the last).
 
@@ -26,12 +27,15 @@ Constraints
 Objective
     The objective's levels (primary, then its tie breaks) are combined into one weighted sum whose weights
     provably dominate: each table metric enters as its rank among the distinct values the table holds (exact
-    order, small range), TPOT as nanoseconds (primary) or microseconds (tie break), and each weight exceeds the
-    range of everything after it. One solve per plan; top-k plans come from no-good cuts on the layout.
+    order, small range; tie breaks on a 1% log scale, so that near-equal values tie as in the verified ranking),
+    TPOT as microseconds when it is the primary, and each weight exceeds the range of everything after it (when
+    64-bit weights cannot hold every level, they are split into groups solved one after the other, each group's
+    optimum fixed through an assumed enforcement literal). Top-k plans come from no-good cuts on the layout.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +45,7 @@ from ortools.sat.python import cp_model
 from ..errors import ConstraintError, SolverError
 from ..specs import Specs
 from .constraints import Constraint, plan_expressions
-from .objectives import Objective, precision_penalty
+from .objectives import TIE_TOLERANCE, Objective, precision_penalty
 from .space import DTYPE_BITS, Candidate, PlanSpace, scale
 
 #: solver units of the scaled quantities (value in SI = int * unit)
@@ -54,10 +58,12 @@ UNITS = {
 }
 _BIG = 10**13
 _COLUMNS = ("tp", "pp", "dp", "ep", "moe_tp", "gpus", "max_num_seqs", "budget", "weight_bits", "kv_bits", "tp_nodes",
-            "ttft_ns", "goodput_per_gpu", "throughput", "energy_per_token", "cost_per_mtok", "capacity")
+            "ttft_ns", "ttft_tail_ns", "goodput_per_gpu", "throughput", "energy_per_token", "cost_per_mtok",
+            "capacity")
 #: metric -> table column (TPOT depends on the layer split: not a column)
 _METRIC_COLUMN = {"goodput_per_gpu": "goodput_per_gpu", "throughput": "throughput", "gpus": "gpus",
-                  "energy_per_token": "energy_per_token", "cost_per_mtok": "cost_per_mtok", "ttft": "ttft_ns"}
+                  "energy_per_token": "energy_per_token", "cost_per_mtok": "cost_per_mtok", "ttft": "ttft_ns",
+                  "ttft_max": "ttft_max_ns"}
 
 
 class PlanVars:
@@ -72,8 +78,9 @@ class PlanVars:
     ``v.weight_bits``       16, 8 (fp8) or 4 (int4); ``v.kv_bits``: 16 or 8
     ``v.tp_nodes``          nodes a tensor-parallel group spans (1 inside one NVLink domain)
     ``v.layers``            layers on each pipeline stage (stages past ``pp`` hold 0)
-    ``v.ttft_ms, v.tpot_ms``  predicted TTFT / TPOT in whole milliseconds, rounded up (``_us``: microseconds,
-                            ``_ns``: nanoseconds)
+    ``v.ttft_ms, v.tpot_ms``  predicted mean TTFT / TPOT in whole milliseconds, rounded up (``_us``:
+                            microseconds, ``_ns``: nanoseconds)
+    ``v.ttft_tail_ms``      predicted TTFT of the workload's long prompt (the SLO attainment quantile)
     ``v.goodput_per_gpu``   predicted goodput per GPU, micro-requests/s
     ``v.throughput``        predicted sustainable output, milli-tokens/s
     ``v.energy_per_token``  predicted microjoules per output token
@@ -86,7 +93,7 @@ class PlanVars:
     ``v.space`` is the :class:`~apex_opt.planner.space.PlanSpace` (read-only context).
     """
 
-    FIELDS = (*_COLUMNS, "tpot_ns", "ttft_us", "tpot_us", "ttft_ms", "tpot_ms")
+    FIELDS = (*_COLUMNS, "tpot_ns", "ttft_us", "tpot_us", "ttft_ms", "tpot_ms", "ttft_tail_us", "ttft_tail_ms")
 
     def __init__(self, owner: PlanModel) -> None:
         self._owner = owner
@@ -147,6 +154,7 @@ class PlanModel:
         self.model = cp_model.CpModel()
         self.labels: dict[str, LabelledConstraint] = {}
         self.cuts: list[int] = []
+        self._fixes: list[Any] = []  # lexicographic fixings of earlier best() calls (inactive unless assumed)
         self._rows = [_row(c, space) for c in space.candidates]
         self._columns: dict[str, tuple[cp_model.IntVar, list[int]]] = {}
         self._known: dict[int, Callable[[int], int]] = {}  # var index -> value for candidate i (canonical split)
@@ -174,9 +182,9 @@ class PlanModel:
     def _field(self, name: str) -> cp_model.IntVar:
         if name in _COLUMNS:
             return self._column(name, [r[name] for r in self._rows])
-        metric, unit = name.split("_")
+        metric, unit = name.rsplit("_", 1)
         div = {"us": 1000, "ms": 1_000_000}[unit]
-        ns = self.v.tpot_ns if metric == "tpot" else self.v.ttft_ns
+        ns = getattr(self.v, f"{metric}_ns")
         hi = -(-_hi(ns) // div)
         out = self.model.new_int_var(0, hi, name)
         self.model.add_division_equality(out, ns + (div - 1), div)
@@ -244,6 +252,13 @@ class PlanModel:
             stage_ns.append(t)
         m.add(sum(layers) == L)
         self.v.layers = tuple(layers)
+        # a token passes every stage in turn: TPOT is the bottleneck (scaled by the busy virtual engines) or the
+        # whole pipeline's time, whichever is longer (`pipeline_ns` does not depend on the split)
+        bottleneck = m.new_int_var(0, max(_hi(t) for t in stage_ns) // 10_000 + 1, "bottleneck_10us")
+        for t in stage_ns:  # the slowest stage in 10-microsecond steps (rounded up): the last tie break
+            m.add(10_000 * bottleneck >= t)
+        self._bottleneck = bottleneck
+        stage_ns.append(self._column("pipeline_ns", [r["pipeline_ns"] for r in rows]))
         tpot_hi = max(_hi(t) for t in stage_ns)
         tpot = m.new_int_var(0, tpot_hi, "tpot_ns")
         m.add_max_equality(tpot, stage_ns)
@@ -356,17 +371,24 @@ class PlanModel:
         return sorted(needed, key=order.index)
 
     # ------------------------------------------------------------------------------------------- objective
-    def _rank(self, metric: str, sense: int) -> tuple[cp_model.IntVar, int]:
-        """A column holding each candidate's rank on ``metric`` (0 = best), and the largest rank."""
-        key = (metric, sense)
-        values = self._columns[_METRIC_COLUMN[metric]][1] if _METRIC_COLUMN[metric] in self._columns else [
-            r[_METRIC_COLUMN[metric]] for r in self._rows]
+    def _rank(self, metric: str, sense: int, bucket: bool = False) -> tuple[cp_model.IntVar, int]:
+        """A column holding each candidate's rank on ``metric`` (0 = best), and the largest rank.
+
+        ``bucket=True`` ranks values on a log scale with 1% steps, so that values within about 1% tie (tie-break
+        levels, as in the verified ranking); TPOT is read at each candidate's canonical layer split.
+        """
+        key = (metric, sense, bucket)
+        if key in self._ranks:
+            return self._ranks[key]
+        column = "tpot_ns" if metric == "tpot" else _METRIC_COLUMN[metric]
+        values = [r[column] for r in self._rows]
+        if bucket:
+            values = [math.floor(math.log(max(x, 1)) / math.log(1 + TIE_TOLERANCE)) for x in values]
         distinct = sorted(set(values), reverse=sense > 0)
         where = {x: k for k, x in enumerate(distinct)}
-        if key not in self._ranks:
-            self._ranks[key] = self._column(f"rank_{metric}_{'max' if sense > 0 else 'min'}",
-                                            [where[x] for x in values])
-        return self._ranks[key], len(distinct) - 1
+        name = f"rank_{metric}_{'max' if sense > 0 else 'min'}{'_1pct' if bucket else ''}"
+        self._ranks[key] = (self._column(name, [where[x] for x in values]), len(distinct) - 1)
+        return self._ranks[key]
 
     def _term(self, metric: str | None, sense: int, objective: Objective, primary: bool) -> tuple[Any, int, int]:
         """(expression to minimise, lower bound, upper bound) of one objective level."""
@@ -374,41 +396,93 @@ class PlanModel:
             expr = function_objective(objective, self.v, self.specs)
             lo, hi = _bounds(expr)
             return (-expr, -hi, -lo) if sense > 0 else (expr, lo, hi)
-        if metric == "tpot":
-            var = self.v.tpot_ns if primary else self.v.tpot_us
+        if metric == "tpot" and primary:
+            var = self.v.tpot_us
             lo, hi = _lo(var), _hi(var)
             return (-var, -hi, -lo) if sense > 0 else (var, lo, hi)
-        rank, top = self._rank(metric, sense)
+        rank, top = self._rank(metric, sense, bucket=not primary)
         return rank, 0, top
 
-    def objective_expr(self, objective: Objective) -> Any:
-        """One linear expression whose minimum is the lexicographic optimum of the objective's levels."""
+    def objective_terms(self, objective: Objective) -> list[tuple[Any, int, int]]:
+        """(expression to minimise, lower bound, upper bound) of every level, most important first.
+
+        Levels: the primary (exact), each tie break (within 1%), the longest prompt's TTFT (within 1%), full
+        precision and engine defaults, and last the slowest pipeline stage's time, which makes the solver
+        balance the stages' layers.
+        """
         terms = [self._term(metric, sense, objective, k == 0) for k, (metric, sense) in enumerate(objective.levels)]
-        # last level, always: on an exact tie prefer full precision and the engine's default limits
+        # implicit levels: the longest prompt's TTFT (a chunked-prefill budget that serves the trace's tail
+        # better), then full precision and the engine's default limits, then balanced pipeline stages
+        tail_rank, tail_top = self._rank("ttft_max", -1, bucket=True)
+        terms.append((tail_rank, 0, tail_top))
         values = [r["penalty"] for r in self._rows]
         terms.append((self._column("penalty", values), min(values), max(values)))
-        total = 0
-        weight = 1
-        for expr, lo, hi in reversed(terms):
-            total = total + weight * (expr - lo)
-            weight *= hi - lo + 1
-        if weight > 2**62:
-            raise SolverError(f"objective {objective.name}: the tie breaks' ranges are too wide to combine; "
-                              "bound the function objective's variables")
-        return total
+        if self.space.max_pp > 1:
+            terms.append((self._bottleneck, _lo(self._bottleneck), _hi(self._bottleneck)))
+        return terms
+
+    def objective_groups(self, objective: Objective) -> list[Any]:
+        """The levels combined into as few weighted sums as 64-bit weights allow (usually one).
+
+        Within a group each level's weight exceeds the range of all later levels of the group, so minimising
+        the sum is minimising the levels lexicographically; groups are optimised one after the other.
+        """
+        groups: list[list[tuple[Any, int, int]]] = [[]]
+        span = 1
+        for term in self.objective_terms(objective):
+            width = term[2] - term[1] + 1
+            if groups[-1] and span * width > 2**62:
+                groups.append([])
+                span = 1
+            if width > 2**62:
+                raise SolverError(f"objective {objective.name}: a level's range is too wide for 64-bit integers; "
+                                  "bound the function objective's variables")
+            groups[-1].append(term)
+            span *= width
+        out = []
+        for group in groups:
+            total = 0
+            weight = 1
+            for expr, lo, _hi_ in reversed(group):
+                total = total + weight * (expr - lo)
+                weight *= _hi_ - lo + 1
+            out.append(total)
+        return out
+
+    def objective_expr(self, objective: Objective) -> Any:
+        """One linear expression whose minimum is the lexicographic optimum (when the levels fit one group)."""
+        return self.objective_groups(objective)[0]
 
     def best(self, objective: Objective, time_limit: float | None = None) -> Solution | None:
-        """The best plan under the constraints and cuts (None: no plan left)."""
-        if self.mode == "explain":
-            self._assume()
-        self.model.minimize(self.objective_expr(objective))
-        solver = self._solver(time_limit)
-        status = solver.solve(self.model)
-        self._check(status)
-        if status == cp_model.INFEASIBLE:
-            return None
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            raise SolverError("CP-SAT found no plan within the time limit; raise --time-limit")
+        """The best plan under the constraints and cuts (None: no plan left).
+
+        One solve per group of levels (:meth:`objective_groups`); a group's optimum is fixed for the next ones
+        through an enforcement literal assumed only during this call.
+        """
+        fixes: list[Any] = []
+        solver = None
+        for k, expr in enumerate(self.objective_groups(objective)):
+            self.model.minimize(expr)
+            self.model.clear_assumptions()
+            if self.mode == "explain":
+                self._assume()
+            if fixes:
+                self.model.add_assumptions(fixes)
+            solver = self._solver(time_limit)
+            status = solver.solve(self.model)
+            self._check(status)
+            if status == cp_model.INFEASIBLE:
+                if k:
+                    raise SolverError("the lexicographic re-solve became infeasible")
+                return None
+            if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                raise SolverError("CP-SAT found no plan within the time limit; raise --time-limit")
+            lit = self.model.new_bool_var(f"fix{len(self._fixes)}")
+            self._fixes.append(lit)
+            self.model.add(expr == int(solver.objective_value)).only_enforce_if(lit)
+            fixes.append(lit)
+        self.model.clear_assumptions()
+        assert solver is not None
         index = int(solver.value(self.index))
         split = tuple(int(solver.value(x)) for x in self.v.layers)
         return Solution(index, split[: self.space.candidates[index].pp], int(solver.objective_value))
@@ -486,13 +560,16 @@ def _row(c: Candidate, space: PlanSpace) -> dict[str, Any]:
     if e is None:  # a row that breaks divisibility: neutral values (only `divisibility` rules it out)
         base, extra = divmod(L, c.pp)
         split = [base + (1 if i < extra else 0) for i in range(c.pp)]
-        row.update(ttft_ns=0, goodput_per_gpu=0, throughput=0, energy_per_token=0, cost_per_mtok=0, capacity=_BIG,
-                   layer_ns=0, extra_ns=[0] * P, max_layers=[L if i < c.pp else 0 for i in range(P)],
+        row.update(ttft_ns=0, ttft_tail_ns=0, ttft_max_ns=0, goodput_per_gpu=0, throughput=0, energy_per_token=0, cost_per_mtok=0, capacity=_BIG,
+                   layer_ns=0, extra_ns=[0] * P, pipeline_ns=0,
+                   max_layers=[L if i < c.pp else 0 for i in range(P)],
                    split=split + [0] * (P - c.pp), tpot_ns=0)
         return row
     t = UNITS["time"]
     row.update(
         ttft_ns=scale(e.ttft_s, t, _BIG),
+        ttft_tail_ns=scale(e.ttft_tail_s, t, _BIG),
+        ttft_max_ns=scale(e.ttft_max_s, t, _BIG),
         goodput_per_gpu=scale(e.goodput_rps / c.gpus, UNITS["rate"], _BIG),
         throughput=scale(e.throughput_tok_s, UNITS["throughput"], _BIG),
         energy_per_token=scale(e.energy_per_token_j, UNITS["energy"], _BIG),
@@ -504,10 +581,13 @@ def _row(c: Candidate, space: PlanSpace) -> dict[str, Any]:
     if c.pp == 1:
         row["layer_ns"] = 0
         row["extra_ns"] = [scale(e.tpot_s, t, _BIG)] + [0] * (P - 1)
+        row["pipeline_ns"] = 0
     else:
         row["layer_ns"] = scale(e.layer_s, t, _BIG)
         row["extra_ns"] = [scale(x, t, _BIG) for x in e.stage_extra_s] + [0] * (P - c.pp)
-    row["tpot_ns"] = max(n * row["layer_ns"] + x for n, x in zip(row["split"], row["extra_ns"]))
+        row["pipeline_ns"] = scale(e.pipeline_sum_s, t, _BIG)
+    stages = (n * row["layer_ns"] + x for n, x in zip(row["split"], row["extra_ns"]))
+    row["tpot_ns"] = max(row["pipeline_ns"], *stages)
     return row
 
 

@@ -31,6 +31,7 @@ class RankedPlan:
     notes: tuple[str, ...] = ()
     rank: int = 0
     source: str = ""  # which strategy or rule produced it
+    index: int | None = None  # candidate index in the plan space (None: a plan from outside it)
 
     @property
     def label(self) -> str:

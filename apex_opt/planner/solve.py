@@ -14,7 +14,9 @@ What a strategy uses:
 * ``problem.feasible()``: every candidate meeting the hard constraints (GPU count, divisibility, placement,
   memory and the user's), without the analytical SLO bounds: what an exhaustive search simulates;
 * ``problem.proposal(tp=..., pp=..., dp=...)``: a plan of your own (engine defaults), with predictions;
+* ``problem.siblings(entry)``: same layout, other engine limits, predicted within 1% (only simulation ranks them);
 * ``problem.verify(proposals)``: simulate in parallel, return :class:`RankedPlan` entries marked verified or not;
+* ``problem.rank(entries)``: order entries by the objective on simulated metrics;
 * ``problem.result(verified, rejected, ...)``: rank and package a :class:`PlanSet`.
 """
 
@@ -38,7 +40,7 @@ from .constraints import Constraint, builtin_constraints, check_simulated, norma
 from .estimates import Menu, ShapeKey
 from .explain import infeasible_message, why_best
 from .model import PlanModel
-from .objectives import Objective, objective_function, rank_plans
+from .objectives import Objective, _close, objective_function, predicted_value, rank_plans
 from .result import PlanSet, RankedPlan, SolveStats
 from .space import Candidate, PlanSpace, SearchOptions, build_space
 from .verify import Verifier
@@ -203,6 +205,37 @@ class Problem:
             plan = Plan(**{**plan.model_dump(), "max_num_seqs": None})
         return Proposal(plan, _predicted(est, plan.gpus), None, source)
 
+    def siblings(self, entry: RankedPlan | Proposal) -> list[Proposal]:
+        """Plans of the same layout with other engine limits that the cost model cannot tell apart from ``entry``.
+
+        They meet every constraint and are predicted within 1% of ``entry`` on every objective level; only the
+        simulator can rank them (e.g. chunked-prefill budgets on a trace of short prompts). Already simulated
+        plans are left out.
+        """
+        if entry.index is None:
+            return []
+        levels = [m for m, _ in self.objective.levels if m is not None]
+        mine = [predicted_value(m, entry.predicted) for m in levels]
+        out = []
+        me = self.space.candidates[entry.index].menu
+        # other chunked-prefill budgets first (they change the schedule most), then other max_num_seqs
+        layout = sorted(self.space_layout(entry.index),
+                        key=lambda i: (self.space.candidates[i].menu.max_num_seqs != me.max_num_seqs, i))
+        for i in layout:
+            if i == entry.index or self.violations[i]:
+                continue
+            prop = self.proposal_of(i, None, source=f"{entry.source or 'search'}:limits")
+            if self.verifier.simulated(prop.plan):
+                continue
+            theirs = [predicted_value(m, prop.predicted) for m in levels]
+            if all(_close(a, b) for a, b in zip(mine, theirs)):
+                out.append(prop)
+        return out
+
+    def rank(self, entries: Sequence[RankedPlan]) -> list[RankedPlan]:
+        """``entries`` best first by the objective on simulated metrics (ties within 1%; see rank_plans)."""
+        return rank_plans(self.objective, list(entries), self.specs.engine.scheduler.max_num_seqs)
+
     def fits(self, proposal: Proposal) -> bool:
         """Whether the plan's replica fits GPU memory with room for the workload's longest request (cost model)."""
         return bool(proposal.predicted.get("fits", False))
@@ -236,7 +269,7 @@ class Problem:
             notes: list[str] = []
             if outcome.metrics is None:
                 out.append(RankedPlan(prop.plan, prop.predicted, None, False, (f"simulation failed: {outcome.error}",),
-                                      source=prop.source))
+                                      source=prop.source, index=prop.index))
                 continue
             m = outcome.metrics
             ok = True
@@ -247,7 +280,8 @@ class Problem:
                 if not check_simulated(c, m, self.specs):
                     ok = False
                     notes.append(f"[{c.label}] does not hold in simulation ({c.location})")
-            out.append(RankedPlan(prop.plan, prop.predicted, dict(m), ok, tuple(notes), source=prop.source))
+            out.append(RankedPlan(prop.plan, prop.predicted, dict(m), ok, tuple(notes), source=prop.source,
+                                  index=prop.index))
         return out
 
     # ------------------------------------------------------------------------------------------- results
@@ -270,7 +304,7 @@ class Problem:
             status = "optimal" if len(ranked) >= keep else ("exhausted" if exhausted else "budget")
         else:
             status = "unverified"
-        stats = self.stats(len(ranked), len(rejected))
+        stats = self.stats(len(verified), len(rejected))
         explanation = why_best(ranked, self.objective, simulated=stats.plans_simulated,
                                candidates=stats.candidates)
         notes = list(self.space.notes)
@@ -354,7 +388,9 @@ def _predicted(est: Any, gpus: int) -> dict[str, Any]:
         return {"fits": False}
     return {
         "ttft_s": est.ttft_s,
+        "ttft_tail_s": est.ttft_tail_s,
         "tpot_s": est.tpot_s,
+        "attainment": est.attainment,
         "goodput_rps": est.goodput_rps,
         "goodput_per_gpu": est.goodput_rps / gpus,
         "capacity_rps": est.capacity_rps,

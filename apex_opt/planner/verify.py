@@ -118,6 +118,10 @@ class Verifier:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context(method))
         return self._pool
 
+    def simulated(self, plan: Plan) -> bool:
+        """Whether ``plan`` was simulated already (its outcome is cached)."""
+        return plan.model_dump_json() in self._cache
+
     def run(self, plans: Sequence[Plan]) -> list[SimOutcome]:
         """Simulate ``plans`` (in parallel when workers > 1); outcomes in the order of ``plans``."""
         import time

@@ -1,4 +1,5 @@
-"""The iteration-level serving simulator (vLLM 0.6 V0, vLLM V1, SGLang 0.4 schedulers).
+"""The iteration-level serving simulator (vLLM 0.6 V0, vLLM V1, SGLang 0.4 schedulers), aggregated or with
+disaggregated prefill and decode instances (:mod:`apex_opt.sim.disagg`).
 
 >>> from apex_opt.sim import run_simulation, ReplicaSpec, SchedulerConfig, StaticReplicaCost, LinearStageCost
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from .config import FAMILIES, ReplicaSpec, SchedulerConfig
 from .cost import BatchShape, LinearStageCost, ReplicaCost, StageCost, StaticReplicaCost
+from .disagg import DisaggSimulation, KVTransfer, LinearKVTransfer
 from .engine import Simulation, run_simulation
 from .metrics import RequestRecords, SimResult, SLOTarget
 from .policies import Iteration, SchedulerPolicy, SglangPolicy, VllmV0Policy, VllmV1Policy
@@ -16,7 +18,10 @@ __all__ = [
     "FAMILIES",
     "ROUTERS",
     "BatchShape",
+    "DisaggSimulation",
     "Iteration",
+    "KVTransfer",
+    "LinearKVTransfer",
     "LinearStageCost",
     "ReplicaCost",
     "ReplicaSpec",

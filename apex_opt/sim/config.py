@@ -21,6 +21,8 @@ from .cost import ReplicaCost
 
 Family = Literal["vllm-v0", "vllm-v1", "sglang"]
 FAMILIES: tuple[str, ...] = ("vllm-v0", "vllm-v1", "sglang")
+Role = Literal["both", "prefill", "decode"]
+ROLES: tuple[str, ...] = ("both", "prefill", "decode")
 
 
 @dataclass(frozen=True)
@@ -180,14 +182,22 @@ class ReplicaSpec:
     ``cost`` is any :class:`~apex_opt.sim.cost.ReplicaCost` (``.stages``, ``.send_time(n)``, optionally
     ``.gpus``). ``weight`` scales the replica's share under weighted routing (round-robin, random) and
     divides its outstanding requests under least-loaded routing.
+
+    ``role`` is ``"both"`` (an aggregated replica: prefill and decode), or, in a disaggregated run
+    (:mod:`apex_opt.sim.disagg`), ``"prefill"`` (prefill-only: every request is run as ``max_tokens=1`` and its
+    KV cache is sent to a decode instance) or ``"decode"`` (decode-only: requests join its batch with their KV
+    cache already present).
     """
 
     cost: ReplicaCost
     config: SchedulerConfig
     weight: float = 1.0
     name: str = ""
+    role: Role = "both"
 
     def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise SpecError(f"ReplicaSpec field 'role': {self.role!r} is not a role; use one of {', '.join(ROLES)}")
         if not (self.weight > 0):
             raise SpecError(f"ReplicaSpec field 'weight': {self.weight!r} must be positive")
         if not getattr(self.cost, "stages", None):
@@ -203,4 +213,4 @@ class ReplicaSpec:
         return int(g) if g else self.pp
 
 
-__all__ = ["FAMILIES", "Family", "ReplicaSpec", "SchedulerConfig"]
+__all__ = ["FAMILIES", "ROLES", "Family", "ReplicaSpec", "Role", "SchedulerConfig"]

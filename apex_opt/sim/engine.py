@@ -10,11 +10,16 @@ Event priorities at equal times (lower first):
 * ``ARRIVAL`` (0): a request reaches the router, which assigns a replica (and the replica's virtual engine with
   the fewest unfinished requests, as vLLM 0.6 ``add_request`` does). A request arriving exactly when an
   iteration ends is therefore seen by the next schedule.
-* ``STAGE_DONE`` (1): a stage finishes a micro-batch; after the last stage the engine processes the outputs and
+* ``KV_START`` (1), ``KV_DONE`` (2): disaggregated runs only (:mod:`apex_opt.sim.disagg`). ``KV_START`` logs
+  that the bytes of a KV-cache transfer start moving (the transfer was booked when the decode instance allocated
+  its blocks; no state changes). ``KV_DONE``: the transfer completes, the prefill instance frees the request's
+  blocks and the request joins the decode instance's batch at its next iteration; like an arrival, an iteration
+  ending at the same instant (on either side) already sees it.
+* ``STAGE_DONE`` (3): a stage finishes a micro-batch; after the last stage the engine processes the outputs and
   schedules its next iteration at once.
-* ``STAGE_READY`` (2): a micro-batch's activations reach the next stage (after ``send_time``); stages serve
+* ``STAGE_READY`` (4): a micro-batch's activations reach the next stage (after ``send_time``); stages serve
   micro-batches first come, first served, one at a time, so bubbles and stage imbalance emerge.
-* ``WAKE`` (3): an idle engine that received a request schedules (after all arrivals at that instant).
+* ``WAKE`` (5): an idle engine that received a request schedules (after all arrivals at that instant).
 
 Host overhead is part of stage 0's ``iteration_time`` (the cost model's job); output processing overlaps the
 next iteration under async output processing and is otherwise free.
@@ -46,7 +51,7 @@ from .policies import Iteration, SchedulerPolicy, make_policy
 from .router import make_router
 from .state import DECODE, DONE, PREFILL, WAITING, DecodePool, KVCache, Request, SampleBook, StageClock
 
-ARRIVAL, STAGE_DONE, STAGE_READY, WAKE = 0, 1, 2, 3
+ARRIVAL, KV_START, KV_DONE, STAGE_DONE, STAGE_READY, WAKE = 0, 1, 2, 3, 4, 5
 _INF = math.inf
 _IGNORED = -2.0  # Request.stall_from marker: ignored before its last token stamp was known
 
@@ -73,6 +78,7 @@ class EngineState:
         "book",
         "cfg",
         "eid",
+        "held",
         "host",
         "in_flight",
         "it",
@@ -117,6 +123,7 @@ class EngineState:
         self.book = SampleBook(*books)
         self.in_flight = False
         self.wake_pending = False
+        self.held = 0  # blocks held outside the queues (disaggregation: KV being sent, or reserved to receive)
         self.it: Iteration | None = None
         self.it_shape: BatchShape | None = None
         self.it_steps = 1
@@ -176,6 +183,9 @@ class EngineState:
 class Simulation:
     """One run: replicas, workload, router and the event heap. Use :func:`run_simulation`."""
 
+    #: prefill/decode replicas are handled by the subclass ``apex_opt.sim.disagg.DisaggSimulation``
+    disaggregated = False
+
     def __init__(self, replicas: Sequence[ReplicaSpec], workload: Any, *, router: str = "round-robin",
                  slo: Any = None, seed: int = 0, skip_ahead: bool = True,
                  progress: Callable[[float], None] | None = None, record_log: bool = False,
@@ -183,6 +193,9 @@ class Simulation:
         if not replicas:
             raise SpecError("run_simulation needs at least one replica")
         self.replicas = list(replicas)
+        if not self.disaggregated and any(s.role != "both" for s in self.replicas):
+            raise SpecError("prefill/decode replicas need a disaggregated run: call run_simulation(..., "
+                            "kv_transfer=...) with 'prefill' and 'decode' replicas")
         self.arrival = np.asarray(workload.arrival_s, dtype=np.float64)
         self.prompt = np.asarray(workload.prompt_tokens, dtype=np.int64)
         self.output = np.asarray(workload.output_tokens, dtype=np.int64)
@@ -238,11 +251,7 @@ class Simulation:
                 group.append(e)
             self.rep_engines.append(group)
             self.stages.append([StageClock() for _ in range(pp)])
-        self.router = make_router(router, [s.weight for s in self.replicas], self.rng)
-        self.assign = self.router.precompute(n) if self.router.static else None
-        if self.assign is not None:
-            self.rep_times = [self.arrival[self.assign == r].tolist() for r in range(len(self.replicas))]
-            self.rep_ptr = [0] * len(self.replicas)
+        self._make_router(router, n)
         self.outstanding = [0] * len(self.replicas)
         # event heap
         self.heap: list[tuple] = []
@@ -266,6 +275,14 @@ class Simulation:
         self.debug = debug
         self.max_kv_seen = [0] * len(self.engines)
 
+    def _make_router(self, router: str, n: int) -> None:
+        """The arrival router over the replicas (static routers: the whole assignment up front)."""
+        self.router = make_router(router, [s.weight for s in self.replicas], self.rng)
+        self.assign = self.router.precompute(n) if self.router.static else None
+        if self.assign is not None:
+            self.rep_times = [self.arrival[self.assign == r].tolist() for r in range(len(self.replicas))]
+            self.rep_ptr = [0] * len(self.replicas)
+
     # ========================================================================================= the loop
     def _push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
         self.seq += 1
@@ -286,11 +303,13 @@ class Simulation:
                 self._on_arrival(t, a)
             elif kind == STAGE_READY:
                 self._stage_ready(t, engines[a], b)
-            else:
+            elif kind == WAKE:
                 e = engines[a]
                 e.wake_pending = False
                 if not e.in_flight:
                     self._start(e, t)
+            else:
+                self._on_event(t, kind, a, b)
         for e in engines:
             if e.waiting or e.running or e.in_flight:  # pragma: no cover - internal consistency
                 raise SimulationError(f"engine {e.eid} stopped with {len(e.waiting)} waiting and {len(e.running)} "
@@ -298,6 +317,10 @@ class Simulation:
         if self.progress is not None:
             self.progress(1.0)
         return self._result()
+
+    def _on_event(self, t: float, kind: int, a: int, b: int) -> None:
+        """Event kinds beyond the aggregated engine's (``KV_DONE``, ``KV_START``: see ``apex_opt.sim.disagg``)."""
+        raise SimulationError(f"unexpected event kind {kind} at t={t}")  # pragma: no cover - internal
 
     # ========================================================================================= arrivals
     def _on_arrival(self, t: float, k: int) -> None:
@@ -426,7 +449,7 @@ class Simulation:
             e.policy.on_idle(e)
             self._counts(t, e)
             self._kv(t, e)
-            if e.running or e.waiting:
+            if (e.running or e.waiting) and not e.held:
                 what = e.waiting[0].rid if e.waiting else next(iter(e.running.values())).rid
                 raise SimulationError(
                     f"engine {e.eid} ({e.cfg.family}) has work it cannot schedule (request {what}); its KV cache or "
@@ -494,7 +517,8 @@ class Simulation:
     def _check(self, e: EngineState) -> None:
         """Internal invariants (tests): KV accounting, queues, ITL book."""
         pool, kv = e.pool, e.kv
-        held = sum(pool.blocks(m) for m in pool.members.values()) + sum(r.blocks for r in e.prefilling.values())
+        held = (sum(pool.blocks(m) for m in pool.members.values()) + sum(r.blocks for r in e.prefilling.values())
+                + e.held)
         assert 0 <= kv.free <= kv.capacity, (kv.free, kv.capacity)
         assert held == kv.capacity - kv.free, (held, kv.capacity - kv.free)
         assert len(e.running) == len(pool) + len(e.prefilling)
@@ -604,6 +628,18 @@ class Simulation:
     def _complete(self, e: EngineState, req: Request, tau: float) -> None:
         if req.state == DONE:  # pragma: no cover - defensive
             return
+        blocks = self._detach(e, req)
+        e.kv.give(blocks)
+        req.state = DONE
+        self.r_finish[req.idx] = tau
+        self.r_generated[req.idx] = req.cap
+        self.outstanding[e.replica] -= 1
+        if self.log is not None:
+            self.log.append((req.rid, "finish", tau, req.cap))
+        self._tick()
+
+    def _detach(self, e: EngineState, req: Request) -> int:
+        """Take a request that produced its last token out of the engine's batch; returns the blocks it held."""
         if req.state == DECODE:
             blocks = e.pool.blocks(req)
             e.pool.remove(req)
@@ -617,14 +653,7 @@ class Simulation:
             blocks = 0
             e.waiting.remove(req)
         e.running.pop(req.idx, None)
-        e.kv.give(blocks)
-        req.state = DONE
-        self.r_finish[req.idx] = tau
-        self.r_generated[req.idx] = req.cap
-        self.outstanding[e.replica] -= 1
-        if self.log is not None:
-            self.log.append((req.rid, "finish", tau, req.cap))
-        self._tick()
+        return blocks
 
     def _leave(self, e: EngineState) -> None:
         """Preempted decode members leave the ITL book once the outputs they took part in are stamped."""
@@ -913,6 +942,8 @@ def run_simulation(
     progress: Callable[[float], None] | None = None,
     record_log: bool = False,
     price_per_gpu_hour: float | None = None,
+    kv_transfer: Any = None,
+    decode_router: str = "least-loaded",
 ) -> SimResult:
     """Replay ``workload`` on data-parallel ``replicas`` behind a router and measure it.
 
@@ -941,6 +972,13 @@ def run_simulation(
         Keep the request event log and the iteration log in the result.
     price_per_gpu_hour:
         For the ``cost`` summary key.
+    kv_transfer:
+        Disaggregated runs (replicas with ``role="prefill"`` and ``role="decode"``, see
+        :mod:`apex_opt.sim.disagg`): the KV-cache transfer cost, one :class:`~apex_opt.sim.disagg.KVTransfer` for
+        every (prefill, decode) pair, a mapping ``(prefill index, decode index) -> KVTransfer`` (replica indices
+        in ``replicas``) or a callable of the pair. ``router`` then routes arrivals over the prefill replicas.
+    decode_router:
+        Disaggregated runs: how a prefilled request picks its decode replica (same choices as ``router``).
 
     Returns
     -------
@@ -966,8 +1004,20 @@ def run_simulation(
     >>> res["num_completed"], res["output_tokens"]
     (2, 30)
     """
-    return Simulation(replicas, workload, router=router, slo=slo, seed=seed, skip_ahead=skip_ahead,
-                      progress=progress, record_log=record_log, price_per_gpu_hour=price_per_gpu_hour).run()
+    kw: dict[str, Any] = {"router": router, "slo": slo, "seed": seed, "skip_ahead": skip_ahead, "progress": progress,
+                          "record_log": record_log, "price_per_gpu_hour": price_per_gpu_hour}
+    if any(s.role != "both" for s in replicas):
+        if kv_transfer is None:
+            raise SpecError("a disaggregated run (prefill and decode replicas) needs kv_transfer=..., the cost of "
+                            "moving a request's KV cache, e.g. LinearKVTransfer(latency_s=0.001, s_per_token=2e-6)")
+        from .disagg import DisaggSimulation
+
+        return DisaggSimulation(replicas, workload, kv_transfer=kv_transfer, decode_router=decode_router, **kw).run()
+    if kv_transfer is not None:
+        raise SpecError("kv_transfer applies to disaggregated runs only; give the replicas role='prefill' or "
+                        "role='decode'")
+    return Simulation(replicas, workload, **kw).run()
 
 
-__all__ = ["ARRIVAL", "STAGE_DONE", "STAGE_READY", "WAKE", "EngineState", "Simulation", "run_simulation"]
+__all__ = ["ARRIVAL", "KV_DONE", "KV_START", "STAGE_DONE", "STAGE_READY", "WAKE", "EngineState", "Simulation",
+           "run_simulation"]

@@ -113,6 +113,11 @@ class RequestRecords:
     ``generated`` counts tokens produced; ``truncated`` marks requests stopped before their requested output
     (context limit or KV capacity); ``reject_reason`` is "" or one of "prompt_limit", "length", "kv";
     ``stall_s`` sums the gaps caused by recompute preemptions.
+
+    Disaggregated runs (``apex_opt.sim.disagg``) also fill ``prefill_replica`` and ``decode_replica`` (replica
+    indices; ``replica`` is the prefill replica) and ``kv_transfer_start_s`` / ``kv_transfer_end_s`` (when the
+    request's KV cache started and finished moving from the prefill to the decode instance). In aggregated runs,
+    and for requests that were rejected or finished at the prefill instance (one output token), they are -1 / NaN.
     """
 
     request_ids: tuple[str, ...]
@@ -129,6 +134,19 @@ class RequestRecords:
     preemptions: np.ndarray
     stall_s: np.ndarray
     reject_reason: tuple[str, ...]
+    # filled with -1 / NaN arrays by __post_init__ when not given
+    prefill_replica: np.ndarray = None  # type: ignore[assignment]
+    decode_replica: np.ndarray = None  # type: ignore[assignment]
+    kv_transfer_start_s: np.ndarray = None  # type: ignore[assignment]
+    kv_transfer_end_s: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        n = len(self.request_ids)
+        for name, fill, dtype in (("prefill_replica", -1, np.int64), ("decode_replica", -1, np.int64),
+                                  ("kv_transfer_start_s", np.nan, np.float64),
+                                  ("kv_transfer_end_s", np.nan, np.float64)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.full(n, fill, dtype=dtype))
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -151,6 +169,11 @@ class RequestRecords:
         n = self.generated.astype(np.float64) - 1.0
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(n > 0, (self.finish_s - self.first_token_s) / n, np.nan)
+
+    @property
+    def kv_transfer_s(self) -> np.ndarray:
+        """Duration of each request's KV transfer (NaN where there was none)."""
+        return self.kv_transfer_end_s - self.kv_transfer_start_s
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}

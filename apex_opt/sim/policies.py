@@ -74,6 +74,9 @@ class SchedulerPolicy(ABC):
     def on_prefill_finished(self, st: EngineState) -> None:
         """Called when a request finishes with its prefill (it never joins the decode batch)."""
 
+    def on_kv_released(self, st: EngineState) -> None:
+        """Called when blocks held outside the batch come back (disaggregation: a KV transfer finished)."""
+
     # --------------------------------------------------------------------------------------- length rules
     def prompt_limit(self) -> int:
         return self.cfg.max_model_len
@@ -388,6 +391,10 @@ class SglangPolicy(SchedulerPolicy):
     def on_prefill_finished(self, st: EngineState) -> None:
         # the finished request is filtered out when the extend batch is merged into the running batch: a
         # shrunken merge frees the batch (without it an engine with no decodes would never admit again)
+        self.batch_is_full = False
+
+    def on_kv_released(self, st: EngineState) -> None:
+        # memory came back: the prefill adder may fit the waiting requests again
         self.batch_is_full = False
 
     def decode_stable(self, st: EngineState) -> bool:
