@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .gemm import _read_json, resolve_calibration
+from .gemm import calibration_section
 
 __all__ = [
     "CollectiveParams",
@@ -315,12 +315,5 @@ def load_collective_params(gpu_name: str) -> CollectiveParams:
     >>> sorted(p.fabric_names())
     ['network', 'nvlink', 'pcie']
     """
-    path, note = resolve_calibration(gpu_name)
-    if not path.is_file():
-        raise FileNotFoundError(f"no calibration file {path}; run benchmarks/fit_calibration.py")
-    data = _read_json(str(path))
-    section = data["collectives"]
-    source = str(section.get("source", ""))
-    if note:
-        source = f"{note}; {source}"
-    return CollectiveParams.from_dict(section, gpu=str(data.get("gpu", path.stem)), source=source)
+    section, gpu, source = calibration_section(gpu_name, "collectives")
+    return CollectiveParams.from_dict(section, gpu=gpu, source=source)

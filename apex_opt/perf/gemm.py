@@ -313,12 +313,19 @@ def load_gemm_efficiency(gpu_name: str) -> GemmEfficiency:
     >>> load_gemm_efficiency("b200").source.startswith("fallback for b200")
     True
     """
+    section, gpu, source = calibration_section(gpu_name, "gemm")
+    return GemmEfficiency.from_dict(section, gpu=gpu, source=source)
+
+
+def calibration_section(gpu_name: str, key: str) -> tuple[dict[str, Any], str, str]:
+    """One section (``gemm`` or ``collectives``) of a GPU's fitted calibration file, the GPU it was fitted on,
+    and its source note (saying so when the GPU reuses another GPU's fit)."""
     path, note = resolve_calibration(gpu_name)
     if not path.is_file():
         raise FileNotFoundError(f"no calibration file {path}; run benchmarks/fit_calibration.py")
     data = _read_json(str(path))
-    section = data["gemm"]
+    section = data[key]
     source = str(section.get("source", ""))
     if note:
         source = f"{note}; {source}"
-    return GemmEfficiency.from_dict(section, gpu=str(data.get("gpu", path.stem)), source=source)
+    return section, str(data.get("gpu", path.stem)), source

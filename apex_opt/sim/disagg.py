@@ -186,15 +186,15 @@ class DisaggSimulation(Simulation):
             self.rep_times = [self.arrival[self.assign == r].tolist() for r in range(len(self.replicas))]
             self.rep_ptr = [0] * len(self.replicas)
 
-    def _on_arrival(self, t: float, k: int) -> None:
-        if k + 1 < self.N:
-            self._push(self._arr[k + 1], ARRIVAL, k + 1)
-        self.next_k = k + 1
+    def _route(self, k: int) -> int:
+        """Arrivals go to prefill instances only."""
         if self.assign is not None:
-            r = int(self.assign[k])
-            self.rep_ptr[r] += 1
-        else:
-            r = self.P[self.router.pick([self.outstanding[p] for p in self.P])]
+            return super()._route(k)
+        return self.P[self.router.pick([self.outstanding[p] for p in self.P])]
+
+    def _on_arrival(self, t: float, k: int) -> None:
+        self._advance_arrivals(k)
+        r = self._route(k)
         self.r_replica[k] = r
         e = self._least_busy(self.rep_engines[r])
         rid = self.ids[k]

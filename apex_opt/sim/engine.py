@@ -323,24 +323,36 @@ class Simulation:
         raise SimulationError(f"unexpected event kind {kind} at t={t}")  # pragma: no cover - internal
 
     # ========================================================================================= arrivals
-    def _on_arrival(self, t: float, k: int) -> None:
+    def _advance_arrivals(self, k: int) -> None:
+        """Schedule the arrival after request ``k``."""
         if k + 1 < self.N:
             self._push(self._arr[k + 1], ARRIVAL, k + 1)
         self.next_k = k + 1
+
+    def _route(self, k: int) -> int:
+        """The replica request ``k`` goes to: a fixed assignment, or the router over all replicas."""
         if self.assign is not None:
             r = int(self.assign[k])
             self.rep_ptr[r] += 1
-        else:
-            r = self.router.pick(self.outstanding)
-        self.r_replica[k] = r
-        group = self.rep_engines[r]
+            return r
+        return self.router.pick(self.outstanding)
+
+    @staticmethod
+    def _least_busy(group: list[EngineState]) -> EngineState:
+        """vLLM 0.6 ``add_request``: the virtual engine with the fewest unfinished requests."""
         e = group[0]
-        if len(group) > 1:  # vLLM 0.6: the virtual engine with the fewest unfinished requests
-            best = len(e.waiting) + len(e.running)
-            for g in group[1:]:
-                load = len(g.waiting) + len(g.running)
-                if load < best:
-                    e, best = g, load
+        best = len(e.waiting) + len(e.running)
+        for g in group[1:]:
+            load = len(g.waiting) + len(g.running)
+            if load < best:
+                e, best = g, load
+        return e
+
+    def _on_arrival(self, t: float, k: int) -> None:
+        self._advance_arrivals(k)
+        r = self._route(k)
+        self.r_replica[k] = r
+        e = self._least_busy(self.rep_engines[r])
         rid = self.ids[k]
         if self.log is not None:
             self.log.append((rid, "arrive", t, r))
