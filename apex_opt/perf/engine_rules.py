@@ -69,8 +69,8 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
                 if plan.tp >= min_tp:
                     util = frac
     tp = plan.tp
-    custom_ar_default = engine.family != "sglang" or True
-    custom_ar = plan.custom_all_reduce if plan.custom_all_reduce is not None else custom_ar_default
+    # vLLM and SGLang 0.4 (which reuses vLLM's kernel) enable the custom all-reduce unless told not to
+    custom_ar = plan.custom_all_reduce if plan.custom_all_reduce is not None else True
     custom_ar = custom_ar and tp in (2, 4, 6, 8) and nodes_per_tp_group == 1 and nvlink
     graphs = engine.cuda_graphs.enabled if plan.cuda_graphs is None else plan.cuda_graphs
     graph_max_batch = min(engine.cuda_graphs.max_batch, max_seqs) if engine.family == "vllm-v0" else \
