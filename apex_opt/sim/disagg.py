@@ -69,7 +69,7 @@ import numpy as np
 from ..errors import SimulationError, SpecError
 from .config import ReplicaSpec
 from .cost import BatchShape
-from .engine import ARRIVAL, KV_DONE, KV_START, STAGE_DONE, STAGE_READY, WAKE, EngineState, Simulation
+from .engine import ARRIVAL, KV_DONE, KV_START, STAGE_DONE, STAGE_READY, WAKE, EngineState, Simulation, admission
 from .metrics import SimResult
 from .router import make_router
 from .state import DONE, Request
@@ -202,18 +202,17 @@ class DisaggSimulation(Simulation):
             self.log.append((rid, "arrive", t, r))
         prompt, out = self._prm[k], self._out[k]
         # prefill side: the request runs as max_tokens=1
-        reason = _length_check(e, prompt, 1, False)
+        reason = admission(e, prompt, 1, check_length=False)[0]
         dcap = 0
         if not reason:
             best: list[int] = []
             first_reason = ""
             for d in self.D:
                 de = self.rep_engines[d][0]
-                why = _length_check(de, prompt, out, True)
+                why, cap = admission(de, prompt, out)
                 if why:
                     first_reason = first_reason or why
                     continue
-                cap = min(out, de.policy.output_limit(prompt), de.policy.kv_token_limit() - prompt)
                 if cap > dcap:
                     dcap, best = cap, [d]
                 elif cap == dcap:
@@ -479,20 +478,6 @@ def _resolve(model: TransferModel, p: int, d: int) -> KVTransfer:
     if callable(model):
         return model(p, d)
     raise SpecError(f"kv_transfer {model!r}: give a KVTransfer, a mapping (p, d) -> KVTransfer or a callable")
-
-
-def _length_check(e: EngineState, prompt: int, out: int, decode: bool) -> str:
-    """The rejection reason of an engine for a request, or ""."""
-    pol = e.policy
-    if prompt > pol.prompt_limit():
-        return "prompt_limit"
-    if decode and e.cfg.length_policy == "reject" and prompt + out > e.cfg.max_model_len:
-        return "length"
-    kv_lim = pol.kv_token_limit()
-    cap = min(out, pol.output_limit(prompt), kv_lim - prompt)
-    if cap < 1:
-        return "kv" if prompt >= kv_lim else "prompt_limit"
-    return ""
 
 
 __all__ = ["TRANSFER", "DisaggSimulation", "KVTransfer", "LinearKVTransfer"]

@@ -357,17 +357,7 @@ class Simulation:
         if self.log is not None:
             self.log.append((rid, "arrive", t, r))
         prompt, out = self._prm[k], self._out[k]
-        pol = e.policy
-        reason = ""
-        if prompt > pol.prompt_limit():
-            reason = "prompt_limit"
-        elif e.cfg.length_policy == "reject" and prompt + out > e.cfg.max_model_len:
-            reason = "length"
-        else:
-            kv_lim = pol.kv_token_limit()
-            cap = min(out, pol.output_limit(prompt), kv_lim - prompt)
-            if cap < 1:
-                reason = "kv" if prompt >= kv_lim else "prompt_limit"
+        reason, cap = admission(e, prompt, out)
         if reason:
             self._reject(k, t, reason)
             return
@@ -923,6 +913,25 @@ class Simulation:
         return SimResult(records=rec, summary_values=out, series=series, per_replica=tuple(per_replica),
                          log=tuple(self.log) if self.log is not None else None,
                          iterations=tuple(self.iter_log) if self.iter_log is not None else None)
+
+
+def admission(e: EngineState, prompt: int, out: int, check_length: bool = True) -> tuple[str, int]:
+    """Whether engine ``e`` takes a request: ``(rejection reason or "", output tokens it may generate)``.
+
+    Prompts over the engine's limit are rejected (``prompt_limit``); with ``length_policy="reject"`` so are
+    requests whose prompt plus output exceed ``max_model_len`` (``length``); outputs are capped by the context
+    limit and by what one sequence alone can hold in the KV cache (``kv`` when not even the prompt fits).
+    """
+    pol = e.policy
+    if prompt > pol.prompt_limit():
+        return "prompt_limit", 0
+    if check_length and e.cfg.length_policy == "reject" and prompt + out > e.cfg.max_model_len:
+        return "length", 0
+    kv_lim = pol.kv_token_limit()
+    cap = min(out, pol.output_limit(prompt), kv_lim - prompt)
+    if cap < 1:
+        return ("kv" if prompt >= kv_lim else "prompt_limit"), cap
+    return "", cap
 
 
 def _kv_run_integral(hist: list[int], bs: int, first: int, m: int, alpha: float, beta: float) -> float:
