@@ -140,11 +140,13 @@ class PlanModel:
     """
 
     def __init__(self, space: PlanSpace, constraints: Sequence[Constraint], *, mode: str = "optimize",
-                 split: str = "free", seed: int = 0, time_limit: float | None = None) -> None:
-        if not space.candidates:
-            raise SolverError("the plan space is empty")
+                 split: str = "free", seed: int = 0, time_limit: float | None = None,
+                 rows: Sequence[int] | None = None) -> None:
         if mode not in ("optimize", "explain"):
             raise ValueError(mode)
+        self.rows = list(range(len(space.candidates))) if rows is None else list(rows)
+        if not self.rows:
+            raise SolverError("the plan space is empty")
         self.space = space
         self.specs: Specs = space.specs
         self.mode = mode
@@ -155,13 +157,16 @@ class PlanModel:
         self.labels: dict[str, LabelledConstraint] = {}
         self.cuts: list[int] = []
         self._fixes: list[Any] = []  # lexicographic fixings of earlier best() calls (inactive unless assumed)
-        self._rows = [_row(c, space) for c in space.candidates]
+        self._cands = [space.candidates[i] for i in self.rows]
+        self._pos = {c: k for k, c in enumerate(self.rows)}  # candidate index -> position in the tables
+        self._rows = [_row(c, space) for c in self._cands]
         self._columns: dict[str, tuple[cp_model.IntVar, list[int]]] = {}
-        self._known: dict[int, Callable[[int], int]] = {}  # var index -> value for candidate i (canonical split)
+        self._known: dict[int, Callable[[int], int]] = {}  # var index -> value at table position k (canonical split)
+        self._split_vars: set[int] = set()  # variables that depend on the layer split
         self._products: dict[tuple[str, ...], cp_model.IntVar] = {}
         self._ranks: dict[tuple[str, int], cp_model.IntVar] = {}
-        self.index = self.model.new_int_var(0, len(space.candidates) - 1, "index")
-        self._known[self.index.index] = lambda i: i
+        self.index = self.model.new_int_var(0, len(self.rows) - 1, "index")  # a position in `rows`
+        self._known[self.index.index] = self.rows.__getitem__
         self.v = PlanVars(self)
         self._build_stages()
         for c in constraints:
@@ -190,6 +195,8 @@ class PlanModel:
         self.model.add_division_equality(out, ns + (div - 1), div)
         source = self._known[ns.index]
         self._known[out.index] = lambda i: -(-source(i) // div)
+        if ns.index in self._split_vars:
+            self._split_vars.add(out.index)
         return out
 
     def _product(self, names: tuple[str, ...]) -> cp_model.IntVar:
@@ -218,16 +225,46 @@ class PlanModel:
             return p
 
         self._known[out.index] = value
+        if any(f.index in self._split_vars for f in factors):
+            self._split_vars.add(out.index)
         self._products[names] = out
         return out
 
+    def table_labels(self) -> list[str]:
+        """Labels whose expressions read table columns only (``v.tp``, ``v.gpus``, ``v.ttft_ns``, ...).
+
+        Such a label holds or fails for a candidate whatever its layer split, so the search may leave out the
+        candidates that fail it (``rows=``) and still solve exactly the same problem; the labels that read the
+        split (``memory``, ``slo.tpot``) stay with the solver.
+        """
+        return [name for name, lc in self.labels.items()
+                if not any(x.index in self._split_vars for e in lc.exprs for x in e.vars)]
+
     def _build_stages(self) -> None:
-        """Layer variables, per-stage time and the bottleneck (TPOT); see the module docstring."""
+        """Layer variables, per-stage time and the bottleneck (TPOT); see the module docstring.
+
+        A stage's extra time and memory cap depend only on its role (first, middle, last; a single stage is
+        the first), so the tables hold one column per role and stage ``i`` picks its role from ``pp``: it is
+        active when ``pp > i``, a middle stage when stage ``i + 1`` is active too, else the last. Sixteen stages
+        thus cost nine table columns, not forty-eight.
+        """
         m = self.model
         rows = self._rows
         L = self.specs.model.num_layers
         P = self.space.max_pp
         layer_ns = self._column("layer_ns", [r["layer_ns"] for r in rows])
+        pp = self._column("pp", [r["pp"] for r in rows])
+        role_extra = {role: self._column(f"extra_ns_{role}", [r["extra_ns"][k] for r in rows])
+                      for role, k in (("first", 0), ("middle", 1), ("last", 2))}
+        role_cap = {role: self._column(f"max_layers_{role}", [r["max_layers"][k] for r in rows])
+                    for role, k in (("first", 0), ("middle", 1), ("last", 2))}
+        active: list[Any] = [None]  # stage 0 is always active
+        for i in range(1, P):
+            a = m.new_bool_var(f"active{i}")
+            m.add(pp >= i + 1).only_enforce_if(a)
+            m.add(pp <= i).only_enforce_if(~a)
+            self._known[a.index] = (lambda i: lambda k: 1 if rows[k]["pp"] > i else 0)(i)
+            active.append(a)
         self._max_layers = []
         stage_ns = []
         layers = []
@@ -236,17 +273,23 @@ class PlanModel:
             if self.split == "fixed" or P == 1:
                 li = self._column(f"layers{i}", split_i)
             else:
-                active = self._column(f"active{i}", [1 if i < c.pp else 0 for c in self.space.candidates])
-                li = m.new_int_var(0, L, f"layers{i}")
-                m.add(li >= active)
-                m.add(li <= L * active)
+                li = m.new_int_var(1 if i == 0 else 0, L, f"layers{i}")
+                if i:
+                    m.add(li >= active[i])
+                    m.add(li <= L * active[i])
                 self._known[li.index] = split_i.__getitem__
+            self._split_vars.add(li.index)
             layers.append(li)
-            extra = self._column(f"extra_ns{i}", [r["extra_ns"][i] for r in rows])
-            self._max_layers.append(self._column(f"max_layers{i}", [r["max_layers"][i] for r in rows]))
-            prod = m.new_int_var(0, L * max(r["layer_ns"] for r in rows), f"layer_time{i}")
-            m.add_multiplication_equality(prod, [li, layer_ns])
-            hi = L * max(r["layer_ns"] for r in rows) + max(r["extra_ns"][i] for r in rows)
+            if i == 0:
+                extra, cap = role_extra["first"], role_cap["first"]
+            else:
+                extra = self._by_role(i, active, role_extra, f"extra_ns{i}")
+                cap = self._by_role(i, active, role_cap, f"max_layers{i}")
+                self._known[extra.index] = (lambda i: lambda k: rows[k]["stage_extra"][i])(i)
+                self._known[cap.index] = (lambda i: lambda k: rows[k]["stage_cap"][i])(i)
+            self._max_layers.append(cap)
+            prod = self._times_layers(li, layer_ns, f"layer_time{i}")
+            hi = L * _hi(layer_ns) + _hi(extra)
             t = m.new_int_var(0, hi, f"stage_ns{i}")
             m.add(t == prod + extra)
             stage_ns.append(t)
@@ -264,8 +307,46 @@ class PlanModel:
         m.add_max_equality(tpot, stage_ns)
         object.__setattr__(self.v, "tpot_ns", tpot)
         self._known[tpot.index] = [r["tpot_ns"] for r in rows].__getitem__
+        self._split_vars.add(tpot.index)
         self.v._max_layers = tuple(self._max_layers)  # read by the built-in `memory` constraint
         self.v._divisible = self._column("divisible", [r["divisible"] for r in rows])
+
+    def _by_role(self, i: int, active: list[Any], by_role: dict[str, Any], name: str) -> cp_model.IntVar:
+        """Stage ``i``'s value (``i >= 1``): the middle role's if stage ``i + 1`` is active, else the last's; 0 idle."""
+        m = self.model
+        mid, last = by_role["middle"], by_role["last"]
+        out = m.new_int_var(0, max(_hi(mid), _hi(last)), name)
+        m.add(out == 0).only_enforce_if(~active[i])
+        if i + 1 < len(active):
+            m.add(out == mid).only_enforce_if(active[i + 1])
+            m.add(out == last).only_enforce_if([active[i], ~active[i + 1]])
+        else:
+            m.add(out == last).only_enforce_if(active[i])
+        return out
+
+    def _times_layers(self, layers: cp_model.IntVar, per_layer: cp_model.IntVar, name: str) -> Any:
+        """``layers * per_layer`` as a linear expression over the bits of ``layers``.
+
+        ``add_multiplication_equality`` would make CP-SAT's presolve multiply the two domains, and ``per_layer``
+        takes one value per candidate (thousands on a large cluster): that product alone took seconds. Here
+        ``layers = sum 2^b bit_b`` and each ``bit_b * per_layer`` is a variable equal to ``per_layer`` or 0 under
+        the bit, all linear.
+        """
+        m = self.model
+        if _hi(layers) == _lo(layers):
+            return _lo(layers) * per_layer
+        hi = _hi(per_layer)
+        bits = []
+        terms = []
+        for b in range(max(_hi(layers), 1).bit_length()):
+            bit = m.new_bool_var(f"{name}_bit{b}")
+            z = m.new_int_var(0, hi, f"{name}_z{b}")
+            m.add(z == per_layer).only_enforce_if(bit)
+            m.add(z == 0).only_enforce_if(~bit)
+            bits.append(bit)
+            terms.append((1 << b) * z)
+        m.add(layers == sum((1 << b) * bit for b, bit in enumerate(bits)))
+        return sum(terms)
 
     # ------------------------------------------------------------------------------------------- constraints
     def _add_labelled(self, c: Constraint) -> None:
@@ -286,9 +367,10 @@ class PlanModel:
 
     def holds(self, label: str, index: int) -> bool:
         """Whether a labelled constraint holds for candidate ``index`` with its canonical split (no solve)."""
+        k = self._pos[index]
         for e in self.labels[label].exprs:
             try:
-                total = int(e.offset) + sum(int(c) * self._known[x.index](index) for c, x in zip(e.coeffs, e.vars))
+                total = int(e.offset) + sum(int(c) * self._known[x.index](k) for c, x in zip(e.coeffs, e.vars))
             except KeyError:
                 return self._holds_by_solving(label, index)
             if not e.bounds.contains(total):
@@ -296,8 +378,7 @@ class PlanModel:
         return True
 
     def _holds_by_solving(self, label: str, index: int) -> bool:
-        trial = PlanModel(self.space, [self.labels[label].constraint], split="fixed", seed=self.seed)
-        trial.model.add(trial.index == index)
+        trial = PlanModel(self.space, [self.labels[label].constraint], split="fixed", seed=self.seed, rows=[index])
         return trial.feasible()
 
     def violated(self, index: int, labels: Sequence[str] | None = None) -> list[str]:
@@ -383,7 +464,7 @@ class PlanModel:
         column = "tpot_ns" if metric == "tpot" else _METRIC_COLUMN[metric]
         values = [r[column] for r in self._rows]
         if bucket:
-            values = [math.floor(math.log(max(x, 1)) / math.log(1 + TIE_TOLERANCE)) for x in values]
+            values = [_bucket(x) for x in values]
         distinct = sorted(set(values), reverse=sense > 0)
         where = {x: k for k, x in enumerate(distinct)}
         name = f"rank_{metric}_{'max' if sense > 0 else 'min'}{'_1pct' if bucket else ''}"
@@ -420,6 +501,10 @@ class PlanModel:
         if self.space.max_pp > 1:
             terms.append((self._bottleneck, _lo(self._bottleneck), _hi(self._bottleneck)))
         return terms
+
+    def row(self, index: int) -> dict[str, Any]:
+        """The integer table row of candidate ``index``."""
+        return self._rows[self._pos[index]]
 
     def objective_groups(self, objective: Objective) -> list[Any]:
         """The levels combined into as few weighted sums as 64-bit weights allow (usually one).
@@ -483,7 +568,7 @@ class PlanModel:
             fixes.append(lit)
         self.model.clear_assumptions()
         assert solver is not None
-        index = int(solver.value(self.index))
+        index = self.rows[int(solver.value(self.index))]
         split = tuple(int(solver.value(x)) for x in self.v.layers)
         return Solution(index, split[: self.space.candidates[index].pp], int(solver.objective_value))
 
@@ -491,8 +576,50 @@ class PlanModel:
         """Exclude candidates from later solves (no-good cuts)."""
         for i in indices:
             if i not in self.cuts:
-                self.model.add(self.index != i)
                 self.cuts.append(i)
+                if i in self._pos:
+                    self.model.add(self.index != self._pos[i])
+
+
+def _bucket(x: int) -> int:
+    """A value's 1% step on a log scale: values within about 1% share a bucket (tie-break levels)."""
+    return math.floor(math.log(max(x, 1)) / math.log(1 + TIE_TOLERANCE))
+
+
+def objective_key(row: dict[str, Any], objective: Objective, num_layers: int,
+                  split: Sequence[int] | None = None) -> tuple[int, ...] | None:
+    """The objective's levels for one table row, in the order and units :meth:`PlanModel.objective_terms` uses.
+
+    Smaller is better, level by level. ``split`` gives the actual layers per stage; without it the split-dependent
+    level (TPOT as the primary) is a lower bound over every split: the slower of the whole pipeline's time and
+    the mean stage's. The last implicit level (the slowest stage) is left out. None for a function objective.
+    """
+    key = []
+    for k, (metric, sense) in enumerate(objective.levels):
+        if metric is None:
+            return None
+        if metric == "tpot" and k == 0:
+            x = -(-_tpot_ns(row, num_layers, split) // 1000)
+        else:
+            x = row["tpot_ns" if metric == "tpot" else _METRIC_COLUMN[metric]]
+            if k > 0:
+                x = _bucket(x)
+        key.append(-x if sense > 0 else x)
+    key.append(_bucket(row["ttft_max_ns"]))
+    key.append(row["penalty"])
+    return tuple(key)
+
+
+def _tpot_ns(row: dict[str, Any], num_layers: int, split: Sequence[int] | None) -> int:
+    """TPOT of a row with ``split`` (None: a lower bound over every split)."""
+    pp = row["pp"]
+    extras = row["stage_extra"][:pp]
+    if pp == 1:
+        return max(row["pipeline_ns"], extras[0])
+    if split is None:
+        mean = -(-(num_layers * row["layer_ns"] + sum(extras)) // pp)
+        return max(row["pipeline_ns"], mean)
+    return max(row["pipeline_ns"], *(n * row["layer_ns"] + e for n, e in zip(split, extras)))
 
 
 def function_objective(objective: Objective, v: PlanVars, specs: Specs) -> Any:
@@ -560,11 +687,11 @@ def _row(c: Candidate, space: PlanSpace) -> dict[str, Any]:
     if e is None:  # a row that breaks divisibility: neutral values (only `divisibility` rules it out)
         base, extra = divmod(L, c.pp)
         split = [base + (1 if i < extra else 0) for i in range(c.pp)]
-        row.update(ttft_ns=0, ttft_tail_ns=0, ttft_max_ns=0, goodput_per_gpu=0, throughput=0, energy_per_token=0, cost_per_mtok=0, capacity=_BIG,
-                   layer_ns=0, extra_ns=[0] * P, pipeline_ns=0,
-                   max_layers=[L if i < c.pp else 0 for i in range(P)],
+        row.update(ttft_ns=0, ttft_tail_ns=0, ttft_max_ns=0, goodput_per_gpu=0, throughput=0, energy_per_token=0,
+                   cost_per_mtok=0, capacity=_BIG, layer_ns=0, stage_extra=[0] * P, pipeline_ns=0,
+                   stage_cap=[L if i < c.pp else 0 for i in range(P)],
                    split=split + [0] * (P - c.pp), tpot_ns=0)
-        return row
+        return _with_roles(row, c.pp)
     t = UNITS["time"]
     row.update(
         ttft_ns=scale(e.ttft_s, t, _BIG),
@@ -576,18 +703,28 @@ def _row(c: Candidate, space: PlanSpace) -> dict[str, Any]:
         cost_per_mtok=scale(e.cost_per_mtok_usd, UNITS["cost"], _BIG),
         capacity=scale(e.capacity_rps, UNITS["rate"], _BIG),
         split=list(e.split) + [0] * (P - c.pp),
-        max_layers=[min(e.max_layers[i], L) if i < c.pp else 0 for i in range(P)],
+        stage_cap=[min(e.max_layers[i], L) if i < c.pp else 0 for i in range(P)],
     )
     if c.pp == 1:
         row["layer_ns"] = 0
-        row["extra_ns"] = [scale(e.tpot_s, t, _BIG)] + [0] * (P - 1)
+        row["stage_extra"] = [scale(e.tpot_s, t, _BIG)] + [0] * (P - 1)
         row["pipeline_ns"] = 0
     else:
         row["layer_ns"] = scale(e.layer_s, t, _BIG)
-        row["extra_ns"] = [scale(x, t, _BIG) for x in e.stage_extra_s] + [0] * (P - c.pp)
+        row["stage_extra"] = [scale(x, t, _BIG) for x in e.stage_extra_s] + [0] * (P - c.pp)
         row["pipeline_ns"] = scale(e.pipeline_sum_s, t, _BIG)
-    stages = (n * row["layer_ns"] + x for n, x in zip(row["split"], row["extra_ns"]))
+    stages = (n * row["layer_ns"] + x for n, x in zip(row["split"], row["stage_extra"]))
     row["tpot_ns"] = max(row["pipeline_ns"], *stages)
+    return _with_roles(row, c.pp)
+
+
+def _with_roles(row: dict[str, Any], pp: int) -> dict[str, Any]:
+    """Add the per-role columns (first, middle, last) the model's stages read; unused roles hold 0."""
+    def roles(per_stage: list[int]) -> list[int]:
+        return [per_stage[0], per_stage[1] if pp > 2 else 0, per_stage[pp - 1] if pp > 1 else 0]
+
+    row["extra_ns"] = roles(row["stage_extra"])
+    row["max_layers"] = roles(row["stage_cap"])
     return row
 
 

@@ -5,7 +5,10 @@ A candidate is one row of the tables the CP-SAT model indexes (:mod:`apex_opt.pl
 * **shape**: ``tp`` (powers of two), ``pp`` (powers of two up to ``max_pp`` and the layer count), ``ep`` and the
   MoE ``moe_tp = tp / ep`` split (MoE models; vLLM only runs ``ep == tp``), weight and KV dtypes the user allows;
 * **limits**: ``max_num_seqs`` and the chunked-prefill budget from a small menu;
-* **dp**: every replica count that fits the GPUs.
+* **dp**: every replica count up to ``dense_dp``; above it, the counts around the smallest one that carries the
+  arrival rate (``dp_need``, from one replica's predicted capacity), a geometric ladder (5% steps) up to the
+  most that fit, and that most. A 1024-GPU cluster thus has about a hundred dp values per shape, not a thousand,
+  and the planning time grows with the logarithm of the cluster size (``benchmarks/scale.py``).
 
 Rows that break divisibility (heads, KV heads, experts) stay in the table, flagged, so that the ``divisibility``
 constraint can be named in an infeasibility explanation like any other.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..errors import SpecError
 from ..perf.replica import check_divisibility
@@ -47,6 +51,8 @@ class SearchOptions:
     budgets: tuple[int | None, ...] = (None, 2048, 8192)
     slo_slack: float = 1.1
     headroom: float = 0.1
+    dense_dp: int = 32
+    dp_step: float = 1.05
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATION:
@@ -61,6 +67,10 @@ class SearchOptions:
             raise SpecError(f"slo_slack {self.slo_slack} must be >= 1 (the bounds may only be loosened)")
         if not 0 <= self.headroom < 1:
             raise SpecError(f"headroom {self.headroom} must be in [0, 1)")
+        if self.dense_dp < 1:
+            raise SpecError(f"dense_dp {self.dense_dp} must be at least 1")
+        if self.dp_step <= 1.0:
+            raise SpecError(f"dp_step {self.dp_step} must be > 1 (the ratio between dp values above dense_dp)")
 
 
 @dataclass(frozen=True)
@@ -121,7 +131,7 @@ class PlanSpace:
     def __len__(self) -> int:
         return len(self.candidates)
 
-    @property
+    @cached_property
     def max_pp(self) -> int:
         return max((c.pp for c in self.candidates), default=1)
 
@@ -213,12 +223,45 @@ def build_space(specs: Specs, options: SearchOptions | None = None) -> PlanSpace
                     for pp in _powers_of_two(min(options.max_pp, L, total // tp)):
                         shapes += 1
                         for menu in menus:
-                            for dp in range(1, total // (tp * pp) + 1):
-                                est = estimator.estimate(key, menu, pp, dp) if divisible else None
+                            most = total // (tp * pp)
+                            top = estimator.estimate(key, menu, pp, most) if divisible else None
+                            for dp in dp_values(most, _dp_need(top, most, stats.rate, options.headroom), options):
+                                est = (top if dp == most else estimator.estimate(key, menu, pp, dp)) if divisible \
+                                    else None
                                 rows.append(Candidate(len(rows), key, menu, pp, dp, _tp_nodes(tp, pp, dp, gpn),
                                                       divisible, est, why))
     return PlanSpace(specs, options, stats, gpu.name, total, gpn, tuple(rows), estimator, topology,
                      time.perf_counter() - start, shapes, notes)
+
+
+def dp_values(most: int, need: int | None, options: SearchOptions) -> list[int]:
+    """The replica counts the space holds for one shape, ascending (see the module docstring).
+
+    Every count up to ``options.dense_dp``; above it, ``need - 4 .. need + 8`` around the smallest count that
+    carries the load (None: unknown), a ladder rising by ``options.dp_step`` and ``most`` itself.
+
+    >>> dp_values(8, None, SearchOptions())
+    [1, 2, 3, 4, 5, 6, 7, 8]
+    >>> len(dp_values(1024, 300, SearchOptions())) < 150
+    True
+    """
+    values = set(range(1, min(options.dense_dp, most) + 1))
+    x = float(options.dense_dp)
+    while x < most:
+        values.add(int(round(x)))
+        x = max(x * options.dp_step, x + 1)
+    values.add(most)
+    if need is not None:
+        values.update(range(max(need - 4, 1), min(need + 8, most) + 1))
+    return sorted(values)
+
+
+def _dp_need(top: ConfigEstimate | None, most: int, rate: float, headroom: float) -> int | None:
+    """Replicas needed to carry ``rate`` within ``headroom``, from the capacity predicted at ``most`` replicas."""
+    if top is None or top.capacity_rps <= 0:
+        return None
+    per_replica = top.capacity_rps / most
+    return max(math.ceil(rate / (per_replica * (1.0 - headroom))), 1)
 
 
 def _budgets(specs: Specs, gpu, budgets: tuple[int | None, ...]) -> list[int | None]:
