@@ -5,6 +5,10 @@ a number that depends on the worker count, so results are the same with 1 or 2 w
 parallel, keeps those that meet the SLO and every simulated-result constraint, and cuts the rest. It stops with
 ``top_k`` verified plans, when the space is exhausted, or at the simulation budget.
 
+With ``disaggregation`` ``auto`` (or ``only``) it then asks ``problem.disaggregated()`` for the best prefill/decode
+(xPyD) deployments the same way and ranks them with the aggregated plans on the simulated metrics: the verified
+winner may be either.
+
 It also refines the winner: up to ``REFINE`` plans of the winner's layout with other engine limits that the cost
 model predicts within 1% of it on every objective level (``problem.siblings``) are simulated, and the best variant
 is kept; only the simulator can rank such plans. The first round already includes those of the solver's best
@@ -21,12 +25,13 @@ REFINE = 2
 
 
 def search(problem: ax.Problem) -> ax.PlanSet:
-    optimizer = problem.optimizer()
     verified: list = []
     rejected: list = []
     exhausted = False
     refined = None
-    while len(verified) < problem.top_k and not problem.simulation_budget_spent:
+    aggregated = problem.options.disaggregation != "only"
+    optimizer = problem.optimizer() if aggregated else None
+    while aggregated and len(verified) < problem.top_k and not problem.simulation_budget_spent:
         batch = []
         while len(batch) < problem.top_k - len(verified):
             proposal = optimizer.next()  # raises InfeasibleError (with the conflicting labels) if none exists
@@ -43,6 +48,23 @@ def search(problem: ax.Problem) -> ax.PlanSet:
             (verified if entry.verified else rejected).append(entry)
         if exhausted:
             break
+    disaggregated = problem.disaggregated()
+    if disaggregated is not None:
+        found = 0
+        while found < problem.top_k and not problem.simulation_budget_spent:
+            batch = []
+            done = False
+            while len(batch) < problem.top_k - found:
+                proposal = disaggregated.next()
+                if proposal is None:
+                    done = True
+                    break
+                batch.append(proposal)
+            for entry in problem.verify(batch):
+                (verified if entry.verified else rejected).append(entry)
+                found += entry.verified
+            if done:
+                break
     if verified and not problem.simulation_budget_spent:
         winner = problem.rank(verified)[0]
         if winner.plan != refined:

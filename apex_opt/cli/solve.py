@@ -42,6 +42,9 @@ from .render import echo_json, table
               help="weight formats allowed besides bf16")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="bf16", show_default=True, help="KV-cache format")
 @click.option("--use-all-gpus", is_flag=True, help="use exactly the cluster's GPUs (default: at most)")
+@click.option("--disaggregation", type=click.Choice(["off", "auto", "only"]), default="auto", show_default=True,
+              help="auto: also search prefill/decode-disaggregated (xPyD) plans and rank them with the aggregated "
+                   "ones; off: aggregated only; only: disaggregated only")
 @click.option("--tp-across-nodes", is_flag=True, help="allow tensor-parallel groups to span nodes")
 @click.option("--max-requests", type=click.IntRange(min=1), default=None,
               help="plan and simulate on the first N requests only (speed)  [default: all]")
@@ -54,7 +57,7 @@ from .render import echo_json, table
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, gpus_per_node: int | None,
           workload: str, engine: str, slo: Any, objective: str, top_k: int, solver: str,
-          constraint_files: tuple[str, ...], quantization: str, kv_dtype: str, use_all_gpus: bool,
+          constraint_files: tuple[str, ...], quantization: str, kv_dtype: str, use_all_gpus: bool, disaggregation: str,
           tp_across_nodes: bool, max_requests: int | None, seed: int, workers: int, time_limit: float | None,
           max_simulations: int | None, fmt: str) -> None:
     """Find the best deployments of a model on a cluster for a workload and SLO, verified by simulation.
@@ -70,6 +73,7 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
 
     result = run_solve(specs, objective=objective, constraints=list(constraint_files), top_k=top_k, solver=solver,
                        quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
+                       disaggregation=disaggregation,
                        tp_across_nodes=tp_across_nodes, max_requests=max_requests, seed=seed, workers=workers,
                        time_limit=time_limit, max_simulations=max_simulations, progress=progress)
     if fmt == "json":

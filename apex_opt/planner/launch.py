@@ -17,7 +17,7 @@ CUDA_VISIBLE_DEVICES=4,5,6,7 vllm serve meta-llama/Llama-3.1-70B-Instruct --tens
 from __future__ import annotations
 
 from ..ir.parallel import default_layer_split
-from ..schema.plan import Plan
+from ..schema.plan import Deployment, Plan
 
 #: catalog name -> Hugging Face repository served (instruct variants where they exist)
 HF_REPOS = {
@@ -127,11 +127,55 @@ def sglang_command(plan: Plan, model: str, *, port: int = 30000) -> str:
     return line
 
 
-def launch_commands(plan: Plan, model: str, *, engine: str = "vllm-0.6", num_layers: int | None = None,
+def disaggregated_commands(deployment: Deployment, model: str, *, num_layers: int | None = None) -> dict:
+    """Commands for a prefill/decode deployment: one server per replica of each role, then the PD router.
+
+    vLLM (V1 engine) moves the KV cache with its NIXL connector (``--kv-transfer-config``), behind a proxy that
+    sends each request to a prefill server with ``max_tokens=1`` and then to a decode server; SGLang marks each
+    server's role with ``--disaggregation-mode`` and fronts them with its PD load balancer.
+    """
+    repo = hf_repo(model)
+    nixl = """--kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'"""
+    vllm = [f"# {_xpyd(deployment)}: one server per replica; GPUs are numbered across the cluster, prefill first"]
+    sglang = list(vllm)
+    first = 0
+    ports = {"prefill": [], "decode": []}
+    for plan in deployment.plans:
+        env, args = _vllm_args(Plan(**{**plan.model_dump(), "dp": 1}), num_layers)
+        args = [a.split("  #")[0] for a in args]
+        for r in range(plan.dp):
+            devices = f"{first}-{first + plan.gpus_per_replica - 1}" if plan.gpus_per_replica > 1 else str(first)
+            port = 8000 + len(ports["prefill"]) + len(ports["decode"])
+            ports[plan.role].append(port)
+            prefix = " ".join(env)
+            vllm.append(f"{prefix + ' ' if prefix else ''}vllm serve {repo} {' '.join(args)} {nixl} --port {port}"
+                        f"  # {plan.role} {r}, GPUs {devices}")
+            sg = sglang_command(Plan(**{**plan.model_dump(), "dp": 1}), model, port=port + 22000).split("  #")[0]
+            sglang.append(f"{sg} --disaggregation-mode {plan.role}  # {plan.role} {r}, GPUs {devices}")
+            first += plan.gpus_per_replica
+    vllm.append(f"# then a PD proxy in front (vLLM's examples/disaggregated): each request goes to a prefill server "
+                f"(ports {', '.join(map(str, ports['prefill']))}) with max_tokens=1, then to a decode server "
+                f"(ports {', '.join(map(str, ports['decode']))})")
+    sglang.append("# then SGLang's PD load balancer in front: python -m sglang.srt.disaggregation.mini_lb "
+                  "--prefill http://<prefill host>:<port> ... --decode http://<decode host>:<port> ...")
+    return {"vllm": "\n".join(vllm), "sglang": "\n".join(sglang)}
+
+
+def _xpyd(deployment: Deployment) -> str:
+    x = sum(p.dp for p in deployment.plans if p.role == "prefill")
+    y = sum(p.dp for p in deployment.plans if p.role == "decode")
+    return f"{x}P{y}D"
+
+
+def launch_commands(plan: Plan | Deployment, model: str, *, engine: str = "vllm-0.6", num_layers: int | None = None,
                     gpus_per_node: int = 8) -> dict:
-    """``{"vllm": ..., "sglang": ...}`` for ``plan``."""
+    """``{"vllm": ..., "sglang": ...}`` for ``plan`` (a disaggregated :class:`Deployment` too)."""
+    if isinstance(plan, Deployment):
+        if not plan.disaggregated:
+            raise ValueError("launch commands cover one plan or a prefill/decode deployment")
+        return disaggregated_commands(plan, model, num_layers=num_layers)
     return {"vllm": vllm_command(plan, model, engine=engine, num_layers=num_layers, gpus_per_node=gpus_per_node),
             "sglang": sglang_command(plan, model)}
 
 
-__all__ = ["HF_REPOS", "hf_repo", "launch_commands", "sglang_command", "vllm_command"]
+__all__ = ["HF_REPOS", "disaggregated_commands", "hf_repo", "launch_commands", "sglang_command", "vllm_command"]

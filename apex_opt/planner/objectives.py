@@ -81,6 +81,9 @@ def precision_penalty(weight_dtype: str, kv_dtype: str, custom_budget: bool, cus
 
 
 def plan_penalty(plan: Any, default_seqs: int = 256) -> int:
+    """:func:`precision_penalty` of a plan (of a deployment: its largest plan's)."""
+    if hasattr(plan, "plans"):
+        return max(plan_penalty(p, default_seqs) for p in plan.plans)
     return precision_penalty(plan.weight_dtype, plan.kv_dtype, plan.max_num_batched_tokens is not None,
                              plan.max_num_seqs is not None and plan.max_num_seqs != default_seqs)
 

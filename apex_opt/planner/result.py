@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..schema.plan import Plan
+from ..schema.plan import Deployment, Plan
 from .launch import launch_commands
 from .objectives import Objective
 
@@ -24,7 +24,7 @@ class RankedPlan:
     ``verified``: simulated, meets the SLO and every simulated-result constraint.
     """
 
-    plan: Plan
+    plan: Plan | Deployment  # a Deployment: a disaggregated (xPyD) plan
     predicted: dict[str, Any]
     simulated: dict[str, Any] | None = None
     verified: bool = False
@@ -44,6 +44,19 @@ class RankedPlan:
 
     def to_dict(self) -> dict[str, Any]:
         p = self.plan
+        if isinstance(p, Deployment):
+            return {
+                "rank": self.rank,
+                "label": p.label,
+                "disaggregated": p.disaggregated,
+                "gpus": p.gpus,
+                "instances": [{"role": q.role, "label": q.label, **q.model_dump(mode="json")} for q in p.plans],
+                "verified": self.verified,
+                "predicted": dict(self.predicted),
+                "simulated": dict(self.simulated) if self.simulated is not None else None,
+                "notes": list(self.notes),
+                "source": self.source,
+            }
         return {
             "rank": self.rank,
             "label": p.label,

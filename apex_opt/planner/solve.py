@@ -35,9 +35,12 @@ from typing import Any
 
 from ..errors import InfeasibleError, SpecError
 from ..perf.replica import build_replica
-from ..schema.plan import Plan
+from ..schema.plan import Deployment, Plan
 from ..specs import Specs
 from .constraints import Constraint, builtin_constraints, check_simulated, normalize, split_kinds
+from .disagg import DisaggModel, DisaggSpace, build_disagg_space
+from .disagg import deployment as disagg_deployment
+from .disagg import predicted as disagg_predicted
 from .estimates import Menu, ShapeKey
 from .explain import infeasible_message, why_best
 from .model import PlanModel, Solution, objective_key
@@ -55,7 +58,7 @@ ESTIMATE_LABELS = ("slo.ttft", "slo.tpot", "slo.e2e", "capacity")
 class Proposal:
     """A plan a strategy wants verified, with the cost model's predictions."""
 
-    plan: Plan
+    plan: Plan | Deployment
     predicted: dict[str, Any]
     index: int | None = None  # candidate index in the plan space (None: a plan from outside it)
     source: str = ""
@@ -144,6 +147,34 @@ class Optimizer:
         return self.problem.proposal_of(sol.index, sol.split, source="cpsat")
 
 
+class DisaggOptimizer:
+    """CP-SAT search over disaggregated (xPyD) pairs: :meth:`next` yields deployments best first."""
+
+    def __init__(self, problem: Problem, dspace: DisaggSpace) -> None:
+        self.problem = problem
+        self.model = DisaggModel(problem.space, dspace, problem.objective, seed=problem.seed,
+                                 time_limit=problem.time_limit)
+        self.count = 0
+
+    def next(self) -> Proposal | None:
+        """The best pair not proposed before, or None when none is left."""
+        start = time.perf_counter()
+        pair = self.model.next()
+        self.problem.search_seconds += time.perf_counter() - start
+        if pair is None:
+            if self.count == 0:
+                why = ("no prefill/decode pair meets the analytical bounds together: GPUs, prefill TTFT (slo.ttft), "
+                       "decode TPOT (slo.tpot) and both roles' capacity for the arrival rate")
+                if self.problem.options.disaggregation == "only":
+                    raise InfeasibleError(f"--disaggregation only: {why}; loosen the SLO or add GPUs",
+                                          ("disaggregation",))
+                self.problem.extra_notes.append(f"disaggregated plans: {why}")
+            return None
+        self.count += 1
+        sp = self.problem.space
+        return Proposal(disagg_deployment(sp, *pair), disagg_predicted(sp, *pair), None, source="cpsat:disaggregated")
+
+
 class Problem:
     """One planning problem (see the module docstring)."""
 
@@ -172,6 +203,8 @@ class Problem:
         self.started = time.perf_counter()
         self.search_seconds = 0.0
         self._verifier: Verifier | None = None
+        self.extra_notes: list[str] = []
+        self._disagg_asked = False
 
     # ------------------------------------------------------------------------------------------- space
     @cached_property
@@ -268,6 +301,36 @@ class Problem:
         if max_num_seqs is None:
             plan = Plan(**{**plan.model_dump(), "max_num_seqs": None})
         return Proposal(plan, _predicted(est, plan.gpus), None, source)
+
+    def disaggregated(self) -> DisaggOptimizer | None:
+        """CP-SAT over prefill/decode (xPyD) pairs, or None (with a note in the result) when they are not searched.
+
+        Searched when ``options.disaggregation`` is ``auto`` or ``only`` (see :mod:`apex_opt.planner.disagg`).
+        Raises :class:`~apex_opt.errors.InfeasibleError` with ``only`` when no pair can be built.
+        """
+        mode = self.options.disaggregation
+        self._disagg_asked = True
+        if mode == "off":
+            return None
+        why = ""
+        if self.constraints:
+            why = ("plan constraints (PlanVars) describe one plan, not a prefill/decode pair; disaggregated plans "
+                   "are searched without user plan constraints only")
+        elif self.objective.metric is None:
+            why = "a function objective is defined on one plan's PlanVars; disaggregated plans need a metric objective"
+        elif self.space.total_gpus < 2:
+            why = "a disaggregated plan needs at least 2 GPUs"
+        if not why:
+            dspace = build_disagg_space(self.space)
+            self.extra_notes.append(f"disaggregated search: {len(dspace.prefill)} prefill x {len(dspace.decode)} "
+                                    f"decode replica sets ({dspace.build_time_s:.1f} s to estimate)")
+            if dspace.prefill and dspace.decode:
+                return DisaggOptimizer(self, dspace)
+            why = "no prefill or no decode replica shape fits memory inside one node"
+        if mode == "only":
+            raise InfeasibleError(f"--disaggregation only: {why}. Use --disaggregation auto or off.", ("disaggregation",))
+        self.extra_notes.append(f"disaggregated plans not searched: {why}")
+        return None
 
     def siblings(self, entry: RankedPlan | Proposal) -> list[Proposal]:
         """Plans of the same layout with other engine limits that the cost model cannot tell apart from ``entry``.
@@ -371,7 +434,10 @@ class Problem:
         stats = self.stats(len(verified), len(rejected))
         explanation = why_best(ranked, self.objective, simulated=stats.plans_simulated,
                                candidates=stats.candidates)
-        notes = list(self.space.notes)
+        notes = list(self.space.notes) + self.extra_notes
+        if self.options.disaggregation != "off" and not self._disagg_asked and solver != "cpsat":
+            notes.append(f"disaggregated plans are searched by the cpsat solver; the {solver} solver planned "
+                         "aggregated ones only")
         if status == "budget":
             notes.append(f"stopped at the simulation budget ({self.max_simulations}); raise max_simulations for more")
         return PlanSet(status, tuple(ranked), self.objective, solver, stats, tuple(rej), explanation,
@@ -380,6 +446,8 @@ class Problem:
     def _with_memory(self, p: RankedPlan) -> dict[str, Any]:
         """Add the memory model's exact headroom and KV capacity for a reported plan."""
         predicted = dict(p.predicted)
+        if isinstance(p.plan, Deployment):
+            return predicted
         try:
             replica = build_replica(self.specs.model, self.specs.gpus[p.plan.gpu], p.plan, self.specs.engine,
                                     topology=self.space.topology)
@@ -443,7 +511,9 @@ class Problem:
             self.progress(text)
 
 
-def _layout(plan: Plan) -> tuple:
+def _layout(plan: Plan | Deployment) -> tuple:
+    if isinstance(plan, Deployment):
+        return tuple((p.role, *_layout(p)) for p in plan.plans)
     return (plan.dp, plan.pp, plan.tp, plan.ep, plan.expert_tp, plan.weight_dtype, plan.kv_dtype)
 
 
@@ -552,7 +622,7 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
           use_all_gpus: bool = False, tp_across_nodes: bool = False, max_requests: int | None = None,
           seed: int = 0, workers: int = 2, time_limit: float | None = None, max_simulations: int | None = None,
           options: SearchOptions | None = None, simulator: Callable[..., Any] | None = None,
-          progress: Callable[[str], None] | None = None) -> PlanSet:
+          progress: Callable[[str], None] | None = None, disaggregation: str = "auto") -> PlanSet:
     """Find the ``top_k`` best deployments of ``specs`` and verify them by simulation.
 
     Parameters
@@ -573,6 +643,9 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
         ``any``).
     use_all_gpus:
         Use exactly the cluster's GPUs (default: at most).
+    disaggregation:
+        ``auto`` (default: also prefill/decode-disaggregated xPyD plans, ranked with the aggregated ones on
+        simulated metrics, so the planner picks the mode and the ratio), ``off`` or ``only``.
     max_requests:
         Plan and simulate on the first N requests of the workload only (speed).
     seed, workers:
@@ -593,7 +666,7 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
         A constraint function is malformed (the message names its label and file:line).
     """
     opts = options or SearchOptions(quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
-                                    tp_across_nodes=tp_across_nodes)
+                                    tp_across_nodes=tp_across_nodes, disaggregation=disaggregation)
     name, strategy = get_solver(solver)
     problem = Problem(specs, objective=objective, constraints=constraints, top_k=top_k, options=opts,
                       max_requests=max_requests, seed=seed, workers=workers, time_limit=time_limit,

@@ -37,6 +37,10 @@ DTYPE_BITS = {"bf16": 16, "fp16": 16, "fp8": 8, "int4": 4}
 class SearchOptions:
     """What the search may choose from, and the slack of the analytical bounds.
 
+    ``disaggregation``: ``off`` (aggregated plans), ``auto`` (also xPyD prefill/decode plans, ranked with the
+    aggregated ones on simulated metrics) or ``only`` (disaggregated plans only); see
+    :mod:`apex_opt.planner.disagg`.
+
     ``quantization`` *allows* a weight format besides bf16 (``any``: fp8 and int4); ``kv_dtype`` picks the KV-cache
     format (``any``: bf16 or fp8). ``slo_slack`` loosens the analytical SLO bounds (the simulation has the last
     word); ``headroom`` is the share of capacity kept free by the ``capacity`` constraint.
@@ -53,6 +57,7 @@ class SearchOptions:
     headroom: float = 0.1
     dense_dp: int = 32
     dp_step: float = 1.05
+    disaggregation: str = "auto"
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATION:
@@ -67,6 +72,9 @@ class SearchOptions:
             raise SpecError(f"slo_slack {self.slo_slack} must be >= 1 (the bounds may only be loosened)")
         if not 0 <= self.headroom < 1:
             raise SpecError(f"headroom {self.headroom} must be in [0, 1)")
+        if self.disaggregation not in ("off", "auto", "only"):
+            raise SpecError(f"--disaggregation '{self.disaggregation}' is unknown; use off (aggregated plans only), "
+                            "auto (aggregated and prefill/decode-disaggregated plans, ranked together) or only")
         if self.dense_dp < 1:
             raise SpecError(f"dense_dp {self.dense_dp} must be at least 1")
         if self.dp_step <= 1.0:

@@ -123,4 +123,11 @@ class Deployment(Spec):
 
     @property
     def label(self) -> str:
+        """``2P1D prefill dp2 tp4 pp1 + decode dp1 tp8 pp1`` (disaggregated) or ``dp2 tp4 pp1 [h100] + ...``."""
+        if self.disaggregated:
+            x = sum(p.dp for p in self.plans if p.role == "prefill")
+            y = sum(p.dp for p in self.plans if p.role == "decode")
+            kinds = {p.gpu for p in self.plans}
+            parts = [p.label + (f" [{p.gpu}]" if len(kinds) > 1 else "") for p in self.plans]
+            return f"{x}P{y}D " + " + ".join(parts)
         return " + ".join(f"{p.label} [{p.gpu}]" if len(self.plans) > 1 else p.label for p in self.plans)

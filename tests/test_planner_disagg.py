@@ -1,0 +1,111 @@
+"""The planner chooses between aggregated and prefill/decode-disaggregated (xPyD) plans, and the ratio.
+
+Disaggregated candidates are priced role by role (a prefill replica never decodes, a decode replica never
+prefills), paired by CP-SAT within the cluster's GPUs, verified by the disaggregated simulator and ranked with
+the aggregated plans on the simulated metrics.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from apex_opt import planner
+from apex_opt.cli.main import cli
+from apex_opt.errors import InfeasibleError
+from apex_opt.planner.disagg import build_disagg_space
+from apex_opt.planner.estimates import Menu, ShapeKey
+from apex_opt.planner.space import build_space
+from apex_opt.schema.plan import Deployment
+from apex_opt.specs import load_specs
+
+LONG_PROMPTS = "synthetic:rate=6rps,requests=150,prompt=2048,output=96,seed=4"
+
+
+@pytest.fixture(scope="module")
+def specs():
+    """llama-3.1-8b on 8 H100s, long prompts at 6 req/s: prefill interference is what disaggregation removes."""
+    return load_specs("llama-3.1-8b", gpu="h100-sxm-80gb", nodes=1, gpus_per_node=8, workload=LONG_PROMPTS,
+                      slo="ttft=500ms,tpot=20ms")
+
+
+def test_each_role_is_priced_without_the_other_roles_interference(specs):
+    space = build_space(specs)
+    est = space.estimator
+    key, menu = ShapeKey(2, 1, None, "bf16", "bf16"), Menu(256, None)
+    together = est.estimate(key, menu, 1, 2)
+    prefill = est.estimate_role("prefill", key, menu, 1, 2)
+    decode = est.estimate_role("decode", key, menu, 1, 2)
+    assert prefill.ttft_s < together.ttft_s  # no decode batch rides along with the prompt
+    assert decode.tpot_s < together.tpot_s  # no prompt chunk rides along with the decodes
+    assert prefill.capacity_rps > 0 and decode.capacity_rps > 0
+    assert prefill.fits and decode.fits and prefill.gpus == decode.gpus == 4
+
+
+def test_role_tables_hold_only_replica_sets_that_fit_and_stay_inside_a_node(specs):
+    dspace = build_disagg_space(build_space(specs))
+    assert dspace.prefill and dspace.decode
+    for row in [*dspace.prefill, *dspace.decode]:
+        assert row.est.fits and row.key.tp <= 8 and row.dp * row.pp * row.key.tp < 8
+
+
+def test_disaggregation_only_returns_verified_xpyd_deployments_within_the_cluster(specs):
+    result = planner.solve(specs, disaggregation="only", top_k=2, workers=1)
+    assert result.plans
+    for p in result.plans:
+        assert isinstance(p.plan, Deployment) and p.plan.disaggregated
+        assert {q.role for q in p.plan.plans} == {"prefill", "decode"}
+        assert p.plan.gpus <= 8 and p.verified
+        assert p.simulated["num_kv_transfers"] == p.simulated["num_completed"]  # every output > 1 token
+        assert p.source == "cpsat:disaggregated"
+        assert p.plan.label.startswith(f"{p.plan.plans[0].dp}P{p.plan.plans[1].dp}D ")
+
+
+def test_auto_ranks_aggregated_and_disaggregated_plans_together_on_simulated_metrics(specs):
+    result = planner.solve(specs, disaggregation="auto", top_k=3, workers=1)
+    tried = [*result.plans, *result.rejected]
+    assert any(isinstance(p.plan, Deployment) for p in tried)
+    assert any(not isinstance(p.plan, Deployment) for p in tried)
+    values = [p.simulated["goodput_rps"] / p.plan.gpus for p in result.plans]
+    assert all(a >= b * 0.99 for a, b in zip(values, values[1:]))  # best first (ties within 1%)
+
+
+def test_off_searches_aggregated_plans_only(specs):
+    result = planner.solve(specs, disaggregation="off", top_k=1, workers=1)
+    assert not isinstance(result.best.plan, Deployment)
+    assert not any("disaggregated" in n for n in result.notes)
+
+
+def test_plan_constraints_leave_disaggregation_out_with_a_note_or_an_error(specs):
+    @planner.constraint("tp-cap")
+    def tp_cap(v, s):
+        return v.tp <= 4
+
+    result = planner.solve(specs, constraints=[tp_cap], top_k=1, workers=1)
+    assert any("disaggregated plans not searched" in n and "PlanVars" in n for n in result.notes)
+    with pytest.raises(InfeasibleError, match="--disaggregation only: plan constraints"):
+        planner.solve(specs, constraints=[tp_cap], disaggregation="only", workers=1)
+
+
+def test_an_impossible_slo_for_every_pair_is_refused_with_the_bounds_named():
+    specs = load_specs("llama-3.1-8b", gpu="h100-sxm-80gb", nodes=1, gpus_per_node=4, workload=LONG_PROMPTS,
+                       slo="ttft=5ms,tpot=20ms")
+    with pytest.raises(InfeasibleError, match="slo.ttft"):
+        planner.solve(specs, disaggregation="only", workers=1)
+
+
+def test_cli_json_and_launch_commands_of_a_disaggregated_winner():
+    out = CliRunner().invoke(cli, ["solve", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--nodes", "1",
+                                   "--workload", LONG_PROMPTS, "--slo", "ttft=500ms,tpot=20ms",
+                                   "--disaggregation", "only", "--top-k", "1", "--workers", "1", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    best = data["plans"][0]
+    assert best["disaggregated"] and [i["role"] for i in best["instances"]] == ["prefill", "decode"]
+    assert "NixlConnector" in data["launch"]["vllm"]
+    assert "--disaggregation-mode prefill" in data["launch"]["sglang"]
+    assert "--disaggregation-mode decode" in data["launch"]["sglang"]
+    bad = CliRunner().invoke(cli, ["solve", "--disaggregation", "sometimes"])
+    assert bad.exit_code == 2 and "sometimes" in bad.output
