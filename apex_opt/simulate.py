@@ -106,8 +106,9 @@ def _engine(name: str):  # type: ignore[no-untyped-def]
     return get_engine(name)
 
 
-def _capacity(replica: Replica) -> float:
-    """Decode tokens per second of one replica at its largest batch: the router's weight for it."""
+def router_weight(replica: Replica) -> float:
+    """Decode tokens per second of one replica at its largest batch: the router's weight for it (the planner
+    uses the same weight to know each replica's share of a heterogeneous deployment's traffic)."""
     b = max(1, min(replica.settings.max_num_seqs, 256))
     stage_times = [st.decode_coeffs(b)[0] + st.decode_coeffs(b)[1] * b * 1024 for st in replica.cost.stages]
     return b / max(sum(stage_times), 1e-9)
@@ -181,7 +182,7 @@ def simulate(
         raise SpecError(f"max_requests {max_requests}: must be at least 1")
     topology, placed = place_replicas(specs, plan)
     disagg = any(r.plan.role != "both" for r, _, _ in placed)
-    capacities = [_prefill_capacity(r) if r.plan.role == "prefill" else _capacity(r) for r, _, _ in placed]
+    capacities = [_prefill_capacity(r) if r.plan.role == "prefill" else router_weight(r) for r, _, _ in placed]
     reps: list[ReplicaSpec] = []
     indices: list[list[int]] = []
     gpu_price_hours = 0.0

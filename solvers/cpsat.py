@@ -6,8 +6,8 @@ parallel, keeps those that meet the SLO and every simulated-result constraint, a
 ``top_k`` verified plans, when the space is exhausted, or at the simulation budget.
 
 With ``disaggregation`` ``auto`` (or ``only``) it then asks ``problem.disaggregated()`` for the best prefill/decode
-(xPyD) deployments the same way and ranks them with the aggregated plans on the simulated metrics: the verified
-winner may be either.
+(xPyD) deployments the same way, and on a heterogeneous cluster ``problem.heterogeneous()`` for the best mixed-GPU
+ones, and ranks them all with the aggregated plans on the simulated metrics: the verified winner may be any.
 
 It also refines the winner: up to ``REFINE`` plans of the winner's layout with other engine limits that the cost
 model predicts within 1% of it on every objective level (``problem.siblings``) are simulated, and the best variant
@@ -29,7 +29,7 @@ def search(problem: ax.Problem) -> ax.PlanSet:
     rejected: list = []
     exhausted = False
     refined = None
-    aggregated = problem.options.disaggregation != "only"
+    aggregated = problem.aggregated
     optimizer = problem.optimizer() if aggregated else None
     while aggregated and len(verified) < problem.top_k and not problem.simulation_budget_spent:
         batch = []
@@ -48,23 +48,9 @@ def search(problem: ax.Problem) -> ax.PlanSet:
             (verified if entry.verified else rejected).append(entry)
         if exhausted:
             break
-    disaggregated = problem.disaggregated()
-    if disaggregated is not None:
-        found = 0
-        while found < problem.top_k and not problem.simulation_budget_spent:
-            batch = []
-            done = False
-            while len(batch) < problem.top_k - found:
-                proposal = disaggregated.next()
-                if proposal is None:
-                    done = True
-                    break
-                batch.append(proposal)
-            for entry in problem.verify(batch):
-                (verified if entry.verified else rejected).append(entry)
-                found += entry.verified
-            if done:
-                break
+    for extra in (problem.disaggregated(), problem.heterogeneous()):
+        if extra is not None:
+            _verify_best(problem, extra, verified, rejected)
     if verified and not problem.simulation_budget_spent:
         winner = problem.rank(verified)[0]
         if winner.plan != refined:
@@ -72,3 +58,22 @@ def search(problem: ax.Problem) -> ax.PlanSet:
             for entry in problem.verify(variants):
                 (verified if entry.verified else rejected).append(entry)
     return problem.result(verified, rejected, solver="cpsat", exhausted=exhausted)
+
+
+def _verify_best(problem: ax.Problem, optimizer, verified: list, rejected: list) -> None:  # noqa: ANN001
+    """Simulate the best proposals of a further search (disaggregated, mixed-GPU) until top_k of them verify."""
+    found = 0
+    while found < problem.top_k and not problem.simulation_budget_spent:
+        batch = []
+        done = False
+        while len(batch) < problem.top_k - found:
+            proposal = optimizer.next()
+            if proposal is None:
+                done = True
+                break
+            batch.append(proposal)
+        for entry in problem.verify(batch):
+            (verified if entry.verified else rejected).append(entry)
+            found += entry.verified
+        if done:
+            break

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import InfeasibleError
 from ..planner.objectives import OBJECTIVE_NAMES
@@ -103,7 +104,7 @@ def render_table(result: PlanSet) -> None:
         pred = p.predicted
         rows.append([
             p.rank,
-            p.plan.label,
+            escape(p.plan.label),
             p.plan.gpus,
             _t(s.get("ttft_mean_s")),
             _t(s.get("ttft_p99_s")),
@@ -121,21 +122,21 @@ def render_table(result: PlanSet) -> None:
              f"objective {result.objective.name}")
     out.print(table(title, ["#", "plan", "GPUs", "TTFT", "TTFT p99", "TPOT", "TPOT p99", "SLO met",
                             "goodput/GPU", "tok/s", "J/tok", "$/Mtok", "headroom"], rows))
-    out.print(f"[bold]Why:[/bold] {result.explanation}", highlight=False)
+    out.print(f"[bold]Why:[/bold] {escape(result.explanation)}", highlight=False)
     s = result.stats
     out.print(f"Searched {s.candidates} candidate plans with the {result.solver} solver: {s.proven_infeasible} "
               f"proven infeasible, {s.estimated_feasible} estimated feasible, {s.plans_simulated} simulated "
               f"({s.plans_verified} verified, {s.plans_cut} cut) in {s.solve_time_s:.1f} s.", highlight=False)
     for p in result.rejected[:5]:
-        out.print(f"  cut: {p.plan.label}: {'; '.join(p.notes)}", highlight=False)
+        out.print(f"  cut: {escape(p.plan.label)}: {escape('; '.join(p.notes))}", highlight=False)
     for note in result.notes:
-        out.print(f"Note: {note}", highlight=False)
+        out.print(f"Note: {escape(note)}", highlight=False)
     cmds = result.launch_commands()
     if cmds:
-        out.print(f"\n[bold]Launch {result.plans[0].plan.label} with vLLM:[/bold]")
-        out.print(cmds["vllm"], highlight=False, soft_wrap=True)
+        out.print(f"\n[bold]Launch {escape(result.plans[0].plan.label)} with vLLM:[/bold]")
+        out.print(cmds["vllm"], highlight=False, soft_wrap=True, markup=False)
         out.print("[bold]or with SGLang:[/bold]")
-        out.print(cmds["sglang"], highlight=False, soft_wrap=True)
+        out.print(cmds["sglang"], highlight=False, soft_wrap=True, markup=False)
 
 
 def unverified_message(result: PlanSet) -> str:

@@ -85,7 +85,7 @@ def build_disagg_space(space: PlanSpace) -> DisaggSpace:
     L = specs.model.num_layers
     rate = space.stats.rate
     tables: dict[str, list[RoleRow]] = {r: [] for r in ROLES}
-    for wd in weight_dtypes(opts, specs):
+    for wd in weight_dtypes(opts, est.gpu):
         for kd in kv_dtypes(opts):
             for tp in _powers_of_two(total // 2):
                 for ep, moe_tp in _ep_choices(specs, tp):

@@ -458,11 +458,15 @@ class Estimator:
 
     # ------------------------------------------------------------------------------------------- one config
     def estimate(self, key: ShapeKey, menu: Menu, pp: int, dp: int,
-                 split: tuple[int, ...] | None = None) -> ConfigEstimate:
-        """Predict one candidate; ``split`` fixes the layers per stage (default: the canonical split)."""
+                 split: tuple[int, ...] | None = None, lam: float | None = None) -> ConfigEstimate:
+        """Predict one candidate; ``split`` fixes the layers per stage (default: the canonical split).
+
+        Each replica receives ``lam`` requests/s (default: the workload's rate over ``dp``; a heterogeneous
+        deployment's router gives replicas of different shapes different shares).
+        """
         sc = self.shape(key)
         st = self.stats
-        lam = st.rate / dp
+        lam = st.rate / dp if lam is None else lam
         chunked, budget = self._budget(sc, menu)
         slo_tpot = self.slo.tpot * self.slo_slack if self.slo.tpot else math.inf
 

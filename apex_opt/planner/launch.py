@@ -171,9 +171,16 @@ def launch_commands(plan: Plan | Deployment, model: str, *, engine: str = "vllm-
                     gpus_per_node: int = 8) -> dict:
     """``{"vllm": ..., "sglang": ...}`` for ``plan`` (a disaggregated :class:`Deployment` too)."""
     if isinstance(plan, Deployment):
-        if not plan.disaggregated:
-            raise ValueError("launch commands cover one plan or a prefill/decode deployment")
-        return disaggregated_commands(plan, model, num_layers=num_layers)
+        if plan.disaggregated:
+            return disaggregated_commands(plan, model, num_layers=num_layers)
+        vllm, sglang = [], []
+        for p in plan.plans:  # a mixed-GPU deployment: each kind's servers, one load balancer weighting them
+            vllm.append(f"# on the {p.gpu} nodes:")
+            vllm.append(vllm_command(p, model, engine=engine, num_layers=num_layers, gpus_per_node=gpus_per_node))
+            sglang.append(f"# on the {p.gpu} nodes:")
+            sglang.append(sglang_command(p, model))
+        note = "# one load balancer over all of them, weighting each server by its decode throughput"
+        return {"vllm": "\n".join([*vllm, note]), "sglang": "\n".join([*sglang, note])}
     return {"vllm": vllm_command(plan, model, engine=engine, num_layers=num_layers, gpus_per_node=gpus_per_node),
             "sglang": sglang_command(plan, model)}
 

@@ -43,6 +43,9 @@ from .disagg import deployment as disagg_deployment
 from .disagg import predicted as disagg_predicted
 from .estimates import Menu, ShapeKey
 from .explain import infeasible_message, why_best
+from .hetero import HeteroModel, HeteroSpace, build_hetero_space
+from .hetero import deployment as hetero_deployment
+from .hetero import predicted as hetero_predicted
 from .model import PlanModel, Solution, objective_key
 from .objectives import Objective, _close, objective_function, predicted_value, rank_plans
 from .result import PlanSet, RankedPlan, SolveStats
@@ -175,6 +178,33 @@ class DisaggOptimizer:
         return Proposal(disagg_deployment(sp, *pair), disagg_predicted(sp, *pair), None, source="cpsat:disaggregated")
 
 
+class HeteroOptimizer:
+    """CP-SAT search over mixed-GPU deployments of a heterogeneous cluster: :meth:`next` yields them best first."""
+
+    def __init__(self, problem: Problem, hspace: HeteroSpace) -> None:
+        self.problem = problem
+        self.hspace = hspace
+        self.model = HeteroModel(problem.space, hspace, problem.objective, seed=problem.seed,
+                                 time_limit=problem.time_limit)
+        self.count = 0
+
+    def next(self) -> Proposal | None:
+        """The best mix not proposed before, or None when none is left."""
+        start = time.perf_counter()
+        mix = self.model.next()
+        self.problem.search_seconds += time.perf_counter() - start
+        if mix is None:
+            if self.count == 0:
+                self.problem.extra_notes.append(
+                    "mixed-GPU plans: no combination of the GPU kinds meets the TTFT and TPOT bounds and carries the "
+                    "arrival rate")
+            return None
+        self.count += 1
+        sp = self.problem.space
+        return Proposal(hetero_deployment(sp, mix), hetero_predicted(sp, self.hspace, mix), None,
+                        source="cpsat:mixed-gpus")
+
+
 class Problem:
     """One planning problem (see the module docstring)."""
 
@@ -302,6 +332,17 @@ class Problem:
             plan = Plan(**{**plan.model_dump(), "max_num_seqs": None})
         return Proposal(plan, _predicted(est, plan.gpus), None, source)
 
+    @cached_property
+    def aggregated(self) -> bool:
+        """Whether single plans on one GPU kind are searched (not with ``disaggregation="only"``, nor when every
+        GPU of a mixed cluster must be used: one kind cannot)."""
+        if self.options.disaggregation == "only":
+            return False
+        if self.specs.cluster.is_heterogeneous and self.options.use_all_gpus:
+            self.extra_notes.append("--use-all-gpus on a mixed cluster: only mixed-GPU plans can use every GPU")
+            return False
+        return True
+
     def disaggregated(self) -> DisaggOptimizer | None:
         """CP-SAT over prefill/decode (xPyD) pairs, or None (with a note in the result) when they are not searched.
 
@@ -313,7 +354,9 @@ class Problem:
         if mode == "off":
             return None
         why = ""
-        if self.constraints:
+        if self.specs.cluster.is_heterogeneous and self.options.use_all_gpus:
+            why = "prefill and decode plans run on the first GPU kind, which cannot use every GPU of a mixed cluster"
+        elif self.constraints:
             why = ("plan constraints (PlanVars) describe one plan, not a prefill/decode pair; disaggregated plans "
                    "are searched without user plan constraints only")
         elif self.objective.metric is None:
@@ -330,6 +373,29 @@ class Problem:
         if mode == "only":
             raise InfeasibleError(f"--disaggregation only: {why}. Use --disaggregation auto or off.", ("disaggregation",))
         self.extra_notes.append(f"disaggregated plans not searched: {why}")
+        return None
+
+    def heterogeneous(self) -> HeteroOptimizer | None:
+        """CP-SAT over what runs where on a heterogeneous cluster (one plan per GPU kind), or None with a note.
+
+        None on a homogeneous cluster; see :mod:`apex_opt.planner.hetero`.
+        """
+        if not self.specs.cluster.is_heterogeneous:
+            return None
+        why = ""
+        if self.constraints:
+            why = "plan constraints (PlanVars) describe one plan; mixed-GPU plans are searched without them only"
+        elif self.objective.metric is None:
+            why = "a function objective is defined on one plan's PlanVars; mixed-GPU plans need a metric objective"
+        if not why:
+            hspace = build_hetero_space(self.space)
+            shapes = ", ".join(f"{len(k.shapes)} on {k.gpu}" for k in hspace.kinds)
+            self.extra_notes.append(f"mixed-GPU search: replica shapes {shapes} at {len(hspace.phis)} load levels "
+                                    f"({hspace.build_time_s:.1f} s to estimate)")
+            if any(k.shapes for k in hspace.kinds):
+                return HeteroOptimizer(self, hspace)
+            why = "no GPU kind holds a replica of the model"
+        self.extra_notes.append(f"mixed-GPU plans not searched: {why}")
         return None
 
     def siblings(self, entry: RankedPlan | Proposal) -> list[Proposal]:
@@ -416,6 +482,9 @@ class Problem:
                exhausted: bool = False, keep: int | None = None) -> PlanSet:
         """Rank ``verified`` by the objective on simulated metrics and package a :class:`PlanSet`."""
         keep = self.top_k if keep is None else keep
+        if not verified and not rejected and not self.aggregated:
+            raise InfeasibleError("no plan meets the analytical bounds: " + "; ".join(self.extra_notes),
+                                  ("disaggregation" if self.options.disaggregation == "only" else "gpus",))
         ranked = rank_plans(self.objective, list(verified), self.specs.engine.scheduler.max_num_seqs)
         seen: set[tuple] = set()
         distinct = []

@@ -23,6 +23,7 @@ from functools import cached_property
 
 from ..errors import SpecError
 from ..perf.replica import check_divisibility
+from ..schema.gpu import GPUSpec
 from ..schema.plan import Plan
 from ..specs import Specs
 from ..topology.graph import Topology
@@ -147,8 +148,8 @@ class PlanSpace:
         return cand.plan(self.gpu_name, self.specs.engine.name, split)
 
 
-def weight_dtypes(options: SearchOptions, specs: Specs) -> tuple[str, ...]:
-    gpu = specs.gpu
+def weight_dtypes(options: SearchOptions, gpu: GPUSpec) -> tuple[str, ...]:
+    """The weight formats the search may use on ``gpu`` (fp8 needs fp8 tensor cores)."""
     allowed = ["bf16"]
     if options.quantization in ("fp8", "any"):
         if "fp8" in gpu.peak_flops:
@@ -208,7 +209,8 @@ def build_space(specs: Specs, options: SearchOptions | None = None) -> PlanSpace
     gpu = specs.gpus[group.gpu]
     notes = []
     if specs.cluster.is_heterogeneous:
-        notes.append(f"heterogeneous cluster: planning on its first node group ({total} x {gpu.name}) only")
+        notes.append(f"heterogeneous cluster: single-kind plans on its first node group ({total} x {gpu.name}); "
+                     "mixed-GPU plans come from the cpsat solver's mixed search")
     topology = Topology.build(specs.cluster, specs.gpus)
     stats = WorkloadStats.of(specs.workload, specs.slo)
     estimator = Estimator(specs.model, gpu, specs.engine, topology, stats, specs.slo, slo_slack=options.slo_slack,
@@ -217,7 +219,7 @@ def build_space(specs: Specs, options: SearchOptions | None = None) -> PlanSpace
     menus = [Menu(n, b) for n in sorted(set(options.max_num_seqs)) for b in _budgets(specs, gpu, options.budgets)]
     rows: list[Candidate] = []
     shapes = 0
-    for wd in weight_dtypes(options, specs):
+    for wd in weight_dtypes(options, gpu):
         for kd in kv_dtypes(options):
             for tp in _powers_of_two(total):
                 for ep, moe_tp in _ep_choices(specs, tp):

@@ -130,4 +130,4 @@ class Deployment(Spec):
             kinds = {p.gpu for p in self.plans}
             parts = [p.label + (f" [{p.gpu}]" if len(kinds) > 1 else "") for p in self.plans]
             return f"{x}P{y}D " + " + ".join(parts)
-        return " + ".join(f"{p.label} [{p.gpu}]" if len(self.plans) > 1 else p.label for p in self.plans)
+        return " + ".join(f"{p.label} [{p.gpu}]" for p in self.plans)

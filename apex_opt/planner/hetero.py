@@ -1,0 +1,315 @@
+"""Mixed-GPU plans: which replica shape runs on which GPU kind of a heterogeneous cluster, chosen by CP-SAT.
+
+A heterogeneous cluster (``h100x8-a100x8``: a node group per GPU kind) can serve one model with replicas of a
+different shape on each kind: ``dp2 tp4`` on the H100s next to ``dp1 tp8`` on the A100s, say. The simulator's
+router sends each replica a share of the traffic proportional to its weight (its decode throughput,
+:func:`apex_opt.simulate.router_weight`), so every replica sees the same *load per unit of weight*
+``phi = rate / W`` (``W`` the total weight of the deployment), and a replica of weight ``w`` receives
+``phi * w`` requests/s. That makes the choice separable:
+
+* per GPU kind, every shape (tp, pp <= 2, ep, dtypes; the engine's default limits) that fits the kind's memory
+  and keeps its tensor-parallel groups inside a node is estimated by the cost model at each level of a grid of
+  ``phi`` (:data:`LEVELS` levels, geometric), as one replica receiving ``phi * w`` requests/s;
+* a CP-SAT model picks, per kind, one row (shape x replica count, or nothing) and one grid level: the total
+  weight carries the rate at that level (``W >= rate / phi``, so the real load is at most the level's), each
+  used kind's replicas meet the TTFT and TPOT bounds at that level, the capacities add up to the rate with the
+  headroom, and each kind's GPUs bound its replica count;
+* the objective is the problem's primary metric (GPUs, their price, capacity, energy, or the worst kind's TPOT or
+  TTFT), then fewer GPUs.
+
+Each proposal is a :class:`~apex_opt.schema.plan.Deployment` of one plan per used kind, verified by simulation
+and ranked with the other plans. Single-kind plans on the first group come from the main search; this search
+finds the mixes and the plans on the other kinds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from ortools.sat.python import cp_model
+
+from ..errors import SolverError, SpecError
+from ..perf.replica import check_divisibility
+from ..schema.cluster import ClusterSpec
+from ..schema.plan import Deployment, Plan
+from ..simulate import router_weight
+from ..topology.graph import Topology
+from .estimates import ConfigEstimate, Estimator, Menu, ShapeKey
+from .objectives import Objective
+from .space import PlanSpace, _ep_choices, _powers_of_two, _tp_nodes, dp_values, kv_dtypes, weight_dtypes
+
+LEVELS = 16
+MAX_PP = 2
+
+
+@dataclass(frozen=True)
+class KindShape:
+    """One replica shape on one GPU kind, with its router weight and its estimates at every load level."""
+
+    gpu: str
+    key: ShapeKey
+    pp: int
+    weight: float  # router weight (decode tokens/s at full batch)
+    capacity_rps: float  # one replica's sustainable rate within the TPOT SLO
+    levels: tuple[ConfigEstimate, ...]  # one replica at phi_r * weight requests/s, r = 0 .. LEVELS-1
+
+    def plan(self, engine: str, dp: int, seqs: int) -> Plan:
+        extra = {"dp": dp, "pp": self.pp, "max_num_seqs": seqs}
+        if self.pp > 1:
+            extra["layers_per_stage"] = tuple(self.levels[-1].split)
+        return self.key.plan(self.gpu, engine, **extra)
+
+
+@dataclass
+class KindTable:
+    """Every shape of one node group, and the group's size."""
+
+    gpu: str
+    gpus: int
+    gpus_per_node: int
+    shapes: list[KindShape]
+
+
+@dataclass
+class HeteroSpace:
+    kinds: list[KindTable]
+    phis: tuple[float, ...]
+    build_time_s: float
+
+
+def _group_cluster(cluster: ClusterSpec, i: int) -> ClusterSpec:
+    group = cluster.nodes[i]
+    return ClusterSpec(name=f"{cluster.name}[{group.gpu}]", nodes=(group,), network=cluster.network)
+
+
+def build_hetero_space(space: PlanSpace) -> HeteroSpace:
+    """Estimate every shape of every GPU kind of ``space``'s (heterogeneous) cluster at every load level."""
+    start = time.perf_counter()
+    specs, opts = space.specs, space.options
+    menu = Menu(specs.engine.scheduler.max_num_seqs, None)
+    raw: list[tuple[int, ShapeKey, int, float, float, Estimator]] = []
+    tables = []
+    for gi, group in enumerate(specs.cluster.nodes):
+        gpu = specs.gpus[group.gpu]
+        sub = _group_cluster(specs.cluster, gi)
+        topology = Topology.build(sub, specs.gpus)
+        est = Estimator(specs.model, gpu, specs.engine, topology, space.stats, specs.slo,
+                        slo_slack=opts.slo_slack, headroom=opts.headroom, max_pp=MAX_PP)
+        total = group.count * group.gpus_per_node
+        tables.append(KindTable(gpu.name, total, group.gpus_per_node, []))
+        try:
+            wds = weight_dtypes(opts, gpu)
+        except SpecError:  # --quantization fp8 on a kind without fp8 tensor cores: that kind runs bf16 only
+            wds = ("bf16",)
+        for wd in wds:
+            for kd in kv_dtypes(opts):
+                for tp in _powers_of_two(min(total, group.gpus_per_node)):
+                    for ep, moe_tp in _ep_choices(specs, tp):
+                        key = ShapeKey(tp, ep, moe_tp, wd, kd)
+                        try:
+                            check_divisibility(specs.model, key.plan(gpu.name, specs.engine.name))
+                        except SpecError:
+                            continue
+                        for pp in _powers_of_two(min(MAX_PP, specs.model.num_layers, total // tp)):
+                            if _tp_nodes(tp, pp, 1, group.gpus_per_node) > 1:
+                                continue
+                            sc = est.shape(key)
+                            replica = sc.r1 if pp == 1 else sc.r2
+                            if replica is None:
+                                continue
+                            probe = est.estimate(key, menu, pp, 1, lam=1e-6)
+                            if not probe.fits:
+                                continue
+                            cap = probe.capacity_rps
+                            if cap <= 0:
+                                continue
+                            raw.append((gi, key, pp, router_weight(replica), cap, est))
+    if not raw:
+        return HeteroSpace(tables, (), time.perf_counter() - start)
+    # the load grid: from a tenth of the lightest shape's saturation load to the heaviest's, geometric
+    sat = [cap / w for _, _, _, w, cap, _ in raw]
+    lo, hi = min(sat) / 10.0, max(sat)
+    phis = tuple(lo * (hi / lo) ** (r / (LEVELS - 1)) for r in range(LEVELS))
+    for gi, key, pp, w, cap, est in raw:
+        levels = tuple(est.estimate(key, menu, pp, 1, lam=phi * w) for phi in phis)
+        tables[gi].shapes.append(KindShape(tables[gi].gpu, key, pp, w, cap, levels))
+    return HeteroSpace(tables, phis, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """A chosen deployment: per kind, ``(shape, dp)`` or None; and the load level it was priced at."""
+
+    parts: tuple[tuple[KindShape, int] | None, ...]
+    level: int
+
+
+class HeteroModel:
+    """CP-SAT over one row per GPU kind and a load level (see the module docstring)."""
+
+    def __init__(self, space: PlanSpace, hspace: HeteroSpace, objective: Objective, *, seed: int = 0,
+                 time_limit: float | None = None) -> None:
+        if not any(k.shapes for k in hspace.kinds):
+            raise SolverError("no GPU kind of the cluster holds a replica of the model")
+        self.space, self.hspace, self.objective = space, hspace, objective
+        self.seed, self.time_limit = seed, time_limit
+        m = self.model = cp_model.CpModel()
+        R = len(hspace.phis)
+        opts, slo, rate = space.options, space.specs.slo, space.stats.rate
+        self.level = m.new_int_var(0, R - 1, "level")
+        need_w = [math.ceil(rate / phi * 1000) for phi in hspace.phis]  # weight in milli-units
+        w_need = m.new_int_var(min(need_w), max(need_w), "weight_needed")
+        m.add_element(self.level, need_w, w_need)
+        self.rows: list[list[tuple[int, int] | None]] = []  # per kind: (shape index, dp) or None
+        self.index: list[cp_model.IntVar] = []
+        weights, caps, gpus, prices, idles, tpots, ttfts = [], [], [], [], [], [], []
+        ns = 1e9
+        for k, kind in enumerate(hspace.kinds):
+            rows: list[tuple[int, int] | None] = [None]
+            for s, shape in enumerate(kind.shapes):
+                per = shape.key.tp * shape.pp
+                for dp in dp_values(kind.gpus // per, None, opts):
+                    if _tp_nodes(shape.key.tp, shape.pp, dp, kind.gpus_per_node) == 1:
+                        rows.append((s, dp))
+            self.rows.append(rows)
+            idx = m.new_int_var(0, len(rows) - 1, f"row_{kind.gpu}")
+            self.index.append(idx)
+
+            def col(name: str, fn) -> cp_model.IntVar:  # noqa: ANN001
+                values = [0 if r is None else int(fn(*r)) for r in rows]
+                var = m.new_int_var(min(values), max(values), f"{name}_{kind.gpu}")
+                m.add_element(idx, values, var)
+                return var
+
+            weights.append(col("weight", lambda s, dp, kind=kind: round(dp * kind.shapes[s].weight * 1000)))
+            caps.append(col("capacity", lambda s, dp, kind=kind: round(dp * kind.shapes[s].capacity_rps * 1e6)))
+            gpus.append(col("gpus", lambda s, dp, kind=kind: dp * kind.shapes[s].key.tp * kind.shapes[s].pp))
+            gpu_spec = space.specs.gpus[kind.gpu]
+            prices.append(gpu_spec.price_per_hour)
+            idles.append(gpu_spec.power.idle)
+            # per (row, level): the replica's TPOT and long-prompt TTFT at that load (0 for "nothing here")
+            flat_tpot, flat_ttft, flat_fit = [], [], []
+            for r in rows:
+                for lv in range(R):
+                    e = None if r is None else kind.shapes[r[0]].levels[lv]
+                    flat_tpot.append(0 if e is None else _int(e.tpot_s * ns))
+                    flat_ttft.append(0 if e is None else _int(e.ttft_tail_s * ns))
+                    flat_fit.append(1 if e is None or (e.fits and e.stable) else 0)
+            at = m.new_int_var(0, len(rows) * R - 1, f"row_level_{kind.gpu}")
+            m.add(at == idx * R + self.level)
+            for name, flat, out in (("tpot", flat_tpot, tpots), ("ttft", flat_ttft, ttfts)):
+                var = m.new_int_var(min(flat), max(flat), f"{name}_{kind.gpu}")
+                m.add_element(at, flat, var)
+                out.append(var)
+            fit = m.new_int_var(0, 1, f"fits_{kind.gpu}")
+            m.add_element(at, flat_fit, fit)
+            m.add(fit == 1)
+            if slo.tpot is not None:
+                m.add(tpots[-1] <= int(slo.tpot * opts.slo_slack * ns))
+            if slo.ttft is not None:
+                m.add(ttfts[-1] <= int(slo.ttft * opts.slo_slack * ns))
+        m.add(sum(weights) >= w_need)
+        m.add(sum(caps) >= math.ceil(rate * (1 + opts.headroom) * 1e6))
+        self.gpus = sum(gpus)
+        if opts.use_all_gpus:
+            m.add(self.gpus == sum(k.gpus for k in hspace.kinds))
+        self._gpus_k, self._caps, self._tpots, self._ttfts = gpus, caps, tpots, ttfts
+        self._prices = [round(p * 100) for p in prices]  # cents per GPU-hour
+        self._idles = [round(w) for w in idles]
+        self._objective()
+
+    def _objective(self) -> None:
+        m = self.model
+        metric = self.objective.levels[0][0]
+        width = 2 * sum(k.gpus for k in self.hspace.kinds) + 1
+        if metric == "cost_per_mtok":
+            primary = sum(p * g for p, g in zip(self._prices, self._gpus_k))
+        elif metric == "energy_per_token":
+            primary = sum(w * g for w, g in zip(self._idles, self._gpus_k))  # the idle draw dominates at SLO loads
+        elif metric == "throughput":
+            primary = -sum(self._caps)
+        elif metric in ("tpot", "ttft"):
+            worst = m.new_int_var(0, 2**50, f"worst_{metric}")
+            m.add_max_equality(worst, self._tpots if metric == "tpot" else self._ttfts)
+            primary = worst
+        else:  # goodput per GPU, GPUs: every plan here meets the SLO bounds at the rate, so fewer GPUs win
+            m.minimize(self.gpus)
+            return
+        m.minimize(primary * width + self.gpus)
+
+    def next(self) -> Mix | None:
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = self.seed
+        if self.time_limit is not None:
+            solver.parameters.max_time_in_seconds = max(self.time_limit, 0.01)
+        status = solver.solve(self.model)
+        if status == cp_model.INFEASIBLE:
+            return None
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            raise SolverError("CP-SAT found no mixed-GPU plan within the time limit; raise --time-limit")
+        chosen = [int(solver.value(i)) for i in self.index]
+        self.model.add_forbidden_assignments(self.index, [tuple(chosen)])
+        parts = []
+        for k, c in enumerate(chosen):
+            r = self.rows[k][c]
+            parts.append(None if r is None else (self.hspace.kinds[k].shapes[r[0]], r[1]))
+        return Mix(tuple(parts), int(solver.value(self.level)))
+
+
+def _int(x: float) -> int:
+    return int(min(round(x), 2**50)) if math.isfinite(x) else 2**50
+
+
+def deployment(space: PlanSpace, mix: Mix) -> Deployment:
+    seqs = space.specs.engine.scheduler.max_num_seqs
+    plans = [shape.plan(space.specs.engine.name, dp, seqs) for part in mix.parts if part for shape, dp in [part]]
+    return Deployment(plans=tuple(plans))
+
+
+def predicted(space: PlanSpace, hspace: HeteroSpace, mix: Mix) -> dict:
+    """The mix's predictions (traffic shares by router weight), in the keys of an aggregated plan's."""
+    st = space.stats
+    used = [p for p in mix.parts if p]
+    total_w = sum(shape.weight * dp for shape, dp in used)
+    phi = st.rate / total_w
+    gpus = sum(dp * shape.key.tp * shape.pp for shape, dp in used)
+    capacity = sum(dp * shape.capacity_rps for shape, dp in used)
+    share = {id(s): s.weight * dp / total_w for s, dp in used}
+    # each replica at the actual load phi * w, priced at the nearest grid level at or above it
+    level = next((r for r, p in enumerate(hspace.phis) if p >= phi), len(hspace.phis) - 1)
+    ests = {id(s): s.levels[level] for s, _ in used}
+
+    def mean(attr: str) -> float:
+        return sum(share[id(s)] * getattr(ests[id(s)], attr) for s, _ in used)
+
+    attainment = mean("attainment")
+    goodput = min(st.rate, capacity) * attainment
+    tok_rate = st.rate * st.mean_output
+    idle = sum(dp * s.key.tp * s.pp * space.specs.gpus[s.gpu].power.idle for s, dp in used) / tok_rate
+    # a level's estimate counts one replica's idle draw against the whole workload; the rest is dynamic energy
+    dynamic = sum(share[id(s)] * (ests[id(s)].energy_per_token_j
+                                  - s.key.tp * s.pp * space.specs.gpus[s.gpu].power.idle / tok_rate)
+                  for s, _ in used)
+    price = sum(dp * s.key.tp * s.pp * space.specs.gpus[s.gpu].price_per_hour for s, dp in used)
+    return {
+        "ttft_s": mean("ttft_s"),
+        "ttft_tail_s": max(ests[id(s)].ttft_tail_s for s, _ in used),
+        "tpot_s": mean("tpot_s"),
+        "attainment": attainment,
+        "goodput_rps": goodput,
+        "goodput_per_gpu": goodput / gpus,
+        "capacity_rps": capacity,
+        "throughput_tok_s": capacity * st.mean_output,
+        "energy_per_token_j": idle + max(dynamic, 0.0),
+        "cost_per_mtok_usd": price / 3600.0 / tok_rate * 1e6,
+        "fits": True,
+        "gpus": gpus,
+        "traffic_shares": {f"{s.gpu}": round(share[id(s)], 4) for s, _ in used},
+    }
+
+
+__all__ = ["HeteroModel", "HeteroSpace", "KindShape", "KindTable", "Mix", "build_hetero_space", "deployment",
+           "predicted"]
