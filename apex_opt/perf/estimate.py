@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from ..sim.cost import BatchShape
 from ..units import format_bytes
 from .replica import Replica
@@ -57,51 +55,11 @@ def _breakdown(replica: Replica, kind: str, batch: int, context: int) -> Iterati
     ops: list[OpCost] = []
     total = 0.0
     for stage in replica.cost.stages:
-        graph = stage.uses_graph(shape)
-        run_tokens = np.array([float(max(stage.graph_tokens(shape), 1))])
         prefix = f"stage{stage.layout.stage}." if len(replica.cost.stages) > 1 else ""
-        for block, block_ops in stage.layout.blocks.items():
-            reps = stage.layout.repeat[block]
-            for op in block_ops:
-                if op.op.kind in ("attention", "sampler") or op.op.name == "post.lm_head":
-                    continue
-                t, f, b = (float(x[0]) for x in stage._op_time(op, run_tokens))
-                ops.append(OpCost(prefix + op.op.name, op.op.kind, reps, reps * t, reps * f, reps * b,
-                                  _roofline(stage, f, b, t)))
-                if op.after is not None:
-                    c = float(stage._comm_time(op, run_tokens)[0])
-                    ops.append(OpCost(f"{prefix}{op.op.name}.{op.after.kind}", "collective", reps, reps * c, 0.0,
-                                      reps * float(run_tokens[0]) * op.after.bytes_per_token, 0.0))
-        if not graph:  # eager: the pass is launch-bound when the host cannot keep the GPU fed
-            gpu_linear = stage.linear_time(int(run_tokens[0]), True)
-            stall = stage.linear_time(int(run_tokens[0]), False) - gpu_linear
-            if stall > 0:
-                ops.append(OpCost(prefix + "eager_launch_stall", "host", stage.kernels, stall, 0.0, 0.0, 0.0))
-        s_pair, s_ctx, s_seq, s_chunk = stage._attn_coeffs
-        attn_t = s_pair * shape.prefill_pairs + s_chunk * (shape.num_seqs - shape.num_decodes) + \
-            s_ctx * shape.decode_ctx_sum + s_seq * shape.num_decodes
-        layers = len(stage.layout.layers)
-        if kind == "prefill":
-            m = stage.model
-            per_pair = (2.0 * (m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim + m.mla.v_head_dim) if m.mla
-                        else 4.0 * m.head_dim)
-            q_heads = max(1, m.num_heads // stage.plan.tp)
-            attn_f = layers * per_pair * q_heads * shape.prefill_pairs
-            attn_b = layers * tokens * m.kv_elems_per_token_per_layer(stage.plan.tp) * stage.precision.kv_bytes * 2
-        else:
-            attn_f = 0.0
-            attn_b = layers * shape.decode_ctx_sum * stage.model.kv_elems_per_token_per_layer(stage.plan.tp) * \
-                stage.precision.kv_bytes
-        ops.append(OpCost(prefix + "attention", "attention", layers, attn_t, attn_f, attn_b,
-                          _roofline(stage, attn_f, attn_b, attn_t)))
-        head = stage._head_time(shape.num_seqs)
-        if head:
-            hf = 2.0 * shape.num_seqs * stage.model.hidden_size * stage.model.vocab_size / stage.plan.tp
-            hb = stage.model.hidden_size * stage.model.vocab_size * 2.0 / stage.plan.tp
-            ops.append(OpCost(prefix + "lm_head+sampler", "gemm", 1, head, hf, hb, _roofline(stage, hf, hb, head)))
-        host = stage.host_time(shape)
-        if host:
-            ops.append(OpCost(prefix + "host_overhead", "host", 1, host, 0.0, 0.0, 0.0))
+        for op in stage.operator_times(shape):
+            share = _roofline(stage, op.flops / op.repeat, op.bytes / op.repeat, op.time_s / op.repeat) \
+                if op.kind not in ("collective", "host") and op.repeat else 0.0
+            ops.append(OpCost(prefix + op.name, op.kind, op.repeat, op.time_s, op.flops, op.bytes, share))
         total += stage.iteration_time(shape)
     return IterationBreakdown(kind, batch, tokens, context, total, ops)
 

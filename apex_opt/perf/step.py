@@ -46,6 +46,18 @@ _ELEMENTWISE_KIND = {"norm": "rmsnorm", "rope": "rope", "act": "act", "add": "ad
 
 
 @dataclass(frozen=True)
+class OperatorTime:
+    """One operator (or collective, or host cost) of one iteration on one GPU, summed over its repeats."""
+
+    name: str
+    kind: str  # the IR kind, "collective", "attention", "gemm" (LM head), "host"
+    repeat: int
+    time_s: float
+    flops: float
+    bytes: float
+
+
+@dataclass(frozen=True)
 class Precision:
     """Numeric formats of a plan: weights, activations (math), KV cache."""
 
@@ -242,12 +254,7 @@ class StageCost:
                 flops += reps * f
                 nbytes += reps * b
         if self.layout.send_bytes_per_token and self.plan.pp > 1:
-            link = self.links["pp"]
-            send = np.array([collective_time("send_recv", float(n) * self.layout.send_bytes_per_token, 2,
-                                             nodes=link.nodes, intra_bw=link.intra_bandwidth,
-                                             inter_bw=link.inter_bandwidth, params=self._coll,
-                                             intra_fabric=_fabric(link)) for n in t_tokens])
-            graph += send
+            graph += self._send_time(t_tokens)
         # eager mode: the host enqueues kernels asynchronously, so the GPU waits only when launching falls behind;
         # a forward pass takes the longer of its GPU time and its host launch time
         eager = np.maximum(graph, kernels * launch)
@@ -258,6 +265,14 @@ class StageCost:
         self._flop_table = flops
         self._byte_table = nbytes
         self._cap = cap
+
+    def _send_time(self, tokens: np.ndarray) -> np.ndarray:
+        """Sending ``tokens`` tokens' activations to the next pipeline stage."""
+        link = self.links["pp"]
+        return np.array([collective_time("send_recv", float(n) * self.layout.send_bytes_per_token, 2,
+                                         nodes=link.nodes, intra_bw=link.intra_bandwidth,
+                                         inter_bw=link.inter_bandwidth, params=self._coll,
+                                         intra_fabric=_fabric(link)) for n in tokens])
 
     def linear_time(self, tokens: int, graph: bool) -> float:
         """GPU time of the token-linear operators (and their collectives) for ``tokens`` tokens."""
@@ -380,6 +395,60 @@ class StageCost:
         t += s_ctx * b.decode_ctx_sum + s_seq * b.num_decodes
         t += self._head_time(b.num_seqs)
         return t + self.host_time(b)
+
+    def operator_times(self, b: BatchShape) -> list[OperatorTime]:
+        """Where the iteration's time goes, operator by operator; the times add up to :meth:`iteration_time`.
+
+        Token-linear operators (GEMMs, norms, experts) and their collectives at the tokens the GPU runs (padded to
+        a CUDA graph size), the eager launch stall when the host cannot feed the GPU, attention, the LM head and
+        sampler (last stage) and the engine's host overhead (first stage).
+        """
+        out: list[OperatorTime] = []
+        if b.num_tokens <= 0:
+            return out
+        graph = self.uses_graph(b)
+        run = int(max(self.graph_tokens(b), 1))
+        tokens = np.array([float(run)])
+        for block, block_ops in self.layout.blocks.items():
+            reps = self.layout.repeat[block]
+            for op in block_ops:
+                t, f, nbytes = (float(x[0]) for x in self._op_time(op, tokens))
+                if t or f or nbytes:  # attention is costed below, per sequence and context
+                    out.append(OperatorTime(op.op.name, op.op.kind, reps, reps * t, reps * f, reps * nbytes))
+                if op.after is not None:
+                    c = float(self._comm_time(op, tokens)[0])
+                    out.append(OperatorTime(f"{op.op.name}.{op.after.kind}", "collective", reps, reps * c, 0.0,
+                                            reps * run * op.after.bytes_per_token))
+        if self.plan.pp > 1 and self.layout.send_bytes_per_token:  # activations to the next stage
+            out.append(OperatorTime("pp.send_recv", "collective", 1, float(self._send_time(tokens)[0]), 0.0,
+                                    run * self.layout.send_bytes_per_token))
+        gpu_linear = self.linear_time(run, True)
+        if not graph:  # eager: the pass is launch-bound when the host cannot keep the GPU fed
+            stall = self.linear_time(run, False) - gpu_linear
+            if stall > 0:
+                out.append(OperatorTime("eager_launch_stall", "host", self.kernels, stall, 0.0, 0.0))
+        s_pair, s_ctx, s_seq, s_chunk = self._attn_coeffs
+        attn_t = s_pair * b.prefill_pairs + s_chunk * (b.num_seqs - b.num_decodes) + s_ctx * b.decode_ctx_sum + \
+            s_seq * b.num_decodes
+        m = self.model
+        layers = self.num_layers
+        kv_token = m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes
+        per_pair = (2.0 * (m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim + m.mla.v_head_dim) if m.mla
+                    else 4.0 * m.head_dim)
+        q_heads = max(1, m.num_heads // self.plan.tp)
+        prefill_tokens = b.num_tokens - b.num_decodes
+        attn_f = layers * per_pair * q_heads * b.prefill_pairs
+        attn_b = layers * kv_token * (2.0 * prefill_tokens + b.decode_ctx_sum)
+        out.append(OperatorTime("attention", "attention", layers, attn_t, attn_f, attn_b))
+        head = self._head_time(b.num_seqs)
+        if head:
+            hf = 2.0 * b.num_seqs * m.hidden_size * m.vocab_size / self.plan.tp
+            hb = m.hidden_size * m.vocab_size * 2.0 / self.plan.tp
+            out.append(OperatorTime("lm_head+sampler", "gemm", 1, head, hf, hb))
+        host = self.host_time(b)
+        if host:
+            out.append(OperatorTime("host_overhead", "host", 1, host, 0.0, 0.0))
+        return out
 
     def decode_coeffs(self, num_decodes: int, max_ctx: int = 0) -> tuple[float, float]:
         """``(c0, c1)``: a pure decode batch of ``num_decodes`` sequences whose longest context is ``max_ctx``
