@@ -31,10 +31,14 @@ def search(problem: ax.Problem) -> ax.PlanSet:
     refined = None
     aggregated = problem.aggregated
     optimizer = problem.optimizer() if aggregated else None
+    infeasible = None  # no single plan at all: the disaggregated or mixed searches may still find some
     while aggregated and len(verified) < problem.top_k and not problem.simulation_budget_spent:
         batch = []
         while len(batch) < problem.top_k - len(verified):
-            proposal = optimizer.next()  # raises InfeasibleError (with the conflicting labels) if none exists
+            try:
+                proposal = optimizer.next()  # raises InfeasibleError (with the conflicting labels) if none exists
+            except ax.InfeasibleError as exc:
+                infeasible, proposal = exc, None
             if proposal is None:
                 exhausted = True
                 break
@@ -51,6 +55,8 @@ def search(problem: ax.Problem) -> ax.PlanSet:
     for extra in (problem.disaggregated(), problem.heterogeneous()):
         if extra is not None:
             _verify_best(problem, extra, verified, rejected)
+    if infeasible is not None and not verified and not rejected:
+        raise infeasible
     if verified and not problem.simulation_budget_spent:
         winner = problem.rank(verified)[0]
         if winner.plan != refined:

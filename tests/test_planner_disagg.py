@@ -109,3 +109,18 @@ def test_cli_json_and_launch_commands_of_a_disaggregated_winner():
     assert "--disaggregation-mode decode" in data["launch"]["sglang"]
     bad = CliRunner().invoke(cli, ["solve", "--disaggregation", "sometimes"])
     assert bad.exit_code == 2 and "sometimes" in bad.output
+
+
+def test_no_aggregated_plan_does_not_stop_the_disaggregated_search(specs, monkeypatch):
+    """When every single plan is ruled out, auto still verifies the pairs; with off the infeasibility stands."""
+    from apex_opt.planner.solve import Problem
+
+    class NoPlan:
+        def next(self):
+            raise InfeasibleError("no single plan (test)", ("capacity",))
+
+    monkeypatch.setattr(Problem, "optimizer", lambda self: NoPlan())
+    result = planner.solve(specs, disaggregation="auto", top_k=1, workers=1)
+    assert isinstance(result.best.plan, Deployment) and result.best.plan.disaggregated
+    with pytest.raises(InfeasibleError, match="no single plan"):
+        planner.solve(specs, disaggregation="off", top_k=1, workers=1)
