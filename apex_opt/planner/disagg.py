@@ -88,7 +88,7 @@ def build_disagg_space(space: PlanSpace) -> DisaggSpace:
     for wd in weight_dtypes(opts, est.gpu):
         for kd in kv_dtypes(opts):
             for tp in _powers_of_two(total // 2):
-                for ep, moe_tp in _ep_choices(specs, tp):
+                for ep, moe_tp, _wide in _ep_choices(specs, tp):
                     key = ShapeKey(tp, ep, moe_tp, wd, kd)
                     try:
                         check_divisibility(specs.model, key.plan(est.gpu.name, specs.engine.name))

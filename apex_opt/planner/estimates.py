@@ -119,12 +119,16 @@ class ShapeKey:
     moe_tp: int | None
     weight_dtype: str
     kv_dtype: str
+    #: the "wide EP" layout: this many attention data-parallel ranks share every MoE layer (1: none)
+    wide_dp: int = 1
 
     def plan(self, gpu: str, engine: str, **extra) -> Plan:
         fields = {"gpu": gpu, "engine": engine, "tp": self.tp, "ep": self.ep, "weight_dtype": self.weight_dtype,
-                      "kv_dtype": self.kv_dtype}
+                  "kv_dtype": self.kv_dtype}
         if self.ep > 1:
             fields["moe_tp"] = self.moe_tp
+        if self.wide_dp > 1:
+            fields.update(dp=self.wide_dp, dp_attention=True)
         fields.update(extra)
         return Plan(**fields)
 
@@ -360,7 +364,8 @@ class Estimator:
         sc = self._shapes.get(key)
         if sc is None:
             sc = ShapeCost(key, self.model, self.gpu, self.engine, self.topology,
-                           with_pipeline=self.max_pp >= 2 and 2 * key.tp <= self.topology.num_gpus)
+                           with_pipeline=self.max_pp >= 2 and 2 * key.tp <= self.topology.num_gpus
+                           and key.wide_dp == 1)
             self._shapes[key] = sc
         return sc
 

@@ -106,7 +106,7 @@ def build_hetero_space(space: PlanSpace) -> HeteroSpace:
         for wd in wds:
             for kd in kv_dtypes(opts):
                 for tp in _powers_of_two(min(total, group.gpus_per_node)):
-                    for ep, moe_tp in _ep_choices(specs, tp):
+                    for ep, moe_tp, _wide in _ep_choices(specs, tp):
                         key = ShapeKey(tp, ep, moe_tp, wd, kd)
                         try:
                             check_divisibility(specs.model, key.plan(gpu.name, specs.engine.name))

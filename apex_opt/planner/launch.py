@@ -3,7 +3,8 @@
 Flags are the engines' own: vLLM ``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--max-num-seqs``,
 ``--max-num-batched-tokens``, ``--enable-chunked-prefill``, ``--quantization fp8``, ``--kv-cache-dtype fp8``,
 ``--enable-expert-parallel`` (uneven pipeline splits through ``VLLM_PP_LAYER_PARTITION``); SGLang ``--tp``,
-``--dp``, ``--ep-size`` with ``--enable-ep-moe``, ``--chunked-prefill-size``, ``--max-running-requests``,
+``--dp``, ``--ep-size`` with ``--enable-ep-moe``, ``--enable-dp-attention`` (wide EP: ``--tp`` is then every GPU of
+the group), ``--chunked-prefill-size``, ``--max-running-requests``,
 ``--quantization``, ``--kv-cache-dtype``. Data-parallel replicas run as separate vLLM 0.6 servers (one per GPU
 group, behind a load balancer); vLLM V1 and SGLang take ``--data-parallel-size`` / ``--dp``.
 
@@ -74,7 +75,11 @@ def vllm_command(plan: Plan, model: str, *, engine: str = "vllm-0.6", num_layers
     note = f"  # {comment[0].split('# ')[1]}" if comment else ""
     per = plan.gpus_per_replica
     lines = []
-    if plan.dp > 1 and engine == "vllm-v1":
+    if plan.dp_attention and plan.dp > 1:  # attention data parallel, experts over every rank (vLLM V1)
+        lines.append(" ".join([*env, f"vllm serve {repo} {flags} --data-parallel-size {plan.dp} --port {port}"])
+                     + note + ("  # spans nodes: see vLLM's multi-node data-parallel deployment" if plan.gpus >
+                               gpus_per_node else ""))
+    elif plan.dp > 1 and engine == "vllm-v1":
         lines.append(" ".join([*env, f"vllm serve {repo} {flags} --data-parallel-size {plan.dp} --port {port}"])
                      + note)
     elif plan.dp > 1 and per <= gpus_per_node:
@@ -104,9 +109,12 @@ def vllm_command(plan: Plan, model: str, *, engine: str = "vllm-0.6", num_layers
 def sglang_command(plan: Plan, model: str, *, port: int = 30000) -> str:
     """The ``python -m sglang.launch_server`` command for ``plan``."""
     repo = hf_repo(model)
-    args = [f"--model-path {repo}", f"--tp {plan.tp}"]
-    if plan.dp > 1:
-        args.append(f"--dp {plan.dp}")
+    if plan.dp_attention and plan.dp > 1:  # SGLang's --tp is every GPU of the group; attention runs dp-way
+        args = [f"--model-path {repo}", f"--tp {plan.tp * plan.dp}", f"--dp {plan.dp}", "--enable-dp-attention"]
+    else:
+        args = [f"--model-path {repo}", f"--tp {plan.tp}"]
+        if plan.dp > 1:
+            args.append(f"--dp {plan.dp}")
     if plan.pp > 1:
         args.append(f"--pp-size {plan.pp}")
     if plan.ep > 1:

@@ -57,7 +57,7 @@ UNITS = {
     "cost": 1e-3,  # milli-USD
 }
 _BIG = 10**13
-_COLUMNS = ("tp", "pp", "dp", "ep", "moe_tp", "gpus", "max_num_seqs", "budget", "weight_bits", "kv_bits", "tp_nodes",
+_COLUMNS = ("tp", "pp", "dp", "ep", "moe_tp", "dp_attention", "gpus", "max_num_seqs", "budget", "weight_bits", "kv_bits", "tp_nodes",
             "ttft_ns", "ttft_tail_ns", "goodput_per_gpu", "throughput", "energy_per_token", "cost_per_mtok",
             "capacity")
 #: metric -> table column (TPOT depends on the layer split: not a column)
@@ -72,6 +72,7 @@ class PlanVars:
     ======================  ==========================================================================
     ``v.tp, v.pp, v.dp``    tensor-, pipeline-, data-parallel degrees
     ``v.ep, v.moe_tp``      expert-parallel ranks and the TP degree inside each expert (MoE; else 1 and 0)
+    ``v.dp_attention``      1 for the wide-EP layout (attention data parallel over ``dp``, experts over all)
     ``v.gpus``              GPUs the plan uses (``dp * pp * tp``)
     ``v.max_num_seqs``      the engine's running-sequence limit
     ``v.budget``            chunked-prefill token budget (0: the engine's default)
@@ -674,6 +675,7 @@ def _row(c: Candidate, space: PlanSpace) -> dict[str, Any]:
         "dp": c.dp,
         "ep": key.ep,
         "moe_tp": key.moe_tp or 0,
+        "dp_attention": 1 if key.wide_dp > 1 else 0,
         "gpus": c.gpus,
         "max_num_seqs": c.menu.max_num_seqs,
         "budget": c.menu.budget or 0,

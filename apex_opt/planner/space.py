@@ -3,7 +3,9 @@
 A candidate is one row of the tables the CP-SAT model indexes (:mod:`apex_opt.planner.model`):
 
 * **shape**: ``tp`` (powers of two), ``pp`` (powers of two up to ``max_pp`` and the layer count), ``ep`` and the
-  MoE ``moe_tp = tp / ep`` split (MoE models; vLLM only runs ``ep == tp``), weight and KV dtypes the user allows;
+  MoE ``moe_tp = tp / ep`` split (MoE models; vLLM only runs ``ep == tp``), the wide-EP layout (attention data
+  parallel over ``dp`` ranks, experts over all ``tp x dp`` GPUs; SGLang and vLLM V1, pp = 1, the ``dp`` ranks
+  being one group), weight and KV dtypes the user allows;
 * **limits**: ``max_num_seqs`` and the chunked-prefill budget from a small menu;
 * **dp**: every replica count up to ``dense_dp``; above it, the counts around the smallest one that carries the
   arrival rate (``dp_need``, from one replica's predicted capacity), a geometric ladder (5% steps) up to the
@@ -184,18 +186,30 @@ def _tp_nodes(tp: int, pp: int, dp: int, gpus_per_node: int) -> int:
     return worst
 
 
-def _ep_choices(specs: Specs, tp: int) -> list[tuple[int, int | None]]:
+def _ep_choices(specs: Specs, tp: int, total: int = 0) -> list[tuple[int, int | None, int]]:
+    """``(ep, moe_tp, wide_dp)`` layouts of the MoE layers for a TP degree (``(1, None, 1)`` for dense models).
+
+    Expert parallelism inside the TP group (vLLM only runs ``ep == tp``); with an engine that runs attention data
+    parallel (SGLang ``--enable-dp-attention``, vLLM V1 ``--data-parallel-size`` with expert parallelism), also
+    the wide-EP layouts: ``wide_dp`` attention ranks of ``tp`` GPUs whose MoE layers span all ``tp x wide_dp`` GPUs
+    (one expert group each), up to ``total`` GPUs.
+    """
     moe = specs.model.moe
     if moe is None:
-        return [(1, None)]
-    out: list[tuple[int, int | None]] = [(1, None)]
+        return [(1, None, 1)]
+    out: list[tuple[int, int | None, int]] = [(1, None, 1)]
     vllm = specs.engine.family.startswith("vllm")
     for ep in _powers_of_two(tp):
         if ep < 2 or moe.num_experts % ep:
             continue
         if vllm and ep != tp:  # --enable-expert-parallel puts experts over the whole TP group
             continue
-        out.append((ep, tp // ep))
+        out.append((ep, tp // ep, 1))
+    if specs.engine.family in ("sglang", "vllm-v1"):
+        for wide in _powers_of_two(total // tp if total else 0):
+            span = tp * wide
+            if wide >= 2 and moe.num_experts % span == 0:
+                out.append((span, 1, wide))
     return out
 
 
@@ -222,20 +236,22 @@ def build_space(specs: Specs, options: SearchOptions | None = None) -> PlanSpace
     for wd in weight_dtypes(options, gpu):
         for kd in kv_dtypes(options):
             for tp in _powers_of_two(total):
-                for ep, moe_tp in _ep_choices(specs, tp):
-                    key = ShapeKey(tp, ep, moe_tp, wd, kd)
+                for ep, moe_tp, wide in _ep_choices(specs, tp, total):
+                    key = ShapeKey(tp, ep, moe_tp, wd, kd, wide)
                     probe = key.plan(gpu.name, specs.engine.name)
                     try:
                         check_divisibility(specs.model, probe)
                         divisible, why = True, ""
                     except SpecError as exc:
                         divisible, why = False, str(exc)
-                    for pp in _powers_of_two(min(options.max_pp, L, total // tp)):
+                    for pp in _powers_of_two(min(options.max_pp, L, total // tp) if wide == 1 else 1):
                         shapes += 1
                         for menu in menus:
-                            most = total // (tp * pp)
+                            most = total // (tp * pp) if wide == 1 else wide  # wide EP: its ranks are one group
                             top = estimator.estimate(key, menu, pp, most) if divisible else None
-                            for dp in dp_values(most, _dp_need(top, most, stats.rate, options.headroom), options):
+                            dps = [wide] if wide > 1 else dp_values(most, _dp_need(top, most, stats.rate,
+                                                                                     options.headroom), options)
+                            for dp in dps:
                                 est = (top if dp == most else estimator.estimate(key, menu, pp, dp)) if divisible \
                                     else None
                                 rows.append(Candidate(len(rows), key, menu, pp, dp, _tp_nodes(tp, pp, dp, gpn),
