@@ -66,7 +66,7 @@ def search(problem: ax.Problem) -> ax.PlanSet:
     return problem.result(verified, rejected, solver="cpsat", exhausted=exhausted)
 
 
-def _verify_best(problem: ax.Problem, optimizer, verified: list, rejected: list) -> None:  # noqa: ANN001
+def _verify_best(problem: ax.Problem, optimizer, verified: list, rejected: list) -> None:
     """Simulate the best proposals of a further search (disaggregated, mixed-GPU) until top_k of them verify."""
     found = 0
     while found < problem.top_k and not problem.simulation_budget_spent:

@@ -22,14 +22,15 @@ MIXED = BatchShape(num_tokens=560, num_seqs=49, num_decodes=48, decode_ctx_sum=4
 
 
 @pytest.mark.parametrize("model,plan", [
-    ("llama-3.1-70b", dict(tp=4)),
-    ("llama-3.1-70b", dict(tp=2, pp=2)),
-    ("mixtral-8x7b", dict(tp=4, ep=4, moe_tp=1)),
-    ("deepseek-v3", dict(tp=8, weight_dtype="fp8", gpu="h200-sxm-141gb")),
-    ("llama-3.1-8b", dict(tp=1, cuda_graphs=False)),
+    ("llama-3.1-70b", {"tp": 4}),
+    ("llama-3.1-70b", {"tp": 2, "pp": 2}),
+    ("mixtral-8x7b", {"tp": 4, "ep": 4, "moe_tp": 1}),
+    ("deepseek-v3", {"tp": 8, "weight_dtype": "fp8", "gpu": "h200-sxm-141gb"}),
+    ("llama-3.1-8b", {"tp": 1, "cuda_graphs": False}),
 ])
 @pytest.mark.parametrize("shape", [PREFILL, DECODE, MIXED], ids=["prefill", "decode", "mixed"])
 def test_operator_times_add_up_to_the_iteration_time(model, plan, shape):
+    plan = dict(plan)
     gpu = plan.pop("gpu", "h100-sxm-80gb")
     replica = build_replica(get_model(model), get_gpu(gpu), Plan(gpu=gpu, **plan), get_engine("vllm-0.6"))
     for stage in replica.cost.stages:

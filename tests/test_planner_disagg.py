@@ -7,6 +7,7 @@ the aggregated plans on the simulated metrics.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -69,7 +70,7 @@ def test_auto_ranks_aggregated_and_disaggregated_plans_together_on_simulated_met
     assert any(isinstance(p.plan, Deployment) for p in tried)
     assert any(not isinstance(p.plan, Deployment) for p in tried)
     values = [p.simulated["goodput_rps"] / p.plan.gpus for p in result.plans]
-    assert all(a >= b * 0.99 for a, b in zip(values, values[1:]))  # best first (ties within 1%)
+    assert all(a >= b * 0.99 for a, b in itertools.pairwise(values))  # best first (ties within 1%)
 
 
 def test_off_searches_aggregated_plans_only(specs):

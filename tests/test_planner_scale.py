@@ -6,6 +6,8 @@ The answers are checked against a CP-SAT model over every candidate (the slow, o
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from apex_opt import planner
@@ -25,7 +27,7 @@ def test_dp_values_are_dense_up_to_the_threshold_then_a_ladder_with_the_needed_c
     assert values[:32] == list(range(1, 33)) and values[-1] == 1024
     assert set(range(296, 309)) <= set(values)  # every count around the one that carries the load
     assert len(values) < 150  # instead of 1024
-    ratios = [b / a for a, b in zip(values[32:], values[33:])]
+    ratios = [b / a for a, b in itertools.pairwise(values[32:])]
     assert max(ratios) <= 1.05 + 1 / 32
     assert dp_values(1024, None, SearchOptions(dense_dp=2048)) == list(range(1, 1025))
 

@@ -32,9 +32,19 @@ from ..perf.kv_transfer import kv_transfer_cost
 from ..perf.replica import check_divisibility
 from ..schema.plan import Deployment, Plan
 from .estimates import Menu, RoleEstimate, ShapeKey
+from .model import solve_once
 from .objectives import Objective
-from .space import (DTYPE_BITS, PlanSpace, _budgets, _ep_choices, _powers_of_two, _tp_nodes, dp_values, kv_dtypes,
-                    weight_dtypes)
+from .space import (
+    DTYPE_BITS,
+    PlanSpace,
+    _budgets,
+    _ep_choices,
+    _powers_of_two,
+    _tp_nodes,
+    dp_values,
+    kv_dtypes,
+    weight_dtypes,
+)
 
 ROLES = ("prefill", "decode")
 DISAGGREGATION = ("off", "auto", "only")
@@ -145,7 +155,7 @@ class DisaggModel:
         self.id = m.new_int_var(0, len(D) - 1, "decode")
         opts, slo, rate = space.options, space.specs.slo, space.stats.rate
 
-        def col(name: str, rows: list[RoleRow], index: cp_model.IntVar, fn) -> cp_model.IntVar:  # noqa: ANN001
+        def col(name: str, rows: list[RoleRow], index: cp_model.IntVar, fn) -> cp_model.IntVar:
             values = [int(fn(r)) for r in rows]
             var = m.new_int_var(min(values), max(values), name)
             m.add_element(index, values, var)
@@ -188,7 +198,7 @@ class DisaggModel:
 
     def _objective(self) -> None:
         m = self.model
-        metric, sense = self.objective.levels[0]
+        metric = self.objective.levels[0][0]
         width = 2 * self.space.total_gpus + 1
         if metric in ("gpus", "cost_per_mtok"):
             m.minimize(self.gpus)
@@ -210,16 +220,9 @@ class DisaggModel:
 
     def next(self) -> tuple[RoleRow, RoleRow] | None:
         """The best pair not proposed before (None when none is left); its layouts are cut from later solves."""
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = self.seed
-        if self.time_limit is not None:
-            solver.parameters.max_time_in_seconds = max(self.time_limit, 0.01)
-        status = solver.solve(self.model)
-        if status == cp_model.INFEASIBLE:
+        solver = solve_once(self.model, seed=self.seed, time_limit=self.time_limit, what="disaggregated plan")
+        if solver is None:
             return None
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            raise SolverError("CP-SAT found no disaggregated plan within the time limit; raise --time-limit")
         p = self.dspace.prefill[int(solver.value(self.ip))]
         d = self.dspace.decode[int(solver.value(self.id))]
         same_p = [i for i, r in enumerate(self.dspace.prefill) if _layout(r) == _layout(p)]

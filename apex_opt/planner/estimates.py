@@ -600,7 +600,7 @@ class Estimator:
         nan = math.nan
         if role == "prefill":
             mean_p = max(round(st.mean_prompt), 1)
-            latency, busy = self._prefill(sc, split, mean_p, 0, chunked, budget)
+            busy = self._prefill(sc, split, mean_p, 0, chunked, budget)[1]
             rho = min(lam * busy / pp, 0.999)
             wait = rho / (2 * (1.0 - rho)) * busy
             lat = {p: self._prefill(sc, split, p, 0, chunked, budget)[0] for p in {st.long_prompt, *st.prompt_deciles}}
@@ -741,8 +741,8 @@ def replace_plan(plan: Plan, **fields) -> Plan:
 __all__ = [
     "ConfigEstimate",
     "Estimator",
-    "RoleEstimate",
     "Menu",
+    "RoleEstimate",
     "ShapeCost",
     "ShapeKey",
     "StageRoles",

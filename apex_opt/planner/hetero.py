@@ -37,6 +37,7 @@ from ..schema.plan import Deployment, Plan
 from ..simulate import router_weight
 from ..topology.graph import Topology
 from .estimates import ConfigEstimate, Estimator, Menu, ShapeKey
+from .model import solve_once
 from .objectives import Objective
 from .space import PlanSpace, _ep_choices, _powers_of_two, _tp_nodes, dp_values, kv_dtypes, weight_dtypes
 
@@ -177,15 +178,13 @@ class HeteroModel:
             idx = m.new_int_var(0, len(rows) - 1, f"row_{kind.gpu}")
             self.index.append(idx)
 
-            def col(name: str, fn) -> cp_model.IntVar:  # noqa: ANN001
-                values = [0 if r is None else int(fn(*r)) for r in rows]
-                var = m.new_int_var(min(values), max(values), f"{name}_{kind.gpu}")
-                m.add_element(idx, values, var)
-                return var
-
-            weights.append(col("weight", lambda s, dp, kind=kind: round(dp * kind.shapes[s].weight * 1000)))
-            caps.append(col("capacity", lambda s, dp, kind=kind: round(dp * kind.shapes[s].capacity_rps * 1e6)))
-            gpus.append(col("gpus", lambda s, dp, kind=kind: dp * kind.shapes[s].key.tp * kind.shapes[s].pp))
+            sh = kind.shapes
+            weights.append(self._column(f"weight_{kind.gpu}", idx, [0 if r is None else round(
+                r[1] * sh[r[0]].weight * 1000) for r in rows]))
+            caps.append(self._column(f"capacity_{kind.gpu}", idx, [0 if r is None else round(
+                r[1] * sh[r[0]].capacity_rps * 1e6) for r in rows]))
+            gpus.append(self._column(f"gpus_{kind.gpu}", idx, [0 if r is None else r[1] * sh[r[0]].key.tp * sh[r[0]].pp
+                                                              for r in rows]))
             gpu_spec = space.specs.gpus[kind.gpu]
             prices.append(gpu_spec.price_per_hour)
             idles.append(gpu_spec.power.idle)
@@ -220,6 +219,11 @@ class HeteroModel:
         self._idles = [round(w) for w in idles]
         self._objective()
 
+    def _column(self, name: str, index: cp_model.IntVar, values: list[int]) -> cp_model.IntVar:
+        var = self.model.new_int_var(min(values), max(values), name)
+        self.model.add_element(index, values, var)
+        return var
+
     def _objective(self) -> None:
         m = self.model
         metric = self.objective.levels[0][0]
@@ -240,16 +244,10 @@ class HeteroModel:
         m.minimize(primary * width + self.gpus)
 
     def next(self) -> Mix | None:
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = self.seed
-        if self.time_limit is not None:
-            solver.parameters.max_time_in_seconds = max(self.time_limit, 0.01)
-        status = solver.solve(self.model)
-        if status == cp_model.INFEASIBLE:
+        """The best mix not proposed before (None when none is left); the same choice is cut from later solves."""
+        solver = solve_once(self.model, seed=self.seed, time_limit=self.time_limit, what="mixed-GPU plan")
+        if solver is None:
             return None
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            raise SolverError("CP-SAT found no mixed-GPU plan within the time limit; raise --time-limit")
         chosen = [int(solver.value(i)) for i in self.index]
         self.model.add_forbidden_assignments(self.index, [tuple(chosen)])
         parts = []

@@ -264,7 +264,7 @@ class PlanModel:
             a = m.new_bool_var(f"active{i}")
             m.add(pp >= i + 1).only_enforce_if(a)
             m.add(pp <= i).only_enforce_if(~a)
-            self._known[a.index] = (lambda i: lambda k: 1 if rows[k]["pp"] > i else 0)(i)
+            self._known[a.index] = [1 if r["pp"] > i else 0 for r in rows].__getitem__
             active.append(a)
         self._max_layers = []
         stage_ns = []
@@ -286,8 +286,8 @@ class PlanModel:
             else:
                 extra = self._by_role(i, active, role_extra, f"extra_ns{i}")
                 cap = self._by_role(i, active, role_cap, f"max_layers{i}")
-                self._known[extra.index] = (lambda i: lambda k: rows[k]["stage_extra"][i])(i)
-                self._known[cap.index] = (lambda i: lambda k: rows[k]["stage_cap"][i])(i)
+                self._known[extra.index] = [r["stage_extra"][i] for r in rows].__getitem__
+                self._known[cap.index] = [r["stage_cap"][i] for r in rows].__getitem__
             self._max_layers.append(cap)
             prod = self._times_layers(li, layer_ns, f"layer_time{i}")
             hi = L * _hi(layer_ns) + _hi(extra)
@@ -582,6 +582,24 @@ class PlanModel:
                     self.model.add(self.index != self._pos[i])
 
 
+def solve_once(model: cp_model.CpModel, *, seed: int, time_limit: float | None, what: str) -> cp_model.CpSolver | None:
+    """Solve ``model`` on one worker with ``seed``: the solver holding the optimum, or None when it is infeasible.
+
+    Raises :class:`~apex_opt.errors.SolverError` naming ``what`` when the time limit ends the search first.
+    """
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = seed
+    if time_limit is not None:
+        solver.parameters.max_time_in_seconds = max(time_limit, 0.01)
+    status = solver.solve(model)
+    if status == cp_model.INFEASIBLE:
+        return None
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise SolverError(f"CP-SAT found no {what} within the time limit; raise --time-limit")
+    return solver
+
+
 def _bucket(x: int) -> int:
     """A value's 1% step on a log scale: values within about 1% share a bucket (tie-break levels)."""
     return math.floor(math.log(max(x, 1)) / math.log(1 + TIE_TOLERANCE))
@@ -730,4 +748,4 @@ def _with_roles(row: dict[str, Any], pp: int) -> dict[str, Any]:
     return row
 
 
-__all__ = ["UNITS", "LabelledConstraint", "PlanModel", "PlanVars", "Solution"]
+__all__ = ["UNITS", "LabelledConstraint", "PlanModel", "PlanVars", "Solution", "objective_key", "solve_once"]

@@ -38,12 +38,12 @@ from ..perf.replica import build_replica
 from ..schema.plan import Deployment, Plan
 from ..specs import Specs
 from .constraints import Constraint, builtin_constraints, check_simulated, normalize, split_kinds
-from .disagg import DisaggModel, DisaggSpace, build_disagg_space
+from .disagg import DisaggModel, build_disagg_space
 from .disagg import deployment as disagg_deployment
 from .disagg import predicted as disagg_predicted
 from .estimates import Menu, ShapeKey
 from .explain import infeasible_message, why_best
-from .hetero import HeteroModel, HeteroSpace, build_hetero_space
+from .hetero import HeteroModel, build_hetero_space
 from .hetero import deployment as hetero_deployment
 from .hetero import predicted as hetero_predicted
 from .model import PlanModel, Solution, objective_key
@@ -150,59 +150,33 @@ class Optimizer:
         return self.problem.proposal_of(sol.index, sol.split, source="cpsat")
 
 
-class DisaggOptimizer:
-    """CP-SAT search over disaggregated (xPyD) pairs: :meth:`next` yields deployments best first."""
+class FurtherSearch:
+    """A CP-SAT search beside the main one (disaggregated pairs, mixed-GPU plans): :meth:`next` yields
+    :class:`Proposal` objects best first, with a note (or, when ``refuse`` is set, an
+    :class:`~apex_opt.errors.InfeasibleError`) when its model holds no plan at all."""
 
-    def __init__(self, problem: Problem, dspace: DisaggSpace) -> None:
+    def __init__(self, problem: Problem, model: Any, propose: Callable[[Any], Proposal], empty: str,
+                 refuse: str = "") -> None:
         self.problem = problem
-        self.model = DisaggModel(problem.space, dspace, problem.objective, seed=problem.seed,
-                                 time_limit=problem.time_limit)
+        self.model = model
+        self.propose = propose
+        self.empty = empty
+        self.refuse = refuse
         self.count = 0
 
     def next(self) -> Proposal | None:
-        """The best pair not proposed before, or None when none is left."""
+        """The best choice not proposed before, or None when none is left."""
         start = time.perf_counter()
-        pair = self.model.next()
+        found = self.model.next()
         self.problem.search_seconds += time.perf_counter() - start
-        if pair is None:
+        if found is None:
             if self.count == 0:
-                why = ("no prefill/decode pair meets the analytical bounds together: GPUs, prefill TTFT (slo.ttft), "
-                       "decode TPOT (slo.tpot) and both roles' capacity for the arrival rate")
-                if self.problem.options.disaggregation == "only":
-                    raise InfeasibleError(f"--disaggregation only: {why}; loosen the SLO or add GPUs",
-                                          ("disaggregation",))
-                self.problem.extra_notes.append(f"disaggregated plans: {why}")
+                if self.refuse:
+                    raise InfeasibleError(f"{self.refuse}: {self.empty}", ("disaggregation",))
+                self.problem.extra_notes.append(self.empty)
             return None
         self.count += 1
-        sp = self.problem.space
-        return Proposal(disagg_deployment(sp, *pair), disagg_predicted(sp, *pair), None, source="cpsat:disaggregated")
-
-
-class HeteroOptimizer:
-    """CP-SAT search over mixed-GPU deployments of a heterogeneous cluster: :meth:`next` yields them best first."""
-
-    def __init__(self, problem: Problem, hspace: HeteroSpace) -> None:
-        self.problem = problem
-        self.hspace = hspace
-        self.model = HeteroModel(problem.space, hspace, problem.objective, seed=problem.seed,
-                                 time_limit=problem.time_limit)
-        self.count = 0
-
-    def next(self) -> Proposal | None:
-        """The best mix not proposed before, or None when none is left."""
-        start = time.perf_counter()
-        mix = self.model.next()
-        self.problem.search_seconds += time.perf_counter() - start
-        if mix is None:
-            if self.count == 0:
-                self.problem.extra_notes.append(
-                    "mixed-GPU plans: no combination of the GPU kinds meets the TTFT and TPOT bounds and carries the "
-                    "arrival rate")
-            return None
-        self.count += 1
-        sp = self.problem.space
-        return Proposal(hetero_deployment(sp, mix), hetero_predicted(sp, self.hspace, mix), None,
-                        source="cpsat:mixed-gpus")
+        return self.propose(found)
 
 
 class Problem:
@@ -343,7 +317,7 @@ class Problem:
             return False
         return True
 
-    def disaggregated(self) -> DisaggOptimizer | None:
+    def disaggregated(self) -> FurtherSearch | None:
         """CP-SAT over prefill/decode (xPyD) pairs, or None (with a note in the result) when they are not searched.
 
         Searched when ``options.disaggregation`` is ``auto`` or ``only`` (see :mod:`apex_opt.planner.disagg`).
@@ -368,14 +342,21 @@ class Problem:
             self.extra_notes.append(f"disaggregated search: {len(dspace.prefill)} prefill x {len(dspace.decode)} "
                                     f"decode replica sets ({dspace.build_time_s:.1f} s to estimate)")
             if dspace.prefill and dspace.decode:
-                return DisaggOptimizer(self, dspace)
+                sp = self.space
+                model = DisaggModel(sp, dspace, self.objective, seed=self.seed, time_limit=self.time_limit)
+                return FurtherSearch(
+                    self, model, lambda pair: Proposal(disagg_deployment(sp, *pair), disagg_predicted(sp, *pair), None,
+                                                       source="cpsat:disaggregated"),
+                    "disaggregated plans: no prefill/decode pair meets the analytical bounds together: GPUs, prefill "
+                    "TTFT (slo.ttft), decode TPOT (slo.tpot) and both roles' capacity for the arrival rate; loosen "
+                    "the SLO or add GPUs", refuse="--disaggregation only" if mode == "only" else "")
             why = "no prefill or no decode replica shape fits memory inside one node"
         if mode == "only":
             raise InfeasibleError(f"--disaggregation only: {why}. Use --disaggregation auto or off.", ("disaggregation",))
         self.extra_notes.append(f"disaggregated plans not searched: {why}")
         return None
 
-    def heterogeneous(self) -> HeteroOptimizer | None:
+    def heterogeneous(self) -> FurtherSearch | None:
         """CP-SAT over what runs where on a heterogeneous cluster (one plan per GPU kind), or None with a note.
 
         None on a homogeneous cluster; see :mod:`apex_opt.planner.hetero`.
@@ -393,7 +374,13 @@ class Problem:
             self.extra_notes.append(f"mixed-GPU search: replica shapes {shapes} at {len(hspace.phis)} load levels "
                                     f"({hspace.build_time_s:.1f} s to estimate)")
             if any(k.shapes for k in hspace.kinds):
-                return HeteroOptimizer(self, hspace)
+                sp = self.space
+                model = HeteroModel(sp, hspace, self.objective, seed=self.seed, time_limit=self.time_limit)
+                return FurtherSearch(
+                    self, model, lambda mix: Proposal(hetero_deployment(sp, mix), hetero_predicted(sp, hspace, mix),
+                                                      None, source="cpsat:mixed-gpus"),
+                    "mixed-GPU plans: no combination of the GPU kinds meets the TTFT and TPOT bounds and carries the "
+                    "arrival rate")
             why = "no GPU kind holds a replica of the model"
         self.extra_notes.append(f"mixed-GPU plans not searched: {why}")
         return None
@@ -749,4 +736,4 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     return result
 
 
-__all__ = ["Optimizer", "Problem", "Proposal", "get_solver", "register_solver", "solve", "solver_names"]
+__all__ = ["FurtherSearch", "Optimizer", "Problem", "Proposal", "get_solver", "register_solver", "solve", "solver_names"]

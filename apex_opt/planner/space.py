@@ -274,7 +274,7 @@ def dp_values(most: int, need: int | None, options: SearchOptions) -> list[int]:
     values = set(range(1, min(options.dense_dp, most) + 1))
     x = float(options.dense_dp)
     while x < most:
-        values.add(int(round(x)))
+        values.add(round(x))
         x = max(x * options.dp_step, x + 1)
     values.add(most)
     if need is not None:
