@@ -69,7 +69,7 @@ import numpy as np
 from ..errors import SimulationError, SpecError
 from .config import ReplicaSpec
 from .cost import BatchShape
-from .engine import ARRIVAL, KV_DONE, KV_START, STAGE_DONE, STAGE_READY, WAKE, EngineState, Simulation, admission
+from .engine import KV_DONE, KV_START, STAGE_DONE, STAGE_READY, WAKE, EngineState, Simulation, admission
 from .metrics import SimResult
 from .router import make_router
 from .state import DONE, Request
@@ -192,16 +192,11 @@ class DisaggSimulation(Simulation):
             return super()._route(k)
         return self.P[self.router.pick([self.outstanding[p] for p in self.P])]
 
-    def _on_arrival(self, t: float, k: int) -> None:
-        self._advance_arrivals(k)
-        r = self._route(k)
-        self.r_replica[k] = r
-        e = self._least_busy(self.rep_engines[r])
-        rid = self.ids[k]
-        if self.log is not None:
-            self.log.append((rid, "arrive", t, r))
+    def _admit(self, e: EngineState, k: int) -> tuple[str, int, int]:
+        """The prompt against the prefill engine (run as ``max_tokens=1``), prompt + output against the decode
+        engines; the output cap is the best decode engine's, and only the decode engines that give it stay
+        eligible."""
         prompt, out = self._prm[k], self._out[k]
-        # prefill side: the request runs as max_tokens=1
         reason = admission(e, prompt, 1, check_length=False)[0]
         dcap = 0
         if not reason:
@@ -221,19 +216,9 @@ class DisaggSimulation(Simulation):
                 reason = first_reason
             elif len(best) < len(self.D):
                 self.elig[k] = tuple(best)
-        if reason:
-            self._reject(k, t, reason)
-            return
-        self.dcap[k] = dcap
-        req = Request(k, rid, prompt, 1)
-        if dcap < out:
-            self.r_truncated[k] = True
-        e.waiting.append(req)
-        self.outstanding[r] += 1
-        self._counts(t, e)
-        if not e.in_flight and not e.wake_pending:
-            e.wake_pending = True
-            self._push(t, WAKE, e.eid)
+        if not reason:
+            self.dcap[k] = dcap
+        return reason, dcap, 1
 
     def _least_busy(self, group: list[EngineState]) -> EngineState:
         """vLLM 0.6 ``add_request``: the virtual engine with the fewest unfinished requests."""

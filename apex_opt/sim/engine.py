@@ -348,6 +348,11 @@ class Simulation:
                 e, best = g, load
         return e
 
+    def _admit(self, e: EngineState, k: int) -> tuple[str, int, int]:
+        """``(rejection reason or "", output cap, max_tokens to run on e)`` for arrival ``k`` at engine ``e``."""
+        reason, cap = admission(e, self._prm[k], self._out[k])
+        return reason, cap, cap
+
     def _on_arrival(self, t: float, k: int) -> None:
         self._advance_arrivals(k)
         r = self._route(k)
@@ -356,13 +361,12 @@ class Simulation:
         rid = self.ids[k]
         if self.log is not None:
             self.log.append((rid, "arrive", t, r))
-        prompt, out = self._prm[k], self._out[k]
-        reason, cap = admission(e, prompt, out)
+        reason, cap, max_tokens = self._admit(e, k)
         if reason:
             self._reject(k, t, reason)
             return
-        req = Request(k, rid, prompt, cap)
-        if cap < out:
+        req = Request(k, rid, self._prm[k], max_tokens)
+        if cap < self._out[k]:
             self.r_truncated[k] = True
         e.waiting.append(req)
         self.outstanding[r] += 1
