@@ -41,6 +41,7 @@ from .space import (
     _ep_choices,
     _powers_of_two,
     _tp_nodes,
+    dp_need,
     dp_values,
     kv_dtypes,
     weight_dtypes,
@@ -116,9 +117,7 @@ def build_disagg_space(space: PlanSpace) -> DisaggSpace:
                                 top = est.estimate_role(role, key, menu, pp, most, transfer)
                                 if not top.fits:
                                     continue
-                                per = top.capacity_rps / most
-                                need = math.ceil(rate / (per * (1 - opts.headroom))) if per > 0 else None
-                                for dp in dp_values(most, need, opts):
+                                for dp in dp_values(most, dp_need(top, most, rate, opts.headroom), opts):
                                     if not opts.tp_across_nodes and _tp_nodes(tp, pp, dp, gpn) > 1:
                                         continue
                                     e = top if dp == most else est.estimate_role(role, key, menu, pp, dp, transfer)

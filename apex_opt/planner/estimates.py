@@ -615,33 +615,14 @@ class Estimator:
                 energy_per_token_j=idle + e_pre / max(st.mean_output, 1e-9), gpus=gpus)
         if role != "decode":
             raise ValueError(role)
-        limit = float(menu.max_num_seqs)
-        batch = 1.0
         gap = transfer_s / max(st.mean_output - 1.0, 1.0)
-        stable = True
-        for _ in range(30):
-            step = self._step(sc, split, _seen(batch, pp, menu.max_num_seqs), _busy(batch, pp)) + gap
-            new = lam * st.mean_output * step
-            if new > limit:
-                batch, stable = limit, False
-                break
-            done = abs(new - batch) < 1e-3 * max(batch, 1.0)
-            batch = new
-            if done:
-                break
+        batch, stable, _, _ = self._fixed_point(sc, split, menu, lam, chunked, budget, prefill=False, gap=gap)
         tpot = self._step(sc, split, _seen(batch, pp, menu.max_num_seqs), _busy(batch, pp)) + gap
         kv_needed = _kv_needed(batch, st)
         max_layers = self.max_layers(sc, menu, pp, kv_needed)
         kv_tokens = self.kv_capacity(sc, menu, split)
         slo_tpot = self.slo.tpot * self.slo_slack if self.slo.tpot else math.inf
-        kv_batch = kv_tokens / max(st.ctx_occupancy, 1.0) if kv_tokens > 0 else math.inf
-        cap_limit = max(min(limit, kv_batch), 1.0)
-        best = 0.0
-        for b in sorted({1.0, cap_limit, *[float(2**k) for k in range(14) if 2**k < cap_limit]}):
-            step = self._step(sc, split, max(b / pp, 1.0) if pp > 1 else b, _busy(b, pp)) + gap
-            if step > slo_tpot:
-                break
-            best = max(best, b / (st.mean_output * step))
+        best = self._capacity(sc, split, menu, kv_tokens, chunked, budget, slo_tpot, prefill=False, gap=gap)
         dec_b = decode_shape(max(round(_seen(batch, pp, menu.max_num_seqs)), 1), st.ctx_occupancy)
         e_tok = sc.energy_dynamic(dec_b) / dec_b.num_decodes
         return RoleEstimate(
@@ -650,12 +631,13 @@ class Estimator:
             if stable else 0.0, batch=batch, energy_per_token_j=idle + e_tok, gpus=gpus)
 
     def _fixed_point(self, sc: ShapeCost, split: tuple[int, ...], menu: Menu, lam: float, chunked: bool,
-                     budget: int) -> tuple[float, bool, float, float]:
+                     budget: int, *, prefill: bool = True, gap: float = 0.0) -> tuple[float, bool, float, float]:
         """Expected concurrent sequences per replica: ``B = lam * mean_output * TPOT(B)`` (Little's law).
 
         Returns ``(B, stable, rho, prefill_busy)``: ``rho`` is the share of time prefill work adds to decode
         iterations (TPOT = step / (1 - rho)); ``stable`` is False when no fixed point exists below the batch
-        limit (the replica cannot keep up).
+        limit (the replica cannot keep up). ``prefill=False``: a decode-only replica (disaggregated), whose
+        steps carry no prompt work but ``gap`` more seconds each (the KV transfer spread over the output).
         """
         st = self.stats
         pp = len(split)
@@ -665,12 +647,13 @@ class Estimator:
         busy = 0.0
         for _ in range(30):
             n = _seen(batch, pp, menu.max_num_seqs)
-            _, busy = self._prefill(sc, split, max(round(st.mean_prompt), 1), round(n) if chunked else 0,
-                                    chunked, budget)
-            rho = lam * busy / pp if pp > 1 else lam * busy
+            if prefill:
+                _, busy = self._prefill(sc, split, max(round(st.mean_prompt), 1), round(n) if chunked else 0,
+                                        chunked, budget)
+                rho = lam * busy / pp if pp > 1 else lam * busy
             if rho >= 0.95:
                 return limit, False, 0.95, busy
-            step = self._step(sc, split, n, _busy(batch, pp))
+            step = self._step(sc, split, n, _busy(batch, pp)) + gap
             new = lam * st.mean_output * step / (1.0 - rho)
             if new > limit:
                 return limit, False, rho, busy
@@ -681,8 +664,9 @@ class Estimator:
         return batch, True, rho, busy
 
     def _capacity(self, sc: ShapeCost, split: tuple[int, ...], menu: Menu, kv_tokens: int, chunked: bool,
-                  budget: int, slo_tpot: float) -> float:
-        """Highest arrival rate one replica sustains with TPOT within the SLO (requests/s)."""
+                  budget: int, slo_tpot: float, *, prefill: bool = True, gap: float = 0.0) -> float:
+        """Highest arrival rate one replica sustains with TPOT within the SLO (requests/s); ``prefill`` and
+        ``gap`` as for :meth:`_fixed_point`."""
         st = self.stats
         pp = len(split)
         # a plan that does not fit has no KV cache to speak of: its capacity is priced on compute alone, so
@@ -693,9 +677,9 @@ class Estimator:
         best = 0.0
         for batch in grid:
             n = max(batch / pp, 1.0) if pp > 1 else batch
-            step = self._step(sc, split, n, _busy(batch, pp))
-            _, busy = self._prefill(sc, split, max(round(st.mean_prompt), 1), round(n) if chunked else 0,
-                                    chunked, budget)
+            step = self._step(sc, split, n, _busy(batch, pp)) + gap
+            busy = self._prefill(sc, split, max(round(st.mean_prompt), 1), round(n) if chunked else 0,
+                                 chunked, budget)[1] if prefill else 0.0
             busy_share = busy / pp if pp > 1 else busy
             rate = batch / (st.mean_output * step + batch * busy_share)
             rho = rate * busy_share

@@ -327,16 +327,11 @@ class Problem:
         self._disagg_asked = True
         if mode == "off":
             return None
-        why = ""
         if self.specs.cluster.is_heterogeneous and self.options.use_all_gpus:
             why = "prefill and decode plans run on the first GPU kind, which cannot use every GPU of a mixed cluster"
-        elif self.constraints:
-            why = ("plan constraints (PlanVars) describe one plan, not a prefill/decode pair; disaggregated plans "
-                   "are searched without user plan constraints only")
-        elif self.objective.metric is None:
-            why = "a function objective is defined on one plan's PlanVars; disaggregated plans need a metric objective"
-        elif self.space.total_gpus < 2:
-            why = "a disaggregated plan needs at least 2 GPUs"
+        else:
+            why = self._single_plan_rules("disaggregated") or (
+                "a disaggregated plan needs at least 2 GPUs" if self.space.total_gpus < 2 else "")
         if not why:
             dspace = build_disagg_space(self.space)
             self.extra_notes.append(f"disaggregated search: {len(dspace.prefill)} prefill x {len(dspace.decode)} "
@@ -356,6 +351,15 @@ class Problem:
         self.extra_notes.append(f"disaggregated plans not searched: {why}")
         return None
 
+    def _single_plan_rules(self, what: str) -> str:
+        """Why user rules keep ``what`` plans (several plans at once) out of the search, or ""."""
+        if self.constraints:
+            return (f"plan constraints (PlanVars) describe one plan; {what} plans are searched without user plan "
+                    "constraints only")
+        if self.objective.metric is None:
+            return f"a function objective is defined on one plan's PlanVars; {what} plans need a metric objective"
+        return ""
+
     def heterogeneous(self) -> FurtherSearch | None:
         """CP-SAT over what runs where on a heterogeneous cluster (one plan per GPU kind), or None with a note.
 
@@ -363,11 +367,7 @@ class Problem:
         """
         if not self.specs.cluster.is_heterogeneous:
             return None
-        why = ""
-        if self.constraints:
-            why = "plan constraints (PlanVars) describe one plan; mixed-GPU plans are searched without them only"
-        elif self.objective.metric is None:
-            why = "a function objective is defined on one plan's PlanVars; mixed-GPU plans need a metric objective"
+        why = self._single_plan_rules("mixed-GPU")
         if not why:
             hspace = build_hetero_space(self.space)
             shapes = ", ".join(f"{len(k.shapes)} on {k.gpu}" for k in hspace.kinds)

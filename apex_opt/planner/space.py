@@ -29,7 +29,7 @@ from ..schema.gpu import GPUSpec
 from ..schema.plan import Plan
 from ..specs import Specs
 from ..topology.graph import Topology
-from .estimates import ConfigEstimate, Estimator, Menu, ShapeKey, WorkloadStats
+from .estimates import ConfigEstimate, Estimator, Menu, RoleEstimate, ShapeKey, WorkloadStats
 
 QUANTIZATION = ("none", "fp8", "int4", "any")
 KV_DTYPES = ("bf16", "fp8", "any")
@@ -249,7 +249,7 @@ def build_space(specs: Specs, options: SearchOptions | None = None) -> PlanSpace
                         for menu in menus:
                             most = total // (tp * pp) if wide == 1 else wide  # wide EP: its ranks are one group
                             top = estimator.estimate(key, menu, pp, most) if divisible else None
-                            dps = [wide] if wide > 1 else dp_values(most, _dp_need(top, most, stats.rate,
+                            dps = [wide] if wide > 1 else dp_values(most, dp_need(top, most, stats.rate,
                                                                                      options.headroom), options)
                             for dp in dps:
                                 est = (top if dp == most else estimator.estimate(key, menu, pp, dp)) if divisible \
@@ -282,7 +282,7 @@ def dp_values(most: int, need: int | None, options: SearchOptions) -> list[int]:
     return sorted(values)
 
 
-def _dp_need(top: ConfigEstimate | None, most: int, rate: float, headroom: float) -> int | None:
+def dp_need(top: ConfigEstimate | RoleEstimate | None, most: int, rate: float, headroom: float) -> int | None:
     """Replicas needed to carry ``rate`` within ``headroom``, from the capacity predicted at ``most`` replicas."""
     if top is None or top.capacity_rps <= 0:
         return None
@@ -311,4 +311,4 @@ def scale(x: float, unit: float, cap: int = 2**40) -> int:
     return int(min(max(round(x / unit), -cap), cap))
 
 
-__all__ = ["Candidate", "PlanSpace", "SearchOptions", "build_space", "scale"]
+__all__ = ["Candidate", "PlanSpace", "SearchOptions", "build_space", "dp_need", "dp_values", "scale"]
