@@ -515,6 +515,7 @@ EXPECTED = {  # name: (requests, nominal rate)
     "mistral-lmsys-025": (1024, 0.25),
     "mistral-creation-025": (725, 0.25),
     "mistral-summarization-025": (1039, 0.25),
+    "mooncake-sample": (40, 1.0),  # synthetic, in the Mooncake format (tests/test_workload_prefix.py)
 }
 
 

@@ -12,6 +12,9 @@ A catalog entry is a small YAML file whose stem is the workload's name::
 
 The caller passes ``specs_dir`` (the catalog's ``specs/`` folder); nothing here knows where the
 repository or the installed package lives.
+
+A trace reference (a path or a catalog name) may end in ``#block=N``: the prompt tokens per hash id
+of a Mooncake trace (default 512), e.g. ``--workload traces/mooncake_trace.jsonl#block=256``.
 """
 
 from __future__ import annotations
@@ -102,42 +105,81 @@ def trace_path(entry: WorkloadEntry, specs_dir: str | os.PathLike[str]) -> Path:
     return workloads_dir(specs_dir) / entry.trace
 
 
-def _load_entry_trace(entry: WorkloadEntry, specs_dir: str | os.PathLike[str]) -> Workload:
+def _load_entry_trace(
+    entry: WorkloadEntry, specs_dir: str | os.PathLike[str], block_tokens: int | None = None
+) -> Workload:
     path = trace_path(entry, specs_dir)
     if not path.is_file():
         raise TraceError(
             f"{workloads_dir(specs_dir) / (entry.name + '.yaml')}: field 'trace': '{entry.trace}' does not exist "
             f"(looked for {path}); fix the path, relative to the workloads folder"
         )
-    workload = read_trace(path, name=entry.name)
-    return dataclasses.replace(workload, source=entry.name)
+    workload = read_trace(path, name=entry.name, block_tokens=block_tokens)
+    source = entry.name if block_tokens is None else f"{entry.name}#block={block_tokens}"
+    return dataclasses.replace(workload, source=source)
+
+
+_SUFFIX_FORM = "write e.g. 'trace.jsonl#block=256' (block: prompt tokens per hash id of a Mooncake trace)"
+
+
+def _split_suffix(text: str) -> tuple[str, int | None]:
+    """``'x.jsonl#block=256'`` -> ``('x.jsonl', 256)``; no suffix -> ``(text, None)``."""
+    if "#" not in text or Path(text).is_file():
+        return text, None
+    base, _, suffix = text.rpartition("#")
+    key, sep, value = suffix.partition("=")
+    key, value = key.strip().lower(), value.strip()
+    if not base.strip():
+        raise SpecError(f"workload '{text}': nothing before the '#' suffix; {_SUFFIX_FORM}")
+    if key != "block" or not sep:
+        raise SpecError(f"workload '{text}': unknown suffix '#{suffix}'; the only option is #block=N; {_SUFFIX_FORM}")
+    try:
+        block = int(value)
+    except ValueError:
+        block = 0
+    if block < 1:
+        raise SpecError(f"workload '{text}': block={value!r} must be a whole number of tokens >= 1; {_SUFFIX_FORM}")
+    return base.strip(), block
 
 
 def _looks_like_path(ref: str) -> bool:
     return ref.lower().endswith(TRACE_EXTENSIONS) or "/" in ref or os.sep in ref
 
 
-def load_workload(ref: str | os.PathLike[str], *, specs_dir: str | os.PathLike[str]) -> Workload:
+def load_workload(
+    ref: str | os.PathLike[str], *, specs_dir: str | os.PathLike[str], block_tokens: int | None = None
+) -> Workload:
     """A workload from a catalog name (``lmsys``), a trace path (``runs/x.jsonl``, ``x.csv``; relative to the
     current directory) or a ``synthetic:`` expression.
 
+    ``block_tokens`` (or a ``#block=N`` suffix on the name or path): prompt tokens per hash id of a Mooncake
+    trace, default 512; an error for other traces.
+
     Raises UnknownNameError for an unknown name (with close matches), TraceError for a missing or malformed
-    trace file, SpecError for a malformed synthetic expression.
+    trace file, SpecError for a malformed synthetic expression or suffix.
     """
     text = os.fspath(ref).strip() if isinstance(ref, os.PathLike) else str(ref).strip()
     if not text:
         raise SpecError(f"empty workload reference; {_REF_FORMS}")
     if is_synthetic(text):
+        if block_tokens is not None:
+            raise SpecError(f"block_tokens={block_tokens} applies only to Mooncake traces, not to '{text}'")
         return synthetic_workload(text, specs_dir=specs_dir)
+    text, block = _split_suffix(text)
+    if block is not None and block_tokens is not None and block != block_tokens:
+        raise SpecError(
+            f"workload '{ref}': the suffix says block={block} but block_tokens={block_tokens}; give the block size once"
+        )
+    block = block if block is not None else block_tokens
     if isinstance(ref, os.PathLike) or _looks_like_path(text):
-        return read_trace(Path(text))
+        return read_trace(Path(text), block_tokens=block)
     entries = catalog_entries(specs_dir)
     entry = entries.get(text) or entries.get(text.lower())
     if entry is None:
         if Path(text).is_file():  # a trace file without a known extension: let the reader say so
-            return read_trace(Path(text))
+            return read_trace(Path(text), block_tokens=block)
         raise UnknownNameError("workload", text, entries, hint=_UNKNOWN_HINT)
-    return _load_entry_trace(entry, specs_dir)
+    return _load_entry_trace(entry, specs_dir, block)
 
 
 def list_workloads(specs_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

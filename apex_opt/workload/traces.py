@@ -1,6 +1,7 @@
 """Strict readers (and writers) of request traces.
 
-Two formats are read, chosen by the file's extension (:func:`read_trace`):
+Three formats are read, chosen by the file's extension and, for JSON Lines, by the first line's keys
+(:func:`read_trace`):
 
 ``.jsonl`` / ``.json`` -- the APEX trace format (microsoft/apex_plus), one JSON object a line::
 
@@ -10,8 +11,24 @@ Two formats are read, chosen by the file's extension (:func:`read_trace`):
   ``GeneratedTokens`` the requested output length. Other keys are allowed and ignored (real traces
   carry more). ``RequestID`` may be a string or an integer.
 
+  The same extensions also hold the Mooncake trace format (kvcache-ai/Mooncake, FAST'25: the
+  ``mooncake_trace.jsonl``, conversation and tool-agent traces), recognised by its keys::
+
+    {"timestamp": 3052, "input_length": 2287, "output_length": 316, "hash_ids": [0, 42, 43, 44, 45]}
+
+  ``timestamp`` is in milliseconds on the trace's clock (arrival = timestamp / 1000 s, absolute),
+  ``input_length`` the prompt length, ``output_length`` the output length, and ``hash_ids`` one
+  integer per block of ``block_tokens`` (512) prompt tokens: equal ids mean equal prefix blocks.
+  The reader turns them into :attr:`~apex_opt.workload.model.Workload.segments`: one segment per id,
+  each ``block_tokens`` long except the last, which gets the rest of the prompt (a partial block);
+  a prompt longer than its blocks gets one more, unique, segment for the remainder. Request ids are
+  the request's index in the file (``"0"``, ``"1"``, ...).
+
 ``.csv`` -- a header ``arrival_s,prompt_tokens,output_tokens`` (any column order, optional
-  ``request_id`` column, other columns ignored), arrival in seconds.
+  ``request_id`` column, other columns ignored), arrival in seconds. Two optional columns describe a
+  shared prefix: ``prefix_id`` (any text; empty: none) and ``prefix_tokens`` (that prefix's length,
+  0..prompt_tokens): rows with the same ``prefix_id`` share their first ``prefix_tokens`` tokens, the
+  rest of each prompt is unique (both columns, or neither).
 
 Both readers check every request: required fields present, whole numbers where counts are
 expected, prompt and output lengths >= 1 (an engine rejects a request for 0 output tokens),
@@ -43,8 +60,12 @@ from ..errors import TraceError
 from .model import Workload
 
 APEX_FIELDS: tuple[str, ...] = ("RequestID", "StartTimeOffset", "ContextTokens", "GeneratedTokens")
+MOONCAKE_FIELDS: tuple[str, ...] = ("timestamp", "input_length", "output_length", "hash_ids")
+#: Prompt tokens per hash id in the published Mooncake traces.
+MOONCAKE_BLOCK_TOKENS = 512
 CSV_COLUMNS: tuple[str, ...] = ("arrival_s", "prompt_tokens", "output_tokens")
-CSV_OPTIONAL_COLUMNS: tuple[str, ...] = ("request_id",)
+CSV_PREFIX_COLUMNS: tuple[str, ...] = ("prefix_id", "prefix_tokens")
+CSV_OPTIONAL_COLUMNS: tuple[str, ...] = ("request_id", *CSV_PREFIX_COLUMNS)
 JSONL_EXTENSIONS: tuple[str, ...] = (".jsonl", ".json")
 CSV_EXTENSIONS: tuple[str, ...] = (".csv",)
 TRACE_EXTENSIONS: tuple[str, ...] = JSONL_EXTENSIONS + CSV_EXTENSIONS
@@ -54,6 +75,12 @@ _APEX_FORMAT = (
     "since the trace start), ContextTokens (prompt tokens) and GeneratedTokens (output tokens), e.g. "
     '{"RequestID": "r0", "StartTimeOffset": 197890289, "ContextTokens": 156, "GeneratedTokens": 67}; '
     "other keys are ignored"
+)
+_MOONCAKE_FORMAT = (
+    "each line must be one JSON object with timestamp (milliseconds since the trace start), input_length "
+    "(prompt tokens), output_length (output tokens) and hash_ids (one integer per block of the prompt; equal "
+    'ids mean equal prefix blocks), e.g. {"timestamp": 3052, "input_length": 2287, "output_length": 316, '
+    '"hash_ids": [0, 42, 43, 44, 45]}; other keys are ignored'
 )
 _CSV_FORMAT = (
     "the first row must be the header arrival_s,prompt_tokens,output_tokens (optional request_id column), "
@@ -117,13 +144,15 @@ _INT_FIELDS = {
     "GeneratedTokens": (1, "output tokens >= 1", "67"),
     "prompt_tokens": (1, "prompt tokens >= 1", "156"),
     "output_tokens": (1, "output tokens >= 1", "67"),
+    "input_length": (1, "prompt tokens >= 1", "2287"),
+    "output_length": (1, "output tokens >= 1", "316"),
 }
 _ZERO_OUTPUT_HINT = " (an engine rejects a request for 0 output tokens): fix the value or drop the line"
 
 
 def _range_error(loc: str, field: str, shown: str, value: int) -> TraceError:
     what, example = _INT_FIELDS[field][1:]
-    if value == 0 and field in ("GeneratedTokens", "output_tokens"):
+    if value == 0 and field in ("GeneratedTokens", "output_tokens", "output_length"):
         return TraceError(f"{loc}: field '{field}' is {shown}; it must be a whole number of {what}" + _ZERO_OUTPUT_HINT)
     return TraceError(f"{loc}: field '{field}' is {shown}; it must be a whole number of {what}, e.g. {example}")
 
@@ -193,6 +222,11 @@ def _check_apex_row(obj: Any, loc: str) -> tuple[str, float]:
         raise TraceError(f"{loc}: expected a JSON object, got {_kind(obj)} {_show(obj)}; {_APEX_FORMAT}")
     for field in APEX_FIELDS:
         if field not in obj:
+            if _is_mooncake(obj):
+                raise TraceError(
+                    f"{loc}: missing field '{field}': the line looks like a Mooncake trace (it has hash_ids); "
+                    "read it with read_trace or read_mooncake_jsonl, or write every line in one format"
+                )
             raise TraceError(f"{loc}: missing field '{field}'{_near_key(obj, field)}; {_APEX_FORMAT}")
     rid = obj["RequestID"]
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
@@ -213,9 +247,16 @@ def _check_apex_row(obj: Any, loc: str) -> tuple[str, float]:
     return str(rid), obj["StartTimeOffset"]
 
 
-def read_apex_jsonl(path: str | os.PathLike[str], *, name: str | None = None) -> Workload:
-    """Read an APEX trace (JSON Lines). ``name`` defaults to the file's stem."""
-    path = Path(path)
+def _is_mooncake(obj: Any) -> bool:
+    """A Mooncake trace line (has hash_ids, not the APEX fields)."""
+    return isinstance(obj, dict) and "hash_ids" in obj and "StartTimeOffset" not in obj
+
+
+def _read_jsonl(path: Path, fmt: str | None) -> tuple[list[Any], list[int]]:
+    """The JSON objects of a JSON Lines file and their line numbers (blank lines skipped).
+
+    ``fmt``: the format text for error messages; None chooses by the lines read so far.
+    """
     text = _read_text(path)
     objs: list[Any] = []
     linenos: list[int] = []
@@ -241,13 +282,24 @@ def read_apex_jsonl(path: str | os.PathLike[str], *, name: str | None = None) ->
             snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
             detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
             hint = " (a JSON array is not read: write one object per line)" if snippet.startswith("[") else ""
-            raise TraceError(
-                f"{path}:{lineno}: not valid JSON ({detail}){hint} in '{snippet}'; {_APEX_FORMAT}"
-            ) from None
+            if fmt is None:
+                mooncake = _is_mooncake(objs[0]) if objs else '"hash_ids"' in line
+                fmt = _MOONCAKE_FORMAT if mooncake else _APEX_FORMAT
+            raise TraceError(f"{path}:{lineno}: not valid JSON ({detail}){hint} in '{snippet}'; {fmt}") from None
         linenos.append(lineno)
+    return objs, linenos
+
+
+def read_apex_jsonl(path: str | os.PathLike[str], *, name: str | None = None) -> Workload:
+    """Read an APEX trace (JSON Lines). ``name`` defaults to the file's stem."""
+    path = Path(path)
+    objs, linenos = _read_jsonl(path, _APEX_FORMAT)
+    return _apex_from_objects(path, objs, linenos, name)
+
+
+def _apex_from_objects(path: Path, objs: list[Any], linenos: list[int], name: str | None) -> Workload:
     if not objs:
         raise _empty(path, _APEX_FORMAT)
-
     workload = _apex_bulk(path, objs, name)
     if workload is None:
         _walk(path, objs, linenos, _check_apex_row, "StartTimeOffset", "RequestID", lambda t: str(int(t)))
@@ -283,6 +335,143 @@ def _apex_bulk(path: Path, objs: list[Any], name: str | None) -> Workload | None
     return Workload(name or path.stem, ns / 1e9, prompt, output, tuple(ids), str(path))
 
 
+# --------------------------------------------------------------------------- Mooncake jsonl
+
+
+def _check_block_tokens(block_tokens: Any) -> int:
+    if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) or block_tokens < 1:
+        raise TraceError(
+            f"block_tokens={block_tokens!r}: the tokens per Mooncake hash id must be a whole number >= 1 "
+            f"(the published traces use {MOONCAKE_BLOCK_TOKENS})"
+        )
+    return int(block_tokens)
+
+
+def _blocks_error(loc: str, length: int, blocks: int, block: int) -> TraceError:
+    need = block * (blocks - 1) + 1
+    return TraceError(
+        f"{loc}: field 'input_length' is {length}, but field 'hash_ids' lists {blocks} blocks of {block} tokens, "
+        f"which need at least {need} prompt tokens; fix the line, or set the block size the trace was made with "
+        "(block_tokens, or a '#block=N' suffix on the path)"
+    )
+
+
+def _mooncake_row_checker(block: int) -> Callable[[Any, str], tuple[str | None, float]]:
+    def check(obj: Any, loc: str) -> tuple[str | None, float]:
+        if not isinstance(obj, dict):
+            raise TraceError(f"{loc}: expected a JSON object, got {_kind(obj)} {_show(obj)}; {_MOONCAKE_FORMAT}")
+        for field in MOONCAKE_FIELDS:
+            if field not in obj:
+                raise TraceError(f"{loc}: missing field '{field}'{_near_key(obj, field)}; {_MOONCAKE_FORMAT}")
+        ts = obj["timestamp"]
+        if (
+            isinstance(ts, bool)
+            or not isinstance(ts, (int, float))
+            or not (math.isfinite(ts) and 0 <= ts <= _INT64_MAX)
+        ):
+            raise TraceError(
+                f"{loc}: field 'timestamp' is {_described(ts)}; it must be a number of milliseconds >= 0 since "
+                "the trace start, e.g. 3052"
+            )
+        for field in ("input_length", "output_length"):
+            value = obj[field]
+            low, what, example = _INT_FIELDS[field]
+            if type(value) is not int:
+                raise TraceError(
+                    f"{loc}: field '{field}' is {_described(value)}; it must be a whole number of {what}, "
+                    f"e.g. {example}"
+                )
+            if value < low or value > _INT64_MAX:
+                raise _range_error(loc, field, _show(value), value)
+        ids = obj["hash_ids"]
+        if not isinstance(ids, list) or not all(type(h) is int for h in ids):
+            bad = next((h for h in ids if type(h) is not int), None) if isinstance(ids, list) else None
+            which = f": element {_described(bad)} is not" if isinstance(ids, list) else " is not"
+            raise TraceError(
+                f"{loc}: field 'hash_ids' is {_described(ids)}{which} a list of integers, one per block of "
+                f"{block} prompt tokens, e.g. [0, 42, 43]"
+            )
+        if ids and obj["input_length"] < block * (len(ids) - 1) + 1:
+            raise _blocks_error(loc, obj["input_length"], len(ids), block)
+        return None, float(ts)
+
+    return check
+
+
+def read_mooncake_jsonl(
+    path: str | os.PathLike[str], *, name: str | None = None, block_tokens: int = MOONCAKE_BLOCK_TOKENS
+) -> Workload:
+    """Read a Mooncake trace (JSON Lines with ``timestamp``, ``input_length``, ``output_length``,
+    ``hash_ids``), with :attr:`~apex_opt.workload.model.Workload.segments` from the hash ids.
+
+    ``block_tokens``: prompt tokens per hash id (512 in the published traces). ``name`` defaults to the
+    file's stem; the source is the path, with ``#block=N`` appended when ``block_tokens`` is not 512.
+    """
+    path = Path(path)
+    block = _check_block_tokens(block_tokens)
+    objs, linenos = _read_jsonl(path, _MOONCAKE_FORMAT)
+    return _mooncake_from_objects(path, objs, linenos, name, block)
+
+
+def _show_ms(t: float) -> str:
+    return str(int(t)) if float(t).is_integer() else repr(float(t))
+
+
+def _mooncake_from_objects(path: Path, objs: list[Any], linenos: list[int], name: str | None, block: int) -> Workload:
+    if not objs:
+        raise _empty(path, _MOONCAKE_FORMAT)
+    workload = _mooncake_bulk(path, objs, name, block)
+    if workload is None:
+        _walk(path, objs, linenos, _mooncake_row_checker(block), "timestamp", "", _show_ms)
+    return workload
+
+
+def _mooncake_bulk(path: Path, objs: list[Any], name: str | None, block: int) -> Workload | None:
+    """Fast path: the whole trace at once; None when anything is off (then the rows are walked)."""
+    try:
+        times = [o["timestamp"] for o in objs]
+        prompts = [o["input_length"] for o in objs]
+        outputs = [o["output_length"] for o in objs]
+        hashes = [o["hash_ids"] for o in objs]
+    except (KeyError, TypeError, IndexError):
+        return None
+    if not all(type(v) is int or type(v) is float for v in times):
+        return None
+    if not all(type(v) is int for v in prompts) or not all(type(v) is int for v in outputs):
+        return None
+    if not all(type(h) is list for h in hashes) or not all(type(x) is int for h in hashes for x in h):
+        return None
+    try:
+        ms = np.array(times, dtype=np.float64)
+        prompt = np.array(prompts, dtype=np.int64)
+        output = np.array(outputs, dtype=np.int64)
+    except OverflowError:
+        return None
+    if not _bulk_ok(ms, prompt, output, 0.0) or (ms.size and ms.max() > _INT64_MAX):
+        return None
+    blocks = np.array([len(h) for h in hashes], dtype=np.int64)
+    if ((blocks > 0) & (prompt < block * (blocks - 1) + 1)).any():
+        return None
+    fresh = max((max(h) for h in hashes if h), default=-1) + 1  # ids for the unhashed tails
+    segments: list[tuple[tuple[int, int], ...]] = []
+    for length, ids in zip(prompts, hashes, strict=True):
+        if not ids:
+            segments.append(((fresh, length),))
+            fresh += 1
+            continue
+        pairs = [(h, block) for h in ids[:-1]]
+        last = length - block * (len(ids) - 1)
+        if last > block:
+            pairs += [(ids[-1], block), (fresh, last - block)]
+            fresh += 1
+        else:
+            pairs.append((ids[-1], last))
+        segments.append(tuple(pairs))
+    source = str(path) if block == MOONCAKE_BLOCK_TOKENS else f"{path}#block={block}"
+    ids_ = tuple(str(i) for i in range(len(objs)))
+    return Workload(name or path.stem, ms / 1e3, prompt, output, ids_, source, tuple(segments))
+
+
 # --------------------------------------------------------------------------- CSV
 
 
@@ -298,6 +487,13 @@ def _csv_header(path: Path, header_line: int, header: list[str]) -> dict[str, in
             close = difflib.get_close_matches(column, [c for c in cells if c not in CSV_COLUMNS], n=1, cutoff=0.6)
             found = f" (found '{close[0]}': a misspelling?)" if close else f" (found {','.join(cells)})"
             raise TraceError(f"{path}:{header_line}: missing column '{column}' in the header{found}; {_CSV_FORMAT}")
+    present = [c for c in CSV_PREFIX_COLUMNS if c in index]
+    if len(present) == 1:
+        other = next(c for c in CSV_PREFIX_COLUMNS if c not in index)
+        raise TraceError(
+            f"{path}:{header_line}: column '{present[0]}' without '{other}'; a shared prefix needs both "
+            "prefix_id (which prefix) and prefix_tokens (its length), or neither"
+        )
     return index
 
 
@@ -370,7 +566,60 @@ def read_csv(path: str | os.PathLike[str], *, name: str | None = None) -> Worklo
     workload = _csv_bulk(path, rows, cols, name)
     if workload is None:
         _walk(path, rows, linenos, _csv_row_checker(cols), "arrival_s", "request_id", repr)
+    if "prefix_id" in cols:
+        segments = _csv_segments(path, rows, linenos, cols, workload.prompt_tokens.tolist())
+        workload = Workload(
+            workload.name,
+            workload.arrival_s,
+            workload.prompt_tokens,
+            workload.output_tokens,
+            workload.request_ids,
+            workload.source,
+            segments,
+        )
     return workload
+
+
+def _csv_segments(
+    path: Path, rows: list[list[str]], linenos: list[int], cols: dict[str, int], prompts: list[int]
+) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Segments from the prefix_id/prefix_tokens columns: the shared prefix, then a unique rest."""
+    iid, itok = cols["prefix_id"], cols["prefix_tokens"]
+    ids: dict[str, tuple[int, int, int]] = {}  # prefix_id -> (content id, tokens, first line)
+    parsed: list[tuple[str, int]] = []
+    for row, line, prompt in zip(rows, linenos, prompts, strict=True):
+        loc = f"{path}:{line}"
+        pid, cell = row[iid].strip(), row[itok].strip()
+        try:
+            tokens = int(cell) if cell else 0
+        except ValueError:
+            tokens = -1
+        if not 0 <= tokens <= prompt:
+            raise TraceError(
+                f"{loc}: field 'prefix_tokens' is {cell!r}; it must be a whole number of shared prefix tokens "
+                f"between 0 and the row's prompt_tokens ({prompt}), e.g. 100"
+            )
+        if tokens and not pid:
+            raise TraceError(f"{loc}: field 'prefix_tokens' is {cell!r} but 'prefix_id' is empty; name the prefix")
+        if pid and tokens:
+            known = ids.get(pid)
+            if known is None:
+                ids[pid] = (len(ids), tokens, line)
+            elif known[1] != tokens:
+                raise TraceError(
+                    f"{loc}: field 'prefix_tokens' is {tokens} but line {known[2]} gives prefix_id {pid!r} "
+                    f"{known[1]} tokens; one prefix has one length: fix one, or give the two a different prefix_id"
+                )
+        parsed.append((pid, tokens))
+    fresh = len(ids)
+    segments: list[tuple[tuple[int, int], ...]] = []
+    for (pid, tokens), prompt in zip(parsed, prompts, strict=True):
+        pairs: list[tuple[int, int]] = [(ids[pid][0], tokens)] if pid and tokens else []
+        if prompt > tokens:
+            pairs.append((fresh, prompt - tokens))
+            fresh += 1
+        segments.append(tuple(pairs))
+    return tuple(segments)
 
 
 def _csv_bulk(path: Path, rows: list[list[str]], cols: dict[str, int], name: str | None) -> Workload | None:
@@ -396,19 +645,38 @@ def _csv_bulk(path: Path, rows: list[list[str]], cols: dict[str, int], name: str
 # --------------------------------------------------------------------------- dispatch and writers
 
 
-def read_trace(path: str | os.PathLike[str], *, name: str | None = None) -> Workload:
-    """Read a trace file, choosing the format by extension: ``.jsonl``/``.json`` (APEX) or ``.csv``."""
+def read_trace(path: str | os.PathLike[str], *, name: str | None = None, block_tokens: int | None = None) -> Workload:
+    """Read a trace file, choosing the format by extension: ``.jsonl``/``.json`` (APEX, or Mooncake when
+    the first line has ``hash_ids``) or ``.csv``.
+
+    ``block_tokens``: prompt tokens per Mooncake hash id (default 512); an error for other formats.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in JSONL_EXTENSIONS:
-        return read_apex_jsonl(path, name=name)
+        objs, linenos = _read_jsonl(path, None)
+        if objs and _is_mooncake(objs[0]):
+            block = _check_block_tokens(MOONCAKE_BLOCK_TOKENS if block_tokens is None else block_tokens)
+            return _mooncake_from_objects(path, objs, linenos, name, block)
+        _no_blocks(path, block_tokens, "an APEX trace (no hash_ids on its first line)")
+        return _apex_from_objects(path, objs, linenos, name)
     if suffix in CSV_EXTENSIONS:
+        _no_blocks(path, block_tokens, "a CSV trace")
         return read_csv(path, name=name)
     raise TraceError(
         f"trace file '{path}': unknown format '{suffix or '(no extension)'}'; use .jsonl or .json for the APEX "
-        "format (RequestID, StartTimeOffset, ContextTokens, GeneratedTokens) or .csv with the header "
+        "format (RequestID, StartTimeOffset, ContextTokens, GeneratedTokens) or the Mooncake format (timestamp, "
+        "input_length, output_length, hash_ids), or .csv with the header "
         "arrival_s,prompt_tokens,output_tokens[,request_id]"
     )
+
+
+def _no_blocks(path: Path, block_tokens: int | None, what: str) -> None:
+    if block_tokens is not None:
+        raise TraceError(
+            f"{path}: a block size (block_tokens={block_tokens}) applies only to Mooncake traces (lines with "
+            f"hash_ids), and this is {what}; drop the block size"
+        )
 
 
 def write_csv(workload: Workload, path: str | os.PathLike[str]) -> Path:
@@ -446,9 +714,13 @@ def write_apex_jsonl(workload: Workload, path: str | os.PathLike[str]) -> Path:
 __all__ = [
     "APEX_FIELDS",
     "CSV_COLUMNS",
+    "CSV_PREFIX_COLUMNS",
+    "MOONCAKE_BLOCK_TOKENS",
+    "MOONCAKE_FIELDS",
     "TRACE_EXTENSIONS",
     "read_apex_jsonl",
     "read_csv",
+    "read_mooncake_jsonl",
     "read_trace",
     "write_apex_jsonl",
     "write_csv",
