@@ -9,6 +9,7 @@ turns it into a :class:`~apex_opt.schema.plan.Plan` with exactly those settings 
 from __future__ import annotations
 
 import csv
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def experiment_plan(row: dict[str, str]) -> Experiment:
         max_model_len=_int_or_none(row["max_model_len"]),
         custom_all_reduce=_flag(row["custom_all_reduce"]),
         cuda_graphs=False if "--disable-cuda-graph" in settings or "enforce-eager" in settings else None,
+        attention_backend=_attention_backend(settings),
     )
     return Experiment(
         name=row["experiment"],
@@ -82,6 +84,15 @@ def experiment_plan(row: dict[str, str]) -> Experiment:
         rate=float(row["rate_req_s"]),
         row=row,
     )
+
+
+def _attention_backend(settings: str) -> str | None:
+    """The ``--attention-backend NAME`` flag of a run's settings, if it set one."""
+    words = settings.replace(";", " ").split()
+    for flag, value in itertools.pairwise(words):
+        if flag == "--attention-backend":
+            return value
+    return None
 
 
 def read_experiments(path: str | Path) -> list[Experiment]:

@@ -15,9 +15,12 @@ from typing import Any
 
 from .errors import SimulationError, SpecError
 from .perf.replica import Replica, build_replica
+from .perf.step import serving_calibration
+from .schema.engine import EngineSpec
 from .schema.plan import Deployment, Plan
 from .sim import ReplicaSpec, SchedulerConfig, SimResult, run_simulation
-from .specs import Specs
+from .sim.client import MEASURED_AT, ClientPath
+from .specs import Specs, with_engine_settings
 from .topology.graph import Topology
 
 
@@ -48,6 +51,7 @@ def scheduler_config(replica: Replica) -> SchedulerConfig:
             new_token_ratio_min=e.scheduler.new_token_ratio_min,
             new_token_ratio_decay_steps=e.scheduler.new_token_ratio_decay_steps,
             clip_max_new_tokens=e.scheduler.clip_max_new_tokens,
+            prefix_caching=e.scheduler.prefix_caching,
         )
     return SchedulerConfig(
         family=s.family,  # type: ignore[arg-type]
@@ -61,6 +65,7 @@ def scheduler_config(replica: Replica) -> SchedulerConfig:
         watermark=e.scheduler.watermark,
         async_output=s.async_output,
         metrics_stamp=stamp,
+        prefix_caching=e.scheduler.prefix_caching,
     )
 
 
@@ -157,11 +162,18 @@ def simulate(
     progress: Callable[[float], None] | None = None,
     record_log: bool = False,
     skip_ahead: bool = True,
+    measured_at: str | None = None,
+    prefix_caching: bool | None = None,
 ) -> SimResult:
     """Replay ``specs.workload`` through ``plan`` and measure TTFT, TPOT, throughput, SLO attainment, energy, cost.
 
     Replicas of a :class:`Deployment` with different shapes or GPU kinds are weighted by their decode capacity
-    for the router. ``max_requests`` replays only the first N requests of the workload.
+    for the router. ``max_requests`` replays only the first N requests of the workload. ``measured_at="client"``
+    reports TTFT and end-to-end latency as a benchmark client measures them (API server, tokenisation and
+    streaming included: :mod:`apex_opt.sim.client`); the default is where the SLO is measured
+    (``specs.slo.measured_at``, the engine unless said otherwise). ``prefix_caching`` turns the engine's
+    automatic prefix caching on or off (default: the engine's, ``specs.engine.scheduler.prefix_caching``); it
+    matters for workloads with ``segments`` (:mod:`apex_opt.sim.prefix_cache`).
 
     A disaggregated deployment (``Deployment(plans=(Plan(role="prefill", ...), Plan(role="decode", ...)))``)
     places its prefill plans' GPUs first, then the decode plans', prices the KV-cache transfer of every
@@ -180,6 +192,12 @@ def simulate(
     """
     if max_requests is not None and max_requests < 1:
         raise SpecError(f"max_requests {max_requests}: must be at least 1")
+    measured_at = measured_at or specs.slo.measured_at
+    if measured_at not in MEASURED_AT:
+        raise SpecError(f"measured_at '{measured_at}': must be one of {', '.join(MEASURED_AT)} (engine: the "
+                        "engine's own timings; client: as a benchmark client such as vllm bench serve measures)")
+    if prefix_caching is not None:
+        specs = with_engine_settings(specs, prefix_caching=prefix_caching)
     topology, placed = place_replicas(specs, plan)
     disagg = any(r.plan.role != "both" for r, _, _ in placed)
     capacities = [_prefill_capacity(r) if r.plan.role == "prefill" else router_weight(r) for r, _, _ in placed]
@@ -202,5 +220,15 @@ def simulate(
     extra: dict[str, Any] = {}
     if disagg:
         extra = {"kv_transfer": kv_transfers(specs, topology, placed, indices), "decode_router": decode_router}
+    if measured_at == "client":
+        extra["client"] = client_path(placed[0][0].settings.engine)
     return run_simulation(reps, workload, router=router, slo=specs.slo, seed=seed, skip_ahead=skip_ahead,
                           progress=progress, record_log=record_log, price_per_gpu_hour=price, **extra)
+
+
+def client_path(engine: EngineSpec) -> ClientPath:
+    """The API-server and streaming path of ``engine`` as fitted in ``serving.yaml`` (``engines.<name>.client``)."""
+    cal = serving_calibration()["engines"]
+    entry = cal.get(engine.overhead_profile or engine.name, cal["default"]).get("client") or \
+        cal["default"].get("client", {})
+    return ClientPath.from_calibration(entry)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .catalog import check_cluster_gpus, get_cluster, get_engine, get_gpu, get_model, specs_dir
@@ -40,6 +41,37 @@ class Specs:
     def gpu(self) -> GPUSpec:
         """The GPU of the first (or only) node group."""
         return self.gpus[self.cluster.gpu]
+
+
+def with_engine_settings(specs: Specs, *, cuda_graphs: bool | None = None, attention_backend: str | None = None,
+                         measured_at: str | None = None, prefix_caching: bool | None = None) -> Specs:
+    """``specs`` with engine settings overridden for every plan, and the SLO's measurement point.
+
+    ``cuda_graphs`` (vLLM ``--enforce-eager``, SGLang ``--disable-cuda-graph``), ``attention_backend`` (SGLang
+    ``--attention-backend``), ``prefix_caching`` (vLLM ``--enable-prefix-caching``, SGLang's radix cache) and
+    ``measured_at`` (``engine`` or ``client``: where the SLO and the reported latencies
+    are measured). ``None`` keeps what ``specs`` has.
+
+    >>> import apex_opt as ax
+    >>> s = with_engine_settings(ax.load_specs(engine="sglang-0.4"), cuda_graphs=False, measured_at="client")
+    >>> s.engine.cuda_graphs.enabled, s.slo.measured_at
+    (False, 'client')
+    """
+    engine, slo = specs.engine, specs.slo
+    if cuda_graphs is not None:
+        engine = engine.model_copy(update={"cuda_graphs": engine.cuda_graphs.model_copy(
+            update={"enabled": cuda_graphs})})
+    if attention_backend is not None:
+        engine = engine.model_copy(update={"eager_kernels": engine.eager_kernels.model_copy(
+            update={"attention_backend": attention_backend})})
+    if prefix_caching is not None:
+        engine = engine.model_copy(update={"scheduler": engine.scheduler.model_copy(
+            update={"prefix_caching": bool(prefix_caching)})})
+    if measured_at is not None:
+        if measured_at not in ("engine", "client"):
+            raise SpecError(f"measured_at '{measured_at}': must be engine or client")
+        slo = slo.model_copy(update={"measured_at": measured_at})
+    return dataclasses.replace(specs, engine=engine, slo=slo)
 
 
 def resolve_cluster(cluster: str | ClusterSpec | None = None, *, gpu: str | None = None, nodes: int | None = None,

@@ -1,15 +1,26 @@
-"""Fit the engine's host overhead and the attention efficiency on the measured dev runs.
+"""Fit the serving engines' host constants and the attention efficiencies on the measured development runs.
 
 The operator and collective models are fitted on kernel profiles (benchmarks/fit_calibration.py). What those
-profiles cannot show is the serving engine itself: the host time of an iteration (scheduling, input
-preparation, the TP broadcast, sampling glue), the extra host work of an iteration that carries a prefill,
-the CPU launch cost of eager (non-CUDA-graph) kernels, and the efficiency of the attention kernels. These few
-engine- and hardware-level constants are fitted here, by simulating the dev experiments
-(data/apex/fidelity_dev.csv) and minimising the squared log error of mean TTFT and TPOT. They are shared by
-every plan of the engine: nothing is fitted per experiment.
+profiles cannot show is the serving engine itself: the host time of an iteration (scheduling, input preparation,
+the TP broadcast, sampling glue), the CPU cost of launching a kernel in an eager pass (an ATen/CUDA op, a Triton
+kernel), the API-server path a benchmark client sees, and the efficiency of the attention kernels. These engine-
+and hardware-level constants are fitted here, one engine at a time, by simulating that engine's development runs
+and minimising the squared log error of the measured means. They are shared by every plan of the engine: nothing
+is fitted per experiment.
 
-    python benchmarks/fit_serving.py            # fit, print, write specs/calibration/serving.yaml
-    python benchmarks/fit_serving.py --dry-run  # fit and print only
+    python benchmarks/fit_serving.py                    # fit every group, print, write serving.yaml
+    python benchmarks/fit_serving.py --group vllm-v1    # one group (vllm-v1-client: the client path alone)
+    python benchmarks/fit_serving.py --dry-run          # fit and print only
+
+Groups (docs/calibration.md section 5):
+    vllm-0.6    vLLM 0.6 host step, per-sequence and prefill-step costs, the eager (ATen) launch cost and the H100
+                FlashAttention-2 prefill efficiency, on the five vLLM 0.6 rows of data/apex/fidelity_dev.csv
+                (mean TTFT and TPOT, engine side)
+    sglang-0.4  the Triton launch cost, on the SGLang row (mean end-to-end latency: its TTFT and TPOT are
+                back-computed estimates, data/README.md)
+    vllm-v1     V1 host step and per-sequence costs and the H100 FlashAttention-3 decode bandwidth efficiency
+                (at most 0.95 of HBM peak) on the mean TPOT of the six rows of data/vllm_v1/dev_runs.csv; then
+                the client path (API server, output lag) on their mean TTFT (a linear minimax fit)
 """
 
 from __future__ import annotations
@@ -19,140 +30,231 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, linprog
 
 import apex_opt.perf.step as step
 from apex_opt.catalog import load_calibration, specs_dir
 from apex_opt.experiments import read_experiments, read_measured
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import DATA, predict  # noqa: E402
+from fidelity import DATA, predict, predict_v1, read_v1_runs  # noqa: E402
 
-ENGINE = "vllm-0.6"
-GPU = "h100-sxm-80gb"
-#: (section, key, lower, upper): the fitted parameters
-PARAMS = [
-    ("engines", "step_s", 1e-4, 2e-2),
-    ("engines", "per_seq_s", 0.0, 5e-4),
-    ("engines", "prefill_step_s", 0.0, 2e-2),
-    ("engines", "eager_launch_s", 1e-6, 3e-5),
-    ("attention", "prefill_efficiency", 0.2, 0.8),
-]
+#: a parameter: (key path in serving.yaml, lower, upper)
+Param = tuple[tuple[str, ...], float, float]
+H100 = "h100-sxm-80gb"
 
 
-def with_params(base: dict, x: np.ndarray) -> dict:
+def _apex_rows(engine: str, keys: tuple[str, ...]) -> Callable[[], list[tuple[float, float]]]:
+    measured = read_measured(DATA / "fidelity_dev.csv")
+    rows = [e for e in read_experiments(DATA / "experiments.csv") if e.name in measured and e.engine == engine]
+
+    def pairs() -> list[tuple[float, float]]:
+        out = []
+        for exp in rows:
+            p = predict(exp)
+            out += [(p[k], measured[exp.name][k]) for k in keys]
+        return out
+    return pairs
+
+
+def _v1_tpot() -> list[tuple[float, float]]:
+    out = []
+    for rows in read_v1_runs().values():
+        predicted = predict_v1(rows)
+        out += [(predicted[row["run"]]["tpot_ms"], float(row["tpot_ms"])) for row in rows]
+    return out
+
+
+def fit_client(base: dict) -> dict:
+    """The vLLM V1 client path (``request_s``, ``output_lag_steps``) from the TTFT rows, given the engine fit.
+
+    A client's TTFT is the engine's plus ``request_s + per_prompt_token_s * prompt + response_s + output_lag_steps
+    * TPOT`` (apex_opt/sim/client.py): linear in the two constants, so one engine-side replay of each server and a
+    linear programme give them exactly: the two constants that minimise the largest relative TTFT error (few rows,
+    a per-row acceptance bound), with no negative delay.
+    """
     cal = copy.deepcopy(base)
-    for (section, key, _, _), value in zip(PARAMS, x):
-        if section == "engines":
-            cal["engines"][ENGINE][key] = float(value)
-        else:
-            cal["attention"].setdefault(GPU, {})[key] = float(value)
+    entry = cal["engines"]["vllm-v1"]["client"]
+    original = step.serving_calibration
+    step.serving_calibration = lambda: cal  # type: ignore[assignment]
+    try:
+        rows_a, rhs = [], []
+        for rows in read_v1_runs().values():
+            engine_side = predict_v1(rows, measured_at="engine")
+            for row in rows:
+                p = engine_side[row["run"]]
+                prompt = float(row["prompt_tokens_mean"])
+                fixed = entry["per_prompt_token_s"] * prompt * 1e3 + entry["response_s"] * 1e3
+                measured = float(row["ttft_ms_mean"])
+                rows_a.append([1e3 / measured, p["tpot_engine_ms"] / measured, 1e3 * p["open_streams"] / measured])
+                rhs.append(1.0 - (p["ttft_ms_mean"] + fixed) / measured)
+    finally:
+        step.serving_calibration = original  # type: ignore[assignment]
+    # minimise the largest relative error (the rows are few and the acceptance bound is per row): variables
+    # (request_s, output_lag_steps, per_stream_s, t), minimise t subject to |A x - b| <= t, no negative delay
+    keys = ("request_s", "output_lag_steps", "per_stream_s")
+    a, b = np.array(rows_a), np.array(rhs)
+    ones = np.ones((len(b), 1))
+    solved = linprog(c=[0.0, 0.0, 0.0, 1.0], A_ub=np.vstack([np.hstack([a, -ones]), np.hstack([-a, -ones])]),
+                     b_ub=np.concatenate([b, -b]), bounds=[(0.0, 0.05), (0.0, 4.0), (0.0, 1e-3), (0.0, None)])
+    x = solved.x[:3]
+    residuals = a @ x - b
+    print(f"[vllm-v1 client] minimax fit on {len(rhs)} TTFT means: " +
+          ", ".join(f"{k} {entry.get(k, 0.0):.4g} -> {v:.4g}" for k, v in zip(keys, x, strict=True)))
+    print("  residuals: " + ", ".join(f"{r * 100:+.1f}%" for r in residuals))
+    for k, v in zip(keys, x, strict=True):
+        entry[k] = float(f"{v:.4g}")
     return cal
 
 
-def current(base: dict) -> np.ndarray:
-    out = []
-    for section, key, _, _ in PARAMS:
-        if section == "engines":
-            out.append(base["engines"][ENGINE][key])
-        else:
-            out.append({**base["attention"]["default"], **base["attention"].get(GPU, {})}[key])
-    return np.array(out, dtype=float)
+GROUPS: dict[str, tuple[list[Param], Callable[[], list[tuple[float, float]]]]] = {
+    "vllm-0.6": ([(("engines", "vllm-0.6", "step_s"), 1e-4, 2e-2),
+                  (("engines", "vllm-0.6", "per_seq_s"), 0.0, 5e-4),
+                  (("engines", "vllm-0.6", "prefill_step_s"), 0.0, 2e-2),
+                  (("engines", "vllm-0.6", "eager_launch_s"), 1e-6, 3e-5),
+                  (("attention", H100, "prefill_efficiency"), 0.2, 0.8)],
+                 _apex_rows("vllm-0.6", ("ttft_ms_mean", "tpot_ms"))),
+    "sglang-0.4": ([(("engines", "sglang-0.4", "triton_launch_s"), 1e-6, 5e-4)],
+                   _apex_rows("sglang-0.4", ("e2e_s_mean",))),
+    "vllm-v1": ([(("engines", "vllm-v1", "step_s"), 1e-4, 1e-2),
+                 (("engines", "vllm-v1", "per_seq_s"), 0.0, 2e-4),
+                 (("attention", H100, "backends", "flash-attn-3", "decode_bw_efficiency"), 0.4, 0.95)],
+                _v1_tpot),
+}
+#: constants that follow a fitted one (the eager launch cost is a PyTorch/CUDA property shared by the engines)
+FOLLOW = {("engines", "vllm-0.6", "eager_launch_s"): [("engines", e, "eager_launch_s")
+                                                       for e in ("vllm-v1", "sglang-0.4")]}
+
+
+def _get(cal: dict, path: tuple[str, ...]) -> float:
+    node = cal
+    for key in path[:-1]:
+        node = node.get(key, {})
+    if path[0] == "attention" and path[-1] not in node:
+        return float(cal["attention"]["default"].get(path[-1], 0.5))
+    return float(node.get(path[-1], 0.0))
+
+
+def _set(cal: dict, path: tuple[str, ...], value: float) -> None:
+    node = cal
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = float(value)
+    for follower in FOLLOW.get(path, []):
+        _set(cal, follower, value)
+
+
+def fit_group(name: str, base: dict) -> tuple[dict, float]:
+    params, pairs = GROUPS[name]
+    original = step.serving_calibration
+
+    def calibrated(x: np.ndarray) -> dict:
+        cal = copy.deepcopy(base)
+        for (path, _, _), value in zip(params, x, strict=True):
+            _set(cal, path, value)
+        return cal
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        cal = calibrated(x)
+        step.serving_calibration = lambda: cal  # type: ignore[assignment]
+        try:
+            return np.array([math.log(p / m) for p, m in pairs()])
+        finally:
+            step.serving_calibration = original  # type: ignore[assignment]
+
+    x0 = np.array([_get(base, path) for path, _, _ in params])
+    lo = np.array([p[1] for p in params])
+    hi = np.array([p[2] for p in params])
+    t0 = time.perf_counter()
+    r0 = residuals(np.clip(x0, lo, hi))
+    fit = least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi), x_scale=np.maximum(np.abs(x0), 1e-6),
+                        diff_step=0.05, max_nfev=40)
+    wall = time.perf_counter() - t0
+    print(f"[{name}] fitted on {len(fit.fun)} measured means in {wall:.0f} s ({fit.nfev} evaluations); "
+          f"rms log error {np.sqrt(np.mean(r0 ** 2)):.3f} -> {np.sqrt(np.mean(fit.fun ** 2)):.3f}")
+    for (path, _, _), a, b in zip(params, x0, fit.x, strict=True):
+        print(f"  {'.'.join(path)}: {a:.4g} -> {b:.4g}")
+    print("  residuals: " + ", ".join(f"{math.expm1(r) * 100:+.1f}%" for r in fit.fun))
+    fitted = np.array([float(f"{v:.4g}") for v in fit.x])
+    return calibrated(fitted), wall
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--group", choices=[*GROUPS, "vllm-v1-client"], action="append")
     args = parser.parse_args(argv)
-    base = load_calibration("serving")
-    measured = read_measured(DATA / "fidelity_dev.csv")
-    experiments = [e for e in read_experiments(DATA / "experiments.csv") if e.name in measured]
-    original = step.serving_calibration
-
-    def residuals(x: np.ndarray) -> np.ndarray:
-        cal = with_params(base, x)
-        step.serving_calibration = lambda: cal  # type: ignore[assignment]
-        try:
-            res = []
-            for exp in experiments:
-                p = predict(exp)
-                m = measured[exp.name]
-                res += [math.log(p["ttft_ms_mean"] / m["ttft_ms_mean"]), math.log(p["tpot_ms"] / m["tpot_ms"])]
-            return np.array(res)
-        finally:
-            step.serving_calibration = original  # type: ignore[assignment]
-
-    x0 = current(base)
-    lo = np.array([p[2] for p in PARAMS])
-    hi = np.array([p[3] for p in PARAMS])
-    t0 = time.perf_counter()
-    fit = least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi), x_scale=np.maximum(np.abs(x0), 1e-6),
-                        diff_step=0.05, max_nfev=60)
-    wall = time.perf_counter() - t0
-    print(f"fitted on {len(experiments)} dev runs in {wall:.0f} s ({fit.nfev} evaluations)")
-    for (section, key, _, _), a, b in zip(PARAMS, x0, fit.x):
-        print(f"  {section}.{key}: {a:.4g} -> {b:.4g}")
-    for exp, (r_ttft, r_tpot) in zip(experiments, fit.fun.reshape(-1, 2)):
-        print(f"  {exp.name:36s} TTFT {math.expm1(r_ttft) * 100:+.1f}%  TPOT {math.expm1(r_tpot) * 100:+.1f}%")
+    cal = load_calibration("serving")
+    for name in args.group or [*GROUPS, "vllm-v1-client"]:
+        cal = fit_client(cal) if name == "vllm-v1-client" else fit_group(name, cal)[0]
     if not args.dry_run:
         path = specs_dir() / "calibration" / "serving.yaml"
-        text = path.read_text()
-        fitted = np.array([float(f"{v:.4g}") for v in fit.x])
-        cal = with_params(base, fitted)
-        for (section, key, _, _), value in zip(PARAMS, fitted):
-            text = _set(text, section, ENGINE if section == "engines" else GPU, key, value)
-        path.write_text(text)
-        assert yaml.safe_load(text) == cal, "serving.yaml was not updated as intended"
+        path.write_text(_dump(path.read_text(), cal))
+        assert yaml.safe_load(path.read_text()) == cal, "serving.yaml was not updated as intended"
         print(f"wrote {path}")
     return 0
 
 
-def _set(text: str, section: str, entry: str, key: str, value: float) -> str:
-    """Replace ``key: ...`` inside ``section.entry`` of the YAML text, keeping its comments."""
+def _dump(text: str, cal: dict) -> str:
+    """``text`` (serving.yaml) with every number that changed replaced in place, comments kept; keys that are new
+    are written as a YAML block after the header comment."""
+    old = yaml.safe_load(text)
+    missing: list[tuple[str, ...]] = []
+
+    def walk(new: dict, prev: dict, path: tuple[str, ...]) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict):
+                walk(value, prev.get(key, {}) if isinstance(prev, dict) else {}, path + (key,))
+            elif not isinstance(prev, dict) or key not in prev:
+                missing.append(path + (key,))
+            elif prev[key] != value:
+                nonlocal text
+                text = _replace(text, path + (key,), value)
+    walk(cal, old, ())
+    if missing:
+        raise SystemExit("serving.yaml lacks keys " + ", ".join(".".join(p) for p in missing) +
+                         ": add them (with a comment saying what they mean) before fitting")
+    return text
+
+
+def _replace(text: str, path: tuple[str, ...], value: float) -> str:
+    """Replace the scalar at ``path`` in YAML ``text`` (block or one-line flow mappings), keeping comments."""
     lines = text.splitlines()
-    in_section = in_entry = False
+    depth, i = 0, 0
+    indent = -1
     for i, line in enumerate(lines):
-        if not line.startswith(" ") and line.strip():
-            in_section = line.split(":")[0] == section
-            in_entry = False
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
             continue
-        if in_section and line.startswith("  ") and not line.startswith("    ") and line.strip():
-            in_entry = line.strip().split(":")[0] == entry
-            if in_entry and "{" in line:  # flow mapping: rewrite it as a block
-                inner = yaml.safe_load(line.split(":", 1)[1])
-                inner[key] = float(f"{value:.4g}")
-                lines[i] = f"  {entry}:"
-                lines[i + 1:i + 1] = [f"    {k}: {v}" for k, v in inner.items()]
+        ind = len(line) - len(line.lstrip())
+        if ind <= indent:
+            raise SystemExit(f"serving.yaml: {'.'.join(path)} not found")
+        key = stripped.split(":", 1)[0]
+        if ind > indent and key == path[depth]:
+            rest = stripped.split(":", 1)[1]
+            if depth == len(path) - 1:
+                comment = "  #" + line.split("#", 1)[1] if "#" in line else ""
+                lines[i] = f"{' ' * ind}{key}: {value:.4g}{comment}"
                 return "\n".join(lines) + "\n"
-            continue
-        if in_section and in_entry and line.strip().startswith(f"{key}:"):
-            comment = line.split("#", 1)[1] if "#" in line else ""
-            indent = line[: len(line) - len(line.lstrip())]
-            lines[i] = f"{indent}{key}: {value:.4g}" + (f"  # {comment.strip()}" if comment else "")
-            return "\n".join(lines) + "\n"
-        if in_section and in_entry and (not line.startswith("    ")) and line.strip():
-            in_entry = False
-    # key not present in the entry: append it at the end of the entry
-    out = []
-    in_section = in_entry = False
-    added = False
-    for line in lines:
-        if in_entry and not added and (not line.startswith("    ") or not line.strip()):
-            out.append(f"    {key}: {value:.4g}")
-            added = True
-            in_entry = False
-        if not line.startswith(" ") and line.strip():
-            in_section = line.split(":")[0] == section
-        elif in_section and line.startswith("  ") and not line.startswith("    "):
-            in_entry = line.strip().split(":")[0] == entry
-        out.append(line)
-    if not added:
-        out.append(f"    {key}: {value:.4g}")
-    return "\n".join(out) + "\n"
+            if rest.strip().startswith("{"):  # a flow mapping on one line
+                inner = yaml.safe_load(rest.split("#", 1)[0])
+                sub = path[depth + 1:]
+                node = inner
+                for k in sub[:-1]:
+                    node = node[k]
+                node[sub[-1]] = float(f"{value:.4g}")
+                comment = "  #" + line.split("#", 1)[1] if "#" in line else ""
+                flow = yaml.safe_dump(inner, default_flow_style=True, width=1000).strip()
+                lines[i] = f"{' ' * ind}{key}: {flow}{comment}"
+                return "\n".join(lines) + "\n"
+            depth += 1
+            indent = ind
+    raise SystemExit(f"serving.yaml: {'.'.join(path)} not found")
 
 
 if __name__ == "__main__":

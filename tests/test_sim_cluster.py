@@ -117,6 +117,7 @@ SUMMARY_KEYS = {
     "throughput_output_tok_s", "throughput_total_tok_s", "throughput_req_s", "batch_size_mean", "batch_size_max",
     "queue_len_mean", "queue_len_max", "running_mean", "running_max", "kv_util_mean", "kv_util_max", "mfu", "mbu",
     "busy_fraction", "energy_j", "energy_per_output_token_j", "gpus", "gpu_hours", "cost",
+    "measured_at", "offered_rate_req_s", "served_rate_req_s", "backlog_growth_req_s", "saturated",
 } | {f"{m}_{s}_s" for m in ("ttft", "tpot", "itl", "e2e") for s in ("mean", "p50", "p90", "p95", "p99")}
 SLO_KEYS = {"slo_attainment", "goodput_req_s", "slo_ttft_value_s", "slo_tpot_value_s", "slo_e2e_value_s", "slo_met"}
 

@@ -54,3 +54,25 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
         return tuple(int(x) for x in value.split(",") if x.strip())
     except ValueError:
         raise SpecError(f"--layers-per-stage '{value}' must be comma-separated integers, e.g. 40,40") from None
+
+
+def engine_options(func: Callable) -> Callable:
+    """Engine settings that change the step cost, and where latencies are measured (simulate and solve)."""
+    options = [
+        click.option("--cuda-graphs/--no-cuda-graphs", default=None,
+                     help="CUDA graphs (vLLM --enforce-eager and SGLang --disable-cuda-graph turn them off); "
+                          "default: the engine's"),
+        click.option("--attention-backend", default=None, metavar="NAME",
+                     help="attention kernels, e.g. triton or flashinfer for SGLang (--attention-backend); default: "
+                          "the engine's"),
+        click.option("--prefix-caching/--no-prefix-caching", default=None,
+                     help="automatic prefix caching (vLLM --enable-prefix-caching, SGLang's radix cache); used "
+                          "with workloads that describe shared prompt prefixes; default: the engine's (on for "
+                          "vllm-v1 and sglang-0.4, off for vllm-0.6)"),
+        click.option("--measured-at", type=click.Choice(["engine", "client"]), default="engine", show_default=True,
+                     help="report latencies as the engine logs them, or as a benchmark client (vllm bench serve, "
+                          "inference-perf) measures them: API server, tokenisation and streaming included"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

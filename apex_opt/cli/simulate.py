@@ -14,10 +14,11 @@ import click
 from ..errors import SpecError
 from ..schema.plan import Deployment, Plan
 from ..schema.slo import SLO
+from ..sim.router import ROUTERS
 from ..simulate import simulate as run
 from ..specs import load_specs
 from ..units import format_time
-from .options import SLOType, parse_layers, plan_options
+from .options import SLOType, engine_options, parse_layers, plan_options
 from .render import console, echo_json, table
 
 #: summary keys shown in the table, with labels
@@ -96,9 +97,11 @@ def parse_role_spec(option: str, value: str) -> dict[str, int | str]:
 def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
     """One JSON object per request: request_id, replica, arrival_s, first_token_s, finish_s, prompt_tokens,
     output_tokens, and rejected (with the reason) where it was; disaggregated runs add decode_replica,
-    kv_transfer_start_s and kv_transfer_end_s (``replica`` is the prefill replica)."""
+    kv_transfer_start_s and kv_transfer_end_s (``replica`` is the prefill replica); with prefix caching,
+    cached_tokens (prompt tokens found in the prefix cache)."""
     rec = result.records
     disagg = bool((rec.decode_replica >= 0).any()) or "num_kv_transfers" in result.summary_values
+    caching = "prefix_cache_hit_rate" in result.summary_values
     n = 0
     with open(path, "w") as f:
         for i in range(len(rec)):
@@ -111,6 +114,8 @@ def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
                 "prompt_tokens": int(rec.prompt_tokens[i]),
                 "output_tokens": int(rec.generated[i]),
             }
+            if caching:
+                row["cached_tokens"] = int(rec.cached_tokens[i])
             if disagg:
                 row["decode_replica"] = None if rec.decode_replica[i] < 0 else int(rec.decode_replica[i])
                 for key in ("kv_transfer_start_s", "kv_transfer_end_s"):
@@ -140,11 +145,12 @@ def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
 @click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
 @click.option("--gpu-memory-utilization", type=click.FloatRange(min=0.05, max=1.0), default=None)
 @click.option("--max-model-len", type=click.IntRange(min=1), default=None)
+@engine_options
 @click.option("--prefill", "prefill_spec", default=None, metavar="SPEC",
               help=f"disaggregated: the prefill instances, {ROLE_FORM} (with --decode; not with --tp/--dp)")
 @click.option("--decode", "decode_spec", default=None, metavar="SPEC",
               help=f"disaggregated: the decode instances, {ROLE_FORM} (with --prefill)")
-@click.option("--router", type=click.Choice(["round-robin", "least-loaded", "random"]), default="round-robin",
+@click.option("--router", type=click.Choice(list(ROUTERS)), default="round-robin",
               show_default=True, help="spreads arrivals over the replicas (disaggregated: the prefill instances)")
 @click.option("--decode-router", type=click.Choice(["round-robin", "least-loaded", "random"]),
               default="least-loaded", show_default=True,
@@ -162,7 +168,8 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
              chunked_prefill: bool | None, max_num_batched_tokens: int | None, max_num_seqs: int | None,
              gpu_memory_utilization: float | None, max_model_len: int | None, prefill_spec: str | None,
              decode_spec: str | None, router: str, decode_router: str, slo: SLO | None, seed: int,
-             max_requests: int | None, fmt: str, requests_out: Path | None) -> None:
+             max_requests: int | None, fmt: str, requests_out: Path | None, cuda_graphs: bool | None,
+             attention_backend: str | None, measured_at: str, **engine_knobs: Any) -> None:
     """Replay a workload through one plan, iteration by iteration, and report TTFT, TPOT, ITL, e2e latency,
     throughput, goodput and SLO attainment, KV use, preemptions, MFU, energy and cost.
 
@@ -175,7 +182,7 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         "gpu": gpu, "engine": engine, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
         "chunked_prefill": chunked_prefill, "max_num_batched_tokens": max_num_batched_tokens,
         "max_num_seqs": max_num_seqs, "gpu_memory_utilization": gpu_memory_utilization,
-        "max_model_len": max_model_len}
+        "max_model_len": max_model_len, "cuda_graphs": cuda_graphs, "attention_backend": attention_backend}
     plan: Plan | Deployment
     if prefill_spec is not None or decode_spec is not None:
         if prefill_spec is None or decode_spec is None:
@@ -218,7 +225,7 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
     show_progress = fmt == "table" and sys.stderr.isatty()
     progress, callback = _progress_callback(show_progress)
     kw: dict[str, Any] = {"router": router, "decode_router": decode_router, "seed": seed,
-                          "max_requests": max_requests}
+                          "max_requests": max_requests, "measured_at": measured_at, **engine_knobs}
     if progress is not None:
         with progress:
             result = run(specs, plan, progress=callback, **kw)
@@ -252,6 +259,7 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
     lines = [
         f"throughput   {s['throughput_output_tok_s']:,.0f} output tok/s, {s['throughput_req_s']:.2f} req/s "
         f"over {format_time(s['makespan_s'])}",
+        rate_line(s),
         f"load         batch {s['batch_size_mean']:.1f} mean / {s['batch_size_max']} max, queue "
         f"{s['queue_len_mean']:.1f} mean / {s['queue_len_max']} max, KV use {s['kv_util_mean'] * 100:.1f}% mean / "
         f"{s['kv_util_max'] * 100:.1f}% max",
@@ -262,6 +270,10 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         f"energy       {s['energy_j'] / 3.6e6:.2f} kWh, {s['energy_per_output_token_j']:.2f} J per output token",
         f"cost         {s['gpu_hours']:.2f} GPU-hours, ${s['cost']:.2f}",
     ]
+    if "prefix_cache_hit_rate" in s:
+        note = "" if getattr(specs.workload, "segments", None) is not None else \
+            " (the workload describes no shared prefixes)"
+        lines.append(f"prefix cache {s['prefix_cache_hit_rate'] * 100:.1f}% of prompt tokens hit{note}")
     if "num_kv_transfers" in s:
         lines.append(
             f"KV transfer  {s['num_kv_transfers']:,} transfers, {s['kv_transfer_bytes'] / 2**30:,.1f} GiB, "
@@ -278,3 +290,14 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         lines.append(f"requests     written to {requests_out}")
     for line in lines:
         out.print(line, highlight=False)
+
+
+def rate_line(s: dict) -> str:
+    """Offered vs served request rate, and a plain warning when the plan cannot keep up."""
+    if math.isnan(s.get("offered_rate_req_s", math.nan)):
+        return "rate         too few arrivals to compare offered and served load"
+    line = f"rate         offered {s['offered_rate_req_s']:.2f} req/s, served {s['served_rate_req_s']:.2f} req/s"
+    if s.get("saturated"):
+        line += (f": SATURATED, the backlog grows by {s['backlog_growth_req_s']:.2f} req/s while requests arrive "
+                 "(queueing delays grow with the length of the run; latencies are not steady-state)")
+    return line

@@ -15,9 +15,17 @@ from ..planner.objectives import OBJECTIVE_NAMES
 from ..planner.result import PlanSet
 from ..planner.solve import solve as run_solve
 from ..planner.space import KV_DTYPES, QUANTIZATION
-from ..specs import DEFAULT_CLUSTER, DEFAULT_ENGINE, DEFAULT_MODEL, DEFAULT_SLO, DEFAULT_WORKLOAD, load_specs
+from ..specs import (
+    DEFAULT_CLUSTER,
+    DEFAULT_ENGINE,
+    DEFAULT_MODEL,
+    DEFAULT_SLO,
+    DEFAULT_WORKLOAD,
+    load_specs,
+    with_engine_settings,
+)
 from ..units import format_bytes, format_time
-from .options import SLOType
+from .options import SLOType, engine_options
 from .render import echo_json, table
 
 
@@ -55,18 +63,22 @@ from .render import echo_json, table
 @click.option("--time-limit", type=click.FloatRange(min=0.01), default=None, help="seconds for the CP-SAT search")
 @click.option("--max-simulations", type=click.IntRange(min=1), default=None,
               help="stop verifying after N simulations [default: 5 x top-k + 5]")
+@engine_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, gpus_per_node: int | None,
           workload: str, engine: str, slo: Any, objective: str, top_k: int, solver: str,
           constraint_files: tuple[str, ...], quantization: str, kv_dtype: str, use_all_gpus: bool, disaggregation: str,
           tp_across_nodes: bool, max_requests: int | None, seed: int, workers: int, time_limit: float | None,
-          max_simulations: int | None, fmt: str) -> None:
+          max_simulations: int | None, fmt: str, cuda_graphs: bool | None, attention_backend: str | None,
+          measured_at: str, **engine_knobs: Any) -> None:
     """Find the best deployments of a model on a cluster for a workload and SLO, verified by simulation.
 
     With no options: llama-3.1-70b on 8x H100 (h100x8), the lmsys trace, SLO ttft=200ms,tpot=50ms.
     """
     specs = load_specs(model, cluster, gpu=gpu, nodes=nodes, gpus_per_node=gpus_per_node, engine=engine,
                        workload=workload, slo=slo)
+    specs = with_engine_settings(specs, cuda_graphs=cuda_graphs, attention_backend=attention_backend,
+                                 measured_at=measured_at, **engine_knobs)
     progress = None
     if fmt == "table" and sys.stderr.isatty():
         def progress(text: str) -> None:

@@ -42,8 +42,9 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
     big_gpu = gpu.memory >= 70 * 2**30
     if plan.chunked_prefill is not None:
         chunked = plan.chunked_prefill
-    elif s.chunked_prefill == "auto":
-        chunked = s.chunked_prefill_auto_above is not None and max_model_len > s.chunked_prefill_auto_above
+    elif s.chunked_prefill == "auto":  # vLLM 0.6 create_engine_config: not with prefix caching on
+        chunked = (s.chunked_prefill_auto_above is not None and max_model_len > s.chunked_prefill_auto_above
+                   and not s.prefix_caching)
     else:
         chunked = s.chunked_prefill == "on"
     budget_default = s.chunked_budget

@@ -29,12 +29,13 @@ import numpy as np
 
 from ..catalog import load_calibration
 from ..ir.parallel import ShardedOp, StageLayout, expected_max_share
+from ..schema.engine import KernelCount
 from ..schema.gpu import DTYPE_BYTES, GPUSpec
 from ..schema.model import ModelSpec
 from ..schema.plan import Plan
 from ..sim.cost import BatchShape
 from ..topology.graph import GroupLink
-from .collectives import collective_time, load_collective_params
+from .collectives import collective_time, custom_allreduce_applies, load_collective_params
 from .engine_rules import EngineSettings
 from .gemm import elementwise_time, gemm_time, load_gemm_efficiency
 
@@ -129,6 +130,9 @@ class StageCost:
         self.precision = Precision.of(plan, gpu)
         cal = serving_calibration()
         self._attn = _gpu_entry(cal["attention"], gpu)
+        # an attention backend with kernels of its own (FlashAttention-3 in vLLM V1 on Hopper) overrides the GPU's
+        backend = settings.engine.eager_kernels.backend(plan.attention_backend, plan.kv_dtype)
+        self._attn.update(self._attn.get("backends", {}).get(backend, {}))
         self._host = dict(cal["engines"].get(settings.engine.overhead_profile or settings.engine.name,
                                               cal["engines"]["default"]))
         self._energy = dict(cal["energy"])
@@ -174,6 +178,11 @@ class StageCost:
         if kind == "sampler":
             return zeros, zeros, zeros
         nbytes = tokens * op.elems_per_token * 2.0
+        if kind == "add" and self._fused_add:
+            # the residual add runs inside the next norm kernel (fused_add_rms_norm): it adds reading and writing
+            # the residual stream to that kernel, at the norm kernel's bandwidth, and no kernel of its own
+            nbytes = nbytes * 2.0 / 3.0
+            return nbytes / (bw * self._eff.elementwise_params("add").mem_frac), zeros, nbytes
         if kind == "embedding":
             nbytes = tokens * self.model.hidden_size * 2.0 * 2
         t = np.asarray(elementwise_time(nbytes, mem_bandwidth=bw, eff=self._eff, op=_ELEMENTWISE_KIND[kind],
@@ -209,7 +218,7 @@ class StageCost:
                                               nbytes / (self.gpu.memory_bandwidth * eff_m))
         return np.where(tokens > 0, t, 0.0), flops, nbytes
 
-    def _comm_time(self, op: ShardedOp, tokens: np.ndarray) -> np.ndarray:
+    def _comm_time(self, op: ShardedOp, tokens: np.ndarray, graph: bool = False) -> np.ndarray:
         c = op.after
         if c is None or c.size <= 1:
             return np.zeros_like(tokens, dtype=float)
@@ -218,11 +227,18 @@ class StageCost:
         if op.op.name == "post.lm_head":
             return np.zeros_like(tokens, dtype=float)
         custom = self.settings.custom_all_reduce and c.kind == "all_reduce"
-        return self._comm_table(c.kind, c.size, link, custom, nbytes)
+        return self._comm_table(c.kind, c.size, link, custom, nbytes, graph)
 
-    def _comm_table(self, kind: str, size: int, link: GroupLink, custom: bool, nbytes: np.ndarray) -> np.ndarray:
-        """Collective time for each message size; every op of a stage shares one memo per (kind, size)."""
+    def _comm_table(self, kind: str, size: int, link: GroupLink, custom: bool, nbytes: np.ndarray,
+                    graph: bool = False) -> np.ndarray:
+        """Collective time for each message size; every op of a stage shares one memo per (kind, size).
+
+        The custom all-reduce curve was fitted on eager calls (a copy into the IPC buffer, then the kernel, each
+        launched from the host); inside a CUDA graph the buffer is registered and nothing is launched, so such a
+        call is ``custom_allreduce_graph_saving_s`` shorter (``serving.yaml``, ``docs/calibration.md`` section 5).
+        """
         memo = self._comm_memo.setdefault((kind, size, link, custom), {})
+        saving = self._graph_saving if graph and custom else 0.0
         out = np.empty_like(nbytes, dtype=float)
         for i, nb in enumerate(nbytes.tolist()):
             t = memo.get(nb)
@@ -230,8 +246,16 @@ class StageCost:
                 t = memo[nb] = collective_time(kind, nb, size, nodes=link.nodes, intra_bw=link.intra_bandwidth,
                                                inter_bw=link.inter_bandwidth, params=self._coll,
                                                intra_fabric=_fabric(link), custom_allreduce=custom and nb <= 8 * 2**20)
+            if saving and nb <= 8 * 2**20 and custom_allreduce_applies(nb, size, nodes=link.nodes,
+                                                                         intra_fabric=_fabric(link)):
+                t = max(t - saving, 0.5 * t)
             out[i] = t
         return out
+
+    @cached_property
+    def _graph_saving(self) -> float:
+        entry = _gpu_entry(serving_calibration().get("collectives", {"default": {}}), self.gpu)
+        return float(entry.get("custom_allreduce_graph_saving_s", 0.0))
 
     def _build(self, cap: int) -> None:
         """Tabulate the token-linear part for T in [0, cap] (exact up to _EXACT, then a grid)."""
@@ -242,29 +266,81 @@ class StageCost:
         graph = np.zeros_like(tokens)
         flops = np.zeros_like(tokens)
         nbytes = np.zeros_like(tokens)
-        launch = float(self._host.get("eager_launch_s", 8e-6))
-        kernels = 0
+        eager_gpu = np.zeros_like(tokens)
+        cuda = triton = 0
         for block, ops in self.layout.blocks.items():
             reps = self.layout.repeat[block]
             for op in ops:
                 t, f, b = self._op_time(op, t_tokens)
-                comm = self._comm_time(op, t_tokens)
-                graph += reps * (t + comm)
-                kernels += reps * (int(op.op.kind not in ("sampler",)) + int(op.after is not None))
+                if self._quantizes(op):
+                    t = t + self._quant_time(op, t_tokens)
+                graph += reps * (t + self._comm_time(op, t_tokens, graph=True))
+                eager_gpu += reps * (t + self._comm_time(op, t_tokens))
+                for count in self._op_kernels(op):
+                    cuda += reps * count.cuda
+                    triton += reps * count.triton
                 flops += reps * f
                 nbytes += reps * b
         if self.layout.send_bytes_per_token and self.plan.pp > 1:
-            graph += self._send_time(t_tokens)
+            send = self._send_time(t_tokens)
+            graph += send
+            eager_gpu += send
         # eager mode: the host enqueues kernels asynchronously, so the GPU waits only when launching falls behind;
         # a forward pass takes the longer of its GPU time and its host launch time
-        eager = np.maximum(graph, kernels * launch)
-        self.kernels = kernels
-        graph[0] = eager[0] = flops[0] = nbytes[0] = 0.0
+        launch = cuda * float(self._host.get("eager_launch_s", 8e-6)) + \
+            triton * float(self._host.get("triton_launch_s", self._host.get("eager_launch_s", 8e-6)))
+        eager = np.maximum(eager_gpu, launch)
+        self.kernels = cuda + triton
+        self.launch_s = launch
+        graph[0] = eager[0] = eager_gpu[0] = flops[0] = nbytes[0] = 0.0
         self._tokens = tokens
         self._tables = {True: graph, False: eager}
+        self._eager_gpu = eager_gpu
         self._flop_table = flops
         self._byte_table = nbytes
         self._cap = cap
+
+    # ---------------------------------------------------------------------------------------- eager kernels
+    @cached_property
+    def _fused_add(self) -> bool:
+        """The engine fuses the residual add into the norm after it (its inventory launches no add kernel)."""
+        count = self.settings.engine.eager_kernels.count("add")
+        return count.cuda + count.triton == 0
+
+    @cached_property
+    def _dynamic_act_quant(self) -> bool:
+        """W8A8 fp8: every quantised GEMM first quantises its input activations (dynamic per-tensor scale)."""
+        return self.precision.math == "fp8"
+
+    def _quantizes(self, op: ShardedOp) -> bool:
+        return self._dynamic_act_quant and op.op.kind in ("gemm", "experts") and op.op.name != "post.lm_head"
+
+    def _quant_time(self, op: ShardedOp, tokens: np.ndarray) -> np.ndarray:
+        """GPU time of quantising a GEMM's ``tokens x k`` bf16 input to fp8 with a dynamic per-tensor scale: an
+        absolute-max reduction over the input, then the scaled conversion (read bf16, write fp8)."""
+        rows = tokens * (self.model.moe.top_k if op.op.kind == "experts" and self.model.moe else 1)
+        elems = rows * op.k
+        reduce = elementwise_time(elems * 2.0, mem_bandwidth=self.gpu.memory_bandwidth, eff=self._eff, rows=rows)
+        convert = elementwise_time(elems * 3.0, mem_bandwidth=self.gpu.memory_bandwidth, eff=self._eff, rows=rows)
+        return np.asarray(reduce, dtype=float) + np.asarray(convert, dtype=float)
+
+    def _op_kernels(self, op: ShardedOp) -> list[KernelCount]:
+        """The kernels ``op`` (and the collective after it) launches in an eager pass, from the engine's inventory."""
+        inventory = self.settings.engine.eager_kernels
+        kind = op.op.kind
+        if kind == "sampler":
+            return []
+        variant = None
+        if kind == "attention":
+            variant = inventory.backend(self.plan.attention_backend, self.plan.kv_dtype)
+        elif self.plan.ep > 1 and (kind == "experts" or op.op.name.endswith("expert_act")):
+            variant = "ep"
+        out = [inventory.count(kind, variant)]
+        if self._quantizes(op):
+            out.append(inventory.count("fp8_quant"))
+        if op.after is not None:
+            out.append(inventory.count(op.after.kind))
+        return out
 
     def _send_time(self, tokens: np.ndarray) -> np.ndarray:
         """Sending ``tokens`` tokens' activations to the next pipeline stage."""
@@ -360,7 +436,10 @@ class StageCost:
         if not s.cuda_graphs:
             return False
         if s.engine.cuda_graphs.mode == "piecewise-tokens":
-            return b.num_tokens <= (s.engine.cuda_graphs.max_tokens or 512)
+            limit = s.engine.cuda_graphs.max_tokens or 512
+            if s.engine.cuda_graphs.max_tokens_per_seq:
+                limit = min(limit, s.engine.cuda_graphs.max_tokens_per_seq * s.max_num_seqs)
+            return b.num_tokens <= limit
         if s.graph_max_context is not None and b.max_ctx > s.graph_max_context:
             return False
         return (not b.has_prefill) and b.num_decodes <= s.graph_max_batch
@@ -394,7 +473,24 @@ class StageCost:
         t += s_pair * b.prefill_pairs + s_chunk * prefill_seqs
         t += s_ctx * b.decode_ctx_sum + s_seq * b.num_decodes
         t += self._head_time(b.num_seqs)
-        return t + self.host_time(b)
+        return t + self._host_share(b, graph)
+
+    def _host_share(self, b: BatchShape, graph: bool) -> float:
+        """Host time the iteration adds beyond its forward pass.
+
+        Without overlap (vLLM) the host schedules and prepares, then launches: all of it adds. An overlapped
+        scheduler (SGLang) prepares the next batch while the GPU runs this one; with CUDA graphs only the fitted
+        ``host_exposed`` share shows. An eager pass is itself host-bound (launching kernels), and both kinds of
+        host work run on the same interpreter: the pass then takes ``max(GPU time, launches + host work)``.
+        """
+        host = self.host_time(b)
+        exposed = float(self._host.get("host_exposed", 1.0))
+        if graph or exposed >= 1.0 or host <= 0.0:
+            return host
+        full = host / exposed
+        self.linear_time(b.num_tokens, False)  # builds the tables
+        gpu = self._table_value(self._eager_gpu, b.num_tokens)
+        return max(host, max(gpu, self.launch_s + full) - max(gpu, self.launch_s))
 
     def operator_times(self, b: BatchShape) -> list[OperatorTime]:
         """Where the iteration's time goes, operator by operator; the times add up to :meth:`iteration_time`.
@@ -413,18 +509,20 @@ class StageCost:
             reps = self.layout.repeat[block]
             for op in block_ops:
                 t, f, nbytes = (float(x[0]) for x in self._op_time(op, tokens))
+                if self._quantizes(op):
+                    t += float(self._quant_time(op, tokens)[0])
                 if t or f or nbytes:  # attention is costed below, per sequence and context
                     out.append(OperatorTime(op.op.name, op.op.kind, reps, reps * t, reps * f, reps * nbytes))
                 if op.after is not None:
-                    c = float(self._comm_time(op, tokens)[0])
+                    c = float(self._comm_time(op, tokens, graph=graph)[0])
                     out.append(OperatorTime(f"{op.op.name}.{op.after.kind}", "collective", reps, reps * c, 0.0,
                                             reps * run * op.after.bytes_per_token))
         if self.plan.pp > 1 and self.layout.send_bytes_per_token:  # activations to the next stage
             out.append(OperatorTime("pp.send_recv", "collective", 1, float(self._send_time(tokens)[0]), 0.0,
                                     run * self.layout.send_bytes_per_token))
-        gpu_linear = self.linear_time(run, True)
+        self.linear_time(run, True)  # builds the tables
         if not graph:  # eager: the pass is launch-bound when the host cannot keep the GPU fed
-            stall = self.linear_time(run, False) - gpu_linear
+            stall = self.linear_time(run, False) - self._table_value(self._eager_gpu, run)
             if stall > 0:
                 out.append(OperatorTime("eager_launch_stall", "host", self.kernels, stall, 0.0, 0.0))
         s_pair, s_ctx, s_seq, s_chunk = self._attn_coeffs
@@ -445,7 +543,7 @@ class StageCost:
             hf = 2.0 * b.num_seqs * m.hidden_size * m.vocab_size / self.plan.tp
             hb = m.hidden_size * m.vocab_size * 2.0 / self.plan.tp
             out.append(OperatorTime("lm_head+sampler", "gemm", 1, head, hf, hb))
-        host = self.host_time(b)
+        host = self._host_share(b, graph)
         if host:
             out.append(OperatorTime("host_overhead", "host", 1, host, 0.0, 0.0))
         return out

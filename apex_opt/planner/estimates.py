@@ -357,6 +357,13 @@ class Estimator:
         self.slo_slack = slo_slack
         self.headroom = headroom
         self.max_pp = max_pp
+        # an SLO measured at the client leaves the engine less time: the API server and streaming path take some
+        self.client_delay = 0.0
+        self.client = None
+        if slo.measured_at == "client":
+            from ..simulate import client_path
+            self.client = client_path(engine)
+            self.client_delay = float(self.client.delay(stats.long_prompt))
         self._shapes: dict[ShapeKey, ShapeCost] = {}
         self._prefills: dict[tuple, tuple[float, float]] = {}
 
@@ -502,6 +509,8 @@ class Estimator:
                                                         **menu.plan_fields()), self.model, self.gpu)
         stamp = host if settings.async_output and self.engine.metrics_stamp == "next-iteration" else 0.0
         wait = 0.5 * step / pp + queue + stamp
+        if self.client is not None:  # the frontend's output lag and per-stream work (apex_opt.sim.client)
+            wait += self.client.output_lag_steps * tpot + self.client.per_stream_s * batch
         longest = st.prompts_sorted[-1] if st.prompts_sorted else st.long_prompt
         prefill = {p: self._prefill(sc, cur, p, max(decodes, 0), chunked, budget)[0]
                    for p in {st.long_prompt, longest, *st.prompt_deciles}}
@@ -558,7 +567,7 @@ class Estimator:
         st = self.stats
         if self.slo.ttft is None:
             return 1.0
-        bound = self.slo.ttft - wait
+        bound = self.slo.ttft - wait - self.client_delay
         longest = st.prompts_sorted[-1] if st.prompts_sorted else st.long_prompt
         if bound <= 0:
             return 0.0
@@ -655,7 +664,12 @@ class Estimator:
                 return limit, False, 0.95, busy
             step = self._step(sc, split, n, _busy(batch, pp)) + gap
             new = lam * st.mean_output * step / (1.0 - rho)
-            if new > limit:
+            if new > limit:  # no fixed point below the batch limit: the replica runs full, price it there
+                if prefill:
+                    n = _seen(limit, pp, menu.max_num_seqs)
+                    _, busy = self._prefill(sc, split, max(round(st.mean_prompt), 1), round(n) if chunked else 0,
+                                            chunked, budget)
+                    rho = min(lam * busy / pp if pp > 1 else lam * busy, 0.95)
                 return limit, False, rho, busy
             if abs(new - batch) < 1e-3 * max(batch, 1.0):
                 batch = new

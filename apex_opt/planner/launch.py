@@ -18,6 +18,7 @@ CUDA_VISIBLE_DEVICES=4,5,6,7 vllm serve meta-llama/Llama-3.1-70B-Instruct --tens
 from __future__ import annotations
 
 from ..ir.parallel import default_layer_split
+from ..schema.engine import EngineSpec
 from ..schema.plan import Deployment, Plan
 
 #: catalog name -> Hugging Face repository served (instruct variants where they exist)
@@ -175,9 +176,60 @@ def _xpyd(deployment: Deployment) -> str:
     return f"{x}P{y}D"
 
 
+def engine_flags(engine: EngineSpec) -> dict[str, list[str]]:
+    """Flags that set the engine settings a plan was priced with, where they differ from the engine's defaults
+    (``apex-opt solve --no-cuda-graphs``, ``--attention-backend``, ``--prefix-caching/--no-prefix-caching``).
+
+    >>> from apex_opt.catalog import get_engine
+    >>> from apex_opt.specs import load_specs, with_engine_settings
+    >>> engine_flags(with_engine_settings(load_specs(engine="sglang-0.4"), cuda_graphs=False).engine)
+    {'vllm': ['--enforce-eager'], 'sglang': ['--disable-cuda-graph']}
+    """
+    from ..catalog import get_engine
+
+    default = get_engine(engine.name) if engine.name in _engine_names() else engine
+    vllm: list[str] = []
+    sglang: list[str] = []
+    if not engine.cuda_graphs.enabled:
+        vllm.append("--enforce-eager")
+        sglang.append("--disable-cuda-graph")
+    backend = engine.eager_kernels.attention_backend
+    if backend != default.eager_kernels.attention_backend:
+        sglang.append(f"--attention-backend {backend}")
+    caching = engine.scheduler.prefix_caching
+    if caching != default.scheduler.prefix_caching or engine.family == "vllm-v0" and caching:
+        vllm.append("--enable-prefix-caching" if caching else "--no-enable-prefix-caching")
+        if not caching:
+            sglang.append("--disable-radix-cache")
+    return {"vllm": vllm, "sglang": sglang}
+
+
+def _engine_names() -> list[str]:
+    from ..catalog import ENGINES
+
+    return list(ENGINES.names())
+
+
 def launch_commands(plan: Plan | Deployment, model: str, *, engine: str = "vllm-0.6", num_layers: int | None = None,
-                    gpus_per_node: int = 8) -> dict:
-    """``{"vllm": ..., "sglang": ...}`` for ``plan`` (a disaggregated :class:`Deployment` too)."""
+                    gpus_per_node: int = 8, flags: dict[str, list[str]] | None = None) -> dict:
+    """``{"vllm": ..., "sglang": ...}`` for ``plan`` (a disaggregated :class:`Deployment` too); ``flags`` (from
+    :func:`engine_flags`) are added to every server line."""
+    out = _launch_commands(plan, model, engine=engine, num_layers=num_layers, gpus_per_node=gpus_per_node)
+    for key, extra in (flags or {}).items():
+        if extra and key in out:
+            out[key] = "\n".join(_with_flags(line, extra) for line in out[key].split("\n"))
+    return out
+
+
+def _with_flags(line: str, extra: list[str]) -> str:
+    if " --port " not in line:
+        return line
+    head, tail = line.split(" --port ", 1)
+    return f"{head} {' '.join(extra)} --port {tail}"
+
+
+def _launch_commands(plan: Plan | Deployment, model: str, *, engine: str = "vllm-0.6", num_layers: int | None = None,
+                     gpus_per_node: int = 8) -> dict:
     if isinstance(plan, Deployment):
         if plan.disaggregated:
             return disaggregated_commands(plan, model, num_layers=num_layers)

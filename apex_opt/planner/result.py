@@ -38,9 +38,10 @@ class RankedPlan:
         return self.plan.label
 
     def launch(self, model: str, engine: str = "vllm-0.6", num_layers: int | None = None,
-               gpus_per_node: int = 8) -> dict[str, str]:
-        """``{"vllm": ..., "sglang": ...}`` launch commands for this plan."""
-        return launch_commands(self.plan, model, engine=engine, num_layers=num_layers, gpus_per_node=gpus_per_node)
+               gpus_per_node: int = 8, flags: dict[str, list[str]] | None = None) -> dict[str, str]:
+        """``{"vllm": ..., "sglang": ...}`` launch commands for this plan (``flags``: engine settings to add)."""
+        return launch_commands(self.plan, model, engine=engine, num_layers=num_layers, gpus_per_node=gpus_per_node,
+                               flags=flags)
 
     def to_dict(self) -> dict[str, Any]:
         p = self.plan
@@ -143,7 +144,8 @@ class PlanSet:
         if not self.plans:
             return {}
         return self.plans[0].launch(self.problem.get("model", ""), self.problem.get("engine", "vllm-0.6"),
-                                    self.problem.get("num_layers"), self.problem.get("gpus_per_node", 8))
+                                    self.problem.get("num_layers"), self.problem.get("gpus_per_node", 8),
+                                    self.problem.get("engine_flags"))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``apex-opt solve --format json``); keys are documented in docs/planner.md."""

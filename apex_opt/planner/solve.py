@@ -36,7 +36,7 @@ from typing import Any
 from ..errors import InfeasibleError, SpecError
 from ..perf.replica import build_replica
 from ..schema.plan import Deployment, Plan
-from ..specs import Specs
+from ..specs import Specs, with_engine_settings
 from .constraints import Constraint, builtin_constraints, check_simulated, normalize, split_kinds
 from .disagg import DisaggModel, build_disagg_space
 from .disagg import deployment as disagg_deployment
@@ -46,6 +46,7 @@ from .explain import infeasible_message, why_best
 from .hetero import HeteroModel, build_hetero_space
 from .hetero import deployment as hetero_deployment
 from .hetero import predicted as hetero_predicted
+from .launch import engine_flags
 from .model import PlanModel, Solution, objective_key
 from .objectives import Objective, _close, objective_function, predicted_value, rank_plans
 from .result import PlanSet, RankedPlan, SolveStats
@@ -544,6 +545,7 @@ class Problem:
             "gpus": self.space.total_gpus,
             "gpus_per_node": self.space.gpus_per_node,
             "engine": s.engine.name,
+            "engine_flags": engine_flags(s.engine),
             "workload": s.workload.name,
             "requests": len(s.workload),
             "rate_rps": self.space.stats.rate,
@@ -678,7 +680,8 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
           use_all_gpus: bool = False, tp_across_nodes: bool = False, max_requests: int | None = None,
           seed: int = 0, workers: int = 2, time_limit: float | None = None, max_simulations: int | None = None,
           options: SearchOptions | None = None, simulator: Callable[..., Any] | None = None,
-          progress: Callable[[str], None] | None = None, disaggregation: str = "auto") -> PlanSet:
+          progress: Callable[[str], None] | None = None, disaggregation: str = "auto",
+          prefix_caching: bool | None = None) -> PlanSet:
     """Find the ``top_k`` best deployments of ``specs`` and verify them by simulation.
 
     Parameters
@@ -708,6 +711,9 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
         Simulation seed and parallel processes; results do not depend on ``workers``.
     time_limit:
         Seconds for the CP-SAT search.
+    prefix_caching:
+        Turn the engine's automatic prefix caching on or off in every plan (default: the engine's); it matters
+        for workloads that describe shared prompt prefixes (``Workload.segments``).
 
     Returns
     -------
@@ -721,6 +727,8 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     ConstraintError
         A constraint function is malformed (the message names its label and file:line).
     """
+    if prefix_caching is not None:
+        specs = with_engine_settings(specs, prefix_caching=prefix_caching)
     opts = options or SearchOptions(quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
                                     tp_across_nodes=tp_across_nodes, disaggregation=disaggregation)
     name, strategy = get_solver(solver)

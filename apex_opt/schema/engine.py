@@ -34,6 +34,9 @@ class SchedulerKnobs(Spec):
     new_token_ratio_decay_steps: int = 600
     #: SGLang: cap on max_new_tokens counted per request in admission
     clip_max_new_tokens: int = 4096
+    #: automatic prefix caching: vLLM 0.6 --enable-prefix-caching (off by default), V1 (on by default,
+    #: --no-enable-prefix-caching), SGLang's radix cache (on, --disable-radix-cache); apex_opt.sim.prefix_cache
+    prefix_caching: bool = False
 
 
 class MemoryKnobs(Spec):
@@ -56,6 +59,47 @@ class CudaGraphKnobs(Spec):
     #: which iterations may use graphs: decode-only (vLLM 0.6, SGLang) or any batch of <= max_tokens tokens (V1)
     mode: Literal["decode-only", "piecewise-tokens"] = "decode-only"
     max_tokens: int | None = None
+    #: vLLM >= 0.10: captured sizes stop at min(max_tokens, this x max_num_seqs) (``_set_cudagraph_sizes``)
+    max_tokens_per_seq: int | None = None
+
+
+class KernelCount(Spec):
+    """Kernels one operator launches from the host in eager mode, by launcher (they cost differently)."""
+
+    #: ATen and custom CUDA ops (PyTorch dispatch + cudaLaunchKernel)
+    cuda: int = Field(default=1, ge=0)
+    #: Triton JIT kernels (Triton's Python launcher binds and specialises every argument)
+    triton: int = Field(default=0, ge=0)
+
+
+class EagerKernels(Spec):
+    """The engine's kernel inventory for eager passes, read from its source (``docs/calibration.md`` section 6).
+
+    ``ops`` is keyed by IR operator kind (``norm``, ``gemm``, ``rope``, ``attention``, ``act``, ``add``,
+    ``router``, ``experts``, ``embedding``), by collective (``all_reduce``, ``all_gather``, ``all_to_all``) or
+    by ``kind@variant`` for a code path chosen by the plan: ``attention@triton`` (an attention backend),
+    ``experts@ep`` (the expert-parallel MoE layer), ``fp8_quant`` (dynamic activation quantisation before
+    each W8A8 GEMM). A kind missing from the table launches one CUDA kernel.
+    """
+
+    ops: dict[str, KernelCount] = Field(default_factory=dict)
+    #: the attention backend the engine uses unless the plan says otherwise
+    attention_backend: str = "flash-attn"
+    #: the backend it falls back to for an fp8 KV cache (vLLM 0.6: XFormers, FlashAttention-2 reads no fp8 KV)
+    fp8_kv_attention_backend: str | None = None
+
+    def backend(self, plan_backend: str | None, kv_dtype: str) -> str:
+        """The attention backend in force for a plan."""
+        if plan_backend is not None:
+            return plan_backend
+        if kv_dtype == "fp8" and self.fp8_kv_attention_backend is not None:
+            return self.fp8_kv_attention_backend
+        return self.attention_backend
+
+    def count(self, kind: str, variant: str | None = None) -> KernelCount:
+        if variant is not None and f"{kind}@{variant}" in self.ops:
+            return self.ops[f"{kind}@{variant}"]
+        return self.ops.get(kind, KernelCount())
 
 
 class EngineSpec(Spec):
@@ -82,5 +126,6 @@ class EngineSpec(Spec):
     #: name of the host-overhead calibration in specs/calibration/engines.yaml
     overhead_profile: str = ""
     launch_flags: dict[str, str] = Field(default_factory=dict)
+    eager_kernels: EagerKernels = EagerKernels()
     max_step_gap: Seconds = 0.0
     sources: dict[str, str] = Field(default_factory=dict)

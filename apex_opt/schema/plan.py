@@ -51,6 +51,8 @@ class Plan(Spec):
     custom_all_reduce: bool | None = None
     #: CUDA graphs for decode (``--enforce-eager`` / ``--disable-cuda-graph`` set False); None = engine default
     cuda_graphs: bool | None = None
+    #: attention kernels (SGLang ``--attention-backend``: ``flashinfer``, ``triton``); None = engine default
+    attention_backend: str | None = None
     #: expected routing skew on the busiest expert-parallel rank (1.0 = uniform random routing)
     expert_skew: float = Field(default=1.0, ge=1.0)
     role: Role = "both"

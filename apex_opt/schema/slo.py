@@ -40,6 +40,9 @@ class SLO(Spec):
     e2e: float | None = Field(default=None, gt=0)
     e2e_stat: Stat = "mean"
     attainment: float = Field(default=0.9, ge=0, le=1)
+    #: where the bounds are measured: the engine's own timings, or a benchmark client's (API server,
+    #: tokenisation and streaming included; ``apex_opt.sim.client``)
+    measured_at: Literal["engine", "client"] = "engine"
 
     @field_validator("ttft", "tpot", "e2e")
     @classmethod
@@ -55,7 +58,7 @@ class SLO(Spec):
             if bound is not None:
                 parts.append(f"{metric}.{getattr(self, metric + '_stat')}<={format_time(bound)}".replace(".mean", ""))
         parts.append(f"attainment>={self.attainment * 100:.0f}%")
-        return ", ".join(parts)
+        return ", ".join(parts) + (" (at the client)" if self.measured_at == "client" else "")
 
     @property
     def is_empty(self) -> bool:

@@ -55,6 +55,11 @@ class SchedulerConfig:
         step N; ``"next-iteration"`` = (with ``async_output``) during step N+1 after its host work, i.e. at the
         start of N+1 plus the stage's ``host_time`` (vLLM 0.6 ``_process_model_outputs`` runs as a callback inside
         N+1's ``execute_model``).
+    prefix_caching:
+        Automatic prefix caching (vLLM ``--enable-prefix-caching``, on by default in V1; SGLang's radix cache, on
+        by default): requests reuse the KV cache of earlier requests with the same prefix and prefill only the
+        uncached tokens (:mod:`apex_opt.sim.prefix_cache`). It needs a workload with ``segments``; without them
+        every prompt is unique and it has no effect.
     length_policy:
         ``"truncate"``: prompts over the limit are rejected and outputs stop at the context limit (engine
         behaviour). ``"reject"``: also reject requests whose prompt + output exceed ``max_model_len`` (the
@@ -77,6 +82,7 @@ class SchedulerConfig:
     async_output: bool = False
     metrics_stamp: Literal["forward", "next-iteration"] = "forward"
     length_policy: Literal["truncate", "reject"] = "truncate"
+    prefix_caching: bool = False
     # SGLang
     chunked_prefill_size: int = 8192
     max_prefill_tokens: int = 16384
@@ -109,6 +115,8 @@ class SchedulerConfig:
             raise bad("metrics_stamp", self.metrics_stamp, "must be 'forward' or 'next-iteration'")
         if self.length_policy not in ("truncate", "reject"):
             raise bad("length_policy", self.length_policy, "must be 'truncate' or 'reject'")
+        if not isinstance(self.prefix_caching, bool):
+            raise bad("prefix_caching", self.prefix_caching, "must be True or False")
         if self.chunked_prefill_size == 0 or self.chunked_prefill_size < -1:
             raise bad("chunked_prefill_size", self.chunked_prefill_size, "must be a positive integer or -1 (off)")
         if not 0.0 < self.new_token_ratio_min <= self.new_token_ratio_init:
@@ -124,11 +132,12 @@ class SchedulerConfig:
                 pp: int = 1, **overrides: Any) -> SchedulerConfig:
         """vLLM 0.6.0 V0 defaults (engines.md 1.1-1.6).
 
-        Chunked prefill switches itself on above a 32k context (budget 512), otherwise the budget is
-        ``max(max_model_len, 2048)``. Async output processing is on, except with ``pp > 1``.
+        Chunked prefill switches itself on above a 32k context (budget 512) unless prefix caching is on,
+        otherwise the budget is ``max(max_model_len, 2048)``. Async output processing is on, except with
+        ``pp > 1``. Prefix caching is off unless ``prefix_caching=True`` is given.
         """
         if chunked_prefill is None:
-            chunked_prefill = max_model_len > 32768
+            chunked_prefill = max_model_len > 32768 and not overrides.get("prefix_caching", False)
         budget = 512 if chunked_prefill else max(max_model_len, 2048)
         kw: dict[str, Any] = {"family": "vllm-v0", "num_kv_blocks": num_kv_blocks, "max_model_len": max_model_len,
                                   "chunked_prefill": chunked_prefill, "max_num_batched_tokens": budget, "max_num_seqs": 256,
@@ -140,21 +149,22 @@ class SchedulerConfig:
     @classmethod
     def vllm_v1(cls, num_kv_blocks: int, max_model_len: int, *, large_gpu: bool = True,
                 **overrides: Any) -> SchedulerConfig:
-        """vLLM V1 (0.8.5) OpenAI-server defaults: 8192 tokens / 1024 seqs on >= 70 GiB GPUs, else 2048 / 256."""
+        """vLLM V1 (0.8.5) OpenAI-server defaults: 8192 tokens / 1024 seqs on >= 70 GiB GPUs, else 2048 / 256;
+        prefix caching on."""
         kw: dict[str, Any] = {"family": "vllm-v1", "num_kv_blocks": num_kv_blocks, "max_model_len": max_model_len,
                                   "chunked_prefill": True, "max_num_batched_tokens": 8192 if large_gpu else 2048,
                                   "max_num_seqs": 1024 if large_gpu else 256, "block_size": 16, "watermark": 0.0,
-                                  "async_output": False, "metrics_stamp": "forward"}
+                                  "async_output": False, "metrics_stamp": "forward", "prefix_caching": True}
         kw.update(overrides)
         return cls(**kw)
 
     @classmethod
     def sglang(cls, num_kv_tokens: int, max_model_len: int, **overrides: Any) -> SchedulerConfig:
-        """SGLang 0.4 defaults: page size 1, chunked prefill of 8192 tokens, overlap scheduler on."""
+        """SGLang 0.4 defaults: page size 1, chunked prefill of 8192 tokens, overlap scheduler on, radix cache on."""
         kw: dict[str, Any] = {"family": "sglang", "num_kv_blocks": num_kv_tokens, "max_model_len": max_model_len,
                                   "chunked_prefill": True, "chunked_prefill_size": 8192, "max_num_batched_tokens": 8192,
                                   "max_num_seqs": 4096, "block_size": 1, "watermark": 0.0, "async_output": True,
-                                  "metrics_stamp": "forward"}
+                                  "metrics_stamp": "forward", "prefix_caching": True}
         kw.update(overrides)
         return cls(**kw)
 

@@ -180,7 +180,8 @@ class DisaggSimulation(Simulation):
     # ========================================================================================= routing
     def _make_router(self, router: str, n: int) -> None:
         P = self.P
-        self.router = make_router(router, [self.replicas[p].weight for p in P], self.rng)
+        self.router = make_router(router, [self.replicas[p].weight for p in P], self.rng, segments=self.segments,
+                                  prompts=self._prm)
         self.assign = np.asarray(P, dtype=np.int64)[self.router.precompute(n)] if self.router.static else None
         if self.assign is not None:
             self.rep_times = [self.arrival[self.assign == r].tolist() for r in range(len(self.replicas))]
@@ -190,7 +191,7 @@ class DisaggSimulation(Simulation):
         """Arrivals go to prefill instances only."""
         if self.assign is not None:
             return super()._route(k)
-        return self.P[self.router.pick([self.outstanding[p] for p in self.P])]
+        return self.P[self.router.pick([self.outstanding[p] for p in self.P], k)]
 
     def _admit(self, e: EngineState, k: int) -> tuple[str, int, int]:
         """The prompt against the prefill engine (run as ``max_tokens=1``), prompt + output against the decode
@@ -253,7 +254,7 @@ class DisaggSimulation(Simulation):
         if not self.is_prefill[e.eid] or req.state == DONE or self.dcap[k] <= 1:
             super()._complete(e, req, tau)  # decode finish, or one output token: done at the prefill instance
             return
-        blocks = self._detach(e, req)
+        blocks = self._detach(e, req)  # private blocks; a cached prompt stays referenced until the transfer ends
         e.held += blocks
         self.sending[k] = (e, blocks)
         req.state = TRANSFER
@@ -271,7 +272,7 @@ class DisaggSimulation(Simulation):
     def _can_reserve(self, e: EngineState) -> bool:
         """Whether the decode engine allocates blocks for the head of its transfer queue now."""
         q = self.kvq[e.eid]
-        if not q or e.waiting:
+        if not q or e.waiting or e.prefilling:  # a recomputed request still prefilling will take more blocks
             return False
         need = e.kv.blocks_for(q[0].prompt)
         return (e.kv.free - need >= self.margin[e.eid]
@@ -318,13 +319,15 @@ class DisaggSimulation(Simulation):
         pe, blocks = self.sending.pop(k)
         pe.kv.give(blocks)
         pe.held -= blocks
+        req, _ = self.inbound[de.eid][k]
+        if pe.cache is not None:
+            pe.cache.unlock(req)
         self._kv(t, pe)
         pe.policy.on_kv_released(pe)
         if not pe.in_flight and not pe.wake_pending and (pe.waiting or pe.running):
             pe.wake_pending = True
             self._push(t, WAKE, pe.eid)
         del self.known_end[de.eid][k]
-        req, _ = self.inbound[de.eid][k]
         self.ready[de.eid].append(req)
         if self.log is not None:
             self.log.append((req.rid, "transfer_end", t, de.replica))

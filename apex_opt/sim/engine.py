@@ -48,6 +48,7 @@ from .config import ReplicaSpec
 from .cost import BatchShape
 from .metrics import RequestRecords, SimResult, downsample, latency_summary, slo_fields
 from .policies import Iteration, SchedulerPolicy, make_policy
+from .prefix_cache import CachedKV, PrefixCache, request_path
 from .router import make_router
 from .state import DECODE, DONE, PREFILL, WAITING, DecodePool, KVCache, Request, SampleBook, StageClock
 
@@ -76,6 +77,7 @@ class EngineState:
     __slots__ = (
         "async_",
         "book",
+        "cache",
         "cfg",
         "eid",
         "held",
@@ -116,6 +118,8 @@ class EngineState:
         self.cfg = cfg
         self.policy: SchedulerPolicy = make_policy(cfg, blocks)
         self.kv = KVCache(blocks, cfg.block_size)
+        #: the prefix cache (set by the simulation when the engine caches prefixes and the workload has segments)
+        self.cache: PrefixCache | None = None
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}
         self.prefilling: dict[int, Request] = {}
@@ -142,28 +146,41 @@ class EngineState:
         self.host = getattr(spec.cost.stages[0], "host_time", None)
 
     # ------------------------------------------------------------------ primitives used by the policies
-    def admit(self, req: Request, blocks: int) -> None:
+    def admit(self, req: Request, blocks: int, hit: int = 0) -> None:
+        """``req`` leaves ``waiting`` holding ``blocks`` blocks (those of its first ``hit`` tokens, found in the
+        prefix cache by ``cache.lookup``, included: they are locked here and not computed again). The caller
+        takes the other ``blocks - req.shared`` blocks from the pool after this call."""
         req.state = PREFILL
         req.blocks = blocks
-        req.computed = 0
+        req.computed = hit
+        if hit:
+            self.cache.acquire(req, hit)  # type: ignore[union-attr]
+        if req.cached < 0:
+            req.cached = hit
+            if hit:
+                self.sim.r_cached[req.idx] = hit
         self.running[req.idx] = req
         self.prefilling[req.idx] = req
 
     def preempt(self, req: Request) -> int:
         """Recompute preemption: free the request's blocks; it must be re-prefilled over prompt + generated.
 
-        The caller puts it back into ``waiting`` (front for vLLM, back for SGLang). Returns the blocks freed.
+        The caller puts it back into ``waiting`` (front for vLLM, back for SGLang). Returns the blocks freed
+        (with prefix caching: the blocks that became free, cached ones left unreferenced included). vLLM keeps its
+        computed blocks cached (freed in reverse order, hashes kept), SGLang the prompt (``retract_decode``).
         """
         if req.state == DECODE:
             pool = self.pool
             gen = pool.generated(req)
             blocks = pool.blocks(req)
+            kv_tokens = pool.kv_tokens(req)
             pool.remove(req)
             self.to_leave.append(req)
             self.policy.on_removed(self)
         else:
             gen = req.gen
             blocks = req.blocks
+            kv_tokens = req.computed
             del self.prefilling[req.idx]
         del self.running[req.idx]
         req.gen = gen
@@ -171,9 +188,19 @@ class EngineState:
         req.computed = 0
         req.blocks = 0
         req.state = WAITING
-        self.kv.give(blocks)
+        cache = self.cache
+        if cache is None:
+            self.kv.give(blocks)
+            freed = blocks
+        else:
+            before = self.kv.free
+            if cache.decode_insert:
+                cache.advance(req, kv_tokens)
+            self.kv.give(blocks - req.shared)
+            cache.unlock(req)
+            freed = self.kv.free - before
         self.sim._on_preempt(self, req)
-        return blocks
+        return freed
 
     def ignore(self, req: Request, reason: str) -> None:
         """vLLM ``FINISHED_IGNORED``: the request left ``waiting`` without being scheduled."""
@@ -189,7 +216,7 @@ class Simulation:
     def __init__(self, replicas: Sequence[ReplicaSpec], workload: Any, *, router: str = "round-robin",
                  slo: Any = None, seed: int = 0, skip_ahead: bool = True,
                  progress: Callable[[float], None] | None = None, record_log: bool = False,
-                 price_per_gpu_hour: float | None = None, debug: bool = False) -> None:
+                 price_per_gpu_hour: float | None = None, debug: bool = False, client: Any = None) -> None:
         if not replicas:
             raise SpecError("run_simulation needs at least one replica")
         self.replicas = list(replicas)
@@ -210,11 +237,20 @@ class Simulation:
         self._arr = self.arrival.tolist()
         self._prm = self.prompt.tolist()
         self._out = self.output.tolist()
+        # prefix caching: per request, the content segments of its prompt and the id of its answer's content
+        self.segments = getattr(workload, "segments", None)
+        self.output_ids = getattr(workload, "output_ids", None)
+        if self.segments is not None and getattr(self.segments, "totals", None) is None:  # Workload checked them
+            _check_segments(self.segments, self._prm, n)
+        if self.output_ids is not None and len(self.output_ids) != n:
+            raise SpecError(f"workload output_ids has {len(self.output_ids)} entries for {n} requests")
+        self.caching = any(s.config.prefix_caching for s in replicas)
         self.slo = slo_fields(slo)
         self.skip = skip_ahead
         self.progress = progress
         self.record_log = record_log
         self.price = price_per_gpu_hour
+        self.client = client  # a ClientPath: latencies as a benchmark client times them (None: engine-side)
         self.rng = np.random.default_rng(seed)
         # records
         self.r_replica = np.full(n, -1, dtype=np.int64)
@@ -224,6 +260,7 @@ class Simulation:
         self.r_generated = np.zeros(n, dtype=np.int64)
         self.r_preempt = np.zeros(n, dtype=np.int64)
         self.r_stall = np.zeros(n)
+        self.r_cached = np.zeros(n, dtype=np.int64)
         self.r_rejected = np.zeros(n, dtype=bool)
         self.r_truncated = np.zeros(n, dtype=bool)
         self.r_reason: dict[int, str] = {}
@@ -247,10 +284,14 @@ class Simulation:
             group = []
             for v in range(pp):
                 e = EngineState(self, len(self.engines), r, v, spec, blocks, books)
+                if self.segments is not None and spec.config.prefix_caching:
+                    e.kv = CachedKV(blocks, spec.config.block_size)
+                    e.cache = PrefixCache(e.kv, spec.config.family)
                 self.engines.append(e)
                 group.append(e)
             self.rep_engines.append(group)
             self.stages.append([StageClock() for _ in range(pp)])
+        self._paths = any(e.cache is not None for e in self.engines)
         self._make_router(router, n)
         self.outstanding = [0] * len(self.replicas)
         # event heap
@@ -277,7 +318,8 @@ class Simulation:
 
     def _make_router(self, router: str, n: int) -> None:
         """The arrival router over the replicas (static routers: the whole assignment up front)."""
-        self.router = make_router(router, [s.weight for s in self.replicas], self.rng)
+        self.router = make_router(router, [s.weight for s in self.replicas], self.rng, segments=self.segments,
+                                  prompts=self._prm)
         self.assign = self.router.precompute(n) if self.router.static else None
         if self.assign is not None:
             self.rep_times = [self.arrival[self.assign == r].tolist() for r in range(len(self.replicas))]
@@ -335,7 +377,7 @@ class Simulation:
             r = int(self.assign[k])
             self.rep_ptr[r] += 1
             return r
-        return self.router.pick(self.outstanding)
+        return self.router.pick(self.outstanding, k)
 
     @staticmethod
     def _least_busy(group: list[EngineState]) -> EngineState:
@@ -366,6 +408,9 @@ class Simulation:
             self._reject(k, t, reason)
             return
         req = Request(k, rid, self._prm[k], max_tokens)
+        if self._paths:
+            out_id = self.output_ids[k] if self.output_ids is not None else ("answer", k)
+            req.path, req.ends = request_path(self.segments[k], out_id, self._out[k])
         if cap < self._out[k]:
             self.r_truncated[k] = True
         e.waiting.append(req)
@@ -455,7 +500,7 @@ class Simulation:
             e.policy.on_idle(e)
             self._counts(t, e)
             self._kv(t, e)
-            if (e.running or e.waiting) and not e.held:
+            if (e.running or e.waiting) and not e.held and not (e.cache is not None and e.cache.locked):
                 what = e.waiting[0].rid if e.waiting else next(iter(e.running.values())).rid
                 raise SimulationError(
                     f"engine {e.eid} ({e.cfg.family}) has work it cannot schedule (request {what}); its KV cache or "
@@ -464,6 +509,10 @@ class Simulation:
                 self._check(e)
             return
         e.in_flight = True
+        cache = e.cache
+        if cache is not None and cache.at_schedule:  # vLLM 0.6 mark_blocks_as_computed (V1 did it while scheduling)
+            for req, c, before in it.chunks:
+                cache.advance(req, before + c)
         shape = self._shape(e, it)
         spec = self.replicas[e.replica]
         stage0 = spec.cost.stages[0]
@@ -523,8 +572,12 @@ class Simulation:
     def _check(self, e: EngineState) -> None:
         """Internal invariants (tests): KV accounting, queues, ITL book."""
         pool, kv = e.pool, e.kv
-        held = (sum(pool.blocks(m) for m in pool.members.values()) + sum(r.blocks for r in e.prefilling.values())
-                + e.held)
+        held = (sum(pool.blocks(m) - m.shared for m in pool.members.values())
+                + sum(r.blocks - r.shared for r in e.prefilling.values()) + e.held)
+        if e.cache is not None:
+            e.cache.check()
+            held += e.cache.locked
+            assert all(r.shared == 0 and r.node is None for r in e.waiting)
         assert 0 <= kv.free <= kv.capacity, (kv.free, kv.capacity)
         assert held == kv.capacity - kv.free, (held, kv.capacity - kv.free)
         assert len(e.running) == len(pool) + len(e.prefilling)
@@ -588,8 +641,13 @@ class Simulation:
         rejoins: list[Request] = []
         fins: list[Request] = []
         async_ = e.async_
+        cache = e.cache
+        if cache is not None and cache.at_schedule:
+            cache = None
         for req, c, before in it.chunks:
             req.computed = before + c
+            if cache is not None:  # SGLang cache_unfinished_req: the computed tokens join the radix tree
+                cache.advance(req, req.computed)
             if req.computed >= req.target:
                 del e.prefilling[req.idx]
                 req.gen += 1
@@ -636,6 +694,8 @@ class Simulation:
             return
         blocks = self._detach(e, req)
         e.kv.give(blocks)
+        if e.cache is not None:
+            e.cache.unlock(req)
         req.state = DONE
         self.r_finish[req.idx] = tau
         self.r_generated[req.idx] = req.cap
@@ -645,20 +705,27 @@ class Simulation:
         self._tick()
 
     def _detach(self, e: EngineState, req: Request) -> int:
-        """Take a request that produced its last token out of the engine's batch; returns the blocks it held."""
+        """Take a request that produced its last token out of the engine's batch; returns the blocks it held
+        privately. With prefix caching its prompt and answer join the cache first (``cache_finished_req``; vLLM
+        caches the full blocks) and stay referenced by it until ``cache.unlock``."""
         if req.state == DECODE:
             blocks = e.pool.blocks(req)
+            kv_tokens = e.pool.kv_tokens(req)
             e.pool.remove(req)
             e.book.leave(req)
             e.policy.on_removed(e)
         elif req.state == PREFILL:
             blocks = req.blocks
+            kv_tokens = req.computed
             e.prefilling.pop(req.idx, None)
             e.policy.on_prefill_finished(e)
         else:  # preempted after its last token was sampled, before it was seen as finished
-            blocks = 0
+            blocks = kv_tokens = 0
             e.waiting.remove(req)
         e.running.pop(req.idx, None)
+        if e.cache is not None and blocks:
+            e.cache.advance(req, kv_tokens)
+            blocks -= req.shared
         return blocks
 
     def _leave(self, e: EngineState) -> None:
@@ -711,6 +778,8 @@ class Simulation:
         # KV: every later step must keep kv_reserve blocks free after its allocations
         B = len(pool)
         x = e.kv.free - e.policy.kv_reserve
+        if e.cache is not None and e.policy.hit_sensitive(e):
+            x -= e.cache.evictable  # no eviction inside the run
         if x < 0:
             return 1
         full, rem = divmod(x, B)
@@ -818,11 +887,13 @@ class Simulation:
             first_scheduled_s=self.r_first_sched, first_token_s=self.r_first_token, finish_s=self.r_finish,
             prompt_tokens=self.prompt.copy(), requested_tokens=self.output.copy(), generated=self.r_generated,
             rejected=self.r_rejected, truncated=self.r_truncated, preemptions=self.r_preempt, stall_s=self.r_stall,
-            reject_reason=tuple(self.r_reason.get(i, "") for i in range(n)),
+            reject_reason=tuple(self.r_reason.get(i, "") for i in range(n)), cached_tokens=self.r_cached,
         )
         for a in rec.to_dict().values():
             if isinstance(a, np.ndarray):
                 a.flags.writeable = False
+        if self.client is not None:
+            rec = self.client.view(rec)
         t_first = float(self.arrival[0]) if n else 0.0
         fin = self.r_finish[np.isfinite(self.r_finish)]
         t_last = float(fin.max()) if fin.size else t_first
@@ -832,6 +903,11 @@ class Simulation:
         wts = np.frombuffer(self.itl_wts, dtype=np.float64) if len(self.itl_wts) else np.zeros(0)
         segs = np.frombuffer(self.itl_segs, dtype=np.float64) if len(self.itl_segs) else np.zeros(0)
         out = latency_summary(rec, vals, wts, segs, span, self.slo)
+        if self.caching:
+            done = rec.completed
+            prompt = int(rec.prompt_tokens[done].sum())
+            out["prefix_cache_hit_rate"] = int(rec.cached_tokens[done].sum()) / prompt if prompt else 0.0
+        out["measured_at"] = "engine" if self.client is None else "client"
         # load
         out["batch_size_mean"] = self.bs_time / self.bs_weight if self.bs_weight > 0 else 0.0
         out["batch_size_max"] = int(self.bs_max)
@@ -938,6 +1014,22 @@ def admission(e: EngineState, prompt: int, out: int, check_length: bool = True) 
     return "", cap
 
 
+def _check_segments(segments: Any, prompts: list[int], n: int) -> None:
+    """Every request's segments are (content id, tokens) pairs adding up to its prompt."""
+    if len(segments) != n:
+        raise SpecError(f"workload segments has {len(segments)} entries for {n} requests; give one tuple of "
+                        "(content_id, tokens) pairs per request")
+    for k in range(n):
+        total = 0
+        for seg in segments[k]:
+            if len(seg) != 2 or int(seg[1]) < 0:
+                raise SpecError(f"workload segments[{k}]: {seg!r} is not a (content_id, tokens) pair")
+            total += int(seg[1])
+        if total != prompts[k]:
+            raise SpecError(f"workload segments[{k}] cover {total} tokens but the prompt has {prompts[k]}; their "
+                            "token counts must add up to prompt_tokens")
+
+
 def _kv_run_integral(hist: list[int], bs: int, first: int, m: int, alpha: float, beta: float) -> float:
     """sum_{j=1}^{m} C(j) * (alpha + beta*j), C(j) = blocks allocated by steps 1..j of a run (step i allocates
     hist[(-(first + i - 1)) % bs])."""
@@ -969,6 +1061,7 @@ def run_simulation(
     price_per_gpu_hour: float | None = None,
     kv_transfer: Any = None,
     decode_router: str = "least-loaded",
+    client: Any = None,
 ) -> SimResult:
     """Replay ``workload`` on data-parallel ``replicas`` behind a router and measure it.
 
@@ -979,11 +1072,13 @@ def run_simulation(
         replicas may differ (heterogeneous clusters).
     workload:
         Anything with ``arrival_s`` (sorted seconds), ``prompt_tokens``, ``output_tokens`` and ``request_ids``
-        (e.g. :class:`apex_opt.workload.Workload`).
+        (e.g. :class:`apex_opt.workload.Workload`); optional ``segments`` and ``output_ids`` describe shared
+        prompt prefixes for the replicas with ``prefix_caching`` (:mod:`apex_opt.sim.prefix_cache`).
     router:
         ``"round-robin"`` (request k -> replica k mod dp with equal weights; smooth weighted otherwise),
         ``"least-loaded"`` (fewest outstanding requests per unit weight at arrival, ties to the lowest index) or
-        ``"random"`` (seeded, proportional to weight).
+        ``"random"`` (seeded, proportional to weight) or ``"prefix-aware"`` (SGLang's cache-aware router over
+        the prompts' segments, :class:`~apex_opt.sim.router.PrefixAwareRouter`).
     slo:
         An SLO (``apex_opt.schema.slo.SLO``, :class:`~apex_opt.sim.metrics.SLOTarget` or alike) for attainment,
         goodput and ``slo_met``.
@@ -1004,6 +1099,9 @@ def run_simulation(
         in ``replicas``) or a callable of the pair. ``router`` then routes arrivals over the prefill replicas.
     decode_router:
         Disaggregated runs: how a prefilled request picks its decode replica (same choices as ``router``).
+    client:
+        A :class:`~apex_opt.sim.client.ClientPath`: report latencies as a benchmark client measures them (API
+        server, tokenisation and streaming included); ``None`` (default) reports the engine's own timings.
 
     Returns
     -------
@@ -1030,7 +1128,7 @@ def run_simulation(
     (2, 30)
     """
     kw: dict[str, Any] = {"router": router, "slo": slo, "seed": seed, "skip_ahead": skip_ahead, "progress": progress,
-                          "record_log": record_log, "price_per_gpu_hour": price_per_gpu_hour}
+                          "record_log": record_log, "price_per_gpu_hour": price_per_gpu_hour, "client": client}
     if any(s.role != "both" for s in replicas):
         if kv_transfer is None:
             raise SpecError("a disaggregated run (prefill and decode replicas) needs kv_transfer=..., the cost of "

@@ -112,7 +112,8 @@ class RequestRecords:
     Times are seconds on the workload's clock; NaN where the event did not happen (e.g. rejected requests).
     ``generated`` counts tokens produced; ``truncated`` marks requests stopped before their requested output
     (context limit or KV capacity); ``reject_reason`` is "" or one of "prompt_limit", "length", "kv";
-    ``stall_s`` sums the gaps caused by recompute preemptions.
+    ``stall_s`` sums the gaps caused by recompute preemptions; ``cached_tokens`` counts the prompt tokens found in
+    the prefix cache at the request's first admission (0 without prefix caching).
 
     Disaggregated runs (``apex_opt.sim.disagg``) also fill ``prefill_replica`` and ``decode_replica`` (replica
     indices; ``replica`` is the prefill replica) and ``kv_transfer_start_s`` / ``kv_transfer_end_s`` (when the
@@ -139,10 +140,12 @@ class RequestRecords:
     decode_replica: np.ndarray = None  # type: ignore[assignment]
     kv_transfer_start_s: np.ndarray = None  # type: ignore[assignment]
     kv_transfer_end_s: np.ndarray = None  # type: ignore[assignment]
+    cached_tokens: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         n = len(self.request_ids)
         for name, fill, dtype in (("prefill_replica", -1, np.int64), ("decode_replica", -1, np.int64),
+                                  ("cached_tokens", 0, np.int64),
                                   ("kv_transfer_start_s", np.nan, np.float64),
                                   ("kv_transfer_end_s", np.nan, np.float64)):
             if getattr(self, name) is None:
@@ -203,6 +206,8 @@ class SimResult:
     ``itl_*_s`` (token-weighted over all inter-token gaps), ``e2e_*_s``; reference aggregates ``ttft_ms_mean``,
     ``tpot_ms``, ``itl_ms``, ``e2e_s_mean``.
     Throughput: ``throughput_output_tok_s``, ``throughput_total_tok_s``, ``throughput_req_s``.
+    Prefix caching (when a replica caches prefixes): ``prefix_cache_hit_rate``, prompt tokens found in the cache /
+    prompt tokens, over completed requests (0 when the workload has no ``segments``: every prompt is unique).
     Load: ``batch_size_mean`` (sequences per iteration, weighted by iteration time), ``batch_size_max``,
     ``queue_len_mean``/``queue_len_max`` (waiting requests, whole cluster, time-weighted over the makespan),
     ``running_mean``/``running_max``, ``kv_util_mean`` (time-weighted), ``kv_util_max``.
@@ -234,6 +239,8 @@ def slo_fields(slo: Any) -> SLOTarget | None:
     """Normalise any SLO-like object to :class:`SLOTarget` (``None`` stays ``None``)."""
     if slo is None:
         return None
+    if all(getattr(slo, bound, None) is None for bound in ("ttft", "tpot", "e2e")):
+        return None  # no latency bound: attainment is undefined, not 100%
     if isinstance(slo, SLOTarget):
         return slo
     return SLOTarget(
@@ -288,6 +295,7 @@ def latency_summary(rec: RequestRecords, itl_vals: np.ndarray, itl_wts: np.ndarr
     out["throughput_output_tok_s"] = out["output_tokens"] / span
     out["throughput_total_tok_s"] = (out["output_tokens"] + out["prompt_tokens"]) / span
     out["throughput_req_s"] = out["num_completed"] / span
+    out.update(load_balance(rec))
     if slo is not None:
         ok = done.copy()
         tt_all = rec.ttft_s
@@ -311,6 +319,57 @@ def latency_summary(rec: RequestRecords, itl_vals: np.ndarray, itl_wts: np.ndarr
                 met = False
         out["slo_met"] = bool(met)
     return out
+
+
+#: the backlog must grow at this share of the offered rate (and beyond its noise) to call a run saturated
+SATURATION_GROWTH = 0.05
+
+
+def load_balance(rec: RequestRecords) -> dict[str, Any]:
+    """Offered vs served load over the arrival window, and whether the backlog keeps growing (saturation).
+
+    ``offered_rate_req_s``: arrivals per second between the first and the last arrival. ``served_rate_req_s``:
+    completions per second in that window. ``backlog_growth_req_s``: how fast the requests in the system
+    (arrived, not finished) grew over the second half of the window. A stable plan keeps its backlog near
+    Little's ``rate x latency``; a saturated one grows it for as long as requests arrive. ``saturated`` is true
+    when the backlog grows by more than ``SATURATION_GROWTH`` of the offered rate and by more than its own
+    Poisson noise (``2 sqrt(backlog) + 5`` requests).
+
+    >>> import numpy as np
+    >>> n = 200
+    >>> arrive = np.arange(n, dtype=float)
+    >>> fast = RequestRecords(tuple(map(str, range(n))), np.zeros(n, int), arrive, arrive, arrive + 0.1,
+    ...     arrive + 0.5, np.ones(n, int), np.ones(n, int), np.ones(n, int), np.zeros(n, bool), np.zeros(n, bool),
+    ...     np.zeros(n, int), np.zeros(n), ("",) * n)
+    >>> load_balance(fast)["saturated"]
+    False
+    >>> slow = RequestRecords(tuple(map(str, range(n))), np.zeros(n, int), arrive, arrive, arrive + 0.1,
+    ...     2.0 * arrive + 1.0, np.ones(n, int), np.ones(n, int), np.ones(n, int), np.zeros(n, bool),
+    ...     np.zeros(n, bool), np.zeros(n, int), np.zeros(n), ("",) * n)
+    >>> round(load_balance(slow)["served_rate_req_s"], 2), load_balance(slow)["saturated"]
+    (0.5, True)
+    """
+    arrive = rec.arrival_s
+    n = len(rec)
+    if n < 2 or not float(arrive[-1] - arrive[0]) > 0:
+        return {"offered_rate_req_s": math.nan, "served_rate_req_s": math.nan, "backlog_growth_req_s": math.nan,
+                "saturated": False}
+    t0, t1 = float(arrive[0]), float(arrive[-1])
+    finish = np.where(rec.completed | rec.rejected, rec.finish_s, np.inf)
+    finish = np.where(rec.rejected, arrive, finish)  # a rejected request leaves at once
+    finish = np.sort(np.nan_to_num(finish, nan=np.inf))
+    tm = (t0 + t1) / 2
+
+    def backlog(t: float) -> int:
+        return int(np.searchsorted(arrive, t, side="right")) - int(np.searchsorted(finish, t, side="right"))
+
+    b_mid, b_end = backlog(tm), backlog(t1)
+    growth = (b_end - b_mid) / (t1 - tm)
+    offered = (n - 1) / (t1 - t0)
+    served = (int(np.searchsorted(finish, t1, side="right"))) / (t1 - t0)
+    saturated = growth > SATURATION_GROWTH * offered and b_end - b_mid > 2.0 * math.sqrt(max(b_mid, 0)) + 5
+    return {"offered_rate_req_s": offered, "served_rate_req_s": served, "backlog_growth_req_s": growth,
+            "saturated": bool(saturated)}
 
 
 def downsample(t: np.ndarray, v: np.ndarray, t0: float, t1: float, bins: int = 256) -> tuple[np.ndarray, np.ndarray]:

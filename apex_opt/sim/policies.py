@@ -77,6 +77,11 @@ class SchedulerPolicy(ABC):
     def on_kv_released(self, st: EngineState) -> None:
         """Called when blocks held outside the batch come back (disaggregation: a KV transfer finished)."""
 
+    def hit_sensitive(self, st: EngineState) -> bool:
+        """Whether evicting cached blocks during a run of decode steps could change the next admission (the
+        skip-ahead then stops before any eviction)."""
+        return False
+
     # --------------------------------------------------------------------------------------- length rules
     def prompt_limit(self) -> int:
         return self.cfg.max_model_len
@@ -200,12 +205,17 @@ class VllmV0Policy(SchedulerPolicy):
                 continue
             if kv.free - need < self.watermark_blocks:  # AllocStatus.LATER
                 break
+            # prefix caching: can_allocate still counts every block of the prompt (evictable cached blocks are
+            # free); the cached tokens are not computed again
+            hit = st.cache.lookup(req)[0] if st.cache is not None else 0
+            if hit:
+                c = min(length - hit, budget) if chunking else length - hit
             if c <= 0 or (not chunking and tokens + c > budget) or seqs + 1 > cfg.max_num_seqs:
                 break
             waiting.popleft()
-            kv.take(need)
-            st.admit(req, need)
-            chunks.append((req, c, 0))
+            st.admit(req, need, hit)
+            kv.take(need - req.shared)
+            chunks.append((req, c, hit))
             seqs += 1
             tokens += c
             if chunking:
@@ -240,7 +250,8 @@ class VllmV0Policy(SchedulerPolicy):
 
 # ============================================================================================ vLLM V1
 class VllmV1Policy(SchedulerPolicy):
-    """vLLM V1 (``vllm/v1/core/sched/scheduler.py``), prefix caching not modelled (no shared prefixes)."""
+    """vLLM V1 (``vllm/v1/core/sched/scheduler.py``, ``v1/core/kv_cache_manager.py``), with automatic prefix
+    caching when the engine has a prefix cache."""
 
     family = "vllm-v1"
     kv_reserve = 0
@@ -250,7 +261,7 @@ class VllmV1Policy(SchedulerPolicy):
         return max(1, self.cfg.max_model_len - prompt)
 
     def schedule(self, st: EngineState) -> Iteration | None:
-        cfg, pool, kv = self.cfg, st.pool, st.kv
+        cfg, pool, kv, cache = self.cfg, st.pool, st.kv, st.cache
         budget = cfg.max_num_batched_tokens
         chunks: list[tuple[Request, int, int]] = []
         preempted: list[Request] = []
@@ -276,6 +287,8 @@ class VllmV1Policy(SchedulerPolicy):
                 p.blocks += need
                 chunks.append((p, c, p.computed))
                 budget -= c
+                if cache is not None:  # allocate_slots caches the full blocks it schedules
+                    cache.advance(p, p.computed + c)
         else:
             ran, budget = self._walk(st, budget, chunks, preempted)
         if not preempted:
@@ -284,15 +297,21 @@ class VllmV1Policy(SchedulerPolicy):
                 if len(running) >= cfg.max_num_seqs:
                     break
                 req = waiting[0]
-                c = min(req.target, budget)
-                need = kv.blocks_for(c)
-                if need > kv.free:
+                if cache is None:
+                    hit = extra = 0
+                else:  # get_computed_blocks; its evictable blocks stop being free once locked
+                    hit, extra = cache.lookup(req)
+                c = min(req.target - hit, budget)
+                need = kv.blocks_for(hit + c) - hit // kv.block_size
+                if need + extra > kv.free:
                     break
                 waiting.popleft()
+                st.admit(req, need + hit // kv.block_size, hit)
                 kv.take(need)
-                st.admit(req, need)
-                chunks.append((req, c, 0))
+                chunks.append((req, c, hit))
                 budget -= c
+                if cache is not None:
+                    cache.advance(req, hit + c)
         if not ran and not chunks:
             return None
         return Iteration(chunks, ran, preempted)
@@ -341,13 +360,21 @@ class VllmV1Policy(SchedulerPolicy):
             chunks.append((r, tok, before))
         if kv.free != free:  # pragma: no cover - internal consistency
             raise RuntimeError(f"vllm-v1 walk: free blocks {kv.free} != {free}")
+        if st.cache is not None:
+            for r, tok, before in pending_chunks:
+                st.cache.advance(r, before + tok)
         return ran > 0, budget
+
+    def hit_sensitive(self, st: EngineState) -> bool:
+        # the waiting head counts the evictable blocks of its hit against the free ones: evicting them while
+        # a budget-limited chunk waits could let it in
+        return bool(st.waiting) and st.cache is not None and st.cache.lookup(st.waiting[0])[1] > 0
 
 
 # ============================================================================================ SGLang 0.4
 class SglangPolicy(SchedulerPolicy):
     """SGLang 0.4.x (``managers/scheduler.py``, ``schedule_policy.py``, ``schedule_batch.py``), FCFS policy, radix
-    cache without hits (evictable tokens count as free)."""
+    cache (``mem_cache/radix_cache.py``) when the engine has a prefix cache (evictable tokens count as free)."""
 
     family = "sglang"
     kv_reserve = 0
@@ -448,17 +475,24 @@ class SglangPolicy(SchedulerPolicy):
             cur_rem -= ext
             if rem_chunk is not None:
                 rem_chunk -= ext
-        admitted: list[tuple[Request, int]] = []
+        admitted = 0
+        cache = st.cache
+        hit = extra = 0
         for req in st.waiting:
             if running_bs + len(can_run) >= self.max_running:
                 self.batch_is_full = True
                 break
-            ext = req.target
+            if cache is not None:  # init_next_round_input: match_prefix (at least one token left to compute)
+                hit, extra = cache.lookup(req)
+            ext = req.target - hit
             # newer 0.4.x: min(max(max_new_tokens - len(output_ids), 0), CLIP); the older min(max_new_tokens, CLIP)
             # double-counts the outputs of a retracted request and can block it forever
             total = ext + min(max(req.cap - req.gen, 0), clip)
             if total >= rem_total:
                 self.batch_is_full = True  # NO_TOKEN
+                break
+            if extra and total > rem_total - extra:
+                self.batch_is_full = True  # NO_TOKEN with the matched nodes locked (_lock_node)
                 break
             if ext > rem_input and can_run:
                 break  # OTHER
@@ -470,8 +504,10 @@ class SglangPolicy(SchedulerPolicy):
                     break  # OTHER
                 c = rem_chunk
                 rem_total -= c
-            can_run.append((req, c, 0))
-            admitted.append((req, c))
+            can_run.append((req, c, hit))
+            admitted += 1
+            st.admit(req, hit, hit)  # inc_lock_ref(last_node)
+            rem_total -= extra
             rem_input -= c
             cur_rem -= c
             if rem_chunk is not None:
@@ -483,9 +519,8 @@ class SglangPolicy(SchedulerPolicy):
                 break  # budget_state OTHER
         if not can_run:
             return None
-        for req, c in admitted:
+        for _ in range(admitted):
             st.waiting.popleft()
-            st.admit(req, 0)
         for req, c, before in can_run:
             kv.take(c)
             req.blocks += c

@@ -61,9 +61,11 @@ class Request:
     __slots__ = (
         "base",
         "blocks",
+        "cached",
         "cap",
         "computed",
         "ejoin",
+        "ends",
         "far",
         "fin",
         "g0",
@@ -71,9 +73,12 @@ class Request:
         "gid",
         "had_first",
         "idx",
+        "node",
+        "path",
         "prompt",
         "rid",
         "serial",
+        "shared",
         "stall_from",
         "state",
         "target",
@@ -98,6 +103,12 @@ class Request:
         self.had_first = False  # first token already produced (recompute prefills do not produce a first token)
         self.fin = 0            # pool: E_done at which it will have generated ``cap`` tokens
         self.far = False        # pool (clip tracking): fin - E_done > clip when last checked
+        # prefix caching (apex_opt.sim.prefix_cache): content path, cached chain, blocks it takes from the cache
+        self.path: list | None = None   # [(content_id, tokens), ...]: prompt segments, then the answer
+        self.ends: list | None = None   # cumulative end of each path piece
+        self.node = None                # deepest node of the cached chain it references (None: none)
+        self.shared = 0                 # blocks of its KV owned by the cache (``blocks`` counts them too)
+        self.cached = -1                # prompt tokens hit at its first admission (-1: not admitted yet)
 
     def __repr__(self) -> str:
         return f"<Request {self.rid} state={self.state} gen={self.gen}/{self.cap}>"
