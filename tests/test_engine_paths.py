@@ -175,3 +175,17 @@ def test_simulate_command_takes_engine_settings_and_the_measurement_point():
     assert eager["measured_at"] == "client" and eager["plan"]["cuda_graphs"] is False
     assert eager["tpot_ms"] > graphs["tpot_ms"]
     assert "saturated" in eager and "offered_rate_req_s" in eager
+
+
+def test_a_mooncake_trace_replays_with_prefix_caching_measured_at_the_client(tmp_path):
+    out = tmp_path / "requests.jsonl"
+    args = ["simulate", "--model", "llama-3.1-8b", "--engine", "vllm-0.6", "--workload", "mooncake-sample",
+            "--prefix-caching", "--measured-at", "client", "--format", "json", "--requests-out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.output)
+    assert s["measured_at"] == "client" and s["prefix_cache_hit_rate"] > 0.2
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sum(r["cached_tokens"] for r in rows) > 0
+    off = json.loads(CliRunner().invoke(cli, [*args[:7], "--no-prefix-caching", *args[8:]]).output)
+    assert off["ttft_mean_s"] > 1.5 * s["ttft_mean_s"] and off.get("prefix_cache_hit_rate") is None

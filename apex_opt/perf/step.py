@@ -563,29 +563,40 @@ class StageCost:
         self._decode_cache[key] = (c0, c1)
         return c0, c1
 
+    @cached_property
+    def _work(self) -> tuple[float, float, float, float]:
+        """Per-iteration work constants of this stage: (attention FLOPs per prefill pair, LM-head FLOPs per sampled
+        sequence, KV bytes per decode context token, LM-head bytes)."""
+        m = self.model
+        attn = 0.0
+        if self._attn_coeffs[0]:
+            attn = self._attn_coeffs[0] * self.gpu.peak("bf16") * float(self._attn["prefill_efficiency"])
+        last = self.layout.is_last
+        head_flops = 2.0 * m.hidden_size * m.vocab_size / self.plan.tp if last else 0.0
+        kv = m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes * self.num_layers
+        head_bytes = m.hidden_size * m.vocab_size * 2.0 / self.plan.tp if last else 0.0
+        return attn, head_flops, kv, head_bytes
+
+    def _tables_for(self, tokens: int) -> None:
+        if tokens > self._cap:
+            self._build(max(tokens, 2 * self._cap, 1024))
+
     def flops(self, b: BatchShape) -> float:
         """FLOPs one GPU of this stage executes in the iteration."""
         if b.num_tokens <= 0:
             return 0.0
-        self.linear_time(b.num_tokens, True)
+        self._tables_for(b.num_tokens)
         assert self._flop_table is not None
-        m = self.model
-        attn = 0.0
-        if self._attn_coeffs[0]:
-            attn = self._attn_coeffs[0] * b.prefill_pairs * self.gpu.peak("bf16") * float(
-                self._attn["prefill_efficiency"])
-        head = 2.0 * b.num_seqs * m.hidden_size * m.vocab_size / self.plan.tp if self.layout.is_last else 0.0
-        return self._table_value(self._flop_table, b.num_tokens) + attn + head
+        attn, head, _, _ = self._work
+        return self._table_value(self._flop_table, b.num_tokens) + attn * b.prefill_pairs + head * b.num_seqs
 
     def bytes(self, b: BatchShape) -> float:
         """HBM bytes one GPU of this stage moves in the iteration."""
         if b.num_tokens <= 0:
             return 0.0
-        self.linear_time(b.num_tokens, True)
+        self._tables_for(b.num_tokens)
         assert self._byte_table is not None
-        m = self.model
-        kv = m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes * self.num_layers
-        head = m.hidden_size * m.vocab_size * 2.0 / self.plan.tp if self.layout.is_last else 0.0
+        _, _, kv, head = self._work
         return self._table_value(self._byte_table, b.num_tokens) + kv * b.decode_ctx_sum + head
 
     def peak_flops(self) -> float:
@@ -604,13 +615,18 @@ class StageCost:
         """Watts the stage's GPUs draw during the iteration: idle plus activity-driven dynamic power."""
         if seconds <= 0:
             return self.idle_power()
+        floor, w_c, w_m = self._energy_weights
         u_c = self.flops(b) / (self._peak() * seconds)
         u_m = self.bytes(b) / (self.gpu.memory_bandwidth * seconds)
         # affine in the work (no clamp), so energy over a run of decode steps sums exactly in closed form
-        activity = (float(self._energy["busy_floor"]) + float(self._energy["compute_weight"]) * u_c
-                    + float(self._energy["memory_weight"]) * u_m)
+        activity = floor + w_c * u_c + w_m * u_m
         p = self.gpu.power
         return self.plan.tp * (p.idle + (p.max - p.idle) * activity)
+
+    @cached_property
+    def _energy_weights(self) -> tuple[float, float, float]:
+        e = self._energy
+        return float(e["busy_floor"]), float(e["compute_weight"]), float(e["memory_weight"])
 
     def energy(self, b: BatchShape, seconds: float) -> float:
         return self.power(b, seconds) * seconds
