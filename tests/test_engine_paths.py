@@ -189,3 +189,9 @@ def test_a_mooncake_trace_replays_with_prefix_caching_measured_at_the_client(tmp
     assert sum(r["cached_tokens"] for r in rows) > 0
     off = json.loads(CliRunner().invoke(cli, [*args[:7], "--no-prefix-caching", *args[8:]]).output)
     assert off["ttft_mean_s"] > 1.5 * s["ttft_mean_s"] and off.get("prefix_cache_hit_rate") is None
+
+
+def test_an_unknown_attention_backend_is_refused_with_the_known_ones():
+    specs = ax.load_specs(workload="synthetic:rate=1rps,requests=3,prompt=100,output=5,seed=0")
+    with pytest.raises(ax.SpecError, match="attention_backend 'magic'.*flash-attn, xformers"):
+        ax.simulate(specs, ax.Plan(gpu=H100, tp=4, attention_backend="magic"))

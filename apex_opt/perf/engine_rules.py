@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import SpecError
 from ..schema.engine import EngineSpec
 from ..schema.gpu import GPUSpec
 from ..schema.model import ModelSpec
@@ -37,6 +38,11 @@ class EngineSettings:
 def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpec, *,
                    nodes_per_tp_group: int = 1, nvlink: bool = True) -> EngineSettings:
     """Apply ``engine``'s defaults and automatic switches to ``plan``."""
+    known = engine.eager_kernels.backends()
+    if plan.attention_backend is not None and plan.attention_backend not in known:
+        raise SpecError(f"attention_backend '{plan.attention_backend}' is not one {engine.name} has kernels for; "
+                        f"use one of {', '.join(known)} (--attention-backend), or leave it out for the default "
+                        f"({engine.eager_kernels.attention_backend})")
     s = engine.scheduler
     max_model_len = plan.max_model_len or model.max_position_embeddings
     big_gpu = gpu.memory >= 70 * 2**30

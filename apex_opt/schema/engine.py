@@ -88,6 +88,14 @@ class EagerKernels(Spec):
     #: the backend it falls back to for an fp8 KV cache (vLLM 0.6: XFormers, FlashAttention-2 reads no fp8 KV)
     fp8_kv_attention_backend: str | None = None
 
+    def backends(self) -> list[str]:
+        """The attention backends this inventory knows: the default, the fp8-KV fallback and every
+        ``attention@<name>`` entry."""
+        names = {self.attention_backend, *(k.split("@", 1)[1] for k in self.ops if k.startswith("attention@"))}
+        if self.fp8_kv_attention_backend:
+            names.add(self.fp8_kv_attention_backend)
+        return sorted(names)
+
     def backend(self, plan_backend: str | None, kv_dtype: str) -> str:
         """The attention backend in force for a plan."""
         if plan_backend is not None:
