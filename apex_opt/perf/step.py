@@ -146,6 +146,8 @@ class StageCost:
         self._decode_cache: dict[tuple[int, int], tuple[float, float]] = {}
         self._head_cache: dict[int, float] = {}
         self._comm_memo: dict[tuple, dict[float, float]] = {}
+        self._last_shape: BatchShape | None = None
+        self._last_time = 0.0
 
     # ---------------------------------------------------------------------------------------- operator costs
     def _peak(self) -> float:
@@ -464,6 +466,13 @@ class StageCost:
         return int(math.ceil(n / 8) * 8)
 
     def iteration_time(self, b: BatchShape) -> float:
+        if b is self._last_shape:  # the simulator asks again for the batch it just priced (pipeline stage 0)
+            return self._last_time
+        t = self._iteration_time(b)
+        self._last_shape, self._last_time = b, t
+        return t
+
+    def _iteration_time(self, b: BatchShape) -> float:
         if b.num_tokens <= 0:
             return 0.0
         graph = self.uses_graph(b)
@@ -630,6 +639,17 @@ class StageCost:
 
     def energy(self, b: BatchShape, seconds: float) -> float:
         return self.power(b, seconds) * seconds
+
+    def work(self, b: BatchShape, seconds: float) -> tuple[float, float, float]:
+        """``(energy J, FLOPs, bytes)`` of the iteration on this stage, each computed once (what
+        :meth:`energy`, :meth:`flops` and :meth:`bytes` give)."""
+        flops, nbytes = self.flops(b), self.bytes(b)
+        p = self.gpu.power
+        if seconds <= 0:
+            return self.idle_power() * seconds, flops, nbytes
+        floor, w_c, w_m = self._energy_weights
+        activity = floor + w_c * flops / (self._peak() * seconds) + w_m * nbytes / (self.gpu.memory_bandwidth * seconds)
+        return self.plan.tp * (p.idle + (p.max - p.idle) * activity) * seconds, flops, nbytes
 
 
 @dataclass(frozen=True)

@@ -547,9 +547,7 @@ class Simulation:
             else:
                 total = t0
                 sc.busy_s += t0
-                sc.energy_j += stage0.energy(shape, t0)
-                sc.flops += stage0.flops(shape)
-                sc.bytes += stage0.bytes(shape)
+                self._account(sc, stage0, shape, t0)
             self.bs_time += nseq * total
             self.bs_weight += total
             self.ser_bs.extend((t, total, nseq))
@@ -601,6 +599,18 @@ class Simulation:
         else:
             self._stage_begin(t, e, s, sc)
 
+    @staticmethod
+    def _account(sc: StageClock, stage: Any, shape: BatchShape, seconds: float) -> None:
+        """Add one iteration's energy, FLOPs and bytes to the stage's totals."""
+        work = getattr(stage, "work", None)
+        if work is not None:
+            energy, flops, nbytes = work(shape, seconds)
+        else:  # a StageCost protocol implementation without the combined call
+            energy, flops, nbytes = stage.energy(shape, seconds), stage.flops(shape), stage.bytes(shape)
+        sc.energy_j += energy
+        sc.flops += flops
+        sc.bytes += nbytes
+
     def _stage_begin(self, t: float, e: EngineState, s: int, sc: StageClock) -> None:
         stage = self.replicas[e.replica].cost.stages[s]
         shape = e.it_shape
@@ -608,9 +618,7 @@ class Simulation:
         d = stage.iteration_time(shape)
         sc.busy = True
         sc.busy_s += d
-        sc.energy_j += stage.energy(shape, d)
-        sc.flops += stage.flops(shape)
-        sc.bytes += stage.bytes(shape)
+        self._account(sc, stage, shape, d)
         self._push(t + d, STAGE_DONE, e.eid, s)
 
     def _on_stage_done(self, t: float, e: EngineState, s: int) -> None:
