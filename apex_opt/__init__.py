@@ -27,6 +27,7 @@ from .errors import (
     TraceError,
     UnknownNameError,
 )
+from .errors import shorten as _shorten
 from .planner import (
     Maximize,
     Minimize,
@@ -44,7 +45,22 @@ from .schema.slo import SLO, parse_slo
 from .sim import SimResult
 from .simulate import simulate
 from .specs import Specs, load_specs
-from .workload import Workload, load_workload
+from .workload import Workload
+from .workload import load_workload as _load_workload
+
+
+def load_workload(ref, *, specs_dir=None, block_tokens=None) -> Workload:  # type: ignore[no-untyped-def]
+    """A workload from a catalog name, a trace path or a ``synthetic:`` expression (``specs_dir``: the built-in
+    catalog unless given); see :func:`apex_opt.workload.load_workload`."""
+    import os
+
+    from .catalog import specs_dir as _specs_dir
+
+    if not isinstance(ref, (str, os.PathLike)):
+        raise SpecError(f"load_workload({_shorten(ref)}): got a value of type {type(ref).__name__}; give a catalog "
+                        "name such as 'lmsys', a trace path or a synthetic:... expression")
+    return _load_workload(ref, specs_dir=specs_dir if specs_dir is not None else _specs_dir(),
+                          block_tokens=block_tokens)
 
 
 def estimate(specs: Specs, plan: Plan, *, batch: int = 32, context: int = 1024) -> dict:
@@ -57,7 +73,16 @@ def estimate(specs: Specs, plan: Plan, *, batch: int = 32, context: int = 1024) 
     """
     from .perf.estimate import estimate_replica
     from .perf.replica import build_replica
+    from .simulate import check_simulate_args
 
+    check_simulate_args(specs, plan, fn="estimate")
+    if not isinstance(plan, Plan):
+        raise SpecError(f"estimate(plan={_shorten(plan)}): estimate prices one Plan; give one of the deployment's "
+                        "plans, e.g. deployment.plans[0]")
+    for name, value in (("batch", batch), ("context", context)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(f"estimate({name}={_shorten(value)}): must be a whole number of at least 1, e.g. "
+                            f"{name}={32 if name == 'batch' else 1024}")
     gpu = specs.gpus.get(plan.gpu) or specs.gpu
     return estimate_replica(build_replica(specs.model, gpu, plan, specs.engine), batch=batch, context=context)
 

@@ -22,7 +22,8 @@ from typing import Any, Generic, TypeVar
 
 import yaml
 
-from .errors import SpecError, UnknownNameError
+from .bounds import load_yaml
+from .errors import SpecError, UnknownNameError, shorten
 from .schema.cluster import ClusterSpec
 from .schema.engine import EngineSpec
 from .schema.gpu import GPUSpec
@@ -46,13 +47,19 @@ def specs_dir() -> Path:
 def read_structured(path: Path) -> Any:
     """Read a YAML or JSON file; a syntax error names the file and line."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read the file ({exc.strerror}); check the path") from None
+        raise SpecError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(f"{path}: line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the file as UTF-8 "
+                        "(YAML or JSON)") from None
     try:
         if path.suffix == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return load_yaml(text, path)
     except json.JSONDecodeError as exc:
         raise SpecError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
     except yaml.YAMLError as exc:
@@ -86,6 +93,9 @@ class Registry(Generic[T]):
         self._all().pop(name, None)
 
     def get(self, name: str) -> T:
+        if not isinstance(name, str):
+            raise SpecError(f"a {self.kind} name must be a string, got {type(name).__name__} {shorten(name)}; "
+                            f"see 'apex-opt catalog {self.kind.lower()}s' for the names")
         entries = self._all()
         if name in entries:
             return entries[name]
@@ -137,16 +147,24 @@ ENGINES: Registry[EngineSpec] = Registry(
 )
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        return False
+
+
 def _looks_like_path(ref: str) -> bool:
-    return ref.endswith((".json", ".yaml", ".yml")) or "/" in ref or ref.startswith(".")
+    return isinstance(ref, str) and (ref.endswith((".json", ".yaml", ".yml")) or "/" in ref or ref.startswith("."))
 
 
 def get_model(ref: str) -> ModelSpec:
     """A catalog model by name, or any Hugging Face ``config.json`` by path."""
     if _looks_like_path(ref):
         path = Path(ref)
-        if not path.is_file():
-            raise SpecError(f"--model '{ref}': no such file; give a catalog name (apex-opt catalog models) or a path")
+        if not _is_file(path):
+            raise SpecError(f"--model {shorten(ref)}: no such file; give a catalog name (apex-opt catalog models) or "
+                            "the path of a Hugging Face config.json")
         return model_from_hf_config(read_structured(path), name=path.stem if path.stem != "config" else path.parent.name,
                                     source=str(path))
     return MODELS.get(ref)
@@ -166,8 +184,9 @@ def get_cluster(ref: str) -> ClusterSpec:
     """A catalog cluster by name, or a cluster YAML file by path; its GPU kinds must be in the catalog."""
     if _looks_like_path(ref):
         path = Path(ref)
-        if not path.is_file():
-            raise SpecError(f"--cluster '{ref}': no such file; give a catalog name (apex-opt catalog clusters) or a path")
+        if not _is_file(path):
+            raise SpecError(f"--cluster {shorten(ref)}: no such file; give a catalog name (apex-opt catalog clusters) "
+                            "or the path of a cluster YAML file")
         cluster = ClusterSpec.parse(read_structured(path), source=path, kind="cluster")
     else:
         cluster = CLUSTERS.get(ref)

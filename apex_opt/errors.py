@@ -14,6 +14,31 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+#: longest echo of a user's value in a message (a path to a large file must not print the file)
+ECHO_LIMIT = 80
+
+
+def shorten(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as text for a message, cut to about ``limit`` characters with the length left out.
+
+    >>> shorten("x" * 200)
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (200 characters)"
+    >>> shorten(42), shorten("ok")
+    ('42', "'ok'")
+    """
+    if isinstance(value, str):
+        flat = " ".join(value.split()) if len(value) <= 10 * limit else " ".join(value[: 10 * limit].split())
+        if len(value) <= limit - 2 and flat == value:
+            return repr(value)
+        if len(flat) <= limit - 2 and len(value) <= limit:
+            return repr(flat)
+        return f"{flat[: limit - 8]!r}... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still named
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class ApexOptError(Exception):
     """Base class of every error apex-opt raises on purpose."""
@@ -36,7 +61,8 @@ class UnknownNameError(SpecError, KeyError):
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
         if not close:
             close = [k for k in known if name.lower() in k.lower() or k.lower() in name.lower()][:3]
-        msg = f"unknown {kind} '{name}'"
+        shown = f"'{name}'" if len(name) <= ECHO_LIMIT and name.isprintable() else shorten(name)
+        msg = f"unknown {kind} {shown}"
         if close:
             msg += "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
         else:
@@ -82,6 +108,7 @@ class SimulationError(ApexOptError):
 
 
 __all__ = [
+    "ECHO_LIMIT",
     "ApexOptError",
     "ConstraintError",
     "DoesNotFitError",
@@ -91,4 +118,5 @@ __all__ = [
     "SpecError",
     "TraceError",
     "UnknownNameError",
+    "shorten",
 ]

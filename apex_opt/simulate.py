@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .errors import SimulationError, SpecError
+from .errors import SimulationError, SpecError, shorten
 from .perf.replica import Replica, build_replica
 from .perf.step import serving_calibration
 from .schema.engine import EngineSpec
@@ -190,8 +190,10 @@ def simulate(
     >>> r["num_completed"], r["num_kv_transfers"], r.per_replica[1]["role"]
     (20, 20, 'decode')
     """
-    if max_requests is not None and max_requests < 1:
-        raise SpecError(f"max_requests {max_requests}: must be at least 1")
+    check_simulate_args(specs, plan, seed=seed)
+    if max_requests is not None and (isinstance(max_requests, bool) or not isinstance(max_requests, int)
+                                     or max_requests < 1):
+        raise SpecError(f"max_requests {shorten(max_requests)}: must be a whole number of at least 1")
     measured_at = measured_at or specs.slo.measured_at
     if measured_at not in MEASURED_AT:
         raise SpecError(f"measured_at '{measured_at}': must be one of {', '.join(MEASURED_AT)} (engine: the "
@@ -224,6 +226,24 @@ def simulate(
         extra["client"] = client_path(placed[0][0].settings.engine)
     return run_simulation(reps, workload, router=router, slo=specs.slo, seed=seed, skip_ahead=skip_ahead,
                           progress=progress, record_log=record_log, price_per_gpu_hour=price, **extra)
+
+
+def check_seed(seed: Any, option: str = "seed") -> None:
+    """A seed is a whole number >= 0 (numpy's generators take no negative seeds)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SpecError(f"{option} {shorten(seed)}: must be a whole number of at least 0 (it seeds numpy's random "
+                        f"generator); write e.g. {option} 0")
+
+
+def check_simulate_args(specs: Any, plan: Any, *, seed: Any = 0, fn: str = "simulate") -> None:
+    """The types :func:`simulate` takes, checked before any work (a wrong one is a :class:`SpecError`)."""
+    if not isinstance(specs, Specs):
+        raise SpecError(f"{fn}(specs={shorten(specs)}): specs must be the Specs that load_specs(...) returns, "
+                        f"not a {type(specs).__name__}; write ax.{fn}(ax.load_specs(...), ax.Plan(...))")
+    if not isinstance(plan, (Plan, Deployment)):
+        raise SpecError(f"{fn}(plan={shorten(plan)}): the plan must be a Plan or a Deployment, not a "
+                        f"{type(plan).__name__}; write e.g. ax.Plan(gpu=\"{specs.cluster.gpu}\", tp=2)")
+    check_seed(seed)
 
 
 def client_path(engine: EngineSpec) -> ClientPath:

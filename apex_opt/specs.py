@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .catalog import check_cluster_gpus, get_cluster, get_engine, get_gpu, get_model, specs_dir
-from .errors import SpecError
+from .errors import SpecError, shorten
 from .schema.cluster import ClusterSpec
 from .schema.engine import EngineSpec
 from .schema.gpu import GPUSpec
@@ -80,6 +80,9 @@ def resolve_cluster(cluster: str | ClusterSpec | None = None, *, gpu: str | None
     if isinstance(cluster, ClusterSpec):
         check_cluster_gpus(cluster)
         return cluster
+    if isinstance(cluster, str) and not cluster.strip():
+        raise SpecError("--cluster '': an empty name; give a catalog cluster (apex-opt catalog clusters), a cluster "
+                        "YAML file, or leave --cluster out")
     if cluster is not None and gpu is not None:
         raise SpecError("give either --cluster or --gpu (with --nodes/--gpus-per-node), not both")
     if gpu is not None:
@@ -104,6 +107,22 @@ def load_specs(
     slo: str | SLO | None = DEFAULT_SLO,
 ) -> Specs:
     """Resolve every input of a problem; unknown names raise :class:`UnknownNameError` with close matches."""
+    for label, value, kinds, form in (
+        ("model", model, (str, ModelSpec), "a catalog name such as 'llama-3.1-8b', a config.json path or a ModelSpec"),
+        ("cluster", cluster, (str, ClusterSpec, type(None)),
+         "a catalog name such as 'h100x8', a YAML path or a ClusterSpec"),
+        ("gpu", gpu, (str, type(None)), "a catalog GPU name such as 'h100-sxm-80gb'"),
+        ("engine", engine, (str, EngineSpec), "'vllm-0.6', 'vllm-v1', 'sglang-0.4' or an EngineSpec"),
+        ("workload", workload, (str, Workload),
+         "a catalog name, a trace path, a synthetic:... expression or a Workload"),
+        ("slo", slo, (str, SLO, type(None)), "a string such as 'ttft=200ms,tpot=50ms' or an SLO"),
+    ):
+        if not isinstance(value, kinds):
+            raise SpecError(f"load_specs({label}={shorten(value)}): got a value of type {type(value).__name__}; "
+                            f"give {form}")
+    for label, value in (("nodes", nodes), ("gpus_per_node", gpus_per_node)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise SpecError(f"load_specs({label}={shorten(value)}): must be a whole number, e.g. {label}=2")
     model_spec = model if isinstance(model, ModelSpec) else get_model(model)
     cluster_spec = resolve_cluster(cluster, gpu=gpu, nodes=nodes, gpus_per_node=gpus_per_node)
     engine_spec = engine if isinstance(engine, EngineSpec) else get_engine(engine)

@@ -24,6 +24,7 @@ engine's default or an 8192-token chunked-prefill budget; both solvers search th
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -31,8 +32,10 @@ import math
 import os
 import pickle
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +57,21 @@ MODELS = ("llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b")
 CLUSTERS = ((1, 4), (1, 8), (2, 8))  # (nodes, GPUs per node) of H100-SXM-80GB
 TRACES = ("lmsys", "creation", "summarization")
 LEVELS = {"tight": 1.5, "medium": 3.0, "loose": 6.0}  # SLO = level x the best predicted TPOT / TTFT
-CACHE = Path(os.environ.get("APEX_OPT_BENCH_CACHE", "/tmp/apex_opt_planner_bench"))
+
+
+def _cache_dir() -> Path:
+    """Where simulations are cached for the run: APEX_OPT_BENCH_CACHE if set (a folder of your own: pickles are
+    loaded from it), else a private temporary folder (mode 0700, removed at exit), never a predictable shared path."""
+    given = os.environ.get("APEX_OPT_BENCH_CACHE")
+    if given:
+        return Path(given)
+    folder = tempfile.mkdtemp(prefix="apex_opt_planner_bench_")
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+    return Path(folder)
+
+
+CACHE = _cache_dir()
 
 
 # ------------------------------------------------------------------------------------------- cached simulator

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 
 import click
 
-from ..errors import ApexOptError
+from ..errors import ECHO_LIMIT, ApexOptError
+
+#: exit code after Ctrl-C (128 + SIGINT), with the message "Interrupted."
+INTERRUPTED = 130
+
+
+def cap_echoes(message: str) -> str:
+    """``message`` with every word longer than :data:`~apex_opt.errors.ECHO_LIMIT` characters shortened."""
+    return re.sub(rf"\S{{{ECHO_LIMIT + 1},}}", lambda m: f"{m.group(0)[:ECHO_LIMIT - 8]}... ({len(m.group(0))} "
+                  "characters)", message)
 
 
 class ApexGroup(click.Group):
-    """A click group that turns :class:`ApexOptError` into a one-paragraph message and exit code 2."""
+    """A click group that turns :class:`ApexOptError` into a one-paragraph message and exit code 2, and Ctrl-C
+    into "Interrupted." and exit code 130 (click's own handling would print "Aborted!" and exit 1)."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
         try:
             return super().invoke(ctx)
+        except (KeyboardInterrupt, click.Abort):
+            click.echo("\nInterrupted.", err=True)
+            ctx.exit(INTERRUPTED)
+        except click.UsageError as exc:  # click's own messages echo the value as given: cap it
+            exc.message = cap_echoes(exc.message)
+            raise
         except ApexOptError as exc:
             message = str(exc)
             lines = message.splitlines() or [message]
@@ -59,9 +76,9 @@ def main() -> None:
     """Console-script entry point."""
     try:
         cli.main(prog_name="apex-opt", standalone_mode=True)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt:  # before or after a command runs
+        click.echo("\nInterrupted.", err=True)
+        sys.exit(INTERRUPTED)
 
 
 if __name__ == "__main__":

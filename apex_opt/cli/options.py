@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import click
 
-from ..errors import SpecError
+from ..errors import SpecError, shorten
 from ..schema.slo import SLO, parse_slo
 
 
@@ -76,3 +80,38 @@ def engine_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def check_output_file(option: str, path: Path) -> None:
+    """Refuse an output file that cannot be written, before any work: its folder must exist and be writable."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SpecError(f"{option} {shorten(str(path))}: the folder {shorten(str(folder))} does not exist; create it "
+                        f"first (mkdir -p {shorten(str(folder))}) or write the file elsewhere")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SpecError(f"{option} {shorten(str(path))}: the folder {shorten(str(folder))} is not writable; write the "
+                        "file to a folder you own")
+    if path.is_dir():
+        raise SpecError(f"{option} {shorten(str(path))}: is a folder; give a file name, e.g. {path / 'requests.jsonl'}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[IO[str]]:
+    """Write a text file under a temporary name in its folder and rename it into place at the end, so an
+    interrupted run leaves no partial file (and any earlier file stays whole)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        if path.exists():  # keep the mode of the file being replaced; a new file gets the usual umask
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -11,14 +11,14 @@ from typing import Any
 
 import click
 
-from ..errors import SpecError
+from ..errors import SpecError, shorten
 from ..schema.plan import Deployment, Plan
 from ..schema.slo import SLO
 from ..sim.router import ROUTERS
 from ..simulate import simulate as run
 from ..specs import load_specs
 from ..units import format_time
-from .options import SLOType, engine_options, parse_layers, plan_options
+from .options import SLOType, atomic_output, check_output_file, engine_options, parse_layers, plan_options
 from .render import console, echo_json, table
 
 #: summary keys shown in the table, with labels
@@ -103,7 +103,7 @@ def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
     disagg = bool((rec.decode_replica >= 0).any()) or "num_kv_transfers" in result.summary_values
     caching = "prefix_cache_hit_rate" in result.summary_values
     n = 0
-    with open(path, "w") as f:
+    with atomic_output(path) as f:  # a temporary name, renamed at the end: never a partial file
         for i in range(len(rec)):
             row = {
                 "request_id": rec.request_ids[i],
@@ -156,7 +156,7 @@ def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
               default="least-loaded", show_default=True,
               help="disaggregated: picks the decode instance of each prefilled request")
 @click.option("--slo", type=SLOType(), default=None, help="e.g. ttft=200ms,tpot.p90=50ms,attainment=95%")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-requests", type=click.IntRange(min=1), default=None, help="replay only the first N requests")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--requests-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -178,6 +178,8 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
     the cluster's links to the decode instances, which generate the rest, e.g.
     --prefill tp=4,dp=2 --decode tp=8,dp=1.
     """
+    if requests_out is not None:
+        check_output_file("--requests-out", requests_out)  # before the simulation, not after it
     common: dict[str, Any] = {
         "gpu": gpu, "engine": engine, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
         "chunked_prefill": chunked_prefill, "max_num_batched_tokens": max_num_batched_tokens,
@@ -213,7 +215,16 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         if nodes is not None or gpus_per_node is not None:
             raise SpecError("--nodes/--gpus-per-node describe a quick-form cluster; drop them or --cluster")
         specs = load_specs(model, cluster, engine=engine, workload=workload, slo=slo or SLO())
+        gpu_given = ctx.get_parameter_source("gpu") not in (click.core.ParameterSource.DEFAULT,
+                                                            click.core.ParameterSource.DEFAULT_MAP, None)
+        if gpu_given and gpu not in specs.gpus:
+            raise SpecError(f"--gpu {shorten(gpu)} is not a GPU of --cluster {shorten(cluster)} (its GPUs: "
+                            f"{', '.join(specs.gpus)}); give one or the other, or --gpu {specs.cluster.gpu}")
         if isinstance(plan, Deployment):
+            for p in plan.plans:
+                if p.gpu != gpu and p.gpu not in specs.gpus:
+                    raise SpecError(f"--{p.role} gpu={shorten(p.gpu)} is not a GPU of --cluster {shorten(cluster)} "
+                                    f"(its GPUs: {', '.join(specs.gpus)}); drop gpu= or use one of them")
             plan = Deployment(plans=tuple(p if p.gpu in specs.gpus else p.model_copy(update={"gpu": specs.cluster.gpu})
                                           for p in plan.plans))
         elif gpu not in specs.gpus:
@@ -234,11 +245,18 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
     summary = result.summary()
     if requests_out is not None:
         write_requests(result, requests_out)
+    failed = no_completion(result, summary)
     if fmt == "json":
         echo_json({"plan": plan.model_dump(mode="json"), "label": plan.label, "model": specs.model.name,
                    "cluster": specs.cluster.name, "workload": specs.workload.name, "engine": specs.engine.name,
-                   "slo": specs.slo.describe() if not specs.slo.is_empty else None, **summary})
+                   "slo": specs.slo.describe() if not specs.slo.is_empty else None, **summary,
+                   **({"error": failed} if failed else {})})
+        if failed:
+            ctx.exit(1)
         return
+    if failed:
+        click.echo(f"Error: {failed}", err=True)
+        ctx.exit(1)
     out = console()
     s = summary
     rows = [
@@ -290,6 +308,36 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         lines.append(f"requests     written to {requests_out}")
     for line in lines:
         out.print(line, highlight=False)
+
+
+#: why the engine turned a request away (``RequestRecords.reject_reason``), and what would let it in
+_REJECTED = {
+    "prompt_limit": ("the prompt is longer than the engine's limit (max_model_len or the token budget)",
+                     "raise --max-model-len or --max-num-batched-tokens, or use shorter prompts"),
+    "length": ("prompt plus output exceed max_model_len", "raise --max-model-len or ask for fewer output tokens"),
+    "kv": ("the prompt does not fit in the KV cache",
+           "use more GPUs per replica (--tp/--pp), fp8 weights or --kv-dtype fp8"),
+}
+
+
+def no_completion(result, summary: dict) -> str | None:  # type: ignore[no-untyped-def]
+    """None when some request completed; otherwise the reason, e.g. every request was rejected, and a fix."""
+    if summary.get("num_completed"):
+        return None
+    total = int(summary.get("num_requests") or 0)
+    rec = result.records
+    reasons: dict[str, int] = {}
+    for i in range(len(rec)):
+        if rec.rejected[i]:
+            reasons[rec.reject_reason[i] or "other"] = reasons.get(rec.reject_reason[i] or "other", 0) + 1
+    if not reasons:
+        return (f"no request completed: none of the {total:,} requests finished within the simulation, so there is "
+                "no throughput or energy per token to report; replay more of the workload (drop --max-requests) "
+                "or give the plan more GPUs")
+    top = max(reasons, key=lambda k: reasons[k])
+    why, fix = _REJECTED.get(top, ("the engine could not admit it", "check the plan's limits"))
+    return (f"no request completed: the engine rejected {sum(reasons.values()):,} of {total:,} requests "
+            f"({reasons[top]:,} because {why}), so there is no throughput or energy per token to report; {fix}")
 
 
 def rate_line(s: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..planner.objectives import OBJECTIVE_NAMES
 from ..planner.result import PlanSet
 from ..planner.solve import solve as run_solve
 from ..planner.space import KV_DTYPES, QUANTIZATION
+from ..planner.verify import usable_workers
 from ..specs import (
     DEFAULT_CLUSTER,
     DEFAULT_ENGINE,
@@ -57,7 +59,7 @@ from .render import echo_json, table
 @click.option("--tp-across-nodes", is_flag=True, help="allow tensor-parallel groups to span nodes")
 @click.option("--max-requests", type=click.IntRange(min=1), default=None,
               help="plan and simulate on the first N requests only (speed)  [default: all]")
-@click.option("--seed", type=int, default=0, show_default=True, help="simulation and solver seed")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="simulation and solver seed")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="parallel simulation processes (results do not depend on it)")
 @click.option("--time-limit", type=click.FloatRange(min=0.01), default=None, help="seconds for the CP-SAT search")
@@ -79,6 +81,7 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
                        workload=workload, slo=slo)
     specs = with_engine_settings(specs, cuda_graphs=cuda_graphs, attention_backend=attention_backend,
                                  measured_at=measured_at, **engine_knobs)
+    note_workers(workers, max_simulations if max_simulations is not None else 5 * top_k + 5)
     progress = None
     if fmt == "table" and sys.stderr.isatty():
         def progress(text: str) -> None:
@@ -97,6 +100,18 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
     if not result.plans:
         raise InfeasibleError(unverified_message(result), ("simulation",))
     render_table(result)
+
+
+def note_workers(workers: int, simulations: int) -> None:
+    """Say so on stderr when --workers asks for more processes than can help (the planner caps them)."""
+    useful = usable_workers(workers, simulations)
+    if workers <= useful:
+        return
+    cpus = os.cpu_count() or 1
+    why = f"this machine has {cpus} CPU{'s' if cpus != 1 else ''}" if cpus <= simulations else \
+        f"at most {simulations} plan{'s are' if simulations != 1 else ' is'} simulated"
+    click.echo(f"Note: --workers {workers}: {why}, so {useful} simulation process{'es' if useful != 1 else ''} "
+               f"will run", err=True)
 
 
 def _t(x: Any) -> str:

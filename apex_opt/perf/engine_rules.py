@@ -44,6 +44,10 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
                         f"use one of {', '.join(known)} (--attention-backend), or leave it out for the default "
                         f"({engine.eager_kernels.attention_backend})")
     s = engine.scheduler
+    if plan.max_model_len is not None and plan.max_model_len > model.max_position_embeddings:
+        raise SpecError(f"--max-model-len {plan.max_model_len} exceeds the context limit of {model.name} "
+                        f"({model.max_position_embeddings} tokens, max_position_embeddings in its config); the "
+                        f"engine refuses it: use at most {model.max_position_embeddings}, or leave it out")
     max_model_len = plan.max_model_len or model.max_position_embeddings
     big_gpu = gpu.memory >= 70 * 2**30
     if plan.chunked_prefill is not None:
@@ -66,6 +70,8 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
     else:
         budget = max(max_model_len, s.unchunked_budget_floor)
     max_seqs = plan.max_num_seqs or max_seqs_default
+    check_limits(engine, plan, model, gpu, budget=budget, max_seqs=max_seqs, chunked=chunked,
+                 max_model_len=max_model_len)
     util = plan.gpu_memory_utilization
     if util is None:
         util = engine.memory.gpu_memory_utilization
@@ -97,3 +103,32 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
         graph_max_context=engine.cuda_graphs.max_context,
         async_output=engine.async_output and plan.pp == 1,
     )
+
+
+def check_limits(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpec, *, budget: int, max_seqs: int,
+                 chunked: bool, max_model_len: int) -> None:
+    """Refuse the token budget and sequence limit a plan sets when the engine would refuse them at start-up
+    (vLLM ``SchedulerConfig._verify_args``) or could never hold them in memory."""
+    if plan.max_num_seqs is not None:
+        sampler = plan.max_num_seqs * model.vocab_size * 12.0  # fp32 logits, probabilities, log-probabilities
+        if sampler > gpu.memory:
+            most = max(1, int(gpu.memory // (model.vocab_size * 12.0)) // 2)
+            raise SpecError(f"--max-num-seqs {plan.max_num_seqs}: sampling that many sequences over {model.name}'s "
+                            f"{model.vocab_size:,}-token vocabulary needs {sampler / 2**30:,.0f} GiB, more than a "
+                            f"{gpu.name} holds ({gpu.memory / 2**30:.0f} GiB); use at most about {most} (engines "
+                            f"default to {engine.scheduler.max_num_seqs})")
+    if plan.max_num_batched_tokens is None:
+        return
+    b = plan.max_num_batched_tokens
+    if b < engine.scheduler.block_size:
+        raise SpecError(f"--max-num-batched-tokens {b} is below the engine's KV block size "
+                        f"({engine.scheduler.block_size} tokens), so no prompt block could be scheduled; use at "
+                        f"least {max(engine.scheduler.block_size, max_seqs)} (default: the engine's)")
+    if engine.family in ("vllm-v0", "vllm-v1") and b < max_seqs:
+        raise SpecError(f"--max-num-batched-tokens {b} is below max_num_seqs {max_seqs}: {engine.name} refuses "
+                        f"a token budget smaller than the sequences it may batch (each running sequence needs a "
+                        f"token per step); use at least {max_seqs}, or lower --max-num-seqs")
+    if engine.family in ("vllm-v0", "vllm-v1") and not chunked and b < max_model_len:
+        raise SpecError(f"--max-num-batched-tokens {b} is below max_model_len {max_model_len} with chunked prefill "
+                        f"off: {engine.name} refuses it (the longest prompt could never be scheduled); turn on "
+                        f"--chunked-prefill, raise the budget to {max_model_len}, or lower --max-model-len")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from ..bounds import MAX_BATCH, MAX_ITERATION_TOKENS, check_count, format_count
+from ..errors import SpecError, shorten
 from ..sim.cost import BatchShape
 from ..units import format_bytes
 from .replica import Replica
@@ -64,8 +67,26 @@ def _breakdown(replica: Replica, kind: str, batch: int, context: int) -> Iterati
     return IterationBreakdown(kind, batch, tokens, context, total, ops)
 
 
+def check_iteration(model: Any, batch: int, context: int) -> None:
+    """Refuse a batch or context no engine runs, before any table is sized by it (SpecError naming the bound)."""
+    for name, value in (("batch", batch), ("context", context)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(f"--{name} {shorten(value)}: must be a whole number >= 1, e.g. --{name} 32")
+    check_count("--batch", batch, MAX_BATCH, f"use --batch {MAX_BATCH} or less (engines run a few hundred "
+                                               "sequences per iteration)")
+    limit = int(model.max_position_embeddings)
+    if context > limit:
+        raise SpecError(f"--context {format_count(context)} is beyond {model.name}'s context window of {limit:,} "
+                        f"tokens (max_position_embeddings); use --context {limit} or less")
+    if batch * context > MAX_ITERATION_TOKENS:
+        raise SpecError(f"--batch {batch:,} x --context {context:,} = {batch * context:,} prompt tokens in one "
+                        f"iteration, more than the {MAX_ITERATION_TOKENS:,} apex-opt prices; use at most "
+                        f"--batch {max(1, MAX_ITERATION_TOKENS // context):,} at this context")
+
+
 def estimate_replica(replica: Replica, *, batch: int, context: int) -> dict:
     """Prefill and decode breakdowns, memory fit and KV capacity of one replica, as a JSON-ready dict."""
+    check_iteration(replica.model, batch, context)
     mem = replica.memory
     prefill = _breakdown(replica, "prefill", batch, context)
     decode = _breakdown(replica, "decode", batch, context)

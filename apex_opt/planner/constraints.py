@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from ortools.sat.python import cp_model
 
+from ..bounds import user_code_time_limit
 from ..errors import ConstraintError
 
 Kind = Literal["plan", "simulated"]
@@ -148,9 +149,13 @@ def plan_expressions(c: Constraint, v: Any, specs: Any) -> list[cp_model.Bounded
     """Call a plan constraint and check what it returns (see the module docstring for the rules)."""
     where = f"constraint '{c.label}' ({c.location})"
     try:
-        out = c.fn(v, specs)
+        with user_code_time_limit(where):
+            out = c.fn(v, specs)
     except ConstraintError:
         raise
+    except SystemExit as exc:
+        raise ConstraintError(f"{where} called sys.exit({exc.code!r:.40}) at {_raise_site(exc, c.fn)}; a constraint "
+                              "returns an expression (e.g. v.tp <= 8) and must not exit") from None
     except Exception as exc:
         site = _raise_site(exc, c.fn)
         msg = f"{where} raised {type(exc).__name__} at {site}: {exc}"
@@ -185,7 +190,13 @@ def check_simulated(c: Constraint, metrics: Any, specs: Any) -> bool:
     """Call a simulated-result constraint; it must return a bool."""
     where = f"simulated constraint '{c.label}' ({c.location})"
     try:
-        out = c.fn(metrics, specs)
+        with user_code_time_limit(where):
+            out = c.fn(metrics, specs)
+    except ConstraintError:
+        raise
+    except SystemExit as exc:
+        raise ConstraintError(f"{where} called sys.exit({exc.code!r:.40}) at {_raise_site(exc, c.fn)}; a simulated "
+                              "constraint returns a bool and must not exit") from None
     except Exception as exc:
         raise ConstraintError(f"{where} raised {type(exc).__name__} at {_raise_site(exc, c.fn)}: {exc}") from exc
     if isinstance(out, bool) or type(out).__name__ == "bool_":
@@ -203,9 +214,12 @@ def load_constraints(path: str | Path) -> list[Constraint]:
     ConstraintError
         The file is missing, does not import (its error is shown with file:line) or defines no constraint.
     """
+    if not isinstance(path, (str, Path)):
+        raise ConstraintError(f"--constraints {str(path)[:80]!r}: got a value of type {type(path).__name__}; give "
+                              "the path of a .py file of @constraint functions")
     path = Path(path)
     if not path.is_file():
-        raise ConstraintError(f"--constraints {path}: no such file")
+        raise ConstraintError(f"--constraints {str(path)[:200]}: no such file; check the path")
     name = f"apex_opt_user_constraints_{next(_LOADED)}_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -213,11 +227,15 @@ def load_constraints(path: str | Path) -> list[Constraint]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        with user_code_time_limit(f"loading --constraints {path.name}"):
+            spec.loader.exec_module(module)
+    except ConstraintError:
+        sys.modules.pop(name, None)
+        raise
     except SyntaxError as exc:
         sys.modules.pop(name, None)
         raise ConstraintError(f"{path.name}:{exc.lineno}: syntax error: {exc.msg}") from None
-    except Exception as exc:  # noqa: BLE001
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
         sys.modules.pop(name, None)
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
         line = frames[-1].lineno if frames else 1
@@ -280,6 +298,43 @@ def _slo_time(seconds: float) -> str:
     return format_time(seconds).replace(".0ms", "ms").replace(".0us", "us")
 
 
+#: bytes per weight of each --quantization choice, best first
+_WEIGHT_BYTES = (("none", 2.0), ("fp8", 1.0), ("int4", 0.5))
+
+
+def memory_fix(params: int, gpu: Any, gpus: int, quantization: str, kv_dtype: str) -> str:
+    """What would make the plans fit in memory.
+
+    When the cluster could hold the weights (memory rules plans out only together with other constraints), the
+    next smaller format or KV dtype. When even every GPU together cannot, how far off the problem is: the weights
+    of each format against what the GPUs hold (``gpu_memory_utilization`` 0.9 of each GPU less ~1.5 GiB for context
+    and buffers), a format only where it would leave a fifth for the KV cache, else the GPUs each format needs.
+
+    >>> from types import SimpleNamespace as NS
+    >>> print(memory_fix(405_000_000_000, NS(name="l40s", memory=48 * 2**30), 2, "none", "bf16"))
+    more GPUs: the weights alone need 754 GiB in bf16 (377 GiB in fp8, 189 GiB in int4), 2 x l40s hold 83 GiB; \
+that takes at least 23 l40s in bf16, 12 with --quantization fp8, 6 with --quantization int4
+    >>> print(memory_fix(405_000_000_000, NS(name="h100", memory=80 * 2**30), 4, "none", "bf16"))
+    --quantization int4: the weights then need 189 GiB of the 282 GiB the GPUs hold
+    """
+    usable = max(gpu.memory * 0.9 - 1.5 * 2**30, 1.0)
+    sizes = [(q, params * b) for q, b in _WEIGHT_BYTES]
+    in_force = {"none": 0, "fp8": 1, "int4": 2, "any": 2}.get(quantization, 0)
+    current = sizes[in_force][1]
+    if current <= usable * gpus:
+        if in_force == 0:
+            return "--quantization fp8"
+        return "--kv-dtype fp8" if kv_dtype == "bf16" else "more GPUs"
+    for q, w in sizes[in_force + 1:]:
+        if w <= 0.8 * usable * gpus:
+            return f"--quantization {q}: the weights then need {_gib(w)} of the {_gib(usable * gpus)} the GPUs hold"
+    need = [(q, max(1, math.ceil(w / (0.8 * usable)))) for q, w in sizes]
+    formats = ", ".join(f"{_gib(w)} in {q}" for q, w in sizes[1:])
+    counts = ", ".join(f"{n} with --quantization {q}" for q, n in need[1:])
+    return (f"more GPUs: the weights alone need {_gib(sizes[0][1])} in bf16 ({formats}), {gpus} x {gpu.name} hold "
+            f"{_gib(usable * gpus)}; that takes at least {need[0][1]} {gpu.name} in bf16, {counts}")
+
+
 def _gib(x: float) -> str:
     return f"{x / 2**30:.0f} GiB"
 
@@ -331,11 +386,8 @@ def builtin_constraints(space: Any) -> list[Constraint]:
         return f"weights + KV cache fit in {_gib(sp.estimator.gpu.memory)} per GPU"
 
     def memory_relax(sp: Any) -> str:
-        if sp.options.quantization == "none":
-            return "--quantization fp8"
-        if sp.options.kv_dtype == "bf16":
-            return "--kv-dtype fp8"
-        return "more GPUs"
+        return memory_fix(sp.specs.model.total_params, sp.estimator.gpu, sp.total_gpus, sp.options.quantization,
+                          sp.options.kv_dtype)
 
     @_builtin("memory", memory_text, memory_relax)
     def memory(v: Any, s: Any) -> Any:

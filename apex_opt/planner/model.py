@@ -392,6 +392,7 @@ class PlanModel:
         p = solver.parameters
         p.num_workers = 1
         p.random_seed = self.seed
+        p.catch_sigint_signal = False  # leave Ctrl-C to Python: "Interrupted.", exit 130, workers terminated
         p.cp_model_probing_level = 0  # the element tables make probing slow and it buys nothing here
         p.linearization_level = 0
         limit = time_limit if time_limit is not None else self.time_limit
@@ -590,6 +591,7 @@ def solve_once(model: cp_model.CpModel, *, seed: int, time_limit: float | None, 
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
+    solver.parameters.catch_sigint_signal = False  # leave Ctrl-C to Python
     if time_limit is not None:
         solver.parameters.max_time_in_seconds = max(time_limit, 0.01)
     status = solver.solve(model)

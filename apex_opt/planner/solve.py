@@ -33,7 +33,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..errors import InfeasibleError, SpecError
+from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, shorten
 from ..perf.replica import build_replica
 from ..schema.plan import Deployment, Plan
 from ..specs import Specs, with_engine_settings
@@ -645,17 +645,58 @@ def _load_strategy(path: Path) -> Callable[[Problem], PlanSet]:
     if spec is None or spec.loader is None:
         raise SpecError(f"--solver {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise SpecError(f"--solver {path}:{exc.lineno}: syntax error: {exc.msg}; fix the file") from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in's own failure becomes a message
+        raise SolverError(f"--solver {path}: loading the plug-in failed at {_plugin_site(exc, path)}: "
+                          f"{_plugin_failure(exc)}; fix the file") from None
     search = getattr(module, "search", None)
     if not callable(search):
         raise SpecError(f"--solver {path}: the file defines no function search(problem)")
     return search
 
 
+def _plugin_failure(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({shorten(exc.code)}) (a plug-in returns its result; it must not exit)"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _plugin_site(exc: BaseException, path: Path | None = None) -> str:
+    """``file:line`` of the innermost frame in the plug-in's file (or the innermost frame)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if path is not None and Path(f.filename) == Path(path)] or frames[-1:]
+    return f"{Path(mine[-1].filename).name}:{mine[-1].lineno}" if mine else str(path or "?")
+
+
+def _run_plugin(name: str, strategy: Callable[[Problem], PlanSet], problem: Problem) -> PlanSet:
+    """Call a user's ``search(problem)``; what it raises (or a sys.exit) becomes a :class:`SolverError`."""
+    path = getattr(getattr(strategy, "__code__", None), "co_filename", None)
+    try:
+        result = strategy(problem)
+    except (ApexOptError, KeyboardInterrupt):
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in's own failure becomes a message
+        site = _plugin_site(exc, Path(path) if path else None)
+        raise SolverError(f"--solver {name}: search(problem) failed at {site}: {_plugin_failure(exc)}; fix the "
+                          "plug-in, or use --solver cpsat") from None
+    if not isinstance(result, PlanSet):
+        raise SolverError(f"--solver {name}: search(problem) returned {type(result).__name__} "
+                          f"{shorten(result)}, not a PlanSet; end search() with return problem.result(verified, rejected)")
+    return result
+
+
 def get_solver(solver: str | Callable[[Problem], PlanSet]) -> tuple[str, Callable[[Problem], PlanSet]]:
     """(name, strategy) from a registered name, a bundled ``solvers/<name>.py``, a ``.py`` path or a function."""
     if callable(solver):
         return getattr(solver, "__name__", "custom"), solver
+    if not isinstance(solver, str):
+        raise SpecError(f"--solver {shorten(solver)}: got a value of type {type(solver).__name__}; give a name "
+                        "(cpsat, exhaustive, heuristic), a .py file defining search(problem), or such a function")
     if solver in _STRATEGIES:
         return solver, _STRATEGIES[solver]
     path = Path(solver)
@@ -727,6 +768,16 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     ConstraintError
         A constraint function is malformed (the message names its label and file:line).
     """
+    if not isinstance(specs, Specs):
+        raise SpecError(f"solve(specs={shorten(specs)}): specs must be the Specs that load_specs(...) returns, not a "
+                        f"{type(specs).__name__}; write ax.solve(ax.load_specs(\"llama-3.1-8b\", \"h100x8\"))")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SpecError(f"--seed {shorten(seed)}: must be a whole number of at least 0 (it seeds the simulator and "
+                        "the solver); write e.g. --seed 0")
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                   or not math.isfinite(time_limit) or time_limit <= 0):
+        raise SpecError(f"--time-limit {shorten(time_limit)}: must be a finite number of seconds above 0; write "
+                        "e.g. --time-limit 30")
     if prefix_caching is not None:
         specs = with_engine_settings(specs, prefix_caching=prefix_caching)
     opts = options or SearchOptions(quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
@@ -735,8 +786,9 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     problem = Problem(specs, objective=objective, constraints=constraints, top_k=top_k, options=opts,
                       max_requests=max_requests, seed=seed, workers=workers, time_limit=time_limit,
                       max_simulations=max_simulations, simulator=simulator, progress=progress)
+    user_plugin = callable(solver) or str(solver).endswith(".py")
     try:
-        result = strategy(problem)
+        result = _run_plugin(name, strategy, problem) if user_plugin else strategy(problem)
     finally:
         problem.close()
     if not result.solver:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +64,17 @@ def normalize_summary(summary: dict[str, Any], plan: Plan) -> SimMetrics:
     return out
 
 
+def usable_workers(requested: int, plans: int | None = None) -> int:
+    """Worker processes that can help: at most ``requested``, the CPUs of this machine and the ``plans`` to run."""
+    n = min(max(1, int(requested)), os.cpu_count() or 1)
+    return max(1, min(n, plans)) if plans is not None else n
+
+
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C reaches the whole process group; the parent terminates its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _default_simulator() -> Simulator:
     from ..simulate import simulate
 
@@ -92,13 +105,14 @@ class Verifier:
     def __init__(self, specs: Specs, *, workers: int = 2, seed: int = 0, simulator: Simulator | None = None,
                  progress: Callable[[str], None] | None = None) -> None:
         self.specs = specs
-        self.workers = max(1, int(workers))
+        self.workers = usable_workers(workers)  # never more processes than CPUs
         self.seed = seed
         self.simulator = simulator
         self.progress = progress
         self.count = 0
         self.seconds = 0.0
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_size = 0
         self._cache: dict[str, SimOutcome] = {}
 
     def __enter__(self) -> Self:
@@ -108,14 +122,36 @@ class Verifier:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
+        """Shut the worker processes down: wait for them normally, terminate them while an exception (Ctrl-C)
+        is on its way out."""
+        if sys.exc_info()[0] is not None:
+            self.terminate()
+        elif self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def terminate(self) -> None:
+        """Stop the worker processes now, simulations in flight included (on Ctrl-C)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in processes:
+            proc.join(timeout=2.0)
+
+    def _executor(self, size: int) -> ProcessPoolExecutor:
+        if self._pool is not None and self._pool_size < size:  # a larger batch than the pool was made for
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._pool is None:
             method = "fork" if "fork" in mp.get_all_start_methods() and os.name == "posix" else "spawn"
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context(method))
+            self._pool = ProcessPoolExecutor(max_workers=size, mp_context=mp.get_context(method),
+                                             initializer=_ignore_sigint)
+            self._pool_size = size
         return self._pool
 
     def simulated(self, plan: Plan) -> bool:
@@ -137,9 +173,13 @@ class Verifier:
             if self.workers == 1 or len(keys) == 1:
                 raw = [_run_one(self.simulator, self.specs, unique[k], self.seed) for k in keys]
             else:
-                pool = self._executor()
-                futures = [pool.submit(_run_one, self.simulator, self.specs, unique[k], self.seed) for k in keys]
-                raw = [f.result() for f in futures]
+                pool = self._executor(usable_workers(self.workers, len(keys)))
+                try:
+                    futures = [pool.submit(_run_one, self.simulator, self.specs, unique[k], self.seed) for k in keys]
+                    raw = [f.result() for f in futures]
+                except BaseException:  # Ctrl-C (or a worker that died): leave no process behind
+                    self.terminate()
+                    raise
             for k, (status, payload) in zip(keys, raw):
                 plan = unique[k]
                 if status == "ok":
@@ -151,4 +191,4 @@ class Verifier:
         return [self._cache[p.model_dump_json()] for p in plans]
 
 
-__all__ = ["SimMetrics", "SimOutcome", "Verifier", "normalize_summary"]
+__all__ = ["SimMetrics", "SimOutcome", "Verifier", "normalize_summary", "usable_workers"]

@@ -7,12 +7,31 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import SpecError
+from ..errors import SpecError, shorten
 
 T = TypeVar("T", bound="Spec")
 
 
-class Spec(BaseModel):
+class _SpecMeta(type(BaseModel)):  # type: ignore[misc]
+    """Keyword construction (``Plan(gpu=..., tp=2)``) raises :class:`SpecError`, as :meth:`Spec.parse` does.
+
+    Only direct calls pass here; pydantic's own validation (``model_validate``, nested specs) does not.
+    """
+
+    def __call__(cls, *args: Any, **data: Any) -> Any:
+        name = cls.__name__
+        if args:
+            fields = ", ".join(list(cls.model_fields)[:4])
+            raise SpecError(f"{name}() takes its fields by name ({fields}, ...), got {len(args)} positional "
+                            f"value(s) starting with {shorten(args[0])}; write e.g. "
+                            f"{name}({next(iter(cls.model_fields), 'field')}=...)")
+        try:
+            return super().__call__(**data)
+        except ValidationError as exc:
+            raise SpecError(render_validation_error(exc, source=f"{name}(...)", kind=name)) from None
+
+
+class Spec(BaseModel, metaclass=_SpecMeta):
     """A strict, frozen pydantic model. Build it with :meth:`parse` to get apex-opt errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -30,8 +49,8 @@ def render_validation_error(exc: ValidationError, *, source: str, kind: str) -> 
     """Render pydantic errors as ``file: N problem(s) in the <kind> spec`` plus one line per field."""
     problems = exc.errors(include_url=False)
     lines = [f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the {kind} spec"]
-    for err in problems:
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    for err in problems[:10]:
+        loc = ".".join(str(p) for p in err["loc"])[:200] or "(top level)"
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
@@ -40,6 +59,15 @@ def render_validation_error(exc: ValidationError, *, source: str, kind: str) -> 
         elif err["type"] == "missing":
             msg = "missing required field"
         value = err.get("input")
-        shown = "" if err["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
+        if err["type"] in ("missing",) or isinstance(value, dict):
+            shown = ""
+        elif not err["loc"] and isinstance(value, (str, list)):  # a whole file that is not a mapping: not echoed
+            size = f"{len(value)} characters" if isinstance(value, str) else f"{len(value)} items"
+            shown = (f" (got a {type(value).__name__} of {size}, not a mapping of fields; check that this is the "
+                     f"right file)")
+        else:
+            shown = f" (got {shorten(value)})"
         lines.append(f"  {loc}: {msg}{shown}")
+    if len(problems) > 10:
+        lines.append(f"  ... and {len(problems) - 10} more")
     return "\n".join(lines)

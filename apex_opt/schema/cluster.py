@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..bounds import MAX_GPUS, format_count
 from ..units import Bandwidth, Seconds
 from .base import Spec
 
@@ -45,6 +46,15 @@ class ClusterSpec(Spec):
         kinds = [g.gpu for g in self.nodes]
         if len(set(kinds)) != len(kinds):
             raise ValueError("each GPU kind appears in one node group only; merge groups of the same gpu")
+        total = sum(g.count * g.gpus_per_node for g in self.nodes)
+        if total > MAX_GPUS:  # checked before any per-GPU graph is built
+            i, big = max(enumerate(self.nodes), key=lambda item: item[1].count * item[1].gpus_per_node)
+            rest = total - big.count * big.gpus_per_node
+            most = max(0, (MAX_GPUS - rest) // big.gpus_per_node)
+            raise ValueError(f"nodes[{i}].count {format_count(big.count)} x {big.gpus_per_node} GPUs per node makes "
+                             f"{format_count(total)} GPUs in "
+                             f"the cluster, more than the {MAX_GPUS:,} apex-opt supports; use a count of at most "
+                             f"{most:,}")
         return self
 
     @classmethod

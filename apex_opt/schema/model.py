@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..errors import SpecError
+from ..errors import SpecError, shorten
 from .base import Spec
 
 
@@ -151,9 +151,48 @@ _MOE_EXPERT_KEYS = ("num_local_experts", "n_routed_experts", "num_experts")
 def _req(cfg: dict[str, Any], key: str, source: str, *alts: str) -> Any:
     for k in (key, *alts):
         if k in cfg and cfg[k] is not None:
-            return cfg[k]
+            return _whole(cfg, k, source)
     names = " or ".join(repr(k) for k in (key, *alts))
     raise SpecError(f"{source}: the model config has no field {names}; it is required to size the model")
+
+
+#: the largest value apex-opt accepts for a size field of an HF config (far above any real model; a bigger one
+#: is a typo and would make apex-opt build enormous graphs)
+_LIMITS: dict[str, int] = {
+    "num_hidden_layers": 2048, "n_layer": 2048, "num_layers": 2048,
+    "num_attention_heads": 4096, "n_head": 4096, "num_key_value_heads": 4096,
+    "hidden_size": 1 << 18, "n_embd": 1 << 18, "d_model": 1 << 18,
+    "head_dim": 1 << 14, "vocab_size": 1 << 24, "intermediate_size": 1 << 21, "n_inner": 1 << 21,
+    "moe_intermediate_size": 1 << 21, "shared_expert_intermediate_size": 1 << 21,
+    "max_position_embeddings": 1 << 27, "n_positions": 1 << 27,
+    "num_local_experts": 1 << 16, "n_routed_experts": 1 << 16, "num_experts": 1 << 16,
+    "num_experts_per_tok": 1 << 16, "moe_top_k": 1 << 16, "num_selected_experts": 1 << 16,
+    "n_shared_experts": 1 << 10, "first_k_dense_replace": 2048, "moe_layer_freq": 2048,
+    "decoder_sparse_step": 2048, "kv_lora_rank": 1 << 16, "q_lora_rank": 1 << 16,
+    "qk_nope_head_dim": 1 << 14, "qk_rope_head_dim": 1 << 14, "v_head_dim": 1 << 14,
+}
+_EXAMPLES = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+             "vocab_size": 32000, "intermediate_size": 14336, "head_dim": 128, "max_position_embeddings": 8192}
+#: fields that may be 0
+_ZERO_OK = ("n_shared_experts", "first_k_dense_replace")
+
+
+def _whole(cfg: dict[str, Any], key: str, source: str) -> int:
+    """``cfg[key]`` as a whole number within its limits, or a :class:`SpecError` naming the field and value."""
+    value = cfg[key]
+    lo, hi = (0 if key in _ZERO_OK else 1), _LIMITS.get(key, 1 << 40)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{source}: field '{key}' is {shorten(value)} ({type(value).__name__}); it must be a whole "
+                        f"number (e.g. \"{key}\": {_EXAMPLES.get(key, 8)}) as in the model's config.json")
+    if not lo <= value <= hi:
+        raise SpecError(f"{source}: field '{key}' is {value}; it must be between {lo} and {hi:,}; fix the value "
+                        "(copy it from the model's config.json)")
+    return value
+
+
+def _opt(cfg: dict[str, Any], key: str, source: str) -> int | None:
+    """An optional whole-number field: None when missing or null."""
+    return _whole(cfg, key, source) if cfg.get(key) is not None else None
 
 
 def model_from_hf_config(cfg: dict[str, Any], *, name: str, source: str = "<config>") -> ModelSpec:
@@ -165,15 +204,26 @@ def model_from_hf_config(cfg: dict[str, Any], *, name: str, source: str = "<conf
     if not isinstance(cfg, dict):
         raise SpecError(f"{source}: a model config must be a JSON object, got {type(cfg).__name__}")
     if "text_config" in cfg and "hidden_size" not in cfg:
+        if not isinstance(cfg["text_config"], dict):
+            raise SpecError(f"{source}: field 'text_config' is {shorten(cfg['text_config'])}; it must be an object "
+                            "holding the language model's fields (hidden_size, num_hidden_layers, ...)")
         cfg = {**cfg["text_config"], "model_type": cfg.get("model_type", "")}
     model_type = str(cfg.get("model_type", "")).lower()
     hidden = _req(cfg, "hidden_size", source, "n_embd", "d_model")
     layers = _req(cfg, "num_hidden_layers", source, "n_layer", "num_layers")
     heads = _req(cfg, "num_attention_heads", source, "n_head")
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    head_dim = cfg.get("head_dim") or (hidden // heads if isinstance(hidden, int) and isinstance(heads, int) else 0)
+    kv_heads = _opt(cfg, "num_key_value_heads", source) or heads
+    head_dim = _opt(cfg, "head_dim", source)
+    if head_dim is None and not cfg.get("kv_lora_rank") and hidden % heads:
+        raise SpecError(f"{source}: field 'hidden_size' {hidden} is not divisible by num_attention_heads "
+                        f"{heads}, and the config gives no head_dim; fix one of them or add \"head_dim\"")
+    head_dim = head_dim or hidden // heads
     vocab = _req(cfg, "vocab_size", source)
-    inter = cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden
+    inter = _opt(cfg, "intermediate_size", source) or _opt(cfg, "n_inner", source) or 4 * hidden
+    for key in ("max_position_embeddings", "n_positions", "moe_intermediate_size", "shared_expert_intermediate_size",
+                "first_k_dense_replace", "moe_layer_freq", "decoder_sparse_step", "n_shared_experts", "kv_lora_rank",
+                "q_lora_rank"):
+        _opt(cfg, key, source)
 
     mla = None
     if cfg.get("kv_lora_rank"):
@@ -188,7 +238,14 @@ def model_from_hf_config(cfg: dict[str, Any], *, name: str, source: str = "<conf
 
     moe = None
     moe_layers: list[int] = []
-    n_experts = next((cfg[k] for k in _MOE_EXPERT_KEYS if cfg.get(k)), None)
+    expert_key = next((k for k in _MOE_EXPERT_KEYS if cfg.get(k) is not None), None)
+    n_experts = None
+    if expert_key is not None:
+        n_experts = _whole(cfg, expert_key, source) if cfg[expert_key] != 0 or isinstance(cfg[expert_key], bool) \
+            else 0
+        if n_experts < 2:
+            raise SpecError(f"{source}: field '{expert_key}' is {n_experts}; a mixture-of-experts model has at least "
+                            f"2 experts; for a dense model remove \"{expert_key}\" from the config")
     if n_experts and n_experts > 1:
         top_k = _req(cfg, "num_experts_per_tok", source, "moe_top_k", "num_selected_experts")
         expert_inter = cfg.get("moe_intermediate_size") or inter
@@ -210,7 +267,11 @@ def model_from_hf_config(cfg: dict[str, Any], *, name: str, source: str = "<conf
         }
         first_dense = int(cfg.get("first_k_dense_replace") or 0)
         freq = int(cfg.get("moe_layer_freq") or cfg.get("decoder_sparse_step") or 1)
-        dense_only = set(cfg.get("mlp_only_layers") or [])
+        dense_only = cfg.get("mlp_only_layers") or []
+        if not isinstance(dense_only, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in dense_only):
+            raise SpecError(f"{source}: field 'mlp_only_layers' is {shorten(dense_only)}; it must be a list of layer "
+                            "indices, e.g. [0, 1]")
+        dense_only = set(dense_only)
         for i in range(int(layers)):
             if i < first_dense or i in dense_only:
                 continue

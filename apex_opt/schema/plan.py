@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from ..bounds import MAX_GPUS
 from .base import Spec
 
 WeightDtype = Literal["bf16", "fp16", "fp8", "int4"]
@@ -57,13 +58,26 @@ class Plan(Spec):
     expert_skew: float = Field(default=1.0, ge=1.0)
     role: Role = "both"
 
+    @field_validator("dp", "pp", "tp", "ep", "moe_tp")
+    @classmethod
+    def _bounded_degree(cls, value: int | None) -> int | None:
+        if value is not None and value > MAX_GPUS:
+            raise ValueError(f"must be at most {MAX_GPUS:,} (the GPUs apex-opt supports); use a degree that divides "
+                             "the model's heads and layers, e.g. 1, 2, 4 or 8")
+        return value
+
     @model_validator(mode="after")
     def _shape(self) -> Plan:
+        if self.gpus > MAX_GPUS:
+            raise ValueError(f"dp x pp x tp = {self.dp} x {self.pp} x {self.tp} = {self.gpus:,} GPUs, more than the "
+                             f"{MAX_GPUS:,} apex-opt supports; lower dp, pp or tp")
         if self.layers_per_stage is not None:
             if len(self.layers_per_stage) != self.pp:
-                raise ValueError(f"layers_per_stage has {len(self.layers_per_stage)} entries for pp={self.pp}")
+                raise ValueError(f"layers_per_stage has {len(self.layers_per_stage)} entries for pp={self.pp}; "
+                                 f"give one layer count per pipeline stage ({self.pp})")
             if any(n < 1 for n in self.layers_per_stage):
-                raise ValueError("every pipeline stage needs at least one layer")
+                raise ValueError(f"layers_per_stage {','.join(map(str, self.layers_per_stage))[:80]}: every "
+                                 "pipeline stage needs at least one layer")
         span = self.tp * (self.dp if self.dp_attention else 1)
         moe_tp = self.moe_tp if self.moe_tp is not None else max(1, span // self.ep)
         if self.ep > 1 and moe_tp * self.ep != span:

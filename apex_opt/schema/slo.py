@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ..errors import SpecError
+from ..errors import SpecError, shorten
 from ..units import format_time, parse_fraction, parse_time
 from .base import Spec
 
@@ -70,36 +70,54 @@ _ITEM = re.compile(r"^\s*([a-z2]+)(?:\.([a-z0-9]+))?\s*=\s*(.+?)\s*$")
 
 def parse_slo(text: str | None) -> SLO:
     """Parse the SLO grammar used by ``--slo`` (see the module docstring)."""
+    if text is not None and not isinstance(text, str):
+        raise SpecError(f"slo {shorten(text)} is a {type(text).__name__}; give a string such as "
+                        "'ttft=200ms,tpot=50ms' or an SLO(...)")
     if text is None or not text.strip():
         return SLO()
     values: dict[str, object] = {}
+    seen: dict[str, str] = {}
     for item in text.split(","):
         if not item.strip():
             continue
         match = _ITEM.match(item)
         if not match:
             raise SpecError(
-                f"--slo item '{item.strip()}' is not of the form metric[.stat]=value; "
+                f"--slo item {shorten(item.strip())} is not of the form metric[.stat]=value; "
                 "write e.g. ttft=200ms,tpot.p90=50ms,attainment=95%"
             )
         metric, stat, raw = match.groups()
+        if metric in seen:
+            raise SpecError(f"--slo bounds '{metric}' twice ({shorten(seen[metric])} and {shorten(item.strip())}); "
+                            f"give one bound per metric, e.g. {seen[metric]}")
+        seen[metric] = item.strip()
         if metric == "attainment":
             if stat:
-                raise SpecError(f"--slo 'attainment' takes no statistic (got 'attainment.{stat}'); write attainment=95%")
+                raise SpecError(f"--slo 'attainment' takes no statistic (got {shorten('attainment.' + stat)}); "
+                                "write attainment=95%")
             values["attainment"] = parse_fraction(raw)
             continue
         if metric not in _METRICS:
             raise SpecError(
-                f"--slo metric '{metric}' is unknown; use ttft, tpot, e2e or attainment (e.g. ttft=200ms,tpot=50ms)"
+                f"--slo metric {shorten(metric)} is unknown; use ttft, tpot, e2e or attainment "
+                "(e.g. ttft=200ms,tpot=50ms)"
             )
         stat = stat or "mean"
         if stat not in _STATS:
-            raise SpecError(f"--slo statistic '{metric}.{stat}' is unknown; use one of {', '.join(_STATS)}")
+            raise SpecError(f"--slo statistic {shorten(metric + '.' + stat)} is unknown; use one of {', '.join(_STATS)}")
         if not re.search(r"[a-zµ]\s*$", raw):
-            raise SpecError(f"--slo value '{metric}={raw}' has no unit; write e.g. {metric}={raw}ms")
-        seconds = parse_time(raw)
+            raise SpecError(f"--slo value {shorten(metric + '=' + raw)} has no unit; write e.g. "
+                            f"{metric}={raw if len(raw) <= 20 else '200'}ms")
+        try:
+            seconds = parse_time(raw)
+        except SpecError as exc:
+            raise SpecError(f"--slo value {shorten(metric + '=' + raw)}: {exc}") from None
         if seconds <= 0:
-            raise SpecError(f"--slo value '{metric}={raw}' must be positive; write e.g. {metric}=200ms")
+            raise SpecError(f"--slo value {shorten(metric + '=' + raw)} must be positive; write e.g. {metric}=200ms")
         values[metric] = seconds
         values[f"{metric}_stat"] = stat
+    if "attainment" in values and not any(m in values for m in _METRICS):
+        raise SpecError(f"--slo {shorten(text.strip())} sets an attainment target with no latency bound, so no "
+                        "request could miss it; add the bounds it applies to, e.g. "
+                        f"ttft=200ms,tpot=50ms,{seen['attainment']}")
     return SLO.parse(values, source="--slo", kind="SLO")

@@ -399,7 +399,7 @@ class DisaggSimulation(Simulation):
             c0, c1 = self._coeffs(stage0, len(e.pool), shape.max_ctx)
             alpha = c0 + c1 * shape.decode_ctx_sum
             beta = c1 * len(e.pool)
-            n = min(n, self._steps_before(h - t, t0, alpha, beta) + 1)
+            n = min(n, self._steps_before(h - t, t0, alpha, beta, n) + 1)
         return max(n, 1)
 
     def _handoff_bound(self) -> float:

@@ -819,7 +819,7 @@ class Simulation:
                 c0, c1 = self._coeffs(stage0, B, shape.max_ctx)
                 alpha = c0 + c1 * shape.decode_ctx_sum
                 beta = c1 * B
-                n = min(n, self._steps_before(a_t - t, t0, alpha, beta) + 1)
+                n = min(n, self._steps_before(a_t - t, t0, alpha, beta, n) + 1)
         return max(n, 1)
 
     @staticmethod
@@ -829,8 +829,9 @@ class Simulation:
         return stage.decode_coeffs(num_decodes)
 
     @staticmethod
-    def _steps_before(span: float, t0: float, alpha: float, beta: float) -> int:
-        """Largest j >= 0 with D(j) < span, where D(0) = 0 and D(j) = t0 + sum_{i=1}^{j-1} (alpha + beta*i)."""
+    def _steps_before(span: float, t0: float, alpha: float, beta: float, cap: int = 1 << 62) -> int:
+        """Largest j >= 0 with D(j) < span, where D(0) = 0 and D(j) = t0 + sum_{i=1}^{j-1} (alpha + beta*i), or
+        ``cap`` if that is smaller (callers need no more steps than a run has)."""
         if t0 >= span:
             return 0
 
@@ -845,12 +846,26 @@ class Simulation:
             j = int((-bq + math.sqrt(max(disc, 0.0))) / beta) if disc > 0 else 1
         else:
             j = int((span - t0 + alpha) / alpha) if alpha > 0 else 1 << 62
-        j = max(1, min(j, 1 << 62))
-        while j > 1 and d(j) >= span:
-            j -= 1
-        while d(j + 1) < span:
-            j += 1
-        return j
+        j = max(1, min(j, cap))
+        # the closed form is off by a step or two from rounding; far off only when span dwarfs the step times
+        # (an arrival ages away), where floating point cannot tell steps apart: then bisect, within [1, cap]
+        for _ in range(4):
+            if j > 1 and d(j) >= span:
+                j -= 1
+            elif j < cap and d(j + 1) < span:
+                j += 1
+            else:
+                return j
+        lo, hi = 1, cap  # d(lo) < span (d(1) = t0); the answer is at most hi
+        if d(hi) < span:
+            return hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if d(mid) < span:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def _apply_run(self, e: EngineState, t: float, shape: BatchShape, t0: float, n: int, stage0: Any,
                    sc: StageClock) -> float:

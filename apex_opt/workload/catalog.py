@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..bounds import load_yaml
 from ..errors import SpecError, TraceError, UnknownNameError
 from ..units import Rate
 from .model import Workload
@@ -64,7 +65,7 @@ def workloads_dir(specs_dir: str | os.PathLike[str]) -> Path:
 
 def _load_entry(path: Path) -> WorkloadEntry:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), path)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
     if not isinstance(data, dict):
@@ -176,7 +177,11 @@ def load_workload(
     entries = catalog_entries(specs_dir)
     entry = entries.get(text) or entries.get(text.lower())
     if entry is None:
-        if Path(text).is_file():  # a trace file without a known extension: let the reader say so
+        try:
+            is_file = Path(text).is_file()
+        except OSError:  # e.g. a name longer than the file system allows: not a file
+            is_file = False
+        if is_file:  # a trace file without a known extension: let the reader say so
             return read_trace(Path(text), block_tokens=block)
         raise UnknownNameError("workload", text, entries, hint=_UNKNOWN_HINT)
     return _load_entry_trace(entry, specs_dir, block)

@@ -81,6 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bounds import MAX_ARRIVAL_SPAN_S
 from ..errors import SpecError
 from ..units import parse_rate, parse_time
 from .model import Workload
@@ -261,6 +262,7 @@ class SyntheticSpec:
         if isinstance(start, bool) or not isinstance(start, (int, float)) or not (math.isfinite(start) and start >= 0):
             raise _err(f"start={start!r} must be a time >= 0; write e.g. start=600s")
         object.__setattr__(self, "start_s", float(start))
+        self._check_span()
         if self.shared_prefix is None:
             for key in SHARED_PREFIX_KEYS:
                 if getattr(self, key) is not None:
@@ -268,6 +270,29 @@ class SyntheticSpec:
                         f"{key}={getattr(self, key)} only applies to shared-prefix workloads; add shared_prefix=GxU "
                         f"(e.g. {_SP_EXAMPLE}) or drop {key}"
                     )
+
+    def _check_span(self) -> None:
+        """Arrivals must end within MAX_ARRIVAL_SPAN_S: beyond, simulated time loses its precision (and a rate
+        like 1e-300rps puts arrivals ages away)."""
+        limit = MAX_ARRIVAL_SPAN_S
+        year = f"one year ({limit:,.0f} s)"
+        if self.start_s >= limit:
+            raise _err(f"start={_fmt(self.start_s)}s is beyond the {year} of arrivals supported; use a start of at "
+                       f"most {limit:.0f}s, e.g. start=600s")
+        room = limit - self.start_s
+        if self.duration_s is not None:
+            if self.duration_s > room:
+                after = f" (after start={_fmt(self.start_s)}s)" if self.start_s else ""
+                raise _err(f"duration={_fmt(self.duration_s)}s{after} spans more than the {year} of arrivals "
+                           f"supported; shorten it to at most {room:.0f}s")
+            return
+        requests = int(self.requests or 0)
+        span = requests / self.rate
+        if span > room:
+            low = requests / room if room > 0 else math.inf
+            raise _err(f"rate={_fmt(self.rate)}rps with requests={requests} spreads the arrivals over about "
+                       f"{span:.3g} s, more than the {year} supported; raise the rate to at least {low:.3g}rps "
+                       "or send fewer requests")
 
     def _check_shared_prefix(self) -> None:
         sp = self.shared_prefix

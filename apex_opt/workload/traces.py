@@ -56,7 +56,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ..errors import TraceError
+from ..errors import TraceError, shorten
 from .model import Workload
 
 APEX_FIELDS: tuple[str, ...] = ("RequestID", "StartTimeOffset", "ContextTokens", "GeneratedTokens")
@@ -93,11 +93,19 @@ _INT64_MAX = 2**63 - 1
 
 
 def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise TraceError(f"trace file '{path}' does not exist; check the path (relative paths start at {Path.cwd()})")
-    if path.is_dir():
-        raise TraceError(f"trace path '{path}' is a directory; give a .jsonl or .csv file")
-    raw = path.read_bytes()
+    shown = shorten(str(path))
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise TraceError(f"trace file {shown}: cannot be opened ({exc.strerror}); check the path") from None
+    if not exists:
+        raise TraceError(f"trace file {shown} does not exist; check the path (relative paths start at {Path.cwd()})")
+    if is_dir:
+        raise TraceError(f"trace path {shown} is a directory; give a .jsonl or .csv file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TraceError(f"trace file {shown}: cannot read the file ({exc.strerror}); check its permissions") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
