@@ -145,17 +145,24 @@ def _raise_site(exc: BaseException, fn: Callable) -> str:
 
 
 # ------------------------------------------------------------------------------------------- evaluation
+def _call_user(c: Constraint, where: str, args: tuple, returns: str) -> Any:
+    """Call a user constraint under the time limit; ``sys.exit`` inside it becomes a :class:`ConstraintError`."""
+    try:
+        with user_code_time_limit(where):
+            return c.fn(*args)
+    except SystemExit as exc:
+        raise ConstraintError(f"{where} called sys.exit({exc.code!r:.40}) at {_raise_site(exc, c.fn)}; a "
+                              f"{'simulated ' if where.startswith('simulated') else ''}constraint {returns} and "
+                              "must not exit") from None
+
+
 def plan_expressions(c: Constraint, v: Any, specs: Any) -> list[cp_model.BoundedLinearExpression]:
     """Call a plan constraint and check what it returns (see the module docstring for the rules)."""
     where = f"constraint '{c.label}' ({c.location})"
     try:
-        with user_code_time_limit(where):
-            out = c.fn(v, specs)
+        out = _call_user(c, where, (v, specs), "returns an expression (e.g. v.tp <= 8)")
     except ConstraintError:
         raise
-    except SystemExit as exc:
-        raise ConstraintError(f"{where} called sys.exit({exc.code!r:.40}) at {_raise_site(exc, c.fn)}; a constraint "
-                              "returns an expression (e.g. v.tp <= 8) and must not exit") from None
     except Exception as exc:
         site = _raise_site(exc, c.fn)
         msg = f"{where} raised {type(exc).__name__} at {site}: {exc}"
@@ -190,13 +197,9 @@ def check_simulated(c: Constraint, metrics: Any, specs: Any) -> bool:
     """Call a simulated-result constraint; it must return a bool."""
     where = f"simulated constraint '{c.label}' ({c.location})"
     try:
-        with user_code_time_limit(where):
-            out = c.fn(metrics, specs)
+        out = _call_user(c, where, (metrics, specs), "returns a bool")
     except ConstraintError:
         raise
-    except SystemExit as exc:
-        raise ConstraintError(f"{where} called sys.exit({exc.code!r:.40}) at {_raise_site(exc, c.fn)}; a simulated "
-                              "constraint returns a bool and must not exit") from None
     except Exception as exc:
         raise ConstraintError(f"{where} raised {type(exc).__name__} at {_raise_site(exc, c.fn)}: {exc}") from exc
     if isinstance(out, bool) or type(out).__name__ == "bool_":
