@@ -6,7 +6,8 @@ Each limit is far beyond any real deployment and is named, with its value, in th
 * :data:`MAX_BATCH` and :data:`MAX_ITERATION_TOKENS`: ``estimate``'s batch and tokens in one iteration;
 * :data:`MAX_ARRIVAL_SPAN_S`: the time span of a synthetic workload's arrivals;
 * :data:`MAX_YAML_NODES`: values a YAML document holds once its aliases are expanded (a "billion laughs" file);
-* :data:`USER_CODE_TIME_LIMIT_S`: seconds one call of a user constraint may run (:func:`user_code_time_limit`).
+* :data:`USER_CODE_TIME_LIMIT_S`: seconds one call of a user constraint may run (:func:`user_code_time_limit`);
+* :data:`PLUGIN_SEARCH_TIME_LIMIT_S`: seconds a user's ``--solver`` plug-in may search.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ MAX_ARRIVAL_SPAN_S = 365 * 86_400.0
 MAX_YAML_NODES = 100_000
 #: seconds one call of a user constraint function may take
 USER_CODE_TIME_LIMIT_S = 30.0
+#: seconds a user's ``--solver`` plug-in may search (its own constraints and simulations included)
+PLUGIN_SEARCH_TIME_LIMIT_S = 600.0
 
 
 def format_count(n: int) -> str:
@@ -115,8 +118,11 @@ class _UserCodeTimeout(BaseException):
 
 
 @contextmanager
-def user_code_time_limit(what: str, seconds: float | None = None) -> Iterator[None]:
-    """Run the ``with`` body (a call into user code) for at most ``seconds``, else raise :class:`ConstraintError`.
+def user_code_time_limit(what: str, seconds: float | None = None, *, error: type[Exception] = ConstraintError,
+                         fix: str = "a constraint must return at once: look for a loop that never ends there",
+                         ) -> Iterator[None]:
+    """Run the ``with`` body (a call into user code) for at most ``seconds``, else raise ``error`` (by default
+    :class:`ConstraintError`) naming ``what``, where it was stopped, and ``fix``.
 
     Enforced with ``SIGALRM`` on POSIX in the main thread, when no other alarm is pending; elsewhere the body
     runs unbounded.
@@ -140,8 +146,7 @@ def user_code_time_limit(what: str, seconds: float | None = None) -> Iterator[No
     try:
         yield
     except _UserCodeTimeout:
-        raise ConstraintError(f"{what} ran for more than {limit:g} s and was stopped{''.join(where[:1])}; a "
-                              "constraint must return at once: look for a loop that never ends there") from None
+        raise error(f"{what} ran for more than {limit:g} s and was stopped{''.join(where[:1])}; {fix}") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)

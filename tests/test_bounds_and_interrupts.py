@@ -378,3 +378,50 @@ def test_the_planner_quality_benchmark_caches_in_a_private_temporary_folder(monk
     assert Path(tempfile.gettempdir()) in cache.parents
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     cache.rmdir()
+
+
+def test_ctrl_c_stops_a_cp_sat_search_at_once():
+    import _thread
+    import itertools
+    import threading
+    import time
+
+    from ortools.sat.python import cp_model
+
+    from apex_opt.planner.model import interruptible_solve
+
+    model = cp_model.CpModel()
+    xs = [model.new_int_var(0, 100, f"x{i}") for i in range(60)]
+    for a, b in itertools.pairwise(xs):
+        model.add(a != b)
+    model.add_all_different(xs[:50])
+    model.maximize(sum(x * (i % 7 + 1) for i, x in enumerate(xs)))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = 30
+    solver.parameters.num_workers = 1
+    solver.parameters.catch_sigint_signal = False
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        interruptible_solve(solver, model)
+    assert time.monotonic() - started < 5  # not the 30 s time limit
+
+
+def test_a_problem_from_something_other_than_specs_is_refused():
+    from apex_opt.planner.solve import Problem
+
+    with pytest.raises(ax.SpecError, match=r"Problem\(specs='x'\): specs must be the Specs"):
+        Problem("x")
+
+
+def test_a_solver_plug_in_that_never_returns_is_stopped_with_its_line(tmp_path, monkeypatch):
+    import importlib
+
+    solve_module = importlib.import_module("apex_opt.planner.solve")
+    plugin = tmp_path / "forever.py"
+    plugin.write_text("def search(problem):\n    while True:\n        pass\n")
+    monkeypatch.setattr(solve_module, "PLUGIN_SEARCH_TIME_LIMIT_S", 0.3)
+    specs = ax.load_specs("llama-3.1-8b", "h100x8", workload="synthetic:rate=1rps,requests=5,prompt=100,output=5")
+    with pytest.raises(ax.SolverError, match=r"search\(problem\) ran for more than 0.3 s and was stopped at "
+                                             r"forever.py:\d.*--solver cpsat"):
+        ax.solve(specs, solver=str(plugin), workers=1)

@@ -36,6 +36,7 @@ Objective
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -414,7 +415,7 @@ class PlanModel:
         self.model.clear_objective()
         if self.mode == "explain":
             self._assume(labels)
-        status = self._solver().solve(self.model)
+        status = interruptible_solve(self._solver(), self.model)
         self._check(status)
         if status == cp_model.UNKNOWN:
             raise SolverError("CP-SAT reached the time limit before deciding feasibility; raise --time-limit")
@@ -427,7 +428,7 @@ class PlanModel:
         self.model.clear_objective()
         self._assume()
         solver = self._solver()
-        status = solver.solve(self.model)
+        status = interruptible_solve(solver, self.model)
         self._check(status)
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return []
@@ -556,7 +557,7 @@ class PlanModel:
             if fixes:
                 self.model.add_assumptions(fixes)
             solver = self._solver(time_limit)
-            status = solver.solve(self.model)
+            status = interruptible_solve(solver, self.model)
             self._check(status)
             if status == cp_model.INFEASIBLE:
                 if k:
@@ -583,6 +584,32 @@ class PlanModel:
                     self.model.add(self.index != self._pos[i])
 
 
+def interruptible_solve(solver: cp_model.CpSolver, model: cp_model.CpModel) -> Any:
+    """``solver.solve(model)`` that Ctrl-C stops at once: the search runs in a thread (CP-SAT releases the GIL)
+    while this thread waits in short slices, so the interrupt reaches Python, stops the search and propagates."""
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(solver.solve(model))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, which re-raises it
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="cp-sat", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+    except KeyboardInterrupt:
+        solver.stop_search()
+        worker.join()
+        raise
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
 def solve_once(model: cp_model.CpModel, *, seed: int, time_limit: float | None, what: str) -> cp_model.CpSolver | None:
     """Solve ``model`` on one worker with ``seed``: the solver holding the optimum, or None when it is infeasible.
 
@@ -594,7 +621,7 @@ def solve_once(model: cp_model.CpModel, *, seed: int, time_limit: float | None, 
     solver.parameters.catch_sigint_signal = False  # leave Ctrl-C to Python
     if time_limit is not None:
         solver.parameters.max_time_in_seconds = max(time_limit, 0.01)
-    status = solver.solve(model)
+    status = interruptible_solve(solver, model)
     if status == cp_model.INFEASIBLE:
         return None
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):

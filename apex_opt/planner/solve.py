@@ -33,6 +33,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..bounds import PLUGIN_SEARCH_TIME_LIMIT_S, user_code_time_limit
 from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, shorten
 from ..perf.replica import build_replica
 from ..schema.plan import Deployment, Plan
@@ -188,6 +189,11 @@ class Problem:
                  seed: int = 0, workers: int = 2, time_limit: float | None = None,
                  max_simulations: int | None = None, simulator: Callable[..., Any] | None = None,
                  progress: Callable[[str], None] | None = None) -> None:
+        if not isinstance(specs, Specs):
+            raise SpecError(f"Problem(specs={shorten(specs)}): specs must be the Specs that load_specs(...) returns, "
+                            f"not a {type(specs).__name__}; write Problem(ax.load_specs(\"llama-3.1-8b\", \"h100x8\"))")
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise SpecError(f"--top-k {shorten(top_k)}: must be a whole number of at least 1; write e.g. --top-k 3")
         if top_k < 1:
             raise SpecError(f"--top-k {top_k}: must be at least 1")
         if max_requests is not None:
@@ -677,7 +683,9 @@ def _run_plugin(name: str, strategy: Callable[[Problem], PlanSet], problem: Prob
     """Call a user's ``search(problem)``; what it raises (or a sys.exit) becomes a :class:`SolverError`."""
     path = getattr(getattr(strategy, "__code__", None), "co_filename", None)
     try:
-        result = strategy(problem)
+        with user_code_time_limit(f"--solver {name}: search(problem)", PLUGIN_SEARCH_TIME_LIMIT_S, error=SolverError,
+                                  fix="look for a loop that never ends in the plug-in, or use --solver cpsat"):
+            result = strategy(problem)
     except (ApexOptError, KeyboardInterrupt):
         raise
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in's own failure becomes a message
