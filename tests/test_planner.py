@@ -457,3 +457,16 @@ def test_a_strategy_can_be_a_function(small):
 
     result = planner.solve(small, solver=first_feasible, workers=1)
     assert result.solver == "first_feasible" and len(result.plans) <= 1
+
+
+def test_an_slo_relaxation_is_never_the_bound_already_in_force():
+    from types import SimpleNamespace as NS
+
+    from apex_opt.planner.constraints import _suggest
+
+    est = NS(fits=True, tpot_s=0.030, ttft_tail_s=0.2)
+    space = NS(candidates=[NS(est=est, gpus=1)], total_gpus=8, options=NS(slo_slack=1.0),
+               specs=NS(slo=NS(tpot=0.050, ttft=None)))
+    assert _suggest(space, "tpot") is None  # 30 ms plans exist: the 50 ms bound is not what rules them out
+    space.specs.slo.tpot = 0.010
+    assert _suggest(space, "tpot") == "--slo tpot=50ms"

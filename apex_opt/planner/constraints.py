@@ -53,7 +53,7 @@ class Constraint:
     description: str | Callable[..., str] | None = None
     builtin: bool = False
     #: how to relax it, for infeasibility messages (built-ins only): a callable (space) -> str or a string
-    relax: str | Callable[..., str] | None = None
+    relax: str | Callable[..., str | None] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -342,7 +342,7 @@ def _gib(x: float) -> str:
     return f"{x / 2**30:.0f} GiB"
 
 
-def _builtin(label: str, description: Callable[[Any], str], relax: Callable[[Any], str] | str | None = None):
+def _builtin(label: str, description: Callable[[Any], str], relax: Callable[[Any], str | None] | str | None = None):
     """A built-in constraint: the same :class:`Constraint` as a user's, with a description for explanations."""
 
     def wrap(fn: Callable) -> Constraint:
@@ -445,8 +445,9 @@ def builtin_constraints(space: Any) -> list[Constraint]:
     return out
 
 
-def _suggest(space: Any, metric: str) -> str:
-    """A relaxed SLO value that some candidate fitting in memory would meet (rounded up to a round number)."""
+def _suggest(space: Any, metric: str) -> str | None:
+    """A relaxed SLO value that some candidate fitting in memory would meet (rounded up to a round number);
+    None when that is no looser than the bound in force (the SLO is not what rules the plans out)."""
 
     best = math.inf
     for c in space.candidates:
@@ -458,6 +459,9 @@ def _suggest(space: Any, metric: str) -> str:
     if not math.isfinite(best):
         return f"a looser --slo {metric}"
     nice = _round_up(best * 1.05)
+    bound = getattr(space.specs.slo, metric, None)
+    if bound is not None and nice <= bound:
+        return None
     return f"--slo {metric}={_slo_time(nice)}"
 
 

@@ -43,7 +43,9 @@ def _hint(space: Any, conflict: Sequence[Constraint]) -> str:
     for label in order:
         c = builtins.get(label)
         if c is not None and c.relax:
-            return c.relax(space) if callable(c.relax) else c.relax
+            hint = c.relax(space) if callable(c.relax) else c.relax
+            if hint:  # None: relaxing this one alone would not help (e.g. the bound is already that loose)
+                return hint
     user = [c for c in conflict if not c.builtin]
     if user:
         return f"remove or loosen [{user[0].label}] ({user[0].location})"
