@@ -5,6 +5,7 @@ The front doors, in pipeline order:
 * :func:`load_specs` resolves model, cluster, engine, workload and SLO into :class:`Specs`;
 * :func:`estimate` prices one prefill and one decode iteration of a :class:`Plan` operator by operator;
 * :func:`simulate` replays the workload through a plan, iteration by iteration (:class:`SimResult`);
+* :func:`capacity` finds the highest request rate a plan sustains under the SLO (:class:`CapacityResult`);
 * :func:`solve` searches the plan space and returns verified plans (:class:`PlanSet`), with
   :func:`constraint` for user constraints.
 
@@ -16,6 +17,7 @@ The front doors, in pipeline order:
 
 from __future__ import annotations
 
+from .capacity import CapacityResult, capacity
 from .errors import (
     ApexOptError,
     ConstraintError,
@@ -90,6 +92,7 @@ def estimate(specs: Specs, plan: Plan, *, batch: int = 32, context: int = 1024) 
 __all__ = [
     "SLO",
     "ApexOptError",
+    "CapacityResult",
     "ConstraintError",
     "Deployment",
     "DoesNotFitError",
@@ -110,6 +113,7 @@ __all__ = [
     "TraceError",
     "UnknownNameError",
     "Workload",
+    "capacity",
     "constraint",
     "estimate",
     "load_constraints",

@@ -50,6 +50,7 @@ def cli() -> None:
     apex-opt solve                      # the built-in example: llama-3.1-70b on 8x H100, lmsys trace
     apex-opt solve --model llama-3.1-70b --cluster h100x8 --workload lmsys --slo ttft=200ms,tpot=50ms
     apex-opt simulate --model llama-3.1-70b --gpu h100-sxm-80gb --tp 8 --workload lmsys
+    apex-opt capacity --model llama-3.1-8b --tp 1 --slo ttft=200ms,tpot=30ms --rate 20rps
     apex-opt estimate --model llama-3.1-70b --gpu h100-sxm-80gb --tp 8 --batch 32 --context 1024
     apex-opt catalog models
     """
@@ -59,7 +60,7 @@ def _register_commands() -> None:
     from . import catalog as catalog_cmd
 
     cli.add_command(catalog_cmd.catalog)
-    for module_name in ("estimate", "simulate", "solve"):
+    for module_name in ("capacity", "estimate", "simulate", "solve", "validate"):
         try:
             module = __import__(f"apex_opt.cli.{module_name}", fromlist=[module_name])
         except ModuleNotFoundError as exc:  # a command whose module is not part of this build

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from ..schema.plan import Deployment, Plan
 from ..schema.slo import SLO
 from ..sim.router import ROUTERS
 from ..simulate import simulate as run
-from ..specs import load_specs
+from ..specs import Specs, load_specs
 from ..units import format_time
 from .options import SLOType, atomic_output, check_output_file, engine_options, parse_layers, plan_options
 from .render import console, echo_json, table
@@ -131,55 +132,45 @@ def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
     return n
 
 
-@click.command()
-@click.option("--model", default="llama-3.1-70b", show_default=True, help="catalog name or path to an HF config.json")
-@click.option("--gpu", default="h100-sxm-80gb", show_default=True, help="GPU kind (or give --cluster)")
-@click.option("--cluster", default=None, help="catalog cluster or cluster YAML (default: nodes of 8 --gpu)")
-@click.option("--nodes", type=click.IntRange(min=1), default=None, help="nodes in the quick-form cluster")
-@click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, help="GPUs per node (quick form)")
-@plan_options
-@click.option("--workload", default="lmsys", show_default=True,
-              help="catalog name, trace .jsonl/.csv, or synthetic:rate=..,requests=..,prompt=..,output=..")
-@click.option("--chunked-prefill/--no-chunked-prefill", default=None, help="default: the engine's rule")
-@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=None)
-@click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
-@click.option("--gpu-memory-utilization", type=click.FloatRange(min=0.05, max=1.0), default=None)
-@click.option("--max-model-len", type=click.IntRange(min=1), default=None)
-@engine_options
-@click.option("--prefill", "prefill_spec", default=None, metavar="SPEC",
-              help=f"disaggregated: the prefill instances, {ROLE_FORM} (with --decode; not with --tp/--dp)")
-@click.option("--decode", "decode_spec", default=None, metavar="SPEC",
-              help=f"disaggregated: the decode instances, {ROLE_FORM} (with --prefill)")
-@click.option("--router", type=click.Choice(list(ROUTERS)), default="round-robin",
-              show_default=True, help="spreads arrivals over the replicas (disaggregated: the prefill instances)")
-@click.option("--decode-router", type=click.Choice(["round-robin", "least-loaded", "random"]),
-              default="least-loaded", show_default=True,
-              help="disaggregated: picks the decode instance of each prefilled request")
-@click.option("--slo", type=SLOType(), default=None, help="e.g. ttft=200ms,tpot.p90=50ms,attainment=95%")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--max-requests", type=click.IntRange(min=1), default=None, help="replay only the first N requests")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--requests-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="write one JSON object per request to this .jsonl file")
-@click.pass_context
-def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, nodes: int | None,
-             gpus_per_node: int | None, tp: int, pp: int, dp: int, ep: int, dp_attention: bool,
-             layers_per_stage: str | None, weight_dtype: str, kv_dtype: str, engine: str, workload: str,
-             chunked_prefill: bool | None, max_num_batched_tokens: int | None, max_num_seqs: int | None,
-             gpu_memory_utilization: float | None, max_model_len: int | None, prefill_spec: str | None,
-             decode_spec: str | None, router: str, decode_router: str, slo: SLO | None, seed: int,
-             max_requests: int | None, fmt: str, requests_out: Path | None, cuda_graphs: bool | None,
-             attention_backend: str | None, measured_at: str, **engine_knobs: Any) -> None:
-    """Replay a workload through one plan, iteration by iteration, and report TTFT, TPOT, ITL, e2e latency,
-    throughput, goodput and SLO attainment, KV use, preemptions, MFU, energy and cost.
+def deployment_options(func: Callable) -> Callable:
+    """The options that name a model, a cluster and a plan (or --prefill/--decode instances) on it, the workload
+    and the engine settings: shared by ``simulate`` and ``capacity`` and turned into specs and a plan by
+    :func:`build_deployment`."""
+    options = [
+        click.option("--model", default="llama-3.1-70b", show_default=True,
+                     help="catalog name or path to an HF config.json"),
+        click.option("--gpu", default="h100-sxm-80gb", show_default=True, help="GPU kind (or give --cluster)"),
+        click.option("--cluster", default=None, help="catalog cluster or cluster YAML (default: nodes of 8 --gpu)"),
+        click.option("--nodes", type=click.IntRange(min=1), default=None, help="nodes in the quick-form cluster"),
+        click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, help="GPUs per node (quick form)"),
+        plan_options,
+        click.option("--workload", default="lmsys", show_default=True,
+                     help="catalog name, trace .jsonl/.csv, or synthetic:rate=..,requests=..,prompt=..,output=.."),
+        click.option("--chunked-prefill/--no-chunked-prefill", default=None, help="default: the engine's rule"),
+        click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=None),
+        click.option("--max-num-seqs", type=click.IntRange(min=1), default=None),
+        click.option("--gpu-memory-utilization", type=click.FloatRange(min=0.05, max=1.0), default=None),
+        click.option("--max-model-len", type=click.IntRange(min=1), default=None),
+        engine_options,
+        click.option("--prefill", "prefill_spec", default=None, metavar="SPEC",
+                     help=f"disaggregated: the prefill instances, {ROLE_FORM} (with --decode; not with --tp/--dp)"),
+        click.option("--decode", "decode_spec", default=None, metavar="SPEC",
+                     help=f"disaggregated: the decode instances, {ROLE_FORM} (with --prefill)"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
-    With --prefill and --decode the cluster is split into prefill and decode instances (disaggregated serving,
-    each with its own tp/pp/ep/dp): prompts are prefilled on the prefill instances, their KV caches are sent over
-    the cluster's links to the decode instances, which generate the rest, e.g.
-    --prefill tp=4,dp=2 --decode tp=8,dp=1.
-    """
-    if requests_out is not None:
-        check_output_file("--requests-out", requests_out)  # before the simulation, not after it
+
+def build_deployment(ctx: click.Context, *, model: str, gpu: str, cluster: str | None, nodes: int | None,
+                     gpus_per_node: int | None, tp: int, pp: int, dp: int, ep: int, dp_attention: bool,
+                     layers_per_stage: str | None, weight_dtype: str, kv_dtype: str, engine: str, workload: str,
+                     chunked_prefill: bool | None, max_num_batched_tokens: int | None, max_num_seqs: int | None,
+                     gpu_memory_utilization: float | None, max_model_len: int | None, cuda_graphs: bool | None,
+                     attention_backend: str | None, prefill_spec: str | None, decode_spec: str | None,
+                     slo: SLO | None) -> tuple[Specs, Plan | Deployment]:
+    """The specs and the plan (or disaggregated Deployment) that the :func:`deployment_options` name; the quick-form
+    cluster is sized to the plan. SpecError on contradictory options."""
     common: dict[str, Any] = {
         "gpu": gpu, "engine": engine, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
         "chunked_prefill": chunked_prefill, "max_num_batched_tokens": max_num_batched_tokens,
@@ -233,6 +224,48 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         fix = "lower tp/dp/pp in --prefill/--decode" if isinstance(plan, Deployment) else "Lower --dp/--tp/--pp"
         raise SpecError(f"plan {plan.label} needs {plan.gpus} GPUs; cluster '{specs.cluster.name}' has "
                         f"{specs.cluster.total_gpus}. {fix} or add --nodes")
+    return specs, plan
+
+
+@click.command()
+@deployment_options
+@click.option("--router", type=click.Choice(list(ROUTERS)), default="round-robin",
+              show_default=True, help="spreads arrivals over the replicas (disaggregated: the prefill instances)")
+@click.option("--decode-router", type=click.Choice(["round-robin", "least-loaded", "random"]),
+              default="least-loaded", show_default=True,
+              help="disaggregated: picks the decode instance of each prefilled request")
+@click.option("--slo", type=SLOType(), default=None, help="e.g. ttft=200ms,tpot.p90=50ms,attainment=95%")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--max-requests", type=click.IntRange(min=1), default=None, help="replay only the first N requests")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--requests-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write one JSON object per request to this .jsonl file")
+@click.pass_context
+def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, nodes: int | None,
+             gpus_per_node: int | None, tp: int, pp: int, dp: int, ep: int, dp_attention: bool,
+             layers_per_stage: str | None, weight_dtype: str, kv_dtype: str, engine: str, workload: str,
+             chunked_prefill: bool | None, max_num_batched_tokens: int | None, max_num_seqs: int | None,
+             gpu_memory_utilization: float | None, max_model_len: int | None, prefill_spec: str | None,
+             decode_spec: str | None, router: str, decode_router: str, slo: SLO | None, seed: int,
+             max_requests: int | None, fmt: str, requests_out: Path | None, cuda_graphs: bool | None,
+             attention_backend: str | None, measured_at: str, **engine_knobs: Any) -> None:
+    """Replay a workload through one plan, iteration by iteration, and report TTFT, TPOT, ITL, e2e latency,
+    throughput, goodput and SLO attainment, KV use, preemptions, MFU, energy and cost.
+
+    With --prefill and --decode the cluster is split into prefill and decode instances (disaggregated serving,
+    each with its own tp/pp/ep/dp): prompts are prefilled on the prefill instances, their KV caches are sent over
+    the cluster's links to the decode instances, which generate the rest, e.g.
+    --prefill tp=4,dp=2 --decode tp=8,dp=1.
+    """
+    if requests_out is not None:
+        check_output_file("--requests-out", requests_out)  # before the simulation, not after it
+    specs, plan = build_deployment(
+        ctx, model=model, gpu=gpu, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, dp=dp,
+        ep=ep, dp_attention=dp_attention, layers_per_stage=layers_per_stage, weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype, engine=engine, workload=workload, chunked_prefill=chunked_prefill,
+        max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, cuda_graphs=cuda_graphs,
+        attention_backend=attention_backend, prefill_spec=prefill_spec, decode_spec=decode_spec, slo=slo)
     show_progress = fmt == "table" and sys.stderr.isatty()
     progress, callback = _progress_callback(show_progress)
     kw: dict[str, Any] = {"router": router, "decode_router": decode_router, "seed": seed,
