@@ -136,12 +136,18 @@ class Verifier:
         if pool is None:
             return
         processes = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes:
             if proc.is_alive():
                 proc.terminate()
         for proc in processes:
             proc.join(timeout=2.0)
+            if proc.is_alive():  # SIGTERM not honoured in time (a worker still starting up): SIGKILL
+                proc.kill()
+                proc.join(timeout=5.0)
+        if manager is not None:  # it reaps the workers too: once it is done, every exit status is recorded
+            manager.join(timeout=5.0)
 
     def _executor(self, size: int) -> ProcessPoolExecutor:
         if self._pool is not None and self._pool_size < size:  # a larger batch than the pool was made for
