@@ -17,6 +17,7 @@ The front doors, in pipeline order:
 
 from __future__ import annotations
 
+from .calibration.profile import applying_calibration
 from .capacity import CapacityResult, capacity
 from .errors import (
     ApexOptError,
@@ -65,6 +66,7 @@ def load_workload(ref, *, specs_dir=None, block_tokens=None) -> Workload:  # typ
                           block_tokens=block_tokens)
 
 
+@applying_calibration
 def estimate(specs: Specs, plan: Plan, *, batch: int = 32, context: int = 1024) -> dict:
     """Per-operator prefill and decode breakdown, memory fit and KV capacity of one replica of ``plan``.
 

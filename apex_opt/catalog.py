@@ -15,8 +15,9 @@ apex_opt.errors.UnknownNameError: unknown GPU 'h100-sxm'; did you mean 'h100-sxm
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -135,8 +136,14 @@ def _load_models() -> dict[str, ModelSpec]:
 
 MODELS: Registry[ModelSpec] = Registry("model", _load_models, "Or pass a path to a Hugging Face config.json.")
 GPUS: Registry[GPUSpec] = Registry(
-    "GPU", lambda: _load_dir("gpus", lambda p, d: GPUSpec.parse(d, source=p, kind="GPU"))
+    "GPU", lambda: _load_dir("gpus", lambda p, d: GPUSpec.parse(d, source=p, kind="GPU")),
+    "Or pass the path of a GPU YAML file (same fields as specs/gpus/*.yaml; see docs/examples/gpu-custom.yaml).",
 )
+
+#: GPUs read from files in this process, by name; a later file with the same name replaces an earlier one.
+#: Specs carry their GPU specs (``Specs.gpus``), so worker processes never need this table.
+_FILE_GPUS: dict[str, GPUSpec] = {}
+_GPU_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,79}")
 CLUSTERS: Registry[ClusterSpec] = Registry(
     "cluster",
     lambda: _load_dir("clusters", lambda p, d: ClusterSpec.parse(d, source=p, kind="cluster")),
@@ -170,9 +177,49 @@ def get_model(ref: str) -> ModelSpec:
     return MODELS.get(ref)
 
 
-def get_gpu(name: str) -> GPUSpec:
-    """A catalog GPU by name."""
-    return GPUS.get(name)
+def get_gpu(ref: str) -> GPUSpec:
+    """A catalog GPU by name, a GPU YAML file by path, or a GPU read from a file earlier, by its name."""
+    if _looks_like_path(ref):
+        return load_gpu_file(ref)
+    try:
+        return GPUS.get(ref)
+    except UnknownNameError:
+        if ref in _FILE_GPUS:
+            return _FILE_GPUS[ref]
+        raise
+
+
+def gpu_name(ref: str) -> str:
+    """The name plans give the GPU of ``--gpu ref``: a file's ``name`` (the file is read and checked), else ``ref``."""
+    return load_gpu_file(ref).name if _looks_like_path(ref) else ref
+
+
+def load_gpu_file(path: str | Path, *, option: str = "--gpu") -> GPUSpec:
+    """A GPU spec from a YAML file with the fields of ``specs/gpus/*.yaml``; its ``name`` names it in plans.
+
+    The name may not be a catalog GPU's unless the figures are that GPU's too (a copy of a catalog file).
+    ``option`` says where the path came from, for messages (``--gpu``, or a cluster file's node group).
+    """
+    path = Path(path)
+    if not _is_file(path):
+        raise SpecError(f"{option} {shorten(str(path))}: no such file; give a catalog GPU name (apex-opt catalog "
+                        "gpus) or the path of a GPU YAML file (see docs/examples/gpu-custom.yaml)")
+    spec = GPUSpec.parse(read_structured(path), source=path, kind="GPU")
+    if not _GPU_NAME.fullmatch(spec.name):
+        raise SpecError(f"{path}: name: {shorten(spec.name)} is not a usable GPU name; use 1-80 letters, digits, "
+                        "'.', '_', '+' or '-', starting with a letter or digit, e.g. name: h100-site-250w")
+    clash = {n.lower(): n for n in GPUS.names()}.get(spec.name.lower())
+    if clash is not None:
+        catalog_gpu = GPUS.get(clash)
+        if spec == catalog_gpu:
+            return catalog_gpu
+        differ = [f for f in GPUSpec.model_fields if getattr(spec, f) != getattr(catalog_gpu, f) and f not in ("sources", "name")]
+        what = f" (its {', '.join(differ[:3])} differ{'s' if len(differ) == 1 else ''})" if differ else ""
+        raise SpecError(f"{path}: name: '{spec.name}' is the catalog GPU {clash}, with different figures{what}; "
+                        f"give the file's GPU a name of its own, e.g. name: {spec.name}-custom, or use --gpu "
+                        f"{clash} for the catalog one")
+    _FILE_GPUS[spec.name] = spec
+    return spec
 
 
 def get_engine(name: str) -> EngineSpec:
@@ -187,22 +234,37 @@ def get_cluster(ref: str) -> ClusterSpec:
         if not _is_file(path):
             raise SpecError(f"--cluster {shorten(ref)}: no such file; give a catalog name (apex-opt catalog clusters) "
                             "or the path of a cluster YAML file")
-        cluster = ClusterSpec.parse(read_structured(path), source=path, kind="cluster")
+        cluster = ClusterSpec.parse(_gpu_files_to_names(read_structured(path), path), source=path, kind="cluster")
     else:
         cluster = CLUSTERS.get(ref)
     check_cluster_gpus(cluster)
     return cluster
 
 
+def _gpu_files_to_names(data: Any, path: Path) -> Any:
+    """A cluster file's data with each node group's GPU file path (relative to the cluster file) read and
+    replaced by the GPU's name."""
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        return data
+    nodes = []
+    for i, group in enumerate(data["nodes"]):
+        ref = group.get("gpu") if isinstance(group, dict) else None
+        if isinstance(ref, str) and _looks_like_path(ref):
+            gpu_path = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+            group = {**group, "gpu": load_gpu_file(gpu_path, option=f"{path}: nodes[{i}].gpu").name}
+        nodes.append(group)
+    return {**data, "nodes": nodes}
+
+
 def check_cluster_gpus(cluster: ClusterSpec) -> None:
-    """Every node group's GPU must be a catalog GPU."""
+    """Every node group's GPU must be a catalog GPU or one read from a file."""
     for i, group in enumerate(cluster.nodes):
-        if group.gpu not in GPUS:
+        if group.gpu not in GPUS and group.gpu not in _FILE_GPUS:
             err = UnknownNameError("GPU", group.gpu, GPUS.names())
             raise SpecError(f"cluster '{cluster.name}': nodes[{i}].gpu: {err}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_calibration(name: str) -> dict[str, Any]:
     """A calibration file from ``specs/calibration`` (fitted parameters, see docs/calibration.md)."""
     folder = specs_dir() / "calibration"

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from .calibration.profile import applying_calibration
 from .errors import SimulationError, SpecError, shorten
 from .perf.replica import Replica, build_replica
 from .perf.step import serving_calibration
@@ -139,7 +140,7 @@ def kv_transfers(specs: Specs, topology: Topology, placed: list[tuple[Replica, i
     for (pr, pcopies, poff), pidx in zip(placed, indices, strict=True):
         if pr.plan.role != "prefill":
             continue
-        coll = params.setdefault(pr.gpu.name, load_collective_params(pr.gpu.name))
+        coll = params.setdefault(pr.gpu.name, load_collective_params(pr.gpu.name, pr.gpu.architecture))
         for (dr, dcopies, doff), didx in zip(placed, indices, strict=True):
             if dr.plan.role != "decode":
                 continue
@@ -151,6 +152,7 @@ def kv_transfers(specs: Specs, topology: Topology, placed: list[tuple[Replica, i
     return out
 
 
+@applying_calibration
 def simulate(
     specs: Specs,
     plan: Plan | Deployment,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
-from .catalog import check_cluster_gpus, get_cluster, get_engine, get_gpu, get_model, specs_dir
+from .calibration.profile import CalibrationProfile, resolve_profile
+from .catalog import check_cluster_gpus, get_cluster, get_engine, get_gpu, get_model, gpu_name, specs_dir
 from .errors import SpecError, shorten
 from .schema.cluster import ClusterSpec
 from .schema.engine import EngineSpec
@@ -36,6 +38,8 @@ class Specs:
     workload: Workload
     slo: SLO
     gpus: dict[str, GPUSpec]
+    #: engine and hardware constants of the user's cluster over the built-in fit (``apex-opt calibrate``)
+    calibration: CalibrationProfile | None = None
 
     @property
     def gpu(self) -> GPUSpec:
@@ -74,6 +78,16 @@ def with_engine_settings(specs: Specs, *, cuda_graphs: bool | None = None, atten
     return dataclasses.replace(specs, engine=engine, slo=slo)
 
 
+def _fabric_of(gpu: GPUSpec) -> str | None:
+    """The intra-node fabric a quick-form node of ``gpu`` has, from its link kind (None: guess from the name)."""
+    kind = gpu.intra_node.kind.lower()
+    if kind.startswith("pcie"):
+        return "pcie"
+    if kind.startswith(("xgmi", "infinity")):
+        return "infinity-fabric"
+    return "nvswitch" if kind.startswith("nvlink") else None
+
+
 def resolve_cluster(cluster: str | ClusterSpec | None = None, *, gpu: str | None = None, nodes: int | None = None,
                     gpus_per_node: int | None = None) -> ClusterSpec:
     """A cluster from a catalog name / file, or from the quick form ``gpu`` x ``nodes`` x ``gpus_per_node``."""
@@ -86,12 +100,12 @@ def resolve_cluster(cluster: str | ClusterSpec | None = None, *, gpu: str | None
     if cluster is not None and gpu is not None:
         raise SpecError("give either --cluster or --gpu (with --nodes/--gpus-per-node), not both")
     if gpu is not None:
-        get_gpu(gpu)
+        spec = get_gpu(gpu)
         if nodes is not None and nodes < 1:
             raise SpecError(f"--nodes {nodes}: must be at least 1")
         if gpus_per_node is not None and gpus_per_node < 1:
             raise SpecError(f"--gpus-per-node {gpus_per_node}: must be at least 1")
-        return ClusterSpec.homogeneous(gpu, nodes or 1, gpus_per_node or 8)
+        return ClusterSpec.homogeneous(gpu_name(gpu), nodes or 1, gpus_per_node or 8, fabric=_fabric_of(spec))
     return get_cluster(cluster or DEFAULT_CLUSTER)
 
 
@@ -99,19 +113,26 @@ def load_specs(
     model: str | ModelSpec = DEFAULT_MODEL,
     cluster: str | ClusterSpec | None = None,
     *,
-    gpu: str | None = None,
+    gpu: str | Path | None = None,
     nodes: int | None = None,
     gpus_per_node: int | None = None,
     engine: str | EngineSpec = DEFAULT_ENGINE,
     workload: str | Workload = DEFAULT_WORKLOAD,
     slo: str | SLO | None = DEFAULT_SLO,
+    calibration: str | Path | CalibrationProfile | None = None,
 ) -> Specs:
-    """Resolve every input of a problem; unknown names raise :class:`UnknownNameError` with close matches."""
+    """Resolve every input of a problem; unknown names raise :class:`UnknownNameError` with close matches.
+
+    ``calibration`` (a profile written by ``apex-opt calibrate``, or its path) replaces built-in engine and hardware
+    constants with the user's cluster's wherever this problem is estimated or simulated. ``gpu`` is a catalog name
+    or the path of a GPU YAML file (the fields of ``specs/gpus/*.yaml``), e.g. ``docs/examples/gpu-custom.yaml``."""
+    if isinstance(gpu, Path):
+        gpu = str(gpu)
     for label, value, kinds, form in (
         ("model", model, (str, ModelSpec), "a catalog name such as 'llama-3.1-8b', a config.json path or a ModelSpec"),
         ("cluster", cluster, (str, ClusterSpec, type(None)),
          "a catalog name such as 'h100x8', a YAML path or a ClusterSpec"),
-        ("gpu", gpu, (str, type(None)), "a catalog GPU name such as 'h100-sxm-80gb'"),
+        ("gpu", gpu, (str, type(None)), "a catalog GPU name such as 'h100-sxm-80gb' or a GPU YAML path"),
         ("engine", engine, (str, EngineSpec), "'vllm-0.6', 'vllm-v1', 'sglang-0.4' or an EngineSpec"),
         ("workload", workload, (str, Workload),
          "a catalog name, a trace path, a synthetic:... expression or a Workload"),
@@ -129,4 +150,4 @@ def load_specs(
     wl = workload if isinstance(workload, Workload) else load_workload(workload, specs_dir=specs_dir())
     slo_spec = slo if isinstance(slo, SLO) else parse_slo(slo)
     gpus = {g.gpu: get_gpu(g.gpu) for g in cluster_spec.nodes}
-    return Specs(model_spec, cluster_spec, engine_spec, wl, slo_spec, gpus)
+    return Specs(model_spec, cluster_spec, engine_spec, wl, slo_spec, gpus, resolve_profile(calibration))

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .calibration.profile import CalibrationProfile, resolve_profile
 from .errors import SpecError, shorten
 from .measurements import METRICS, PLAN_FIELDS, Measurement, read_measurements
 from .schema.plan import Plan
 from .schema.slo import SLO
+from .specs import Specs
 
 #: what a measurement needs to be matched to a plan, and how to give each on the command line
 REQUIRED = {"model": "--model", "gpu": "--gpu", "tp": "--tp", "engine": "--engine", "workload": "--workload"}
@@ -156,23 +158,54 @@ def resolve(m: Measurement, overrides: Mapping[str, Any]) -> tuple[str, Plan, st
     caching = overrides.get("prefix_caching")
     if caching is None:
         caching = m.prefix_caching
+    if isinstance(fields.get("gpu"), str):  # --gpu FILE.yaml: the plan names the GPU by the file's name
+        from .catalog import gpu_name
+
+        fields["gpu"] = gpu_name(fields["gpu"])
     plan = Plan.parse(fields, source=f"measurement {m.name}", kind="plan")
     return str(model), plan, workload, measured_at, caching
 
 
-def validate_one(m: Measurement, *, tolerance: float, overrides: Mapping[str, Any] | None = None,
-                 seed: int = 0) -> RunValidation:
-    """Simulate the run of ``m`` and compare every metric it has."""
-    from .simulate import simulate
+@dataclass(frozen=True)
+class MeasuredRun:
+    """A measurement matched to what apex-opt simulates: the problem, the plan and the engine switches."""
+
+    measurement: Measurement
+    specs: Specs
+    plan: Plan
+    workload: str
+    measured_at: str
+    prefix_caching: bool | None
+
+    def predict(self, *, seed: int = 0) -> tuple[dict[str, float], dict[str, Any]]:
+        """(predicted metrics under the canonical names, the simulation summary) of this run."""
+        from .simulate import simulate
+
+        result = simulate(self.specs, self.plan, seed=seed, measured_at=self.measured_at,
+                          prefix_caching=self.prefix_caching)
+        summary = result.summary()
+        return predicted_metrics(summary), summary
+
+
+def measured_run(m: Measurement, overrides: Mapping[str, Any] | None = None,
+                 calibration: CalibrationProfile | None = None) -> MeasuredRun:
+    """Match ``m`` to a plan (:func:`resolve`) and load its problem, with ``calibration`` applied."""
     from .specs import load_specs
 
     model, plan, workload, measured_at, caching = resolve(m, overrides or {})
     per_node = 8
     nodes = max(1, -(-plan.gpus // per_node))
     specs = load_specs(model, gpu=plan.gpu, nodes=nodes, gpus_per_node=per_node, engine=plan.engine,
-                       workload=workload, slo=SLO())
-    result = simulate(specs, plan, seed=seed, measured_at=measured_at, prefix_caching=caching)
-    predicted = predicted_metrics(result.summary())
+                       workload=workload, slo=SLO(), calibration=calibration)
+    return MeasuredRun(m, specs, plan, workload, measured_at, caching)
+
+
+def validate_one(m: Measurement, *, tolerance: float, overrides: Mapping[str, Any] | None = None,
+                 seed: int = 0, calibration: CalibrationProfile | None = None) -> RunValidation:
+    """Simulate the run of ``m`` and compare every metric it has."""
+    run = measured_run(m, overrides, calibration)
+    model, plan, workload, measured_at = run.specs.model.name, run.plan, run.workload, run.measured_at
+    predicted, summary = run.predict(seed=seed)
     comparisons = []
     for key in METRICS:
         if key not in m.metrics:
@@ -184,26 +217,36 @@ def validate_one(m: Measurement, *, tolerance: float, overrides: Mapping[str, An
     notes = list(m.notes)
     if not comparisons:
         notes.append("the measurement has no metric apex-opt can compare")
-    if result.summary().get("saturated"):
+    if summary.get("saturated"):
         notes.append("the simulated plan is saturated at this load (offered rate above what it serves)")
     return RunValidation(m.name, m.source, m.format, model, plan.label, plan.engine, workload, measured_at,
                          comparisons, notes)
 
 
-def validate(measurements: Iterable[Measurement | str | Path], *, tolerance: float = 0.1,
-             overrides: Mapping[str, Any] | None = None, seed: int = 0) -> ValidationReport:
-    """Predicted vs measured for every measurement (objects, or files read with
-    :func:`apex_opt.measurements.read_measurements`); ``overrides`` (``model``, plan fields, ``engine``,
-    ``workload``, ``measured_at``, ``prefix_caching``) fill in or replace what the files say."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance:
-        raise SpecError(f"tolerance {shorten(tolerance)}: must be a fraction of at least 0, e.g. 0.1 for 10%")
+def gather(measurements: Iterable[Measurement | str | Path], command: str = "validate") -> list[Measurement]:
+    """Measurement objects from objects and files (:func:`apex_opt.measurements.read_measurements`)."""
     items: list[Measurement] = []
     for item in measurements:
         items.extend([item] if isinstance(item, Measurement) else read_measurements(item))
     if not items:
-        raise SpecError("no measurements to validate; give --measurements FILE")
-    return ValidationReport(float(tolerance), [validate_one(m, tolerance=tolerance, overrides=overrides, seed=seed)
-                                               for m in items])
+        raise SpecError(f"no measurements to {command}; give --measurements FILE")
+    return items
 
 
-__all__ = ["Comparison", "RunValidation", "ValidationReport", "predicted_metrics", "resolve", "validate"]
+def validate(measurements: Iterable[Measurement | str | Path], *, tolerance: float = 0.1,
+             overrides: Mapping[str, Any] | None = None, seed: int = 0,
+             calibration: str | Path | CalibrationProfile | None = None) -> ValidationReport:
+    """Predicted vs measured for every measurement (objects, or files read with
+    :func:`apex_opt.measurements.read_measurements`); ``overrides`` (``model``, plan fields, ``engine``,
+    ``workload``, ``measured_at``, ``prefix_caching``) fill in or replace what the files say; ``calibration`` (a
+    profile or its file) is applied over the built-in constants."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance:
+        raise SpecError(f"tolerance {shorten(tolerance)}: must be a fraction of at least 0, e.g. 0.1 for 10%")
+    profile = resolve_profile(calibration)
+    return ValidationReport(float(tolerance), [validate_one(m, tolerance=tolerance, overrides=overrides, seed=seed,
+                                                            calibration=profile)
+                                               for m in gather(measurements)])
+
+
+__all__ = ["Comparison", "MeasuredRun", "RunValidation", "ValidationReport", "gather", "measured_run",
+           "predicted_metrics", "resolve", "validate"]

@@ -5,8 +5,9 @@ profiles cannot show is the serving engine itself: the host time of an iteration
 the TP broadcast, sampling glue), the CPU cost of launching a kernel in an eager pass (an ATen/CUDA op, a Triton
 kernel), the API-server path a benchmark client sees, and the efficiency of the attention kernels. These engine-
 and hardware-level constants are fitted here, one engine at a time, by simulating that engine's development runs
-and minimising the squared log error of the measured means. They are shared by every plan of the engine: nothing
-is fitted per experiment.
+and minimising the squared log error of the measured means, with the library's fitter
+(:func:`apex_opt.calibration.fit.fit_constants`, the one ``apex-opt calibrate`` uses; here without a prior, since
+this fit is the prior). They are shared by every plan of the engine: nothing is fitted per experiment.
 
     python benchmarks/fit_serving.py                    # fit every group, print, write serving.yaml
     python benchmarks/fit_serving.py --group vllm-v1    # one group (vllm-v1-client: the client path alone)
@@ -35,14 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy.optimize import least_squares, linprog
+from scipy.optimize import linprog
 
-import apex_opt.perf.step as step
+from apex_opt.calibration import CalibrationProfile, active
+from apex_opt.calibration.fit import Unknown, fit_constants
 from apex_opt.catalog import load_calibration, specs_dir
 from apex_opt.experiments import read_experiments, read_measured
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import DATA, predict, predict_v1, read_v1_runs  # noqa: E402
+from fidelity import DATA, predict, predict_v1, read_v1_runs
 
 #: a parameter: (key path in serving.yaml, lower, upper)
 Param = tuple[tuple[str, ...], float, float]
@@ -80,9 +82,7 @@ def fit_client(base: dict) -> dict:
     """
     cal = copy.deepcopy(base)
     entry = cal["engines"]["vllm-v1"]["client"]
-    original = step.serving_calibration
-    step.serving_calibration = lambda: cal  # type: ignore[assignment]
-    try:
+    with active(_profile(base, cal)):
         rows_a, rhs = [], []
         for rows in read_v1_runs().values():
             engine_side = predict_v1(rows, measured_at="engine")
@@ -93,8 +93,6 @@ def fit_client(base: dict) -> dict:
                 measured = float(row["ttft_ms_mean"])
                 rows_a.append([1e3 / measured, p["tpot_engine_ms"] / measured, 1e3 * p["open_streams"] / measured])
                 rhs.append(1.0 - (p["ttft_ms_mean"] + fixed) / measured)
-    finally:
-        step.serving_calibration = original  # type: ignore[assignment]
     # minimise the largest relative error (the rows are few and the acceptance bound is per row): variables
     # (request_s, output_lag_steps, per_stream_s, t), minimise t subject to |A x - b| <= t, no negative delay
     keys = ("request_s", "output_lag_steps", "per_stream_s")
@@ -149,39 +147,51 @@ def _set(cal: dict, path: tuple[str, ...], value: float) -> None:
         _set(cal, follower, value)
 
 
+def _profile(base: dict, cal: dict) -> CalibrationProfile:
+    """``cal`` as a profile over the built-in constants: every number of ``cal`` that differs from the file's."""
+    builtin = load_calibration("serving")
+    constants: dict[str, float] = {}
+
+    def walk(node: dict, ref: dict, path: tuple[str, ...]) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, ref.get(key, {}) if isinstance(ref, dict) else {}, path + (key,))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                    (not isinstance(ref, dict) or ref.get(key) != value):
+                constants[".".join(path + (key,))] = float(value)
+    walk(cal, builtin, ())
+    return CalibrationProfile(name="fit_serving", constants=constants)
+
+
 def fit_group(name: str, base: dict) -> tuple[dict, float]:
     params, pairs = GROUPS[name]
-    original = step.serving_calibration
 
-    def calibrated(x: np.ndarray) -> dict:
+    def calibrated(values: dict[str, float]) -> dict:
         cal = copy.deepcopy(base)
-        for (path, _, _), value in zip(params, x, strict=True):
-            _set(cal, path, value)
+        for path, _, _ in params:
+            _set(cal, path, values[".".join(path)])
         return cal
 
-    def residuals(x: np.ndarray) -> np.ndarray:
-        cal = calibrated(x)
-        step.serving_calibration = lambda: cal  # type: ignore[assignment]
-        try:
+    def residuals(values: dict[str, float]) -> np.ndarray:
+        with active(_profile(base, calibrated(values))):
             return np.array([math.log(p / m) for p, m in pairs()])
-        finally:
-            step.serving_calibration = original  # type: ignore[assignment]
 
-    x0 = np.array([_get(base, path) for path, _, _ in params])
-    lo = np.array([p[1] for p in params])
-    hi = np.array([p[2] for p in params])
+    unknowns = []
+    for path, lo, hi in params:
+        x0 = min(max(_get(base, path), lo), hi)
+        unknowns.append(Unknown(".".join(path), x0, lo, hi, typical=max(abs(x0), (hi - lo) * 0.01)))
     t0 = time.perf_counter()
-    r0 = residuals(np.clip(x0, lo, hi))
-    fit = least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi), x_scale=np.maximum(np.abs(x0), 1e-6),
-                        diff_step=0.05, max_nfev=40)
+    fit = fit_constants(unknowns, residuals, max_iterations=20)
     wall = time.perf_counter() - t0
-    print(f"[{name}] fitted on {len(fit.fun)} measured means in {wall:.0f} s ({fit.nfev} evaluations); "
-          f"rms log error {np.sqrt(np.mean(r0 ** 2)):.3f} -> {np.sqrt(np.mean(fit.fun ** 2)):.3f}")
-    for (path, _, _), a, b in zip(params, x0, fit.x, strict=True):
-        print(f"  {'.'.join(path)}: {a:.4g} -> {b:.4g}")
-    print("  residuals: " + ", ".join(f"{math.expm1(r) * 100:+.1f}%" for r in fit.fun))
-    fitted = np.array([float(f"{v:.4g}") for v in fit.x])
-    return calibrated(fitted), wall
+    r0, r1 = fit.residuals_before, fit.residuals_after
+    print(f"[{name}] fitted on {len(r1)} measured means in {wall:.0f} s ({fit.evaluations} evaluations); "
+          f"rms log error {np.sqrt(np.mean(r0 ** 2)):.3f} -> {np.sqrt(np.mean(r1 ** 2)):.3f}")
+    values = {u.key: u.start for u in unknowns} | fit.values
+    for u in unknowns:
+        print(f"  {u.key}: {u.start:.4g} -> {values[u.key]:.4g}" +
+              (f" (left: {fit.left[u.key]})" if u.key in fit.left else ""))
+    print("  residuals: " + ", ".join(f"{math.expm1(r) * 100:+.1f}%" for r in r1))
+    return calibrated({k: float(f"{v:.4g}") for k, v in values.items()}), wall
 
 
 def main(argv: list[str] | None = None) -> int:

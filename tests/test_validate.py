@@ -165,3 +165,75 @@ def test_the_six_vllm_v1_dev_runs_validate_within_10_percent_from_their_csv(tmp_
     report = json.loads(result.output)
     assert len(report["runs"]) == 6 and report["ok"]
     assert all(len(r["metrics"]) == 4 for r in report["runs"])
+
+
+SGLANG_BENCH = FIXTURES / "sglang_bench_serving.jsonl"
+SGLANG_DETAILS = FIXTURES / "sglang_bench_serving_details.jsonl"
+SGLANG_PLAN = ["--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--tp", "1"]
+
+
+def test_every_run_of_an_sglang_bench_serving_jsonl_file_is_a_measurement() -> None:
+    first, second = read_measurements(SGLANG_BENCH)
+    assert first.format == second.format == "sglang-bench" and first.measured_at == "client"
+    assert (first.name, second.name) == ("sglang_bench_serving:1", "sglang_bench_serving:2")
+    assert first.plan == {"engine": "sglang-0.4"}  # backend sglang: the client spoke to an SGLang server
+    assert first.metrics["ttft_ms_mean"] == 23.4 and first.metrics["ttft_ms_p50"] == 22.3
+    assert first.metrics["ttft_ms_p99"] == 29.5 and first.metrics["tpot_ms"] == 6.6
+    assert first.metrics["itl_ms_p95"] == 6.6 and first.metrics["e2e_ms_mean"] == 227.0
+    assert first.metrics["throughput_req_s"] == 1.86 and first.metrics["throughput_output_tok_s"] == 59.6
+    assert "ttft_ms_p90" not in first.metrics  # neither in the summary nor computable without --output-details
+    assert first.synthetic == {"prompt": 256.0, "output": 32.0, "rate": 2.0, "requests": 40.0}
+    assert second.synthetic["rate"] == 4.0 and second.synthetic["requests"] == 80.0
+
+
+def test_sglang_percentiles_missing_from_the_summary_come_from_the_per_request_details() -> None:
+    import numpy as np
+
+    (m,) = read_measurements(SGLANG_DETAILS)
+    d = json.loads(SGLANG_DETAILS.read_text())
+    e2e = [t + sum(g) for t, g in zip(d["ttfts"], d["itls"], strict=True)]
+    assert m.name == "sglang_bench_serving_details" and m.plan == {"engine": "sglang-0.4"}
+    assert m.metrics["ttft_ms_p90"] == pytest.approx(np.percentile(d["ttfts"], 90) * 1e3)
+    assert m.metrics["e2e_ms_p95"] == pytest.approx(np.percentile(e2e, 95) * 1e3)
+    assert m.metrics["itl_ms_p90"] == pytest.approx(np.percentile([x for g in d["itls"] for x in g], 90) * 1e3)
+    assert m.metrics["tpot_ms_p90"] == pytest.approx(np.percentile([sum(g) / 3 for g in d["itls"]], 90) * 1e3)
+    assert m.metrics["ttft_ms_p99"] == d["p99_ttft_ms"]  # the summary's own value wins
+    assert "capped concurrency at 4" in m.notes[0]
+
+
+def test_sglang_and_vllm_bench_files_are_told_apart_by_their_e2e_latency_key(tmp_path: Path) -> None:
+    one_run = tmp_path / "one.jsonl"
+    one_run.write_text(SGLANG_BENCH.read_text().splitlines()[0] + "\n")  # a single line parses as one JSON object
+    assert read_measurements(one_run)[0].format == "sglang-bench"
+    assert read_measurements(VLLM_BENCH)[0].format == "vllm-bench"
+    other = json.loads(SGLANG_BENCH.read_text().splitlines()[0]) | {"backend": "vllm"}
+    (tmp_path / "vllm-server.jsonl").write_text(json.dumps(other) + "\n")
+    (m,) = read_measurements(tmp_path / "vllm-server.jsonl")
+    assert m.format == "sglang-bench" and m.plan == {}  # a vLLM server: the engine comes from --engine
+
+
+def test_an_sglang_bench_file_validates_through_the_library_and_the_cli() -> None:
+    report = validate([SGLANG_BENCH], overrides={"model": "llama-3.1-8b", "gpu": "h100-sxm-80gb", "tp": 1,
+                                                  "workload": "synthetic"})
+    assert [r.engine for r in report.runs] == ["sglang-0.4", "sglang-0.4"]
+    assert report.runs[1].workload == "synthetic:rate=4rps,requests=80,prompt=256,output=32,lengths=fixed,seed=0"
+    assert report.ok, report.to_dict()["failures"]
+    result = invoke("--measurements", str(SGLANG_BENCH), *SGLANG_PLAN, "--workload", "synthetic", "--format", "json")
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.output)["runs"]
+    assert [r["measured_at"] for r in runs] == ["client", "client"] and runs[0]["engine"] == "sglang-0.4"
+    vllm = invoke("--measurements", str(SGLANG_BENCH), *SGLANG_PLAN, "--engine", "vllm-v1", "--workload", "synthetic",
+                  "--format", "json")
+    assert json.loads(vllm.output)["runs"][0]["engine"] == "vllm-v1"  # --engine replaces the file's engine
+
+
+def test_a_broken_sglang_bench_line_exits_2_naming_the_file_and_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    path.write_text(SGLANG_BENCH.read_text().splitlines()[0] + "\n" + '{"completed": 3, "mean_ttft_ms": \n')
+    result = invoke("--measurements", str(path), *SGLANG_PLAN, "--workload", "synthetic")
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit) and "Traceback" not in message
+    assert "runs.jsonl', line 2: not valid JSON" in message and "one JSON object per line" in message
+    path.write_text(SGLANG_BENCH.read_text().splitlines()[0] + "\n" + '{"completed": 3}\n')
+    result = invoke("--measurements", str(path), *SGLANG_PLAN, "--workload", "synthetic")
+    assert result.exit_code == 2 and "line 2: not a bench_serving run" in " ".join(result.output.split())

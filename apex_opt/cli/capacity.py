@@ -3,17 +3,20 @@ GPUs and dollars a target rate takes (a thin layer over :func:`apex_opt.capacity
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import click
 
+from ..calibration.profile import resolve_profile
 from ..capacity import capacity as run
 from ..errors import SpecError
 from ..schema.plan import Plan
 from ..schema.slo import SLO
 from ..specs import with_engine_settings
 from ..units import format_time, parse_fraction, parse_rate
-from .options import SLOType
+from .options import SLOType, calibration_option
 from .render import console, echo_json, table
 from .simulate import build_deployment, deployment_options
 
@@ -41,10 +44,11 @@ def _parsed(parse):  # type: ignore[no-untyped-def]
               help="search no higher than this rate")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@calibration_option
 @click.pass_context
 def capacity(ctx: click.Context, slo: SLO | None, precision: float, target_rate: float | None,
              max_rate: float | None, seed: int, fmt: str, measured_at: str, prefix_caching: bool | None,
-             **deployment: Any) -> None:
+             calibration: Path | None, **deployment: Any) -> None:
     """The highest request rate a plan sustains under the SLO, found by simulation: the workload is replayed at
     rescaled rates (same lengths and arrival pattern), bracketed by doubling or halving, then bisected to
     --precision (at most 30 simulations). With --rate, the replicas of the plan, GPUs, $/hour and $/Mtok (per
@@ -55,6 +59,7 @@ def capacity(ctx: click.Context, slo: SLO | None, precision: float, target_rate:
         --workload synthetic:rate=4rps,requests=200,prompt=1024,output=128,seed=0
     """
     specs, plan = build_deployment(ctx, slo=slo, **deployment)
+    specs = dataclasses.replace(specs, calibration=resolve_profile(calibration))
     if prefix_caching is not None:
         specs = with_engine_settings(specs, prefix_caching=prefix_caching)
     result = run(specs, plan, precision=precision, max_rate=max_rate, seed=seed, measured_at=measured_at,

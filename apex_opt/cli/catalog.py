@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich import box
 
 from .. import catalog as cat
 from .render import console, echo_json, table
@@ -30,6 +31,8 @@ def _models() -> tuple[list[str], list[dict]]:
 
 
 def _gpus() -> tuple[list[str], list[dict]]:
+    from ..perf.provenance import calibration_source
+
     rows = []
     for g in cat.GPUS:
         rows.append(
@@ -39,13 +42,21 @@ def _gpus() -> tuple[list[str], list[dict]]:
                 "memory_bandwidth_tbps": round(g.memory_bandwidth / 1e12, 2),
                 "bf16_tflops": round(g.peak("bf16") / 1e12, 1),
                 "fp8_tflops": round(g.peak_flops["fp8"] / 1e12, 1) if "fp8" in g.peak_flops else None,
-                "link": f"{g.intra_node.kind} {g.intra_node.bandwidth / 1e9:.0f}GB/s",
+                "link": f"{g.intra_node.kind.replace('infinity-fabric', 'xgmi')} {g.intra_node.bandwidth / 1e9:.0f}",
                 "power_w": f"{g.power.idle:.0f}-{g.power.max:.0f}",
                 "price_per_hour": g.price_per_hour,
+                "calibration": calibration_source(g)["source"],
+                "calibration_detail": calibration_source(g)["describe"],
             }
         )
-    cols = ["name", "memory_gib", "memory_bandwidth_tbps", "bf16_tflops", "fp8_tflops", "link", "power_w", "price_per_hour"]
+    cols = ["name", "memory_gib", "memory_bandwidth_tbps", "bf16_tflops", "fp8_tflops", "link", "price_per_hour",
+            "calibration"]
     return cols, rows
+
+
+#: short table headers of ``catalog gpus`` so the table reads at 80 columns (the JSON keeps the long keys)
+_GPU_HEADERS = {"memory_gib": "GiB", "memory_bandwidth_tbps": "TB/s", "bf16_tflops": "bf16 TF", "fp8_tflops": "fp8 TF",
+                "link": "link GB/s", "price_per_hour": "$/h", "calibration": "calib."}
 
 
 def _clusters() -> tuple[list[str], list[dict]]:
@@ -105,4 +116,12 @@ def catalog(kind: str, fmt: str) -> None:
             return f"{value / 1e9:,.1f}B"
         return "" if value is None else str(value)
 
+    if kind == "gpus":
+        t = table(f"gpus ({len(rows)}); calib.: measured = own kernel fit, borrowed = a same-architecture fit, "
+                  "roofline = a stand-in's efficiencies (docs/calibration.md)",
+                  [_GPU_HEADERS.get(c, c) for c in columns],
+                  [[show(c, r.get(c)) for c in columns] for r in rows])
+        t.box, t.pad_edge, t.show_edge, t.collapse_padding = box.SIMPLE_HEAD, False, False, True
+        console().print(t)
+        return
     console().print(table(f"{kind} ({len(rows)})", columns, [[show(c, r.get(c)) for c in columns] for r in rows]))

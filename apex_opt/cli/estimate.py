@@ -2,39 +2,44 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..catalog import get_engine, get_gpu, get_model
+from ..calibration.profile import active, resolve_profile
+from ..catalog import get_engine, get_gpu, get_model, gpu_name
 from ..perf.estimate import estimate_replica
 from ..perf.replica import build_replica
 from ..schema.plan import Plan
 from ..units import format_bytes, format_time
-from .options import parse_layers, plan_options
+from .options import calibration_option, parse_layers, plan_options
 from .render import console, echo_json, table
 
 
 @click.command()
 @click.option("--model", default="llama-3.1-70b", show_default=True, help="catalog name or path to an HF config.json")
-@click.option("--gpu", default="h100-sxm-80gb", show_default=True)
+@click.option("--gpu", default="h100-sxm-80gb", show_default=True, help="catalog GPU name or a GPU YAML file")
 @plan_options
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="sequences in the iteration (prefill: prompts; decode: running sequences)")
 @click.option("--context", type=click.IntRange(min=1), default=1024, show_default=True,
               help="prompt length for the prefill, context length for the decode")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@calibration_option
 def estimate(model: str, gpu: str, tp: int, pp: int, dp: int, ep: int, dp_attention: bool,
              layers_per_stage: str | None, weight_dtype: str, kv_dtype: str, engine: str, batch: int, context: int,
-             fmt: str) -> None:
+             fmt: str, calibration: Path | None) -> None:
     """Per-operator time, FLOPs, bytes and roofline share of one prefill and one decode iteration, with the
     memory fit and KV-cache capacity of the plan."""
     model_spec = get_model(model)
     gpu_spec = get_gpu(gpu)
     engine_spec = get_engine(engine)
-    plan = Plan.parse(dict(gpu=gpu, engine=engine, tp=tp, pp=pp, dp=dp, ep=ep, dp_attention=dp_attention,
+    plan = Plan.parse(dict(gpu=gpu_name(gpu), engine=engine, tp=tp, pp=pp, dp=dp, ep=ep, dp_attention=dp_attention,
                            layers_per_stage=parse_layers(layers_per_stage), weight_dtype=weight_dtype,
                            kv_dtype=kv_dtype), source="command line", kind="plan")
-    replica = build_replica(model_spec, gpu_spec, plan, engine_spec)
-    result = estimate_replica(replica, batch=batch, context=context)
+    with active(resolve_profile(calibration)):
+        replica = build_replica(model_spec, gpu_spec, plan, engine_spec)
+        result = estimate_replica(replica, batch=batch, context=context)
     if fmt == "json":
         echo_json(result)
         return
@@ -57,3 +62,5 @@ def estimate(model: str, gpu: str, tp: int, pp: int, dp: int, ep: int, dp_attent
               f"{'fits' if mem['batch_fits_kv'] else 'does not fit'} in the KV cache")
     out.print(f"decode throughput {result['decode_tokens_per_s']:,.0f} tok/s per replica; "
               f"prefill {result['prefill_tokens_per_s']:,.0f} tok/s")
+    for note in result["notes"]:
+        out.print(f"note: {note}", highlight=False)

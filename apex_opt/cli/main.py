@@ -60,7 +60,7 @@ def _register_commands() -> None:
     from . import catalog as catalog_cmd
 
     cli.add_command(catalog_cmd.catalog)
-    for module_name in ("capacity", "estimate", "simulate", "solve", "validate"):
+    for module_name in ("calibrate", "capacity", "estimate", "simulate", "solve", "validate"):
         try:
             module = __import__(f"apex_opt.cli.{module_name}", fromlist=[module_name])
         except ModuleNotFoundError as exc:  # a command whose module is not part of this build

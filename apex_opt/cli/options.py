@@ -82,6 +82,13 @@ def engine_options(func: Callable) -> Callable:
     return func
 
 
+def calibration_option(func: Callable) -> Callable:
+    """``--calibration FILE``: a profile of ``apex-opt calibrate`` applied over the built-in constants."""
+    return click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        metavar="FILE", help="calibration profile of your cluster (written by apex-opt calibrate "
+                                             "--out FILE), applied over the built-in constants")(func)
+
+
 def check_output_file(option: str, path: Path) -> None:
     """Refuse an output file that cannot be written, before any work: its folder must exist and be writable."""
     folder = path.parent if str(path.parent) else Path(".")

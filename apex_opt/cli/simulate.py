@@ -3,6 +3,7 @@ would see."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -12,14 +13,25 @@ from typing import Any
 
 import click
 
+from ..calibration.profile import resolve_profile
+from ..catalog import gpu_name
 from ..errors import SpecError, shorten
+from ..perf.provenance import calibration_notes, calibration_sources
 from ..schema.plan import Deployment, Plan
 from ..schema.slo import SLO
 from ..sim.router import ROUTERS
 from ..simulate import simulate as run
 from ..specs import Specs, load_specs
 from ..units import format_time
-from .options import SLOType, atomic_output, check_output_file, engine_options, parse_layers, plan_options
+from .options import (
+    SLOType,
+    atomic_output,
+    calibration_option,
+    check_output_file,
+    engine_options,
+    parse_layers,
+    plan_options,
+)
 from .render import console, echo_json, table
 
 #: summary keys shown in the table, with labels
@@ -139,7 +151,8 @@ def deployment_options(func: Callable) -> Callable:
     options = [
         click.option("--model", default="llama-3.1-70b", show_default=True,
                      help="catalog name or path to an HF config.json"),
-        click.option("--gpu", default="h100-sxm-80gb", show_default=True, help="GPU kind (or give --cluster)"),
+        click.option("--gpu", default="h100-sxm-80gb", show_default=True,
+                     help="GPU kind: a catalog name or a GPU YAML file (or give --cluster)"),
         click.option("--cluster", default=None, help="catalog cluster or cluster YAML (default: nodes of 8 --gpu)"),
         click.option("--nodes", type=click.IntRange(min=1), default=None, help="nodes in the quick-form cluster"),
         click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, help="GPUs per node (quick form)"),
@@ -171,6 +184,7 @@ def build_deployment(ctx: click.Context, *, model: str, gpu: str, cluster: str |
                      slo: SLO | None) -> tuple[Specs, Plan | Deployment]:
     """The specs and the plan (or disaggregated Deployment) that the :func:`deployment_options` name; the quick-form
     cluster is sized to the plan. SpecError on contradictory options."""
+    gpu_file, gpu = gpu, gpu_name(gpu)  # --gpu FILE.yaml: plans name the GPU by the file's name
     common: dict[str, Any] = {
         "gpu": gpu, "engine": engine, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
         "chunked_prefill": chunked_prefill, "max_num_batched_tokens": max_num_batched_tokens,
@@ -200,7 +214,7 @@ def build_deployment(ctx: click.Context, *, model: str, gpu: str, cluster: str |
     if cluster is None:
         per_node = gpus_per_node or 8
         nodes = nodes or max(1, -(-plan.gpus // per_node))
-        specs = load_specs(model, gpu=gpu, nodes=nodes, gpus_per_node=per_node, engine=engine, workload=workload,
+        specs = load_specs(model, gpu=gpu_file, nodes=nodes, gpus_per_node=per_node, engine=engine, workload=workload,
                            slo=slo or SLO())
     else:
         if nodes is not None or gpus_per_node is not None:
@@ -209,7 +223,7 @@ def build_deployment(ctx: click.Context, *, model: str, gpu: str, cluster: str |
         gpu_given = ctx.get_parameter_source("gpu") not in (click.core.ParameterSource.DEFAULT,
                                                             click.core.ParameterSource.DEFAULT_MAP, None)
         if gpu_given and gpu not in specs.gpus:
-            raise SpecError(f"--gpu {shorten(gpu)} is not a GPU of --cluster {shorten(cluster)} (its GPUs: "
+            raise SpecError(f"--gpu {shorten(gpu_file)} is not a GPU of --cluster {shorten(cluster)} (its GPUs: "
                             f"{', '.join(specs.gpus)}); give one or the other, or --gpu {specs.cluster.gpu}")
         if isinstance(plan, Deployment):
             for p in plan.plans:
@@ -240,6 +254,7 @@ def build_deployment(ctx: click.Context, *, model: str, gpu: str, cluster: str |
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--requests-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write one JSON object per request to this .jsonl file")
+@calibration_option
 @click.pass_context
 def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, nodes: int | None,
              gpus_per_node: int | None, tp: int, pp: int, dp: int, ep: int, dp_attention: bool,
@@ -248,7 +263,8 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
              gpu_memory_utilization: float | None, max_model_len: int | None, prefill_spec: str | None,
              decode_spec: str | None, router: str, decode_router: str, slo: SLO | None, seed: int,
              max_requests: int | None, fmt: str, requests_out: Path | None, cuda_graphs: bool | None,
-             attention_backend: str | None, measured_at: str, **engine_knobs: Any) -> None:
+             attention_backend: str | None, measured_at: str, calibration: Path | None,
+             **engine_knobs: Any) -> None:
     """Replay a workload through one plan, iteration by iteration, and report TTFT, TPOT, ITL, e2e latency,
     throughput, goodput and SLO attainment, KV use, preemptions, MFU, energy and cost.
 
@@ -266,6 +282,7 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
         gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, cuda_graphs=cuda_graphs,
         attention_backend=attention_backend, prefill_spec=prefill_spec, decode_spec=decode_spec, slo=slo)
+    specs = dataclasses.replace(specs, calibration=resolve_profile(calibration))
     show_progress = fmt == "table" and sys.stderr.isatty()
     progress, callback = _progress_callback(show_progress)
     kw: dict[str, Any] = {"router": router, "decode_router": decode_router, "seed": seed,
@@ -283,6 +300,8 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         echo_json({"plan": plan.model_dump(mode="json"), "label": plan.label, "model": specs.model.name,
                    "cluster": specs.cluster.name, "workload": specs.workload.name, "engine": specs.engine.name,
                    "slo": specs.slo.describe() if not specs.slo.is_empty else None, **summary,
+                   "calibration": calibration_sources(specs.gpus.values(), specs.calibration),
+                   "notes": calibration_notes(specs.gpus.values(), specs.calibration),
                    **({"error": failed} if failed else {})})
         if failed:
             ctx.exit(1)
@@ -339,6 +358,7 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
                      f"{s['goodput_req_s']:.2f} req/s, {'met' if s['slo_met'] else 'MISSED'}")
     if requests_out is not None:
         lines.append(f"requests     written to {requests_out}")
+    lines += [f"note         {note}" for note in calibration_notes(specs.gpus.values(), specs.calibration)]
     for line in lines:
         out.print(line, highlight=False)
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import InfeasibleError
+from ..errors import InfeasibleError, SpecError
+from ..planner.benchmark import Benchmark, benchmark_command, write_files
 from ..planner.objectives import OBJECTIVE_NAMES
 from ..planner.result import PlanSet
 from ..planner.solve import solve as run_solve
@@ -27,14 +30,15 @@ from ..specs import (
     with_engine_settings,
 )
 from ..units import format_bytes, format_time
-from .options import SLOType, engine_options
+from .options import SLOType, calibration_option, engine_options
 from .render import echo_json, table
 
 
 @click.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="catalog name or path to an HF config.json")
 @click.option("--cluster", default=None, help=f"catalog name or cluster YAML file [default: {DEFAULT_CLUSTER}]")
-@click.option("--gpu", default=None, help="quick cluster form: GPU kind (with --nodes, --gpus-per-node)")
+@click.option("--gpu", default=None,
+              help="quick cluster form: GPU kind, a catalog name or a GPU YAML file (with --nodes, --gpus-per-node)")
 @click.option("--nodes", type=click.IntRange(min=1), default=None, help="quick cluster form: number of nodes")
 @click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, help="quick cluster form")
 @click.option("--workload", default=DEFAULT_WORKLOAD, show_default=True,
@@ -65,20 +69,24 @@ from .render import echo_json, table
 @click.option("--time-limit", type=click.FloatRange(min=0.01), default=None, help="seconds for the CP-SAT search")
 @click.option("--max-simulations", type=click.IntRange(min=1), default=None,
               help="stop verifying after N simulations [default: 5 x top-k + 5]")
+@click.option("--benchmark-dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="write the benchmark's replay files (for a trace workload) there; its result file goes there too")
 @engine_options
+@calibration_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, gpus_per_node: int | None,
           workload: str, engine: str, slo: Any, objective: str, top_k: int, solver: str,
           constraint_files: tuple[str, ...], quantization: str, kv_dtype: str, use_all_gpus: bool, disaggregation: str,
           tp_across_nodes: bool, max_requests: int | None, seed: int, workers: int, time_limit: float | None,
-          max_simulations: int | None, fmt: str, cuda_graphs: bool | None, attention_backend: str | None,
-          measured_at: str, **engine_knobs: Any) -> None:
+          max_simulations: int | None, benchmark_dir: Path | None, fmt: str, cuda_graphs: bool | None,
+          attention_backend: str | None,
+          measured_at: str, calibration: Path | None, **engine_knobs: Any) -> None:
     """Find the best deployments of a model on a cluster for a workload and SLO, verified by simulation.
 
     With no options: llama-3.1-70b on 8x H100 (h100x8), the lmsys trace, SLO ttft=200ms,tpot=50ms.
     """
     specs = load_specs(model, cluster, gpu=gpu, nodes=nodes, gpus_per_node=gpus_per_node, engine=engine,
-                       workload=workload, slo=slo)
+                       workload=workload, slo=slo, calibration=calibration)
     specs = with_engine_settings(specs, cuda_graphs=cuda_graphs, attention_backend=attention_backend,
                                  measured_at=measured_at, **engine_knobs)
     note_workers(workers, max_simulations if max_simulations is not None else 5 * top_k + 5)
@@ -92,14 +100,53 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
                        disaggregation=disaggregation,
                        tp_across_nodes=tp_across_nodes, max_requests=max_requests, seed=seed, workers=workers,
                        time_limit=time_limit, max_simulations=max_simulations, progress=progress)
+    bench, written, bench_error = None, [], None
+    if result.plans:
+        options = ([] if cuda_graphs is None else ["--cuda-graphs" if cuda_graphs else "--no-cuda-graphs"]) + \
+            ([f"--attention-backend {attention_backend}"] if attention_backend else []) + \
+            ([] if engine_knobs.get("prefix_caching") is None else
+             ["--prefix-caching" if engine_knobs["prefix_caching"] else "--no-prefix-caching"]) + \
+            ([f"--calibration {shlex.quote(str(calibration))}"] if calibration is not None else [])
+        gpu_file = gpu if gpu is not None and Path(gpu).suffix.lower() in (".yaml", ".yml", ".json") else None
+        workload_run = specs.workload.head(max_requests) if max_requests else specs.workload
+        try:
+            bench = benchmark_command(result.plans[0].plan, model, workload_run, engine=specs.engine.name,
+                                      directory=benchmark_dir, seed=seed,
+                                      gpus_per_node=result.problem.get("gpus_per_node", 8), validate_options=options,
+                                      gpu_ref=gpu_file)
+        except SpecError as exc:  # an engine no benchmark client is known for: the solve stands without it
+            bench_error = str(exc)
+        if bench is not None and benchmark_dir is not None:
+            written = write_files(bench)
     if fmt == "json":
-        echo_json(result.to_dict())
+        data = result.to_dict()
+        data["benchmark"] = bench.to_dict(written) if bench is not None else \
+            ({"error": bench_error} if bench_error else None)
+        echo_json(data)
         if not result.plans:
             sys.exit(1)
         return
     if not result.plans:
         raise InfeasibleError(unverified_message(result), ("simulation",))
     render_table(result)
+    render_benchmark(bench, written, bench_error)
+
+
+def render_benchmark(bench: Benchmark | None, written: list[str], error: str | None) -> None:
+    """The best plan's benchmark after its launch commands: the client command, then the validate command."""
+    out = Console(width=max(150, Console().width), soft_wrap=False)
+    if bench is None:
+        if error:
+            out.print(f"Note: no benchmark command: {escape(error)}", highlight=False)
+        return
+    out.print(f"\n[bold]Benchmark (then: apex-opt validate --measurements {escape(bench.result_file)} ...):[/bold]")
+    out.print(bench.command, highlight=False, soft_wrap=True, markup=False)
+    if bench.validate:
+        out.print(bench.validate, highlight=False, soft_wrap=True, markup=False)
+    for path in written:
+        out.print(f"Wrote {path}", highlight=False, markup=False)
+    for note in bench.notes:
+        out.print(f"Note: {note}", highlight=False, soft_wrap=True, markup=False)
 
 
 def note_workers(workers: int, simulations: int) -> None:

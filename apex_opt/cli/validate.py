@@ -10,7 +10,7 @@ import click
 
 from ..units import parse_fraction
 from ..validate import validate as run_validate
-from .options import engine_options, parse_layers, plan_options
+from .options import calibration_option, engine_options, parse_layers, plan_options
 from .render import console, echo_json, table
 
 #: options whose value is passed only when the user gave it (the files' own values otherwise)
@@ -23,14 +23,15 @@ _OVERRIDES = ("model", "gpu", "tp", "pp", "dp", "ep", "dp_attention", "layers_pe
 @click.command()
 @click.option("--measurements", "files", multiple=True, required=True, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
-              help="a vllm bench serve --save-result JSON, an inference-perf lifecycle report or the README's CSV "
+              help="a vllm bench serve --save-result JSON, an sglang.bench_serving --output-file (JSONL), an "
+                   "inference-perf lifecycle report or the README's CSV "
                    "(repeatable)")
 @click.option("--model", default=None, help="catalog name or HF config.json (when the file does not say)")
-@click.option("--gpu", default=None, help="GPU kind (when the file does not say)")
+@click.option("--gpu", default=None, help="GPU kind, a catalog name or a GPU YAML file (when the file does not say)")
 @plan_options
 @click.option("--workload", default=None,
               help="the workload the benchmark replayed (catalog name, trace, synthetic:...); 'synthetic' rebuilds "
-                   "a Poisson workload from a vllm bench serve file's rate, request count and mean lengths")
+                   "a Poisson workload from a benchmark file's rate, request count and mean lengths")
 @click.option("--chunked-prefill/--no-chunked-prefill", default=None, help="default: the engine's rule")
 @click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=None)
 @click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
@@ -41,9 +42,10 @@ _OVERRIDES = ("model", "gpu", "tp", "pp", "dp", "ep", "dp_attention", "layers_pe
               help="largest relative error accepted on any metric (exit 1 past it), e.g. 10% or 0.1")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@calibration_option
 @click.pass_context
 def validate(ctx: click.Context, files: tuple[Path, ...], tolerance: str, seed: int, fmt: str,
-             **options: Any) -> None:
+             calibration: Path | None, **options: Any) -> None:
     """Simulate the plan of each measured run on its workload and print predicted vs measured (TTFT, TPOT/ITL,
     e2e: mean and the percentiles present; throughput) with relative errors; exit 1 when any metric is off by more
     than --tolerance.
@@ -57,7 +59,8 @@ def validate(ctx: click.Context, files: tuple[Path, ...], tolerance: str, seed: 
         if ctx.get_parameter_source(name) in (source.COMMANDLINE, source.ENVIRONMENT):
             value = options[name]
             overrides[name] = parse_layers(value) if name == "layers_per_stage" else value
-    report = run_validate(files, tolerance=parse_fraction(tolerance), overrides=overrides, seed=seed)
+    report = run_validate(files, tolerance=parse_fraction(tolerance), overrides=overrides, seed=seed,
+                          calibration=calibration)
     if fmt == "json":
         echo_json(report.to_dict())
     else:

@@ -4,6 +4,8 @@ One module per format, registered by name in :data:`READERS`; :func:`read_measur
 file's keys (or takes ``format=`` by name):
 
 * ``vllm-bench`` (:mod:`.vllm_bench`): the result JSON of ``vllm bench serve --save-result`` (client side);
+* ``sglang-bench`` (:mod:`.sglang_bench`): the JSONL ``--output-file`` of ``python -m sglang.bench_serving`` (client
+  side; one run per line, every line read);
 * ``inference-perf`` (:mod:`.inference_perf`): an inference-perf lifecycle report (``stage_N_lifecycle_metrics.json``
   or ``summary_lifecycle_metrics.json``; client side, seconds);
 * ``csv`` (:mod:`.csv_runs`): the plain CSV documented in the README, one row per run.
@@ -83,8 +85,27 @@ def load_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SpecError(f"--measurements {shorten(str(path))}: not valid JSON ({exc.msg} at line {exc.lineno}); "
-                        "give the result file of vllm bench serve --save-result, an inference-perf "
-                        "lifecycle report or a CSV") from None
+                        "give the result file of vllm bench serve --save-result, the --output-file of "
+                        "sglang.bench_serving, an inference-perf lifecycle report or a CSV") from None
+
+
+def _load_content(path: Path, text: str) -> Any:
+    """The JSON of ``text``; for JSON Lines (several objects, one per line, as sglang.bench_serving appends them)
+    the list of the objects of the lines up to the first that does not parse (the reader names that line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":
+            return load_json(path)  # raises the SpecError naming the file and the position
+    objects = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            objects.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return objects if objects else load_json(path)
 
 
 def read_measurements(path: str | Path, format: str | None = None) -> list[Measurement]:
@@ -100,7 +121,7 @@ def read_measurements(path: str | Path, format: str | None = None) -> list[Measu
     if path.suffix.lower() != ".csv":
         text = path.read_text(encoding="utf-8", errors="replace").lstrip()
         if text.startswith(("{", "[")):
-            content = load_json(path)
+            content = _load_content(path, text)
     for fmt in READERS.values():
         if fmt.detect(path, content):
             return fmt.read(path)
@@ -121,7 +142,7 @@ def number(value: Any) -> float | None:
 
 
 # the readers register themselves on import (detection tries them in this order)
-from . import csv_runs, inference_perf, vllm_bench
+from . import csv_runs, inference_perf, sglang_bench, vllm_bench
 
 __all__ = ["METRICS", "PLAN_FIELDS", "READERS", "Format", "Measurement", "csv_runs", "inference_perf",
-           "read_measurements", "register", "vllm_bench"]
+           "read_measurements", "register", "sglang_bench", "vllm_bench"]

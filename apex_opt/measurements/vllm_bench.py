@@ -23,8 +23,11 @@ _PERCENTILES = ("50", "90", "95", "99")
 
 
 def detect(path: Path, content: Any) -> bool:
+    # sglang.bench_serving lines share mean_ttft_ms but name the end-to-end latency mean_e2e_latency_ms (vLLM:
+    # mean_e2el_ms): those belong to the sglang-bench reader
     return isinstance(content, dict) and any(f"mean_{m}_ms" in content for m in _METRICS) and \
-        ("request_throughput" in content or "num_prompts" in content or "completed" in content)
+        ("request_throughput" in content or "num_prompts" in content or "completed" in content) and \
+        "mean_e2e_latency_ms" not in content and "median_e2e_latency_ms" not in content
 
 
 def read(path: Path) -> list[Measurement]:

@@ -308,12 +308,12 @@ def collective_time(
     return net.latency(kind, n) + max(t_intra, t_inter)
 
 
-def load_collective_params(gpu_name: str) -> CollectiveParams:
+def load_collective_params(gpu_name: str, architecture: str = "") -> CollectiveParams:
     """Fitted collective parameters for ``gpu_name``; GPUs without profiles reuse the nearest fit.
 
     >>> p = load_collective_params("h100-sxm-80gb")
     >>> sorted(p.fabric_names())
     ['network', 'nvlink', 'pcie']
     """
-    section, gpu, source = calibration_section(gpu_name, "collectives")
+    section, gpu, source = calibration_section(gpu_name, "collectives", architecture)
     return CollectiveParams.from_dict(section, gpu=gpu, source=source)

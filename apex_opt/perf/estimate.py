@@ -9,6 +9,7 @@ from ..bounds import MAX_BATCH, MAX_ITERATION_TOKENS, check_count, format_count
 from ..errors import SpecError, shorten
 from ..sim.cost import BatchShape
 from ..units import format_bytes
+from .provenance import calibration_notes, calibration_sources
 from .replica import Replica
 from .step import StageCost
 
@@ -135,4 +136,6 @@ def estimate_replica(replica: Replica, *, batch: int, context: int) -> dict:
         "decode": decode.as_dict(),
         "decode_tokens_per_s": batch / decode.time_s if decode.time_s else 0.0,
         "prefill_tokens_per_s": prefill.tokens / prefill.time_s if prefill.time_s else 0.0,
+        "calibration": calibration_sources([replica.gpu]),
+        "notes": calibration_notes([replica.gpu]),
     }

@@ -49,9 +49,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ARCHITECTURE_FITS",
+    "MEASURED_ARCHITECTURES",
+    "CalibrationChoice",
     "ElementwiseParams",
     "GemmEfficiency",
+    "architecture_of",
     "calibration_dir",
+    "choose_calibration",
     "elementwise_time",
     "gemm_time",
     "load_gemm_efficiency",
@@ -265,36 +270,111 @@ def calibration_dir() -> Path:
     return here.parent / "specs" / "calibration"
 
 
-# GPU families without their own profile data and the measured fit they reuse (architecture-nearest).
-_FALLBACKS: tuple[tuple[tuple[str, ...], str, str], ...] = (
-    (("h200",), "h200-sxm-141gb", "Hopper"),
-    (("h100", "h800", "h20", "gh200"), "h100-sxm-80gb", "Hopper"),
-    (("b100", "b200", "b300", "gb200", "gb300"), "h100-sxm-80gb",
-     "Blackwell has no profile: Hopper (H100) efficiencies applied to the Blackwell peaks"),
-    (("a100", "a800", "a30", "a10", "a40", "l40", "l4"), "a100-sxm-80gb", "Ampere/Ada: A100 fit"),
-    (("v100",), "v100-pcie-16gb", "Volta"),
-    (("mi300", "mi325", "mi350", "mi355", "mi250"), "h100-sxm-80gb",
-     "AMD Instinct has no profile: H100 efficiencies applied to the AMD peaks (rough)"),
-)
+# The calibration source rule (docs/calibration.md, "Which calibration each GPU uses"). A GPU with its own
+# fitted file is "measured". A GPU without one is priced by the roofline of its *own* datasheet peaks with
+# the fitted efficiencies (fractions of peak) of the measured GPU named for its architecture below: that is
+# "borrowed" when the fit was measured on the same architecture (same SM, tensor cores and kernels, so the
+# fractions carry over), and "roofline" when no GPU of the architecture was measured (the fractions are a
+# stand-in from the nearest measured generation, a rough estimate).
+
+#: the architecture each measured fit in specs/calibration was measured on
+MEASURED_ARCHITECTURES: dict[str, str] = {
+    "h100-sxm-80gb": "hopper",
+    "h200-sxm-141gb": "hopper",
+    "a100-sxm-80gb": "ampere",
+    "v100-pcie-16gb": "volta",
+}
+
+#: architecture -> (measured fit whose efficiencies a GPU without its own fit uses, why that one)
+ARCHITECTURE_FITS: dict[str, tuple[str, str]] = {
+    "hopper": ("h100-sxm-80gb", "same architecture, hopper"),
+    "ampere": ("a100-sxm-80gb", "same architecture, ampere"),
+    "volta": ("v100-pcie-16gb", "same architecture, volta"),
+    # stand-ins: Ada's SM descends from Ampere's; Hopper is the measured generation nearest to Blackwell; no
+    # AMD GPU was measured, so CDNA 3 takes the H100 efficiencies as a rough stand-in
+    "ada-lovelace": ("a100-sxm-80gb", "no ada-lovelace GPU measured"),
+    "blackwell": ("h100-sxm-80gb", "no blackwell GPU measured"),
+    "cdna3": ("h100-sxm-80gb", "no cdna3 GPU measured"),
+}
 _DEFAULT_FALLBACK = "h100-sxm-80gb"
 
+# the architecture of a GPU known only by name (callers without a GPU spec), from its family prefix
+_ARCHITECTURE_BY_PREFIX: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("h100", "h200", "h800", "h20", "gh200"), "hopper"),
+    (("b100", "b200", "b300", "gb200", "gb300", "rtx-pro-6000"), "blackwell"),
+    (("a100", "a800", "a30", "a10", "a40"), "ampere"),
+    (("l40", "l4", "rtx-4090", "rtx-6000-ada"), "ada-lovelace"),
+    (("v100",), "volta"),
+    (("mi300", "mi325", "mi350", "mi355", "mi250"), "cdna3"),
+)
 
-def resolve_calibration(gpu_name: str) -> tuple[Path, str]:
-    """``(file, note)`` of the calibration used for ``gpu_name``; ``note`` is empty on an exact match.
 
-    Exact file name first (``specs/calibration/<gpu_name>.json``), else the architecture-nearest
-    measured fit (see ``_FALLBACKS``), else the H100 fit.
+@dataclass(frozen=True)
+class CalibrationChoice:
+    """Which fitted file prices a GPU, and why: ``kind`` is ``measured``, ``borrowed`` or ``roofline``."""
+
+    gpu: str
+    kind: str
+    fit: str  # the GPU whose file is used (``gpu`` itself when measured)
+    reason: str  # empty when measured
+    path: Path
+
+    def describe(self) -> str:
+        """``measured``, ``borrowed from <fit> (<why>)`` or ``roofline (<why>)``, as results print it."""
+        if self.kind == "measured":
+            return "measured"
+        if self.kind == "borrowed":
+            return f"borrowed from {self.fit} ({self.reason})"
+        return f"roofline ({self.reason}: {self.fit} efficiencies on {self.gpu}'s own peaks)"
+
+
+def architecture_of(gpu_name: str, architecture: str = "") -> str:
+    """``architecture`` when given, else the one the GPU's name family implies ('' when unknown)."""
+    if architecture:
+        return architecture.strip().lower()
+    key = gpu_name.strip().lower()
+    for prefixes, arch in _ARCHITECTURE_BY_PREFIX:
+        if key.startswith(prefixes):
+            return arch
+    return ""
+
+
+def choose_calibration(gpu_name: str, architecture: str = "") -> CalibrationChoice:
+    """Apply the calibration source rule to one GPU (see the comment above :data:`MEASURED_ARCHITECTURES`).
+
+    >>> choose_calibration("h100-sxm-80gb").describe()
+    'measured'
+    >>> choose_calibration("my-h100-250w", "hopper").describe()
+    'borrowed from h100-sxm-80gb (same architecture, hopper)'
+    >>> choose_calibration("b200", "blackwell").kind
+    'roofline'
     """
     directory = calibration_dir()
     key = gpu_name.strip().lower()
     exact = directory / f"{key}.json"
     if exact.is_file():
-        return exact, ""
-    for prefixes, target, why in _FALLBACKS:
-        if any(key.startswith(p) for p in prefixes):
-            return directory / f"{target}.json", f"fallback for {gpu_name}: {target} calibration ({why})"
-    return (directory / f"{_DEFAULT_FALLBACK}.json",
-            f"fallback for {gpu_name}: no profile and no known architecture, {_DEFAULT_FALLBACK} calibration used")
+        return CalibrationChoice(gpu_name, "measured", key, "", exact)
+    arch = architecture_of(gpu_name, architecture)
+    if arch in ARCHITECTURE_FITS:
+        target, why = ARCHITECTURE_FITS[arch]
+        kind = "borrowed" if MEASURED_ARCHITECTURES.get(target) == arch else "roofline"
+    else:
+        target = _DEFAULT_FALLBACK
+        why = f"no {arch} GPU measured, no stand-in named" if arch else "architecture unknown"
+        kind = "roofline"
+    return CalibrationChoice(gpu_name, kind, target, why, directory / f"{target}.json")
+
+
+def resolve_calibration(gpu_name: str, architecture: str = "") -> tuple[Path, str]:
+    """``(file, note)`` of the calibration used for ``gpu_name``; ``note`` is empty on an exact match.
+
+    The GPU's own file (``specs/calibration/<gpu_name>.json``) if there is one, else the fit
+    :func:`choose_calibration` names for its architecture (from the name family when ``architecture`` is '').
+    """
+    choice = choose_calibration(gpu_name, architecture)
+    if choice.kind == "measured":
+        return choice.path, ""
+    return choice.path, f"fallback for {gpu_name}: {choice.describe()}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -304,23 +384,23 @@ def _read_json(path: str) -> dict[str, Any]:
     return data
 
 
-def load_gemm_efficiency(gpu_name: str) -> GemmEfficiency:
+def load_gemm_efficiency(gpu_name: str, architecture: str = "") -> GemmEfficiency:
     """Fitted GEMM/elementwise parameters for ``gpu_name`` (e.g. ``"h100-sxm-80gb"``).
 
-    GPUs without profiles reuse the architecture-nearest fit (B200 and MI300X use the H100 fit,
-    V100 the A100 fit); the returned ``source`` says so.
+    GPUs without profiles reuse the fit :func:`choose_calibration` names for their ``architecture``
+    (B200 and MI300X the H100 fit, L40S the A100 fit); the returned ``source`` says so.
 
     >>> load_gemm_efficiency("b200").source.startswith("fallback for b200")
     True
     """
-    section, gpu, source = calibration_section(gpu_name, "gemm")
+    section, gpu, source = calibration_section(gpu_name, "gemm", architecture)
     return GemmEfficiency.from_dict(section, gpu=gpu, source=source)
 
 
-def calibration_section(gpu_name: str, key: str) -> tuple[dict[str, Any], str, str]:
+def calibration_section(gpu_name: str, key: str, architecture: str = "") -> tuple[dict[str, Any], str, str]:
     """One section (``gemm`` or ``collectives``) of a GPU's fitted calibration file, the GPU it was fitted on,
     and its source note (saying so when the GPU reuses another GPU's fit)."""
-    path, note = resolve_calibration(gpu_name)
+    path, note = resolve_calibration(gpu_name, architecture)
     if not path.is_file():
         raise FileNotFoundError(f"no calibration file {path}; run benchmarks/fit_calibration.py")
     data = _read_json(str(path))

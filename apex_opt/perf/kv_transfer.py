@@ -97,7 +97,7 @@ def kv_transfer_cost(model: ModelSpec, gpu: GPUSpec, prefill: Plan, prefill_offs
     assert worst is not None
     link = worst[1]
     if params is None:
-        params = load_collective_params(gpu.name)
+        params = load_collective_params(gpu.name, gpu.architecture)
     fabric = "network" if link.nodes > 1 else ("pcie" if link.fabric == "pcie" else "nvlink")
     return TopologyKVTransfer(bytes_per_token=float(per_token), link_bytes_per_token=float(max(send, recv)),
                               fabric=fabric, nodes=link.nodes, intra_bw=link.intra_bandwidth,

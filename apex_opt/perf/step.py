@@ -27,7 +27,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ..catalog import load_calibration
+from ..calibration.profile import calibrated_gpu, serving_constants
 from ..ir.parallel import ShardedOp, StageLayout, expected_max_share
 from ..schema.engine import KernelCount
 from ..schema.gpu import DTYPE_BYTES, GPUSpec
@@ -92,8 +92,9 @@ def _fabric(link: GroupLink) -> str:
 
 
 def serving_calibration() -> dict:
-    """The fitted attention, host-overhead and energy parameters (specs/calibration/serving.yaml)."""
-    return load_calibration("serving")
+    """The fitted attention, host-overhead and energy parameters in force: specs/calibration/serving.yaml with the
+    active calibration profile's constants in place (:mod:`apex_opt.calibration`)."""
+    return serving_constants()
 
 
 def _gpu_entry(table: dict, gpu: GPUSpec) -> dict:
@@ -122,7 +123,8 @@ class StageCost:
         links: dict[str, GroupLink],
     ) -> None:
         self.model = model
-        self.gpu = gpu
+        self.datasheet_gpu = gpu
+        self.gpu = calibrated_gpu(gpu)  # sustained clocks and bandwidth of the active calibration profile
         self.plan = plan
         self.layout = layout
         self.settings = settings
@@ -136,8 +138,8 @@ class StageCost:
         self._host = dict(cal["engines"].get(settings.engine.overhead_profile or settings.engine.name,
                                               cal["engines"]["default"]))
         self._energy = dict(cal["energy"])
-        self._eff = load_gemm_efficiency(gpu.name)
-        self._coll = load_collective_params(gpu.name)
+        self._eff = load_gemm_efficiency(gpu.name, gpu.architecture)
+        self._coll = load_collective_params(gpu.name, gpu.architecture)
         self.num_layers = len(layout.layers)
         self._tables: dict[bool, np.ndarray] = {}
         self._flop_table: np.ndarray | None = None
@@ -609,12 +611,12 @@ class StageCost:
         return self._table_value(self._byte_table, b.num_tokens) + kv * b.decode_ctx_sum + head
 
     def peak_flops(self) -> float:
-        """Peak FLOP/s of one GPU in the plan's math precision (for MFU)."""
-        return self._peak()
+        """Datasheet peak FLOP/s of one GPU in the plan's math precision (for MFU)."""
+        return self.datasheet_gpu.peak(self.precision.math)
 
     def peak_bandwidth(self) -> float:
-        """HBM bytes/s of one GPU (for memory-bandwidth utilisation)."""
-        return self.gpu.memory_bandwidth
+        """Datasheet HBM bytes/s of one GPU (for memory-bandwidth utilisation)."""
+        return self.datasheet_gpu.memory_bandwidth
 
     def idle_power(self) -> float:
         """Watts the stage's GPUs draw while idle."""

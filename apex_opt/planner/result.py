@@ -125,6 +125,8 @@ class PlanSet:
     explanation: str = ""
     problem: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: which calibration each GPU kind was priced with (:func:`apex_opt.perf.provenance.calibration_sources`)
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[RankedPlan]:
         return iter(self.plans)
@@ -168,6 +170,7 @@ class PlanSet:
             "solve_time_s": s.solve_time_s,
             "stats": s.to_dict(),
             "notes": list(self.notes),
+            "calibration": {gpu: dict(entry) for gpu, entry in self.calibration.items()},
         }
 
     def __repr__(self) -> str:

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from ..bounds import PLUGIN_SEARCH_TIME_LIMIT_S, user_code_time_limit
+from ..calibration.profile import applying_calibration
 from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, shorten
+from ..perf.provenance import calibration_notes, calibration_sources
 from ..perf.replica import build_replica
 from ..schema.plan import Deployment, Plan
 from ..specs import Specs, with_engine_settings
@@ -503,8 +505,9 @@ class Problem:
                          "aggregated ones only")
         if status == "budget":
             notes.append(f"stopped at the simulation budget ({self.max_simulations}); raise max_simulations for more")
+        notes += calibration_notes(self.specs.gpus.values())
         return PlanSet(status, tuple(ranked), self.objective, solver, stats, tuple(rej), explanation,
-                       self.describe(), tuple(notes))
+                       self.describe(), tuple(notes), calibration=calibration_sources(self.specs.gpus.values()))
 
     def _with_memory(self, p: RankedPlan) -> dict[str, Any]:
         """Add the memory model's exact headroom and KV capacity for a reported plan."""
@@ -724,6 +727,7 @@ def get_solver(solver: str | Callable[[Problem], PlanSet]) -> tuple[str, Callabl
     raise SpecError(f"--solver '{solver}' is unknown; use one of {', '.join(names)} or a .py file")
 
 
+@applying_calibration
 def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iterable[Any] = (), top_k: int = 3,
           solver: str | Callable[[Problem], PlanSet] = "cpsat", quantization: str = "none", kv_dtype: str = "bf16",
           use_all_gpus: bool = False, tp_across_nodes: bool = False, max_requests: int | None = None,

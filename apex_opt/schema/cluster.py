@@ -70,7 +70,7 @@ class ClusterSpec(Spec):
     ) -> ClusterSpec:
         """The quick form ``--gpu NAME --nodes N --gpus-per-node M``."""
         if fabric is None:
-            fabric = "pcie" if gpu.startswith(("l40", "v100-pcie", "a100-pcie")) else (
+            fabric = "pcie" if gpu.startswith(("l40", "v100-pcie", "a100-pcie", "rtx")) else (
                 "infinity-fabric" if gpu.startswith("mi") else "nvswitch"
             )
         return cls.parse(

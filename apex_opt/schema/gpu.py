@@ -28,8 +28,16 @@ class Link(Spec):
     """A point-to-point or switched link, per GPU and per direction."""
 
     kind: str
-    bandwidth: Bandwidth = Field(gt=0, description="bytes/s per GPU, one direction")
+    bandwidth: Bandwidth = Field(description="bytes/s per GPU, one direction, > 0")
     latency: Seconds = Field(default=2e-6, ge=0)
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _positive_bandwidth(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be positive: bytes/s per GPU in one direction (half a vendor's two-way figure), "
+                             "e.g. bandwidth: 450GB/s")
+        return v
 
 
 class Power(Spec):
@@ -58,8 +66,8 @@ class GPUSpec(Spec):
     display_name: str = ""
     vendor: Literal["nvidia", "amd", "intel", "other"] = "nvidia"
     architecture: str = ""
-    memory: Bytes = Field(gt=0, description="HBM capacity in bytes")
-    memory_bandwidth: Bandwidth = Field(gt=0)
+    memory: Bytes = Field(description="HBM capacity in bytes, > 0")
+    memory_bandwidth: Bandwidth = Field(description="HBM bandwidth in bytes/s, > 0")
     peak_flops: dict[Dtype, Flops]
     intra_node: Link
     host_link: Link | None = None
@@ -67,14 +75,26 @@ class GPUSpec(Spec):
     price_per_hour: float = Field(ge=0, description="USD per GPU-hour")
     sources: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("memory", "memory_bandwidth")
+    @classmethod
+    def _positive_size(cls, v: float, info) -> float:  # type: ignore[no-untyped-def]
+        if v <= 0:
+            example = "80GiB" if info.field_name == "memory" else "3.35TB/s"
+            raise ValueError(f"must be positive; write the datasheet figure with its unit, e.g. {info.field_name}: "
+                             f"{example}")
+        return v
+
     @field_validator("peak_flops")
     @classmethod
     def _has_bf16_or_fp16(cls, v: dict[str, float]) -> dict[str, float]:
         if "bf16" not in v and "fp16" not in v:
-            raise ValueError("peak_flops needs at least a bf16 or fp16 entry")
+            has = ", ".join(v) or "no entries"
+            raise ValueError(f"no bf16 or fp16 peak (it has {has}); add the dense (not sparse) 16-bit tensor figure "
+                             "from the datasheet, e.g. bf16: 989TFLOPS")
         for k, f in v.items():
             if f <= 0:
-                raise ValueError(f"peak_flops.{k} must be positive")
+                raise ValueError(f"peak_flops.{k} must be positive; write the dense datasheet figure, e.g. "
+                                 f"{k}: 989TFLOPS")
         return v
 
     def supports(self, dtype: str) -> bool:
