@@ -6,6 +6,8 @@ The front doors, in pipeline order:
 * :func:`estimate` prices one prefill and one decode iteration of a :class:`Plan` operator by operator;
 * :func:`simulate` replays the workload through a plan, iteration by iteration (:class:`SimResult`);
 * :func:`capacity` finds the highest request rate a plan sustains under the SLO (:class:`CapacityResult`);
+* :func:`compare` simulates several plans on one workload, side by side (:class:`Comparison`);
+* :func:`sweep` runs a grid of rates, SLOs, GPU kinds, models or engine settings, one row per point;
 * :func:`solve` searches the plan space and returns verified plans (:class:`PlanSet`), with
   :func:`constraint` for user constraints.
 
@@ -17,8 +19,12 @@ The front doors, in pipeline order:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ._version import __version__ as __version__
 from .calibration.profile import applying_calibration
 from .capacity import CapacityResult, capacity
+from .compare import Comparison, compare
 from .errors import (
     ApexOptError,
     ConstraintError,
@@ -48,11 +54,17 @@ from .schema.slo import SLO, parse_slo
 from .sim import SimResult
 from .simulate import simulate
 from .specs import Specs, load_specs
+from .sweep import sweep
 from .workload import Workload
 from .workload import load_workload as _load_workload
 
+if TYPE_CHECKING:
+    import os
+    from pathlib import Path
 
-def load_workload(ref, *, specs_dir=None, block_tokens=None) -> Workload:  # type: ignore[no-untyped-def]
+
+def load_workload(ref: str | os.PathLike[str], *, specs_dir: str | Path | None = None,
+                  block_tokens: int | None = None) -> Workload:
     """A workload from a catalog name, a trace path or a ``synthetic:`` expression (``specs_dir``: the built-in
     catalog unless given); see :func:`apex_opt.workload.load_workload`."""
     import os
@@ -95,6 +107,7 @@ __all__ = [
     "SLO",
     "ApexOptError",
     "CapacityResult",
+    "Comparison",
     "ConstraintError",
     "Deployment",
     "DoesNotFitError",
@@ -116,6 +129,7 @@ __all__ = [
     "UnknownNameError",
     "Workload",
     "capacity",
+    "compare",
     "constraint",
     "estimate",
     "load_constraints",
@@ -124,4 +138,5 @@ __all__ = [
     "parse_slo",
     "simulate",
     "solve",
+    "sweep",
 ]

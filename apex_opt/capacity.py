@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InfeasibleError, SpecError, shorten
 from .schema.plan import Deployment, Plan
+from .schema.slo import SLO
 from .simulate import check_simulate_args, simulate
 from .specs import Specs
 from .units import format_time
@@ -36,7 +37,7 @@ LONE_CONCURRENCY = 0.1
 #: latency keys copied from the simulated summary into :meth:`CapacityResult.to_dict`
 _SUMMARY_KEYS = (
     *(f"{m}_{s}_s" for m in ("ttft", "tpot", "itl", "e2e") for s in ("mean", "p50", "p90", "p95", "p99")),
-    "slo_attainment", "goodput_req_s", "slo_ttft_value_s", "slo_tpot_value_s", "slo_e2e_value_s", "slo_met",
+    "slo_attainment", "goodput_req_s", "goodput_per_gpu_req_s", "slo_ttft_value_s", "slo_tpot_value_s", "slo_e2e_value_s", "slo_met",
     "saturated", "offered_rate_req_s", "served_rate_req_s", "throughput_req_s", "throughput_output_tok_s",
     "energy_per_output_token_j", "num_requests", "num_completed",
 )
@@ -44,7 +45,8 @@ _SUMMARY_KEYS = (
 
 @dataclass(frozen=True)
 class Trial:
-    """One simulated rate: whether it passed, the bounded statistics (``slo_ttft_value_s`` ...) and attainment."""
+    """One simulated rate: whether it passed, the bounded statistics (``slo_ttft_value_s`` ...) and attainment;
+    ``summary``: the whole simulated summary at that rate (for latency-versus-load plots)."""
 
     rate: float
     passed: bool
@@ -52,6 +54,7 @@ class Trial:
     tpot_s: float
     attainment: float
     saturated: bool
+    summary: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rate_req_s": self.rate, "passed": self.passed, "slo_ttft_value_s": self.ttft_s,
@@ -105,6 +108,7 @@ class CapacityResult:
     cost_per_mtok_usd: float
     target: TargetCost | None = None
     notes: tuple[str, ...] = ()
+    slo: SLO | None = None  # the SLO the rates were judged against
 
     @property
     def ttft_s(self) -> float:
@@ -158,13 +162,15 @@ def _per_mtok(price_per_hour: float, rate: float, mean_output: float) -> float:
 
 
 def capacity(specs: Specs, plan: Plan | Deployment, *, precision: float = 0.02, max_rate: float | None = None,
-             seed: int = 0, measured_at: str | None = None, target_rate: float | None = None) -> CapacityResult:
+             seed: int = 0, measured_at: str | None = None, target_rate: float | None = None,
+             progress: Callable[[int, int], None] | None = None) -> CapacityResult:
     """The highest request rate ``plan`` sustains under ``specs.slo``, found by simulation (module docstring).
 
     ``precision``: relative width of the final bracket (0.02: within 2%). ``max_rate``: do not search above it
     (req/s). ``seed``, ``measured_at``: as in :func:`~apex_opt.simulate.simulate`. ``target_rate`` (req/s):
     also cost the replicas of the plan that serve it (``ceil(target / per-replica capacity)``; a plan with dp=2
-    has two replicas, each carrying half its capacity; a Deployment is costed as one unit).
+    has two replicas, each carrying half its capacity; a Deployment is costed as one unit). ``progress``: called
+    as ``progress(done, most)`` after each simulation (``most``: :data:`MAX_SIMULATIONS`).
 
     Raises :class:`SpecError` without an SLO, and :class:`InfeasibleError` when the plan misses the SLO even
     with requests running one at a time (the best TTFT and TPOT seen are named).
@@ -196,7 +202,9 @@ def capacity(specs: Specs, plan: Plan | Deployment, *, precision: float = 0.02, 
         summaries[rate] = s
         trials.append(Trial(rate, ok, float(s.get("slo_ttft_value_s", math.nan)),
                             float(s.get("slo_tpot_value_s", math.nan)), float(s.get("slo_attainment", math.nan)),
-                            bool(s.get("saturated"))))
+                            bool(s.get("saturated")), s))
+        if progress is not None:
+            progress(len(trials), MAX_SIMULATIONS)
         return ok
 
     def lone(rate: float) -> bool:  # a failing rate at which requests hardly overlap
@@ -269,7 +277,7 @@ def capacity(specs: Specs, plan: Plan | Deployment, *, precision: float = 0.02, 
         label=plan.label, rate=lo, upper=hi, precision=reached, stopped=stopped, simulations=len(trials),
         trials=tuple(trials), summary=summaries[lo], replicas_per_plan=dp, per_replica_rate=lo / dp,
         gpus=plan.gpus, cost_per_hour_usd=price, cost_per_mtok_usd=_per_mtok(price, lo, mean_out), target=target,
-        notes=tuple(notes))
+        notes=tuple(notes), slo=specs.slo)
 
 
 def _infeasible(specs: Specs, plan: Plan | Deployment, trials: list[Trial], rate: float,

@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import yaml
 
+from . import hub
 from .bounds import load_yaml
 from .errors import SpecError, UnknownNameError, shorten
 from .schema.cluster import ClusterSpec
@@ -134,7 +135,8 @@ def _load_models() -> dict[str, ModelSpec]:
     return _load_dir("models", build, suffixes=(".json",))
 
 
-MODELS: Registry[ModelSpec] = Registry("model", _load_models, "Or pass a path to a Hugging Face config.json.")
+MODELS: Registry[ModelSpec] = Registry("model", _load_models, "Or pass a Hugging Face id (org/name) or the path of a "
+                                        "Hugging Face config.json.")
 GPUS: Registry[GPUSpec] = Registry(
     "GPU", lambda: _load_dir("gpus", lambda p, d: GPUSpec.parse(d, source=p, kind="GPU")),
     "Or pass the path of a GPU YAML file (same fields as specs/gpus/*.yaml; see docs/examples/gpu-custom.yaml).",
@@ -166,15 +168,47 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def get_model(ref: str) -> ModelSpec:
-    """A catalog model by name, or any Hugging Face ``config.json`` by path."""
+    """A catalog model by name or Hugging Face id, or any Hugging Face ``config.json`` by path or by id.
+
+    A path wins over an id of the same spelling; a folder stands for the ``config.json`` in it. An id that is not
+    in the catalog is fetched from the Hub (:func:`apex_opt.hub.fetch_config`) and named by its last part,
+    lower-cased.
+
+    >>> m = get_model("META-LLAMA/Llama-3.1-70B")  # the base model's id, any case
+    >>> m.name, m.hf_repo
+    ('llama-3.1-70b', 'meta-llama/Llama-3.1-70B')
+    """
     if _looks_like_path(ref):
         path = Path(ref)
-        if not _is_file(path):
-            raise SpecError(f"--model {shorten(ref)}: no such file; give a catalog name (apex-opt catalog models) or "
-                            "the path of a Hugging Face config.json")
-        return model_from_hf_config(read_structured(path), name=path.stem if path.stem != "config" else path.parent.name,
-                                    source=str(path))
+        if _is_file(path / "config.json"):
+            path = path / "config.json"
+        if _is_file(path):
+            return model_from_hf_config(read_structured(path),
+                                        name=path.stem if path.stem != "config" else path.parent.name,
+                                        source=str(path))
+        if hub.is_repo_id(ref):
+            known = model_for_repo(ref)
+            if known is not None:
+                return known
+            fetched = hub.fetch_config(ref)
+            spec = model_from_hf_config(read_structured(fetched), name=hub.display_name(ref), source=str(fetched))
+            return spec.model_copy(update={"hf_repo": ref})
+        raise SpecError(f"--model {shorten(ref)}: no such file; give a catalog name (apex-opt catalog models), a "
+                        "Hugging Face id (org/name) or the path of a Hugging Face config.json")
     return MODELS.get(ref)
+
+
+def model_for_repo(repo_id: str) -> ModelSpec | None:
+    """The catalog model whose ``hf_repo`` or one of whose ``hf_aliases`` is ``repo_id`` (any case), else None.
+
+    The model returned serves ``repo_id`` as the catalog spells it (its ``hf_repo`` is that id).
+    """
+    wanted = repo_id.lower()
+    for spec in MODELS:
+        for known in (spec.hf_repo, *spec.hf_aliases):
+            if known and known.lower() == wanted:
+                return spec if known == spec.hf_repo else spec.model_copy(update={"hf_repo": known})
+    return None
 
 
 def get_gpu(ref: str) -> GPUSpec:

@@ -106,7 +106,7 @@ def place_replicas(specs: Specs, plan: Plan | Deployment) -> tuple[Topology, lis
     return topology, out
 
 
-def _engine(name: str):  # type: ignore[no-untyped-def]
+def _engine(name: str) -> EngineSpec:
     from .catalog import get_engine
 
     return get_engine(name)

@@ -123,13 +123,18 @@ def load_specs(
 ) -> Specs:
     """Resolve every input of a problem; unknown names raise :class:`UnknownNameError` with close matches.
 
+    ``model`` is a catalog name, a Hugging Face id (``meta-llama/Llama-3.1-70B-Instruct``: a catalog model's id
+    in any case is that model; another id's config.json is read through the Hugging Face cache, see
+    :mod:`apex_opt.hub`), the path of a Hugging Face ``config.json`` or a :class:`ModelSpec`.
+
     ``calibration`` (a profile written by ``apex-opt calibrate``, or its path) replaces built-in engine and hardware
     constants with the user's cluster's wherever this problem is estimated or simulated. ``gpu`` is a catalog name
     or the path of a GPU YAML file (the fields of ``specs/gpus/*.yaml``), e.g. ``docs/examples/gpu-custom.yaml``."""
     if isinstance(gpu, Path):
         gpu = str(gpu)
     for label, value, kinds, form in (
-        ("model", model, (str, ModelSpec), "a catalog name such as 'llama-3.1-8b', a config.json path or a ModelSpec"),
+        ("model", model, (str, ModelSpec),
+         "a catalog name such as 'llama-3.1-8b', a Hugging Face id, a config.json path or a ModelSpec"),
         ("cluster", cluster, (str, ClusterSpec, type(None)),
          "a catalog name such as 'h100x8', a YAML path or a ClusterSpec"),
         ("gpu", gpu, (str, type(None)), "a catalog GPU name such as 'h100-sxm-80gb' or a GPU YAML path"),
@@ -141,9 +146,9 @@ def load_specs(
         if not isinstance(value, kinds):
             raise SpecError(f"load_specs({label}={shorten(value)}): got a value of type {type(value).__name__}; "
                             f"give {form}")
-    for label, value in (("nodes", nodes), ("gpus_per_node", gpus_per_node)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise SpecError(f"load_specs({label}={shorten(value)}): must be a whole number, e.g. {label}=2")
+    for label, count in (("nodes", nodes), ("gpus_per_node", gpus_per_node)):
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise SpecError(f"load_specs({label}={shorten(count)}): must be a whole number, e.g. {label}=2")
     model_spec = model if isinstance(model, ModelSpec) else get_model(model)
     cluster_spec = resolve_cluster(cluster, gpu=gpu, nodes=nodes, gpus_per_node=gpus_per_node)
     engine_spec = engine if isinstance(engine, EngineSpec) else get_engine(engine)

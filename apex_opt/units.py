@@ -158,7 +158,8 @@ def parse_power(value: str | float) -> float:
 def _validator(parse: Callable[[Any], float], what: str) -> BeforeValidator:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"expected a {what} as a number or a string with a unit, got {value!r}")
+            # not TypeError: pydantic turns only ValueError into a ValidationError (with the field's location)
+            raise ValueError(f"expected a {what} as a number or a string with a unit, got {value!r}")  # noqa: TRY004
         try:
             return parse(value)
         except SpecError as exc:  # pydantic reports ValueError with its location
@@ -184,7 +185,7 @@ Watts = Annotated[float, _validator(parse_power, "power"), PlainSerializer(float
 
 def format_time(seconds: float) -> str:
     """Human form of a duration: ``0.0123`` -> ``12.3ms``."""
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return "-"
     if seconds >= 100:
         return f"{seconds:.0f}s"

@@ -151,8 +151,9 @@ def resolve(m: Measurement, overrides: Mapping[str, Any]) -> tuple[str, Plan, st
             get_model(str(model))
         except SpecError:
             raise SpecError(f"measurement {shorten(m.name)} ({shorten(m.source)}) names the model {shorten(model)}, "
-                            "which is neither a catalog name nor a config.json path; give --model (apex-opt catalog "
-                            "models, or the path of the model's Hugging Face config.json)") from None
+                            "which is not a catalog name, a config.json path or a Hugging Face id whose config.json "
+                            "could be read; give --model (apex-opt catalog models, or the path of the model's Hugging "
+                            "Face config.json)") from None
     workload = _workload(m, given_workload)
     measured_at = overrides.get("measured_at") or m.measured_at or "engine"
     caching = overrides.get("prefix_caching")

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import V1_DATA, read_v1_runs, stage_expression
 
-from apex_opt.calibration.calibrate import calibrate
+from apex_opt.calibrate import calibrate
 from apex_opt.validate import validate
 
 COMPARED = ("ttft_ms_mean", "tpot_ms", "e2e_ms_mean")

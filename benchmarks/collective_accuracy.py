@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from fit_calibration import CUSTOM_AR_FILE, NVLINK4, SYSTEMS, held_out
+from profile_fit import predict_collectives, read_collective_profiles, relative_errors, summarize
 
 from apex_opt.perf.collectives import collective_time, load_collective_params
-from apex_opt.perf.fit import predict_collectives, read_collective_profiles, relative_errors, summarize
 
 
 def _line(label: str, err: np.ndarray) -> str:

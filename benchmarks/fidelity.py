@@ -25,9 +25,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from experiments import Experiment, read_experiments, read_measured
 
 from apex_opt.catalog import get_engine, get_gpu, get_model
-from apex_opt.experiments import Experiment, read_experiments, read_measured
 from apex_opt.schema.cluster import ClusterSpec
 from apex_opt.schema.plan import Plan
 from apex_opt.schema.slo import SLO

@@ -20,8 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from apex_opt.perf.collectives import CollectiveParams, FabricParams
-from apex_opt.perf.fit import (
+from profile_fit import (
     COLLECTIVE_KINDS,
     GEMM_OPS,
     BandwidthContext,
@@ -37,6 +36,8 @@ from apex_opt.perf.fit import (
     relative_errors,
     summarize,
 )
+
+from apex_opt.perf.collectives import CollectiveParams, FabricParams
 
 OUT = ROOT / "specs" / "calibration"
 

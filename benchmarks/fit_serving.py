@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from experiments import read_experiments, read_measured
 from scipy.optimize import linprog
 
 from apex_opt.calibration import CalibrationProfile, active
 from apex_opt.calibration.fit import Unknown, fit_constants
 from apex_opt.catalog import load_calibration, specs_dir
-from apex_opt.experiments import read_experiments, read_measured
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import DATA, predict, predict_v1, read_v1_runs

@@ -20,8 +20,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from fit_calibration import PEAKS
-
-from apex_opt.perf.fit import (
+from profile_fit import (
     ELEMENTWISE_OPS,
     GEMM_OPS,
     predict_operators,
@@ -29,6 +28,7 @@ from apex_opt.perf.fit import (
     relative_errors,
     summarize,
 )
+
 from apex_opt.perf.gemm import load_gemm_efficiency
 
 GPUS = ("h100-sxm-80gb", "a100-sxm-80gb")

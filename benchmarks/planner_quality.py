@@ -137,7 +137,7 @@ def slo_levels(specs: apex_opt.Specs, options: planner.SearchOptions) -> dict[st
 
 
 def goodput_per_gpu(entry) -> float:
-    return entry.simulated["goodput_rps"] / entry.plan.gpus if entry and entry.simulated else math.nan
+    return entry.simulated["goodput_req_s"] / entry.plan.gpus if entry and entry.simulated else math.nan
 
 
 def run_case(specs: apex_opt.Specs, options: planner.SearchOptions, workers: int, top_k: int) -> dict:

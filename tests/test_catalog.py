@@ -123,3 +123,55 @@ def test_cluster_quick_form_and_file(tmp_path: Path):
 def test_heterogeneous_cluster_lists_both_kinds():
     c = catalog.get_cluster("h100x8-a100x8")
     assert c.is_heterogeneous and {g.gpu for g in c.nodes} == {"h100-sxm-80gb", "a100-sxm-80gb"}
+
+
+# ------------------------------------------------------------------------------------- the catalog command
+
+
+def _catalog_table(kind: str) -> list[str]:
+    from click.testing import CliRunner
+
+    from apex_opt.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["catalog", kind], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()
+
+
+@pytest.mark.parametrize("kind", ["models", "gpus", "clusters", "engines", "workloads"])
+def test_every_catalog_table_fits_80_columns_without_cutting_a_cell(kind: str):
+    lines = _catalog_table(kind)
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert not any("…" in line for line in lines)
+    from apex_opt.workload import workload_names
+
+    count = len(workload_names(catalog.specs_dir()) if kind == "workloads" else getattr(catalog, kind.upper()).names())
+    assert lines[0].startswith(f"{kind} ({count})")
+
+
+def test_the_models_table_gives_parameters_in_billions_rounded_to_three_figures():
+    rows = {line.split()[0]: line.split() for line in _catalog_table("models") if line.startswith(("llama", "kimi"))}
+    assert rows["llama-3.1-8b"][2:4] == ["8.03B", "8.03B"]
+    assert rows["llama-3.1-70b"][2] == "70.6B" and rows["llama-3.1-405b"][2] == "406B"
+    assert rows["kimi-k2"][2:4] == ["1,026B", "32.9B"] and rows["kimi-k2"][-2:] == ["384+1", "top-8"]
+
+
+def test_the_workloads_table_rounds_token_counts_and_rates():
+    row = next(line.split() for line in _catalog_table("workloads") if line.startswith("lmsys "))
+    assert row == ["lmsys", "1,024", "62", "162", "0.51", "llama"]
+
+
+def test_the_gpus_table_prices_gpus_per_hour_in_dollars():
+    header = next(line for line in _catalog_table("gpus") if line.startswith("name"))
+    assert "$/h" in header.split()
+
+
+def test_catalog_models_json_names_each_model_s_hugging_face_repository():
+    from click.testing import CliRunner
+
+    from apex_opt.cli.main import cli
+
+    rows = {r["name"]: r for r in json.loads(CliRunner().invoke(cli, ["catalog", "models", "--format", "json"]).output)}
+    assert rows["llama-3.1-70b"]["hf_repo"] == "meta-llama/Llama-3.1-70B-Instruct"
+    assert "meta-llama/Llama-3.1-70B" in rows["llama-3.1-70b"]["hf_aliases"]
+    assert rows["llama-3.1-70b"]["total_params"] == catalog.get_model("llama-3.1-70b").total_params  # unrounded

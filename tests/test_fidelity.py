@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from apex_opt.experiments import read_experiments, read_measured
 from tests.conftest import REPO
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-from fidelity import DATA, predict, predict_v1, read_v1_runs  # noqa: E402
+sys.path.insert(0, str(REPO / "benchmarks"))  # experiments.py and fidelity.py live with the benchmarks
+from experiments import read_experiments, read_measured
+from fidelity import DATA, predict, predict_v1, read_v1_runs
 
 MEASURED = read_measured(DATA / "fidelity_dev.csv")
 DEV = [e for e in read_experiments(DATA / "experiments.csv") if e.name in MEASURED]

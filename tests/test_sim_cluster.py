@@ -116,10 +116,12 @@ SUMMARY_KEYS = {
     "prompt_tokens", "makespan_s", "ttft_ms_mean", "tpot_ms", "itl_ms", "e2e_s_mean",
     "throughput_output_tok_s", "throughput_total_tok_s", "throughput_req_s", "batch_size_mean", "batch_size_max",
     "queue_len_mean", "queue_len_max", "running_mean", "running_max", "kv_util_mean", "kv_util_max", "mfu", "mbu",
-    "busy_fraction", "energy_j", "energy_per_output_token_j", "gpus", "gpu_hours", "cost",
+    "busy_fraction", "energy_j", "energy_per_output_token_j", "gpus", "gpu_hours", "cost_usd",
+    "cost_per_mtok_usd",
     "measured_at", "offered_rate_req_s", "served_rate_req_s", "backlog_growth_req_s", "saturated",
 } | {f"{m}_{s}_s" for m in ("ttft", "tpot", "itl", "e2e") for s in ("mean", "p50", "p90", "p95", "p99")}
-SLO_KEYS = {"slo_attainment", "goodput_req_s", "slo_ttft_value_s", "slo_tpot_value_s", "slo_e2e_value_s", "slo_met"}
+SLO_KEYS = {"slo_attainment", "goodput_req_s", "goodput_per_gpu_req_s", "slo_ttft_value_s", "slo_tpot_value_s",
+            "slo_e2e_value_s", "slo_met"}
 
 
 def test_summary_keys_and_consistency():
@@ -140,7 +142,8 @@ def test_summary_keys_and_consistency():
     assert s["itl_ms"] == pytest.approx(itl_sum / (rec.generated - 1).sum() * 1e3)
     assert s["itl_mean_s"] == pytest.approx(s["itl_ms"] / 1e3)  # no preemptions here: same sum
     assert s["gpu_hours"] == pytest.approx(2 * span / 3600)
-    assert s["cost"] == pytest.approx(2.5 * s["gpu_hours"])
+    assert s["cost_usd"] == pytest.approx(2.5 * s["gpu_hours"])
+    assert s["cost_per_mtok_usd"] == pytest.approx(s["cost_usd"] / s["output_tokens"] * 1e6)
     assert 0 < s["mfu"] < 1 and 0 < s["mbu"] < 1
     assert 1.0 <= s["batch_size_mean"] <= s["batch_size_max"]
     assert set(res.series) == {"t_s", "queue_len", "running", "batch_size"}

@@ -134,3 +134,86 @@ def test_other_solvers_and_options():
     assert code == 2 and "Invalid value for '--objective'" in out
     code, out = run("--slo", "tpot=50")
     assert code == 2 and "has no unit" in out
+
+
+# ------------------------------------------------------------------ table headers, free memory, progress, version
+SMALL = ["--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--nodes", "1", "--gpus-per-node", "2",
+         "--disaggregation", "off", *FAST]
+
+
+def test_the_table_says_dollars_are_per_million_output_tokens_and_memory_is_free_after_kv():
+    code, out = run(*SMALL)
+    assert code == 0, out
+    header = next(line for line in out.splitlines() if "plan" in line and "GPUs" in line)
+    assert "$/Mtok out" in header and "free after KV" in header and "headroom" not in header
+
+
+def test_free_after_kv_is_the_gpu_memory_left_after_weights_reserves_kv_cache_context_and_graphs():
+    from apex_opt.perf.memory import CUDA_CONTEXT_BYTES
+    from apex_opt.perf.replica import build_replica
+    from apex_opt.schema.plan import Plan
+
+    code, out = run(*SMALL, "--format", "json")
+    assert code == 0, out
+    best = json.loads(out)["plans"][0]
+    fields = {k: best[k] for k in ("gpu", "engine", "dp", "tp", "pp", "ep", "max_num_seqs", "max_num_batched_tokens",
+                                   "chunked_prefill", "weight_dtype", "kv_dtype")}
+    specs = apex_opt.load_specs("llama-3.1-8b", gpu="h100-sxm-80gb", nodes=1, gpus_per_node=2)
+    stages = build_replica(specs.model, specs.gpu, Plan(**fields), specs.engine).memory.stages
+    free = min(s.total - s.weights - s.activation - s.fixed - s.kv_cache - CUDA_CONTEXT_BYTES - s.graphs
+               for s in stages)
+    assert best["predicted"]["memory_headroom_bytes"] == pytest.approx(free)
+    assert 0 < free < 0.1 * specs.gpu.memory  # about (1 - gpu_memory_utilization) of the GPU, less the graphs
+
+
+def test_solve_draws_a_progress_bar_with_counts_and_time_left_when_stderr_is_a_terminal(monkeypatch):
+    from apex_opt.cli import solve as solve_cmd
+
+    monkeypatch.setattr(solve_cmd, "stderr_is_terminal", lambda: True)
+    code, out = run(*SMALL)
+    assert code == 0, out
+    assert "... simulating " in out and "verifying plans by simulation" in out
+    counts = [tuple(map(int, m)) for m in re.findall(r"(\d+)/(\d+) .{0,20}elapsed", re.sub(r"\x1b\[[0-9;]*m", "", out))]
+    assert counts and counts[-1][0] == counts[-1][1] > 0
+    assert "left" in out
+
+
+def test_solve_draws_no_progress_bar_when_stderr_is_not_a_terminal_or_the_output_is_json(monkeypatch):
+    from apex_opt.cli import solve as solve_cmd
+
+    code, out = run(*SMALL)
+    assert code == 0 and "verifying plans" not in out and "... simulating" not in out
+    monkeypatch.setattr(solve_cmd, "stderr_is_terminal", lambda: True)
+    code, out = run(*SMALL, "--format", "json")
+    assert code == 0 and "verifying plans" not in out
+    json.loads(out)
+
+
+def test_the_library_reports_simulation_counts_and_still_sends_stage_lines_to_a_text_callback():
+    lines: list[str] = []
+    counts: list[tuple[int, int]] = []
+    specs = apex_opt.load_specs("llama-3.1-8b", gpu="h100-sxm-80gb", nodes=1, gpus_per_node=2)
+    result = apex_opt.solve(specs, max_requests=120, workers=1, disaggregation="off", progress=lines.append,
+                            simulation_progress=lambda done, started: counts.append((done, started)))
+    assert any(line.startswith("simulating ") for line in lines)
+    assert all(0 <= done <= started for done, started in counts)
+    assert [done for done, _ in counts] == sorted(done for done, _ in counts)
+    assert counts[-1] == (result.stats.plans_simulated, result.stats.plans_simulated)
+
+
+def test_apex_opt_version_prints_the_package_version():
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"apex-opt {apex_opt.__version__}\n"
+    assert apex_opt.__version__ == version("apex-opt")
+
+
+def test_a_source_checkout_without_install_reads_its_version_from_pyproject():
+    import tomllib
+
+    from apex_opt._version import _source_version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert _source_version() == f"{project['version']}+source"

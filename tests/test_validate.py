@@ -63,12 +63,17 @@ def test_a_file_that_is_no_measurement_format_is_refused_naming_the_formats(tmp_
     assert all(name in str(exc.value) for name in ("vllm-bench", "inference-perf", "csv"))
 
 
-def test_a_measurement_without_a_plan_is_refused_naming_the_missing_fields() -> None:
+def test_a_measurement_without_a_plan_is_refused_naming_the_missing_fields(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SpecError, match=r"does not say gpu, tp, engine; give --gpu, --tp, --engine"):
         validate([VLLM_BENCH])
-    with pytest.raises(SpecError, match=r"names the model 'meta-llama/Llama-3.1-8B-Instruct'.*give --model"):
-        validate([VLLM_BENCH], overrides={"gpu": "h100-sxm-80gb", "tp": 1, "engine": "vllm-v1",
-                                          "workload": "synthetic"})
+    validate([VLLM_BENCH], overrides={"gpu": "h100-sxm-80gb", "tp": 1, "engine": "vllm-v1",  # a catalog model's
+                                      "workload": "synthetic"})                               # Hugging Face id
+    unknown = tmp_path / "unknown-model.json"
+    unknown.write_text(VLLM_BENCH.read_text().replace("meta-llama/Llama-3.1-8B-Instruct", "acme/Not-A-Model"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub is not asked
+    with pytest.raises(SpecError, match=r"names the model 'acme/Not-A-Model'.*give --model"):
+        validate([unknown], overrides={"gpu": "h100-sxm-80gb", "tp": 1, "engine": "vllm-v1", "workload": "synthetic"})
     with pytest.raises(SpecError, match=r"does not say model, gpu, tp, engine; give --model, --gpu, --tp, --engine"):
         validate([LIFECYCLE])
     result = invoke("--measurements", str(LIFECYCLE), "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb",

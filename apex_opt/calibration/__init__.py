@@ -3,7 +3,9 @@
 * :mod:`.constants`: the constants a calibration may set, their meaning and physical range;
 * :mod:`.profile`: a profile file, and applying it (``--calibration FILE``, ``Specs.calibration``);
 * :mod:`.fit`: which constants measurements determine, and a bounded least-squares fit of those;
-* :mod:`.calibrate`: ``apex-opt calibrate``: measured runs in, a profile and its before/after errors out.
+
+:mod:`apex_opt.calibrate` (``apex-opt calibrate``) uses them: measured runs in, a profile and its before/after
+errors out.
 """
 
 from .constants import CONSTANTS, Constant

@@ -59,7 +59,8 @@ CONSTANTS: dict[str, Constant] = {c.name: c for c in (
              "send a chunk (s)", 0.0, 1e-3, 5e-5, 4.0, "client"),
     Constant("compute_scale", "hardware", "sustained tensor-core throughput relative to the datasheet peak "
              "(clocks, power cap)", 0.2, 1.5, 0.1, 0.1),
-    Constant("memory_scale", "hardware", "sustained HBM bandwidth relative to the datasheet", 0.2, 1.5, 0.1, 0.1),
+    # HBM clocks are rarely capped, unlike SM clocks under a power limit: a tighter prior than compute's
+    Constant("memory_scale", "hardware", "sustained HBM bandwidth relative to the datasheet", 0.2, 1.5, 0.1, 0.05),
 )}
 
 #: the hardware constants (``hardware.<gpu>.<name>``)

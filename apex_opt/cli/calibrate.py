@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..calibration.calibrate import calibrate as run_calibrate
+from ..calibrate import calibrate as run_calibrate
 from ..calibration.constants import CONSTANTS
 from ..errors import SpecError, shorten
 from .options import atomic_output, check_output_file, engine_options, parse_layers, plan_options
@@ -31,7 +31,7 @@ _CONSTANT_HELP = "; ".join(f"{c.name}: {c.meaning}" for c in CONSTANTS.values())
 @click.option("--fit", "fit", default=None, metavar="NAME,NAME",
               help=f"fit only these constants (default: every one the runs could touch). {_CONSTANT_HELP}")
 @click.option("--name", default=None, help="the profile's name [default: the --out file's stem]")
-@click.option("--model", default=None, help="catalog name or HF config.json (when the files do not say)")
+@click.option("--model", default=None, help="catalog name, Hugging Face id or HF config.json (when the files do not say)")
 @click.option("--gpu", default=None, help="GPU kind (when the files do not say)")
 @plan_options
 @click.option("--workload", default=None,

@@ -3,13 +3,17 @@ GPUs and dollars a target rate takes (a thin layer over :func:`apex_opt.capacity
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..calibration.profile import resolve_profile
+from ..capacity import MAX_SIMULATIONS
 from ..capacity import capacity as run
 from ..errors import SpecError
 from ..schema.plan import Plan
@@ -21,7 +25,7 @@ from .render import console, echo_json, table
 from .simulate import build_deployment, deployment_options
 
 
-def _parsed(parse):  # type: ignore[no-untyped-def]
+def _parsed(parse: Callable[[str], float]) -> Callable[[click.Context, click.Parameter, str | None], float | None]:
     def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
         if value is None:
             return None
@@ -45,10 +49,12 @@ def _parsed(parse):  # type: ignore[no-untyped-def]
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @calibration_option
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.png", help="also draw TTFT and TPOT versus offered load of every rate simulated there")
 @click.pass_context
 def capacity(ctx: click.Context, slo: SLO | None, precision: float, target_rate: float | None,
              max_rate: float | None, seed: int, fmt: str, measured_at: str, prefix_caching: bool | None,
-             calibration: Path | None, **deployment: Any) -> None:
+             calibration: Path | None, plot_file: Path | None = None, **deployment: Any) -> None:
     """The highest request rate a plan sustains under the SLO, found by simulation: the workload is replayed at
     rescaled rates (same lengths and arrival pattern), bracketed by doubling or halving, then bisected to
     --precision (at most 30 simulations). With --rate, the replicas of the plan, GPUs, $/hour and $/Mtok (per
@@ -62,8 +68,18 @@ def capacity(ctx: click.Context, slo: SLO | None, precision: float, target_rate:
     specs = dataclasses.replace(specs, calibration=resolve_profile(calibration))
     if prefix_caching is not None:
         specs = with_engine_settings(specs, prefix_caching=prefix_caching)
-    result = run(specs, plan, precision=precision, max_rate=max_rate, seed=seed, measured_at=measured_at,
-                 target_rate=target_rate)
+    if plot_file is not None:  # a bad --plot path fails now, not after the search
+        from ..plots import check_path
+
+        check_path(plot_file)
+    with _progress_bar() as progress:
+        result = run(specs, plan, precision=precision, max_rate=max_rate, seed=seed, measured_at=measured_at,
+                     target_rate=target_rate, progress=progress)
+    if plot_file is not None:
+        from ..plots import plot_capacity
+
+        plot_capacity(result, plot_file)
+        click.echo(f"Wrote {plot_file}", err=True)
     if fmt == "json":
         echo_json({"model": specs.model.name, "cluster": specs.cluster.name, "workload": specs.workload.name,
                    "engine": specs.engine.name, "slo": specs.slo.describe(), "plan": plan.model_dump(mode="json"),
@@ -95,3 +111,24 @@ def capacity(ctx: click.Context, slo: SLO | None, precision: float, target_rate:
                   highlight=False)
     for note in r.notes:
         out.print(f"note         {note}", highlight=False)
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr (simulations run out of the most the search may take, time left at that pace)
+    when stderr is a terminal; else None. The search usually stops well before the most, so the time left is an
+    upper bound and the bar jumps to the end when it does."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("simulating rates"), BarColumn(), MofNCompleteColumn(), TextColumn("simulations, at most"),
+                  TimeRemainingColumn(), TextColumn("left"), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("capacity", total=MAX_SIMULATIONS)
+
+        def advance(done: int, most: int) -> None:
+            bar.update(task, completed=done, total=most)
+
+        yield advance

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 from rich import box
+from rich.console import Console
 
 from .. import catalog as cat
 from .render import console, echo_json, table
@@ -25,6 +28,8 @@ def _models() -> tuple[list[str], list[dict]]:
                 "attention": "mla" if m.is_mla else f"gqa {m.num_heads}/{m.num_kv_heads}",
                 "experts": f"{m.moe.num_experts} (top {m.moe.top_k}, {m.moe.num_shared_experts} shared)" if m.moe else "",
                 "max_context": m.max_position_embeddings,
+                "hf_repo": m.hf_repo,
+                "hf_aliases": list(m.hf_aliases),
             }
         )
     return ["name", "architecture", "total_params", "active_params", "layers", "attention", "experts"], rows
@@ -57,6 +62,57 @@ def _gpus() -> tuple[list[str], list[dict]]:
 #: short table headers of ``catalog gpus`` so the table reads at 80 columns (the JSON keeps the long keys)
 _GPU_HEADERS = {"memory_gib": "GiB", "memory_bandwidth_tbps": "TB/s", "bf16_tflops": "bf16 TF", "fp8_tflops": "fp8 TF",
                 "link": "link GB/s", "price_per_hour": "$/h", "calibration": "calib."}
+
+
+def _billions(n: object) -> str:
+    """A parameter count in billions, to three significant figures: 8.03B, 70.6B, 671B, 1,026B."""
+    if not isinstance(n, (int, float)):
+        return ""
+    b = n / 1e9
+    return f"{b:.2f}B" if b < 10 else f"{b:.1f}B" if b < 100 else f"{b:,.0f}B"
+
+
+def _experts(row: dict) -> str:
+    moe = cat.MODELS.get(row["name"]).moe
+    if moe is None:
+        return ""
+    return f"{moe.num_experts}{f'+{moe.num_shared_experts}' if moe.num_shared_experts else ''} top-{moe.top_k}"
+
+
+def _num(value: object, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
+#: the 80-column tables of ``catalog models|clusters|engines|workloads``: (legend after the title, columns as
+#: (header, cell of a row)); ``--format json`` keeps every field, unrounded, under its long key
+_TABLES: dict[str, tuple[str, list[tuple[str, Callable[[dict], str]]]]] = {
+    "models": (("params = all weights, active = used per token, in billions (B); experts: routed+shared, top-k "
+                "routed per token"), [
+                   ("name", lambda r: r["name"]), ("arch", lambda r: r["architecture"]),
+                   ("params", lambda r: _billions(r["total_params"])),
+                   ("active", lambda r: _billions(r["active_params"])),
+                   ("layers", lambda r: str(r["layers"])), ("attention", lambda r: r["attention"]),
+                   ("experts", _experts),
+               ]),
+    "clusters": ("network: scale-out bandwidth per GPU", [
+        ("name", lambda r: r["name"]), ("GPUs", lambda r: str(r["gpus"])), ("nodes x GPUs", lambda r: r["nodes"]),
+        ("network Gb/s", lambda r: r["network"].removesuffix(" per GPU").removesuffix("Gb/s")),
+    ]),
+    "engines": ("budget: tokens per step (chunked prefill); block: KV-cache block in tokens", [
+        ("name", lambda r: r["name"]), ("family", lambda r: r["family"]), ("version", lambda r: r["version"]),
+        ("chunked", lambda r: str(r["chunked_prefill"])), ("budget", lambda r: _num(r["token_budget"], ",")),
+        ("max seqs", lambda r: _num(r["max_num_seqs"], ",")), ("block", lambda r: _num(r["block_size"], "")),
+        ("CUDA graphs", lambda r: r["cuda_graphs"]),
+    ]),
+    "workloads": ("prompt and output: mean tokens per request; descriptions: --format json", [
+        ("name", lambda r: r["name"]), ("requests", lambda r: _num(r["requests"], ",")),
+        ("prompt", lambda r: _num(r["mean_prompt"], ",.0f")), ("output", lambda r: _num(r["mean_output"], ",.0f")),
+        ("req/s", lambda r: _num(r["rate"], ".2f")), ("tokenizer", lambda r: str(r.get("tokenizer_family") or "")),
+    ]),
+}
+#: columns of words, aligned left (numbers align right)
+_TEXT_COLUMNS = {"arch", "attention", "experts", "nodes x GPUs", "network Gb/s", "family", "chunked", "CUDA graphs",
+                 "tokenizer"}
 
 
 def _clusters() -> tuple[list[str], list[dict]]:
@@ -124,4 +180,11 @@ def catalog(kind: str, fmt: str) -> None:
         t.box, t.pad_edge, t.show_edge, t.collapse_padding = box.SIMPLE_HEAD, False, False, True
         console().print(t)
         return
-    console().print(table(f"{kind} ({len(rows)})", columns, [[show(c, r.get(c)) for c in columns] for r in rows]))
+    legend, cells = _TABLES[kind]
+    t = table(f"{kind} ({len(rows)}): {legend}", [header for header, _ in cells],
+              [[cell(r) for _, cell in cells] for r in rows])
+    t.box, t.pad_edge, t.show_edge, t.collapse_padding = box.SIMPLE_HEAD, False, False, True
+    for column in t.columns:
+        if column.header in _TEXT_COLUMNS:
+            column.justify = "left"
+    Console(soft_wrap=False).print(t)  # the terminal's width (COLUMNS), 80 when not a terminal

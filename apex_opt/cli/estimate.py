@@ -17,7 +17,8 @@ from .render import console, echo_json, table
 
 
 @click.command()
-@click.option("--model", default="llama-3.1-70b", show_default=True, help="catalog name or path to an HF config.json")
+@click.option("--model", default="llama-3.1-70b", show_default=True,
+              help="catalog name, Hugging Face id (org/name) or path to an HF config.json")
 @click.option("--gpu", default="h100-sxm-80gb", show_default=True, help="catalog GPU name or a GPU YAML file")
 @plan_options
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
@@ -34,9 +35,9 @@ def estimate(model: str, gpu: str, tp: int, pp: int, dp: int, ep: int, dp_attent
     model_spec = get_model(model)
     gpu_spec = get_gpu(gpu)
     engine_spec = get_engine(engine)
-    plan = Plan.parse(dict(gpu=gpu_name(gpu), engine=engine, tp=tp, pp=pp, dp=dp, ep=ep, dp_attention=dp_attention,
-                           layers_per_stage=parse_layers(layers_per_stage), weight_dtype=weight_dtype,
-                           kv_dtype=kv_dtype), source="command line", kind="plan")
+    plan = Plan.parse({"gpu": gpu_name(gpu), "engine": engine, "tp": tp, "pp": pp, "dp": dp, "ep": ep,
+                       "dp_attention": dp_attention, "layers_per_stage": parse_layers(layers_per_stage),
+                       "weight_dtype": weight_dtype, "kv_dtype": kv_dtype}, source="command line", kind="plan")
     with active(resolve_profile(calibration)):
         replica = build_replica(model_spec, gpu_spec, plan, engine_spec)
         result = estimate_replica(replica, batch=batch, context=context)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import sys
 import textwrap
+from typing import Any
 
 import click
 
+from .._version import __version__
 from ..errors import ECHO_LIMIT, ApexOptError
 
 #: exit code after Ctrl-C (128 + SIGINT), with the message "Interrupted."
@@ -24,14 +26,15 @@ class ApexGroup(click.Group):
     """A click group that turns :class:`ApexOptError` into a one-paragraph message and exit code 2, and Ctrl-C
     into "Interrupted." and exit code 130 (click's own handling would print "Aborted!" and exit 1)."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (KeyboardInterrupt, click.Abort):
             click.echo("\nInterrupted.", err=True)
             ctx.exit(INTERRUPTED)
         except click.UsageError as exc:  # click's own messages echo the value as given: cap it
-            exc.message = cap_echoes(exc.message)
+            # click declares `message` Final, but it is only read when the error is shown, after this
+            exc.message = cap_echoes(exc.message)  # type: ignore[misc]
             raise
         except ApexOptError as exc:
             message = str(exc)
@@ -42,7 +45,7 @@ class ApexGroup(click.Group):
 
 
 @click.group(cls=ApexGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="apex-opt")
+@click.version_option(__version__, "-V", "--version", prog_name="apex-opt", message="%(prog)s %(version)s")
 def cli() -> None:
     """Plan, simulate and check LLM deployments on GPU clusters.
 
@@ -60,7 +63,7 @@ def _register_commands() -> None:
     from . import catalog as catalog_cmd
 
     cli.add_command(catalog_cmd.catalog)
-    for module_name in ("calibrate", "capacity", "estimate", "simulate", "solve", "validate"):
+    for module_name in ("calibrate", "capacity", "compare", "estimate", "simulate", "solve", "sweep", "validate"):
         try:
             module = __import__(f"apex_opt.cli.{module_name}", fromlist=[module_name])
         except ModuleNotFoundError as exc:  # a command whose module is not part of this build

@@ -41,7 +41,7 @@ def plan_options(func: Callable) -> Callable:
                      help="wide EP: attention data-parallel, experts over tp x dp ranks"),
         click.option("--layers-per-stage", default=None, metavar="N,N,...",
                      help="layers on each pipeline stage (default: even split)"),
-        click.option("--weight-dtype", type=click.Choice(["bf16", "fp16", "fp8", "int4"]), default="bf16",
+        click.option("--weight-dtype", type=click.Choice(["bf16", "fp16", "fp8", "int8", "int4", "fp4"]), default="bf16",
                      show_default=True),
         click.option("--kv-dtype", type=click.Choice(["bf16", "fp16", "fp8"]), default="bf16", show_default=True),
         click.option("--engine", default="vllm-0.6", show_default=True, help="vllm-0.6 | vllm-v1 | sglang-0.4"),

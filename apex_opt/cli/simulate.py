@@ -9,7 +9,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -34,6 +34,11 @@ from .options import (
 )
 from .render import console, echo_json, table
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from ..sim import SimResult
+
 #: summary keys shown in the table, with labels
 _ROWS = [
     ("requests", "num_completed", "{:,}", "completed"),
@@ -42,7 +47,7 @@ _ROWS = [
 ]
 
 
-def _progress_callback(enabled: bool):  # type: ignore[no-untyped-def]
+def _progress_callback(enabled: bool) -> tuple[Progress, Callable[[float], None]] | tuple[None, None]:
     if not enabled:
         return None, None
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -60,13 +65,23 @@ def _progress_callback(enabled: bool):  # type: ignore[no-untyped-def]
 #: what a --prefill / --decode SPEC may set, and a valid form for messages
 ROLE_KEYS = ("tp", "dp", "pp", "ep", "gpu")
 ROLE_FORM = "tp=4,dp=2[,pp=1,ep=1,gpu=NAME]"
+#: what a whole plan spec (``compare PLAN``, ``sweep --plan``) may set besides the shape: text and on/off settings
+PLAN_KEYS = (*ROLE_KEYS, "weight_dtype", "kv_dtype", "engine", "max_num_seqs", "max_num_batched_tokens",
+             "max_model_len", "chunked_prefill", "cuda_graphs", "attention_backend", "dp_attention")
+PLAN_FORM = "tp=4,dp=2[,pp=1,ep=1,gpu=NAME,weight_dtype=fp8,kv_dtype=fp8,engine=vllm-v1,max_num_seqs=N,...]"
+_TEXT_KEYS = ("gpu", "weight_dtype", "kv_dtype", "engine", "attention_backend")
+_FLAG_KEYS = ("chunked_prefill", "cuda_graphs", "dp_attention")
 #: the aggregated plan's shape options, exclusive with --prefill/--decode
 SHAPE_OPTIONS = (("tp", "--tp"), ("dp", "--dp"), ("pp", "--pp"), ("ep", "--ep"), ("dp_attention", "--dp-attention"),
                  ("layers_per_stage", "--layers-per-stage"))
 
 
-def parse_role_spec(option: str, value: str) -> dict[str, int | str]:
+def parse_role_spec(option: str, value: str, *, keys: tuple[str, ...] = ROLE_KEYS,
+                    form: str = ROLE_FORM) -> dict[str, int | str | bool]:
     """``tp=4,dp=2,gpu=h100-sxm-80gb`` -> ``{"tp": 4, "dp": 2, "gpu": "h100-sxm-80gb"}`` (SpecError when malformed).
+
+    ``keys``: the keys allowed (default: a --prefill/--decode role's; :data:`PLAN_KEYS` for a whole plan, whose
+    on/off settings take true/false), ``form``: the valid form shown in messages.
 
     >>> parse_role_spec("--prefill", "tp=4, dp=2")
     {'tp': 4, 'dp': 2}
@@ -77,9 +92,9 @@ def parse_role_spec(option: str, value: str) -> dict[str, int | str]:
     """
 
     def bad(why: str) -> SpecError:
-        return SpecError(f"{option} '{value}': {why}; use the form {ROLE_FORM}, e.g. {option} tp=4,dp=2")
+        return SpecError(f"{option} '{value}': {why}; use the form {form}, e.g. {option} tp=4,dp=2")
 
-    out: dict[str, int | str] = {}
+    out: dict[str, int | str | bool] = {}
     for item in value.split(","):
         item = item.strip()
         if not item:
@@ -88,12 +103,19 @@ def parse_role_spec(option: str, value: str) -> dict[str, int | str]:
         key, val = key.strip().lower().replace("-", "_"), val.strip()
         if not sep or not val:
             raise bad(f"'{item}' is not key=value")
-        if key not in ROLE_KEYS:
-            raise bad(f"unknown key '{key}' (keys: {', '.join(ROLE_KEYS)})")
+        if key not in keys:
+            raise bad(f"unknown key '{key}' (keys: {', '.join(keys)})")
         if key in out:
             raise bad(f"'{key}' is given twice")
-        if key == "gpu":
+        if key in _TEXT_KEYS:
             out[key] = val
+            continue
+        if key in _FLAG_KEYS:
+            flag = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False,
+                    "0": False}.get(val.lower())
+            if flag is None:
+                raise bad(f"{key} must be true or false, got '{val}'")
+            out[key] = flag
             continue
         try:
             number = int(val)
@@ -107,7 +129,7 @@ def parse_role_spec(option: str, value: str) -> dict[str, int | str]:
     return out
 
 
-def write_requests(result, path: Path) -> int:  # type: ignore[no-untyped-def]
+def write_requests(result: SimResult, path: Path) -> int:
     """One JSON object per request: request_id, replica, arrival_s, first_token_s, finish_s, prompt_tokens,
     output_tokens, and rejected (with the reason) where it was; disaggregated runs add decode_replica,
     kv_transfer_start_s and kv_transfer_end_s (``replica`` is the prefill replica); with prefix caching,
@@ -148,9 +170,9 @@ def deployment_options(func: Callable) -> Callable:
     """The options that name a model, a cluster and a plan (or --prefill/--decode instances) on it, the workload
     and the engine settings: shared by ``simulate`` and ``capacity`` and turned into specs and a plan by
     :func:`build_deployment`."""
-    options = [
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("--model", default="llama-3.1-70b", show_default=True,
-                     help="catalog name or path to an HF config.json"),
+                     help="catalog name, Hugging Face id (org/name) or path to an HF config.json"),
         click.option("--gpu", default="h100-sxm-80gb", show_default=True,
                      help="GPU kind: a catalog name or a GPU YAML file (or give --cluster)"),
         click.option("--cluster", default=None, help="catalog cluster or cluster YAML (default: nodes of 8 --gpu)"),
@@ -327,18 +349,19 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
                     f"workload {specs.workload.name}: {s['num_completed']:,} of {s['num_requests']:,} requests",
                     ["latency", "mean", "p50", "p90", "p99"], rows))
     lines = [
-        f"throughput   {s['throughput_output_tok_s']:,.0f} output tok/s, {s['throughput_req_s']:.2f} req/s "
-        f"over {format_time(s['makespan_s'])}",
+        (f"throughput   {s['throughput_output_tok_s']:,.0f} output tok/s, {s['throughput_req_s']:.2f} req/s "
+         f"over {format_time(s['makespan_s'])}"),
         rate_line(s),
-        f"load         batch {s['batch_size_mean']:.1f} mean / {s['batch_size_max']} max, queue "
-        f"{s['queue_len_mean']:.1f} mean / {s['queue_len_max']} max, KV use {s['kv_util_mean'] * 100:.1f}% mean / "
-        f"{s['kv_util_max'] * 100:.1f}% max",
-        f"engine       {s['num_preemptions']} preemptions, {s['num_rejected']} rejected, {s['num_truncated']} "
-        f"truncated",
-        f"hardware     MFU {s['mfu'] * 100:.1f}%, memory-bandwidth use {s['mbu'] * 100:.1f}%, busy "
-        f"{s['busy_fraction'] * 100:.0f}%",
+        (f"load         batch {s['batch_size_mean']:.1f} mean / {s['batch_size_max']} max, queue "
+         f"{s['queue_len_mean']:.1f} mean / {s['queue_len_max']} max, KV use {s['kv_util_mean'] * 100:.1f}% mean / "
+         f"{s['kv_util_max'] * 100:.1f}% max"),
+        (f"engine       {s['num_preemptions']} preemptions, {s['num_rejected']} rejected, {s['num_truncated']} "
+         f"truncated"),
+        (f"hardware     MFU {s['mfu'] * 100:.1f}%, memory-bandwidth use {s['mbu'] * 100:.1f}%, busy "
+         f"{s['busy_fraction'] * 100:.0f}%"),
         f"energy       {s['energy_j'] / 3.6e6:.2f} kWh, {s['energy_per_output_token_j']:.2f} J per output token",
-        f"cost         {s['gpu_hours']:.2f} GPU-hours, ${s['cost']:.2f}",
+        (f"cost         {s['gpu_hours']:.2f} GPU-hours, ${s['cost_usd']:.2f}, ${s['cost_per_mtok_usd']:.2f} per "
+         "million output tokens"),
     ]
     if "prefix_cache_hit_rate" in s:
         note = "" if getattr(specs.workload, "segments", None) is not None else \
@@ -373,7 +396,7 @@ _REJECTED = {
 }
 
 
-def no_completion(result, summary: dict) -> str | None:  # type: ignore[no-untyped-def]
+def no_completion(result: SimResult, summary: dict[str, Any]) -> str | None:
     """None when some request completed; otherwise the reason, e.g. every request was rejected, and a fix."""
     if summary.get("num_completed"):
         return None

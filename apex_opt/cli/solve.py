@@ -7,13 +7,23 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ..errors import InfeasibleError, SpecError
+from ..hub import is_repo_id
 from ..planner.benchmark import Benchmark, benchmark_command, write_files
 from ..planner.objectives import OBJECTIVE_NAMES
 from ..planner.result import PlanSet
@@ -35,7 +45,8 @@ from .render import echo_json, table
 
 
 @click.command()
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="catalog name or path to an HF config.json")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="catalog name, Hugging Face id (org/name) or path to an HF config.json")
 @click.option("--cluster", default=None, help=f"catalog name or cluster YAML file [default: {DEFAULT_CLUSTER}]")
 @click.option("--gpu", default=None,
               help="quick cluster form: GPU kind, a catalog name or a GPU YAML file (with --nodes, --gpus-per-node)")
@@ -54,7 +65,8 @@ from .render import echo_json, table
 @click.option("--constraints", "constraint_files", multiple=True, type=click.Path(dir_okay=False),
               help="Python file of @constraint functions (repeatable)")
 @click.option("--quantization", type=click.Choice(QUANTIZATION), default="none", show_default=True,
-              help="weight formats allowed besides bf16")
+              help="weight formats allowed besides bf16 (int8, fp4: GPUs with such tensor cores; any: fp8 and "
+                   "int4); a checkpoint's own quantization_config is served as stored")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="bf16", show_default=True, help="KV-cache format")
 @click.option("--use-all-gpus", is_flag=True, help="use exactly the cluster's GPUs (default: at most)")
 @click.option("--disaggregation", type=click.Choice(["off", "auto", "only"]), default="auto", show_default=True,
@@ -71,16 +83,20 @@ from .render import echo_json, table
               help="stop verifying after N simulations [default: 5 x top-k + 5]")
 @click.option("--benchmark-dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="write the benchmark's replay files (for a trace workload) there; its result file goes there too")
+@click.option("--emit-k8s", "emit_k8s", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="write Kubernetes manifests of the best plan there (Deployment/LeaderWorkerSet + Service)")
 @engine_options
 @calibration_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.png", help="also draw energy and cost versus TTFT and TPOT of the simulated plans there")
 def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, gpus_per_node: int | None,
           workload: str, engine: str, slo: Any, objective: str, top_k: int, solver: str,
           constraint_files: tuple[str, ...], quantization: str, kv_dtype: str, use_all_gpus: bool, disaggregation: str,
           tp_across_nodes: bool, max_requests: int | None, seed: int, workers: int, time_limit: float | None,
           max_simulations: int | None, benchmark_dir: Path | None, fmt: str, cuda_graphs: bool | None,
-          attention_backend: str | None,
-          measured_at: str, calibration: Path | None, **engine_knobs: Any) -> None:
+          attention_backend: str | None, emit_k8s: Path | None,
+          measured_at: str, calibration: Path | None, plot_file: Path | None = None, **engine_knobs: Any) -> None:
     """Find the best deployments of a model on a cluster for a workload and SLO, verified by simulation.
 
     With no options: llama-3.1-70b on 8x H100 (h100x8), the lmsys trace, SLO ttft=200ms,tpot=50ms.
@@ -90,16 +106,32 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
     specs = with_engine_settings(specs, cuda_graphs=cuda_graphs, attention_backend=attention_backend,
                                  measured_at=measured_at, **engine_knobs)
     note_workers(workers, max_simulations if max_simulations is not None else 5 * top_k + 5)
-    progress = None
-    if fmt == "table" and sys.stderr.isatty():
-        def progress(text: str) -> None:
-            click.echo(click.style(f"... {text}", dim=True), err=True)
+    if plot_file is not None:  # a bad --plot path fails now, not after the solve
+        from ..plots import check_path
 
-    result = run_solve(specs, objective=objective, constraints=list(constraint_files), top_k=top_k, solver=solver,
-                       quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
-                       disaggregation=disaggregation,
-                       tp_across_nodes=tp_across_nodes, max_requests=max_requests, seed=seed, workers=workers,
-                       time_limit=time_limit, max_simulations=max_simulations, progress=progress)
+        check_path(plot_file)
+    with VerificationBar(enabled=fmt == "table" and stderr_is_terminal()) as bar:
+        result = run_solve(specs, objective=objective, constraints=list(constraint_files), top_k=top_k,
+                           solver=solver, quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
+                           disaggregation=disaggregation,
+                           tp_across_nodes=tp_across_nodes, max_requests=max_requests, seed=seed, workers=workers,
+                           time_limit=time_limit, max_simulations=max_simulations,
+                           progress=bar.say if bar.enabled else None,
+                           simulation_progress=bar.update if bar.enabled else None)
+    if plot_file is not None:
+        from ..plots import plot_solve
+
+        plot_solve(result, plot_file, slo=specs.slo)
+        click.echo(f"Wrote {plot_file}", err=True)
+    if emit_k8s is not None and result.plans:
+        from ..errors import ApexOptError
+        from ..planner.k8s import emit_k8s as write_k8s
+
+        try:
+            for path in write_k8s(result, emit_k8s):
+                click.echo(f"Wrote {path}", err=True)
+        except ApexOptError as exc:
+            click.echo(f"Note: no Kubernetes manifests: {exc}", err=True)
     bench, written, bench_error = None, [], None
     if result.plans:
         options = ([] if cuda_graphs is None else ["--cuda-graphs" if cuda_graphs else "--no-cuda-graphs"]) + \
@@ -110,7 +142,9 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
         gpu_file = gpu if gpu is not None and Path(gpu).suffix.lower() in (".yaml", ".yml", ".json") else None
         workload_run = specs.workload.head(max_requests) if max_requests else specs.workload
         try:
-            bench = benchmark_command(result.plans[0].plan, model, workload_run, engine=specs.engine.name,
+            # a Hugging Face id as the catalog spells it: the client must name the model exactly as the server does
+            served = specs.model.hf_repo if is_repo_id(model) and specs.model.hf_repo else model
+            bench = benchmark_command(result.plans[0].plan, served, workload_run, engine=specs.engine.name,
                                       directory=benchmark_dir, seed=seed,
                                       gpus_per_node=result.problem.get("gpus_per_node", 8), validate_options=options,
                                       gpu_ref=gpu_file)
@@ -130,6 +164,49 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
         raise InfeasibleError(unverified_message(result), ("simulation",))
     render_table(result)
     render_benchmark(bench, written, bench_error)
+
+
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal (then solve draws its progress bar there)."""
+    return sys.stderr.isatty()
+
+
+class VerificationBar:
+    """The progress bar of solve's verification on stderr: simulations finished of started, elapsed time and
+    time left, with the planner's stage lines ("simulating 8 plans: ...") printed above it. Disabled, it does
+    nothing; it disappears when the solve ends."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        if enabled:
+            self._bar = Progress(TextColumn("[dim]verifying plans by simulation"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("[dim]elapsed"), TimeElapsedColumn(),
+                                 TextColumn("[dim]left"), TimeRemainingColumn(),
+                                 console=Console(file=sys.stderr, force_terminal=True), transient=True)
+
+    def __enter__(self) -> Self:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def say(self, text: str) -> None:
+        """A stage line of the planner, above the bar."""
+        if self._bar is not None:
+            self._bar.console.print(f"... {text}", style="dim", highlight=False, markup=False)
+
+    def update(self, finished: int, started: int) -> None:
+        """The planner's simulation counts (``solve(simulation_progress=...)``)."""
+        if self._bar is None:
+            return
+        if self._task is None:
+            self._task = self._bar.add_task("verify", total=started)
+        self._bar.update(self._task, completed=finished, total=started)
 
 
 def render_benchmark(bench: Benchmark | None, written: list[str], error: str | None) -> None:
@@ -185,22 +262,22 @@ def render_table(result: PlanSet) -> None:
             _t(s.get("tpot_mean_s")),
             _t(s.get("tpot_p99_s")),
             _num(s.get("slo_attainment", math.nan) * 100 if "slo_attainment" in s else math.nan, ".1f") + "%",
-            _num(s.get("goodput_rps", math.nan) / p.plan.gpus if s else math.nan, ".3g"),
-            _num(s.get("throughput_tok_s"), ",.0f"),
-            _num(s.get("energy_per_token_j"), ".3g"),
+            _num(s.get("goodput_per_gpu_req_s"), ".3g"),
+            _num(s.get("throughput_output_tok_s"), ",.0f"),
+            _num(s.get("energy_per_output_token_j"), ".3g"),
             "$" + _num(s.get("cost_per_mtok_usd"), ",.2f"),
             format_bytes(pred["memory_headroom_bytes"]) if "memory_headroom_bytes" in pred else "-",
         ])
     title = (f"{prob.get('model')} on {prob.get('gpus')} x {prob.get('gpu')}, {prob.get('workload')} "
-             f"({prob.get('requests')} requests, {prob.get('rate_rps', 0):.3g} req/s), SLO {prob.get('slo')}, "
+             f"({prob.get('requests')} requests, {prob.get('rate_req_s', 0):.3g} req/s), SLO {prob.get('slo')}, "
              f"objective {result.objective.name}")
     out.print(table(title, ["#", "plan", "GPUs", "TTFT", "TTFT p99", "TPOT", "TPOT p99", "SLO met",
-                            "goodput/GPU", "tok/s", "J/tok", "$/Mtok", "headroom"], rows))
+                            "goodput/GPU", "tok/s", "J/tok", "$/Mtok out", "free after KV"], rows))
     out.print(f"[bold]Why:[/bold] {escape(result.explanation)}", highlight=False)
-    s = result.stats
-    out.print(f"Searched {s.candidates} candidate plans with the {result.solver} solver: {s.proven_infeasible} "
-              f"proven infeasible, {s.estimated_feasible} estimated feasible, {s.plans_simulated} simulated "
-              f"({s.plans_verified} verified, {s.plans_cut} cut) in {s.solve_time_s:.1f} s.", highlight=False)
+    st = result.stats
+    out.print(f"Searched {st.candidates} candidate plans with the {result.solver} solver: {st.proven_infeasible} "
+              f"proven infeasible, {st.estimated_feasible} estimated feasible, {st.plans_simulated} simulated "
+              f"({st.plans_verified} verified, {st.plans_cut} cut) in {st.solve_time_s:.1f} s.", highlight=False)
     for p in result.rejected[:5]:
         out.print(f"  cut: {escape(p.plan.label)}: {escape('; '.join(p.notes))}", highlight=False)
     for note in result.notes:

@@ -26,7 +26,7 @@ _OVERRIDES = ("model", "gpu", "tp", "pp", "dp", "ep", "dp_attention", "layers_pe
               help="a vllm bench serve --save-result JSON, an sglang.bench_serving --output-file (JSONL), an "
                    "inference-perf lifecycle report or the README's CSV "
                    "(repeatable)")
-@click.option("--model", default=None, help="catalog name or HF config.json (when the file does not say)")
+@click.option("--model", default=None, help="catalog name, Hugging Face id or HF config.json (when the file does not say)")
 @click.option("--gpu", default=None, help="GPU kind, a catalog name or a GPU YAML file (when the file does not say)")
 @plan_options
 @click.option("--workload", default=None,

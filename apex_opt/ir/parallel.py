@@ -12,8 +12,18 @@ The templates follow what vLLM and SGLang do:
   ``--enable-expert-parallel``): each rank holds ``E/ep`` whole experts, sees every token (attention output is
   replicated by the all-reduce), runs only the tokens routed to its experts, and the partial outputs are summed by
   the same all-reduce as TP-MoE. No all-to-all.
-* **Wide EP** (``dp_attention``): attention is data parallel, the MoE spans ``tp x dp`` ranks; tokens are
-  dispatched to their experts by an all-to-all and combined by another.
+* **Wide EP** (``dp_attention``, ``ep == tp x dp``): attention is data parallel (each of the ``dp`` attention
+  groups of ``tp`` ranks runs its own batch), the MoE spans all ``tp x dp`` ranks. The ``T`` tokens of an attention
+  group are replicated on its ``tp`` ranks, so each rank dispatches its ``T / tp`` share: one all-to-all sends
+  ``top_k`` copies of each token to the ranks of its experts (no per-node deduplication, as NCCL or a plain
+  all-to-all does; DeepEP's internode kernels send a token once per node) and a second one combines the results
+  back. The attention output all-reduce stays: a reduce-scatter before the dispatch and an all-gather after the
+  combine move the same bytes.
+* **DP attention without EP** (``dp_attention``, ``ep == 1``): every expert is split over all ``tp x dp`` ranks
+  (``moe_tp = tp x dp``); every rank gathers the tokens of all ``dp`` groups before the MoE and the partial sums are
+  reduced after it. Both are priced as all-reduces of the gathered ``dp x T`` tokens over the group, as SGLang's
+  ``dp_gather`` (an all-reduce of a zero-padded global buffer) and its MoE all-reduce do [inferred from the code,
+  not run].
 * **Pipeline parallel**: consecutive layers per stage (``layers_per_stage``, uneven allowed), the embedding on the
   first stage and the LM head on the last; activations go to the next stage by send/recv.
 """
@@ -36,6 +46,8 @@ class Collective:
     group: str  # tp | ep | pp
     size: int  # ranks in the group
     bytes_per_token: float
+    #: back-to-back calls of this collective (2 for a dispatch plus a combine)
+    calls: int = 1
 
 
 @dataclass(frozen=True)
@@ -152,8 +164,10 @@ def _shard(op: Op, m: ModelSpec, p: Plan, act_bytes: float) -> ShardedOp:
         k = op.k // moe_tp if op.tp_split == "row" else op.k
         after = None
         if op.reduces:
-            if wide:  # dispatch to the experts and combine back: two all-to-alls of top_k copies per token
-                after = Collective("alltoall", "ep", span, 2 * h * act_bytes * e.top_k)
+            if wide and ep > 1:  # dispatch and combine: top_k copies of this rank's 1/tp share of each token
+                after = Collective("alltoall", "ep", span, h * act_bytes * e.top_k / tp, calls=2)
+            elif wide:  # experts split over every rank: gather every group's tokens, reduce the partial sums
+                after = Collective("all_reduce", "ep", span, h * act_bytes * p.dp, calls=2)
             elif tp > 1:
                 after = Collective("all_reduce", "tp", tp, h * act_bytes)
         return ShardedOp(op, n=n, k=k, weight_elems=n * k * local, local_experts=local,

@@ -89,8 +89,11 @@ def _details(d: dict[str, Any]) -> dict[str, list[float]]:
     ttfts, itls = d.get("ttfts"), d.get("itls")
     if not isinstance(ttfts, list) or not isinstance(itls, list) or len(itls) != len(ttfts):
         return {}
-    errors = d.get("errors") if isinstance(d.get("errors"), list) else [""] * len(ttfts)
-    outs = d.get("output_lens") if isinstance(d.get("output_lens"), list) else [None] * len(ttfts)
+    errors, outs = d.get("errors"), d.get("output_lens")
+    if not isinstance(errors, list):
+        errors = [""] * len(ttfts)
+    if not isinstance(outs, list):
+        outs = [None] * len(ttfts)
     got: dict[str, list[float]] = {"ttft": [], "tpot": [], "itl": [], "e2e_latency": []}
     for ttft, gaps, error, out in zip(ttfts, itls, errors, outs, strict=False):
         t = number(ttft)

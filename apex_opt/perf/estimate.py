@@ -51,11 +51,11 @@ def _breakdown(replica: Replica, kind: str, batch: int, context: int) -> Iterati
     if kind == "prefill":
         tokens = batch * context
         shape = BatchShape(num_tokens=tokens, num_seqs=batch, num_decodes=0, decode_ctx_sum=0,
-                           prefill_pairs=batch * context * (context + 1) / 2.0, has_prefill=True)
+                           prefill_pairs=batch * context * (context + 1) / 2.0, has_prefill=True, max_ctx=context)
     else:
         tokens = batch
         shape = BatchShape(num_tokens=batch, num_seqs=batch, num_decodes=batch, decode_ctx_sum=batch * (context + 1),
-                           prefill_pairs=0.0, has_prefill=False)
+                           prefill_pairs=0.0, has_prefill=False, max_ctx=context + 1)
     ops: list[OpCost] = []
     total = 0.0
     for stage in replica.cost.stages:

@@ -24,6 +24,7 @@ from ..schema.gpu import DTYPE_BYTES, GPUSpec
 from ..schema.model import ModelSpec
 from ..schema.plan import Plan
 from .engine_rules import EngineSettings
+from .weights import weight_formats
 
 #: share of the nominal HBM capacity that cudaMemGetInfo reports as total (H100 80 GB: 79.2 GiB of 80 GiB)
 USABLE_FRACTION = 0.99
@@ -31,6 +32,9 @@ USABLE_FRACTION = 0.99
 CUDA_CONTEXT_BYTES = 0.5 * 2**30
 #: CUDA graph pool for decode graphs up to the largest captured batch (vLLM logs "1~3 GiB per GPU")
 GRAPH_BYTES_PER_SEQ = 6 * 2**20
+#: bytes do not depend on the GPU (only the math precision does): a stand-in when none is given
+_ANY_GPU = GPUSpec(name="any", memory=1, memory_bandwidth=1, peak_flops={"bf16": 1.0},
+                   intra_node={"kind": "nvlink", "bandwidth": 1}, power={"idle": 1, "max": 2}, price_per_hour=0)
 
 
 @dataclass(frozen=True)
@@ -87,17 +91,17 @@ class PlanMemory:
         return min(self.stages, key=lambda s: s.kv_cache)
 
 
-def stage_weight_bytes(layout: StageLayout, model: ModelSpec, plan: Plan) -> float:
-    """Weight bytes one GPU of the stage holds: quantized linear layers, 16-bit norms, embedding and LM head."""
-    wbytes = DTYPE_BYTES[plan.weight_dtype]
-    scale_overhead = 1.0 + (2.0 / 128 / wbytes if plan.weight_dtype == "int4" else 0.0)  # group-128 scales
+def stage_weight_bytes(layout: StageLayout, model: ModelSpec, plan: Plan, gpu: GPUSpec | None = None) -> float:
+    """Weight bytes one GPU of the stage holds: linear layers in their format (:func:`weight_formats`: the
+    checkpoint's stored one, scales included, or the plan's), 16-bit norms, router, embedding and LM head."""
+    formats = weight_formats(model, plan, gpu or _ANY_GPU)
     total = 0.0
     for block, ops in layout.blocks.items():
         reps = layout.repeat[block]
         for op in ops:
             kind = op.op.kind
             if kind in ("gemm", "experts") and op.op.name != "post.lm_head":
-                total += reps * op.weight_elems * wbytes * scale_overhead
+                total += reps * op.weight_elems * formats[kind].bytes_per_weight
             elif op.op.name == "post.lm_head":
                 total += op.weight_elems * 2.0
             else:
@@ -125,6 +129,31 @@ def activation_peak(model: ModelSpec, plan: Plan, settings: EngineSettings, layo
     return act
 
 
+def kv_layout(model: ModelSpec, plan: Plan, settings: EngineSettings, layout: StageLayout, kv_bytes: float,
+              free: float) -> tuple[float, float]:
+    """(KV bytes per token of context, bytes reserved for the sliding-window layers) on one GPU of the stage,
+    given ``free`` bytes for the cache.
+
+    A full-attention layer holds every token of a sequence; a sliding-window layer at most ``sliding_window``
+    tokens (vLLM's hybrid KV-cache manager frees the blocks that slide out of the window). A sequence of ``n``
+    tokens thus needs ``full x n + sliding x min(n, window)`` token-layers. Two token budgets guarantee that the
+    running sequences fit: the full layers per token plus a reserve of ``max_num_seqs x min(window, max_model_len)``
+    tokens for the sliding ones, or every layer per token (no reserve). The one that admits more tokens is used:
+    the reserve pays off for small windows (gpt-oss: 128), not for Llama-4's 8192-token chunks at 256 sequences.
+    """
+    per_layer = model.kv_elems_per_token_per_layer(plan.tp) * kv_bytes
+    sliding = [i for i in layout.layers if model.kv_window(i)]
+    full = len(layout.layers) - len(sliding)
+    per_all = per_layer * len(layout.layers)
+    if not sliding or not full:
+        return per_all, 0.0
+    window = min(model.sliding_window or 0, settings.max_model_len)
+    reserve = per_layer * len(sliding) * window * max(1, settings.max_num_seqs)
+    if (free - reserve) / (per_layer * full) > free / per_all:
+        return per_layer * full, reserve
+    return per_all, 0.0
+
+
 def plan_memory(model: ModelSpec, gpu: GPUSpec, plan: Plan, settings: EngineSettings,
                 layouts: list[StageLayout]) -> PlanMemory:
     """Memory per GPU of every stage and the KV blocks the engine would report."""
@@ -138,15 +167,16 @@ def plan_memory(model: ModelSpec, gpu: GPUSpec, plan: Plan, settings: EngineSett
     shortfall = -math.inf
     blocks = math.inf
     for layout in layouts:
-        weights = stage_weight_bytes(layout, model, plan)
+        weights = stage_weight_bytes(layout, model, plan, gpu)
         act = activation_peak(model, plan, settings, layout)
-        per_token = model.kv_elems_per_token_per_layer(plan.tp) * kv_bytes * len(layout.layers)
         if settings.family == "sglang":
             budget = total * util - CUDA_CONTEXT_BYTES
             kv = budget - weights - fixed
         else:
             budget = total * util
             kv = budget - weights - act - fixed
+        per_token, window_reserve = kv_layout(model, plan, settings, layout, kv_bytes, kv)
+        kv -= window_reserve
         graphs = GRAPH_BYTES_PER_SEQ * settings.graph_max_batch if settings.cuda_graphs else 0.0
         shortfall = max(shortfall, weights + act + fixed - budget)
         stage = StageMemory(layout.stage, total, budget, weights, act, fixed, graphs, kv, per_token)

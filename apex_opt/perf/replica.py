@@ -19,7 +19,7 @@ from ..schema.plan import Plan
 from ..topology.graph import GroupLink, Topology
 from .engine_rules import EngineSettings, resolve_engine
 from .memory import PlanMemory, plan_memory
-from .step import Precision, ReplicaCost, StageCost
+from .step import PlanReplicaCost, StageCost
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Replica:
     settings: EngineSettings
     layouts: tuple[StageLayout, ...]
     memory: PlanMemory
-    cost: ReplicaCost
+    cost: PlanReplicaCost
     links: dict[str, GroupLink]
 
     @property
@@ -92,13 +92,12 @@ def build_replica(
     links = {"tp": topology.group_link(tp_group)}
     if plan.pp > 1:
         links["pp"] = topology.group_link([offset + plan.tp - 1, offset + plan.tp])
-    if plan.ep > 1:
+    if plan.ep > 1 or (plan.dp_attention and plan.dp > 1):  # the GPUs an MoE layer spans (dp-attention: all)
         span = plan.tp * (plan.dp if plan.dp_attention else 1)
         links["ep"] = topology.group_link(range(offset, offset + span))
     settings = resolve_engine(engine, plan, model, gpu, nodes_per_tp_group=links["tp"].nodes,
                               nvlink=links["tp"].fabric not in ("pcie", "network"))
-    precision = Precision.of(plan, gpu)
-    layouts = stage_layouts(model, plan, act_bytes=2.0 if precision.math != "fp8" else 2.0)
+    layouts = stage_layouts(model, plan, act_bytes=2.0)  # activations cross stages in 16 bits, fp8 math included
     memory = plan_memory(model, gpu, plan, settings, layouts)
     stages = tuple(StageCost(model, gpu, plan, layout, settings, links) for layout in layouts)
-    return Replica(plan, model, gpu, settings, tuple(layouts), memory, ReplicaCost(stages), links)
+    return Replica(plan, model, gpu, settings, tuple(layouts), memory, PlanReplicaCost(stages), links)

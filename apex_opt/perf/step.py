@@ -22,8 +22,9 @@ to skip ahead in closed form.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from ..topology.graph import GroupLink
 from .collectives import collective_time, custom_allreduce_applies, load_collective_params
 from .engine_rules import EngineSettings
 from .gemm import elementwise_time, gemm_time, load_gemm_efficiency
+from .weights import ONLINE_BYTES, WeightFormat, math_dtype, weight_formats
 
 #: exact tables up to this many tokens; beyond, a grid every _GRID tokens with linear interpolation
 _EXACT = 4096
@@ -60,24 +62,38 @@ class OperatorTime:
 
 @dataclass(frozen=True)
 class Precision:
-    """Numeric formats of a plan: weights, activations (math), KV cache."""
+    """Numeric formats of a plan: weights, activations (math), KV cache.
+
+    ``weight`` and ``math`` are those of the layers holding most weights (the routed experts of an MoE model);
+    ``formats`` gives each kind of linear layer its own (:func:`apex_opt.perf.weights.weight_formats`).
+    """
 
     weight: str
     math: str
     kv: str
+    formats: dict[str, WeightFormat] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def of(cls, plan: Plan, gpu: GPUSpec) -> Precision:
-        math_dtype = "fp8" if plan.weight_dtype == "fp8" and "fp8" in gpu.peak_flops else "bf16"
-        return cls(plan.weight_dtype, math_dtype, plan.kv_dtype)
+    def of(cls, plan: Plan, gpu: GPUSpec, model: ModelSpec | None = None) -> Precision:
+        if model is None:
+            fmt = WeightFormat(plan.weight_dtype, ONLINE_BYTES[plan.weight_dtype], math_dtype(plan.weight_dtype, gpu))
+            formats = {"gemm": fmt, "experts": fmt}
+        else:
+            formats = weight_formats(model, plan, gpu)
+        main = formats["experts" if model is not None and model.moe else "gemm"]
+        return cls(main.stored, main.math, plan.kv_dtype, formats)
+
+    def of_kind(self, kind: str) -> WeightFormat:
+        """The format of the ``gemm`` (dense linear) or ``experts`` layers."""
+        return self.formats[kind]
 
     @property
     def weight_bytes(self) -> float:
-        return DTYPE_BYTES[self.weight]
+        return self.formats["gemm"].bytes_per_weight
 
     @property
     def act_bytes(self) -> float:
-        return DTYPE_BYTES[self.math] if self.math != "fp8" else 1.0
+        return self.formats["gemm"].act_bytes
 
     @property
     def kv_bytes(self) -> float:
@@ -110,7 +126,7 @@ def _gpu_entry(table: dict, gpu: GPUSpec) -> dict:
 class StageCost:
     """Cost of one iteration on one pipeline stage (all its ``tp`` GPUs run in lock step).
 
-    Build it with :func:`apex_opt.perf.build_replica_cost`; it implements the simulator's ``StageCost`` protocol.
+    Build it with :func:`apex_opt.perf.replica.build_replica`; it implements the simulator's ``StageCost`` protocol.
     """
 
     def __init__(
@@ -129,13 +145,13 @@ class StageCost:
         self.layout = layout
         self.settings = settings
         self.links = links
-        self.precision = Precision.of(plan, gpu)
+        self.precision = Precision.of(plan, gpu, model)
         cal = serving_calibration()
         self._attn = _gpu_entry(cal["attention"], gpu)
         # an attention backend with kernels of its own (FlashAttention-3 in vLLM V1 on Hopper) overrides the GPU's
         backend = settings.engine.eager_kernels.backend(plan.attention_backend, plan.kv_dtype)
         self._attn.update(self._attn.get("backends", {}).get(backend, {}))
-        self._host = dict(cal["engines"].get(settings.engine.overhead_profile or settings.engine.name,
+        self._host: dict[str, Any] = dict(cal["engines"].get(settings.engine.overhead_profile or settings.engine.name,
                                               cal["engines"]["default"]))
         self._energy = dict(cal["energy"])
         self._eff = load_gemm_efficiency(gpu.name, gpu.architecture)
@@ -169,11 +185,12 @@ class StageCost:
         if kind == "gemm":
             if op.op.name == "post.lm_head":
                 return zeros, zeros, zeros  # priced per sampled sequence, see _head_time
-            t = gemm_time(tokens, op.n, op.k, peak_flops=self._peak(), mem_bandwidth=bw, eff=self._eff,
-                          weight_bytes_per_elem=p.weight_bytes, act_bytes_per_elem=p.act_bytes,
+            f = p.of_kind("gemm")
+            t = gemm_time(tokens, op.n, op.k, peak_flops=self.gpu.peak(f.math), mem_bandwidth=bw, eff=self._eff,
+                          weight_bytes_per_elem=f.bytes_per_weight, act_bytes_per_elem=f.act_bytes,
                           out_bytes_per_elem=2.0)
             flops = 2.0 * tokens * op.n * op.k
-            nbytes = op.n * op.k * p.weight_bytes + tokens * (op.k * p.act_bytes + op.n * 2.0)
+            nbytes = op.n * op.k * f.bytes_per_weight + tokens * (op.k * f.act_bytes + op.n * 2.0)
             return np.asarray(t, dtype=float), flops, nbytes
         if kind == "experts":
             return self._experts_time(op, tokens)
@@ -202,7 +219,7 @@ class StageCost:
         """
         e = self.model.moe
         assert e is not None
-        p = self.precision
+        f = self.precision.of_kind("experts")
         ranks = max(1, self.plan.ep)
         assignments = tokens * e.top_k * (self.plan.dp if self.plan.dp_attention else 1)
         busiest = np.array([expected_max_share(a, ranks, self.plan.expert_skew) for a in assignments])
@@ -212,13 +229,13 @@ class StageCost:
         touched = np.clip(np.maximum(touched, np.minimum(1.0, busiest)), 0.0, local)
         rows_per_expert = busiest / np.maximum(touched, 1e-9)
         flops = 2.0 * busiest * op.n * op.k
-        weight_bytes = touched * op.n * op.k * p.weight_bytes
-        nbytes = weight_bytes + busiest * (op.k * p.act_bytes + op.n * 2.0)
+        weight_bytes = touched * op.n * op.k * f.bytes_per_weight
+        nbytes = weight_bytes + busiest * (op.k * f.act_bytes + op.n * 2.0)
         eff_c = self._eff.compute_efficiency(np.maximum(rows_per_expert, 1.0), op.n, op.k)
-        if p.act_bytes <= 1.0:
+        if f.act_bytes <= 1.0:
             eff_c = eff_c * self._eff.fp8_compute_scale
-        eff_m = self._eff.memory_efficiency(np.maximum(weight_bytes, 1.0) * 2.0 / p.weight_bytes)
-        t = self._eff.overhead_s + np.maximum(flops / (self._peak() * eff_c),
+        eff_m = self._eff.memory_efficiency(np.maximum(weight_bytes, 1.0) * 2.0 / f.bytes_per_weight)
+        t = self._eff.overhead_s + np.maximum(flops / (self.gpu.peak(f.math) * eff_c),
                                               nbytes / (self.gpu.memory_bandwidth * eff_m))
         return np.where(tokens > 0, t, 0.0), flops, nbytes
 
@@ -231,7 +248,7 @@ class StageCost:
         if op.op.name == "post.lm_head":
             return np.zeros_like(tokens, dtype=float)
         custom = self.settings.custom_all_reduce and c.kind == "all_reduce"
-        return self._comm_table(c.kind, c.size, link, custom, nbytes, graph)
+        return c.calls * self._comm_table(c.kind, c.size, link, custom, nbytes, graph)
 
     def _comm_table(self, kind: str, size: int, link: GroupLink, custom: bool, nbytes: np.ndarray,
                     graph: bool = False) -> np.ndarray:
@@ -311,13 +328,12 @@ class StageCost:
         count = self.settings.engine.eager_kernels.count("add")
         return count.cuda + count.triton == 0
 
-    @cached_property
-    def _dynamic_act_quant(self) -> bool:
-        """W8A8 fp8: every quantised GEMM first quantises its input activations (dynamic per-tensor scale)."""
-        return self.precision.math == "fp8"
-
     def _quantizes(self, op: ShardedOp) -> bool:
-        return self._dynamic_act_quant and op.op.kind in ("gemm", "experts") and op.op.name != "post.lm_head"
+        """W8A8 / W4A4 math (fp8, int8, fp4): every quantised GEMM first quantises its input activations (dynamic
+        scale)."""
+        kind = op.op.kind
+        return kind in ("gemm", "experts") and op.op.name != "post.lm_head" and \
+            self.precision.of_kind(kind).math in ("fp8", "int8", "fp4")
 
     def _quant_time(self, op: ShardedOp, tokens: np.ndarray) -> np.ndarray:
         """GPU time of quantising a GEMM's ``tokens x k`` bf16 input to fp8 with a dynamic per-tensor scale: an
@@ -343,7 +359,7 @@ class StageCost:
         if self._quantizes(op):
             out.append(inventory.count("fp8_quant"))
         if op.after is not None:
-            out.append(inventory.count(op.after.kind))
+            out.extend([inventory.count(op.after.kind)] * op.after.calls)
         return out
 
     def _send_time(self, tokens: np.ndarray) -> np.ndarray:
@@ -371,11 +387,27 @@ class StageCost:
     # ---------------------------------------------------------------------------------------- attention
     @cached_property
     def _attn_coeffs(self) -> tuple[float, float, float, float]:
-        """(s per prefill pair, s per decode context token, s per decode sequence, s per prefill chunk)."""
+        """(s per prefill pair, s per decode context token, s per decode sequence, s per prefill chunk), every layer
+        attending to the whole context: exact while no sequence of the batch is longer than a sliding window."""
+        return self._coeffs_over(self.num_layers)
+
+    @cached_property
+    def _attn_coeffs_beyond(self) -> tuple[float, float, float, float]:
+        """The same once a sequence is longer than the sliding window: only the full-attention layers grow with the
+        context; the sliding ones cost a window per token (:attr:`_sliding_token`)."""
+        return self._coeffs_over(self._full_layers)
+
+    def _beyond(self, b: BatchShape) -> bool:
+        """Whether the batch's longest context exceeds the sliding window (the sliding layers then cap)."""
+        return bool(self._sliding_token[0]) and b.max_ctx > (self.model.sliding_window or 0)
+
+    def _coeffs(self, b: BatchShape) -> tuple[float, float, float, float]:
+        return self._attn_coeffs_beyond if self._beyond(b) else self._attn_coeffs
+
+    def _coeffs_over(self, layers: int) -> tuple[float, float, float, float]:
         m = self.model
-        layers = self.num_layers
         attn = [op for ops in self.layout.blocks.values() for op in ops if op.op.kind == "attention"]
-        if not attn or layers == 0:
+        if not attn or self.num_layers == 0:
             return 0.0, 0.0, 0.0, 0.0
         q_heads = attn[0].q_heads
         if m.mla:
@@ -390,9 +422,35 @@ class StageCost:
         if m.mla:  # absorbed MLA decode: each query head multiplies the latent cache
             s_ctx = max(s_ctx, layers * 2.0 * q_heads * (2 * m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) /
                         (peak * float(self._attn["prefill_efficiency"])))
-        s_seq = layers * float(self._attn["decode_seq_s"])
-        s_chunk = layers * float(self._attn.get("prefill_chunk_s", 0.0))
+        s_seq = self.num_layers * float(self._attn["decode_seq_s"])
+        s_chunk = self.num_layers * float(self._attn.get("prefill_chunk_s", 0.0))
         return s_pair, s_ctx, s_seq, s_chunk
+
+    @cached_property
+    def _full_layers(self) -> int:
+        """Layers of this stage with full (unbounded) attention; the others see a sliding window."""
+        return sum(1 for i in self.layout.layers if not self.model.kv_window(i))
+
+    @cached_property
+    def _sliding_token(self) -> tuple[float, float, float]:
+        """(seconds, FLOPs, KV bytes) per token of the sliding-window layers of this stage.
+
+        A query of a sliding layer attends to at most ``window`` keys, so the layer's attention pairs and the KV it
+        reads are capped at ``window`` per token, prefill or decode. Once the batch's longest context exceeds the
+        window they are priced as the full window per token (an upper bound for the tokens of shorter sequences);
+        below it, as full attention, which is then exact (:attr:`ctx_breakpoints` separates the two regimes).
+        """
+        m = self.model
+        sliding = self.num_layers - self._full_layers
+        if not sliding or not m.sliding_window:
+            return 0.0, 0.0, 0.0
+        q_heads = max(1, m.num_heads // self.plan.tp)
+        window = min(m.sliding_window, m.max_position_embeddings)
+        flops = sliding * window * 4.0 * q_heads * m.head_dim
+        kv = sliding * window * m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes
+        t = max(flops / (self.gpu.peak("bf16") * float(self._attn["prefill_efficiency"])),
+                kv / (self.gpu.memory_bandwidth * float(self._attn["decode_bw_efficiency"])))
+        return t, flops, kv
 
     # ---------------------------------------------------------------------------------------- LM head, host
     def _head_time(self, seqs: int) -> float:
@@ -452,9 +510,12 @@ class StageCost:
     def ctx_breakpoints(self) -> tuple[int, ...]:
         """Longest-context thresholds where a decode batch changes cost regime (vLLM 0.6: eager above 8192)."""
         s = self.settings
+        points = set()
         if s.cuda_graphs and s.engine.cuda_graphs.mode == "decode-only" and s.graph_max_context is not None:
-            return (s.graph_max_context,)
-        return ()
+            points.add(s.graph_max_context)
+        if self._sliding_token[0] and self.model.sliding_window:  # sliding layers cap beyond their window
+            points.add(self.model.sliding_window)
+        return tuple(sorted(points))
 
     def graph_tokens(self, b: BatchShape) -> int:
         """Tokens the GPU actually runs: decode graphs pad the batch to 1, 2, 4, then multiples of 8."""
@@ -478,11 +539,13 @@ class StageCost:
         if b.num_tokens <= 0:
             return 0.0
         graph = self.uses_graph(b)
-        s_pair, s_ctx, s_seq, s_chunk = self._attn_coeffs
+        s_pair, s_ctx, s_seq, s_chunk = self._coeffs(b)
         t = self.linear_time(self.graph_tokens(b), graph)
         prefill_seqs = b.num_seqs - b.num_decodes
         t += s_pair * b.prefill_pairs + s_chunk * prefill_seqs
         t += s_ctx * b.decode_ctx_sum + s_seq * b.num_decodes
+        if self._beyond(b):
+            t += self._sliding_token[0] * b.num_tokens
         t += self._head_time(b.num_seqs)
         return t + self._host_share(b, graph)
 
@@ -527,7 +590,7 @@ class StageCost:
                 if op.after is not None:
                     c = float(self._comm_time(op, tokens, graph=graph)[0])
                     out.append(OperatorTime(f"{op.op.name}.{op.after.kind}", "collective", reps, reps * c, 0.0,
-                                            reps * run * op.after.bytes_per_token))
+                                            reps * run * op.after.bytes_per_token * op.after.calls))
         if self.plan.pp > 1 and self.layout.send_bytes_per_token:  # activations to the next stage
             out.append(OperatorTime("pp.send_recv", "collective", 1, float(self._send_time(tokens)[0]), 0.0,
                                     run * self.layout.send_bytes_per_token))
@@ -536,11 +599,12 @@ class StageCost:
             stall = self.linear_time(run, False) - self._table_value(self._eager_gpu, run)
             if stall > 0:
                 out.append(OperatorTime("eager_launch_stall", "host", self.kernels, stall, 0.0, 0.0))
-        s_pair, s_ctx, s_seq, s_chunk = self._attn_coeffs
+        s_pair, s_ctx, s_seq, s_chunk = self._coeffs(b)
         attn_t = s_pair * b.prefill_pairs + s_chunk * (b.num_seqs - b.num_decodes) + s_ctx * b.decode_ctx_sum + \
             s_seq * b.num_decodes
         m = self.model
-        layers = self.num_layers
+        beyond = self._beyond(b)
+        layers = self._full_layers if beyond else self.num_layers
         kv_token = m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes
         per_pair = (2.0 * (m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim + m.mla.v_head_dim) if m.mla
                     else 4.0 * m.head_dim)
@@ -549,6 +613,10 @@ class StageCost:
         attn_f = layers * per_pair * q_heads * b.prefill_pairs
         attn_b = layers * kv_token * (2.0 * prefill_tokens + b.decode_ctx_sum)
         out.append(OperatorTime("attention", "attention", layers, attn_t, attn_f, attn_b))
+        if beyond:  # the sliding-window layers, a window per token
+            slide_t, slide_f, slide_b = self._sliding_token
+            out.append(OperatorTime("attention.sliding_window", "attention", self.num_layers - layers,
+                                    slide_t * b.num_tokens, slide_f * b.num_tokens, slide_b * b.num_tokens))
         head = self._head_time(b.num_seqs)
         if head:
             hf = 2.0 * b.num_seqs * m.hidden_size * m.vocab_size / self.plan.tp
@@ -570,21 +638,22 @@ class StageCost:
         b = BatchShape(num_tokens=num_decodes, num_seqs=num_decodes, num_decodes=num_decodes, decode_ctx_sum=0,
                        prefill_pairs=0.0, has_prefill=False, max_ctx=max_ctx)
         c0 = self.iteration_time(b)
-        c1 = self._attn_coeffs[1]
+        c1 = self._coeffs(b)[1]
         self._decode_cache[key] = (c0, c1)
         return c0, c1
 
-    @cached_property
-    def _work(self) -> tuple[float, float, float, float]:
-        """Per-iteration work constants of this stage: (attention FLOPs per prefill pair, LM-head FLOPs per sampled
-        sequence, KV bytes per decode context token, LM-head bytes)."""
+    def _work(self, b: BatchShape) -> tuple[float, float, float, float]:
+        """Per-iteration work constants of this stage for ``b``'s regime: (attention FLOPs per prefill pair, LM-head
+        FLOPs per sampled sequence, KV bytes per decode context token, LM-head bytes)."""
         m = self.model
+        coeffs = self._coeffs(b)
         attn = 0.0
-        if self._attn_coeffs[0]:
-            attn = self._attn_coeffs[0] * self.gpu.peak("bf16") * float(self._attn["prefill_efficiency"])
+        if coeffs[0]:
+            attn = coeffs[0] * self.gpu.peak("bf16") * float(self._attn["prefill_efficiency"])
         last = self.layout.is_last
         head_flops = 2.0 * m.hidden_size * m.vocab_size / self.plan.tp if last else 0.0
-        kv = m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes * self.num_layers
+        layers = self._full_layers if self._beyond(b) else self.num_layers
+        kv = m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes * layers
         head_bytes = m.hidden_size * m.vocab_size * 2.0 / self.plan.tp if last else 0.0
         return attn, head_flops, kv, head_bytes
 
@@ -598,8 +667,9 @@ class StageCost:
             return 0.0
         self._tables_for(b.num_tokens)
         assert self._flop_table is not None
-        attn, head, _, _ = self._work
-        return self._table_value(self._flop_table, b.num_tokens) + attn * b.prefill_pairs + head * b.num_seqs
+        attn, head, _, _ = self._work(b)
+        slide = self._sliding_token[1] * b.num_tokens if self._beyond(b) else 0.0
+        return self._table_value(self._flop_table, b.num_tokens) + attn * b.prefill_pairs + head * b.num_seqs + slide
 
     def bytes(self, b: BatchShape) -> float:
         """HBM bytes one GPU of this stage moves in the iteration."""
@@ -607,8 +677,9 @@ class StageCost:
             return 0.0
         self._tables_for(b.num_tokens)
         assert self._byte_table is not None
-        _, _, kv, head = self._work
-        return self._table_value(self._byte_table, b.num_tokens) + kv * b.decode_ctx_sum + head
+        _, _, kv, head = self._work(b)
+        slide = self._sliding_token[2] * b.num_tokens if self._beyond(b) else 0.0
+        return self._table_value(self._byte_table, b.num_tokens) + kv * b.decode_ctx_sum + head + slide
 
     def peak_flops(self) -> float:
         """Datasheet peak FLOP/s of one GPU in the plan's math precision (for MFU)."""
@@ -655,8 +726,9 @@ class StageCost:
 
 
 @dataclass(frozen=True)
-class ReplicaCost:
-    """The stages of one replica and the pipeline send cost between them."""
+class PlanReplicaCost:
+    """The simulator's :class:`~apex_opt.sim.cost.ReplicaCost` for one replica of a plan: one :class:`StageCost`
+    per pipeline stage (the activation sends between stages are priced inside the stages)."""
 
     stages: tuple[StageCost, ...]
 

@@ -322,7 +322,7 @@ that takes at least 23 l40s in bf16, 12 with --quantization fp8, 6 with --quanti
     """
     usable = max(gpu.memory * 0.9 - 1.5 * 2**30, 1.0)
     sizes = [(q, params * b) for q, b in _WEIGHT_BYTES]
-    in_force = {"none": 0, "fp8": 1, "int4": 2, "any": 2}.get(quantization, 0)
+    in_force = {"none": 0, "fp8": 1, "int8": 1, "int4": 2, "fp4": 2, "any": 2}.get(quantization, 0)
     current = sizes[in_force][1]
     if current <= usable * gpus:
         if in_force == 0:
@@ -342,7 +342,8 @@ def _gib(x: float) -> str:
     return f"{x / 2**30:.0f} GiB"
 
 
-def _builtin(label: str, description: Callable[[Any], str], relax: Callable[[Any], str | None] | str | None = None):
+def _builtin(label: str, description: Callable[[Any], str],
+             relax: Callable[[Any], str | None] | str | None = None) -> Callable[[Callable[..., Any]], Constraint]:
     """A built-in constraint: the same :class:`Constraint` as a user's, with a description for explanations."""
 
     def wrap(fn: Callable) -> Constraint:
@@ -389,6 +390,15 @@ def builtin_constraints(space: Any) -> list[Constraint]:
         return f"weights + KV cache fit in {_gib(sp.estimator.gpu.memory)} per GPU"
 
     def memory_relax(sp: Any) -> str:
+        q = sp.specs.model.checkpoint_weights
+        if q is not None:  # a quantized checkpoint is served as stored: --quantization changes nothing
+            gpu = sp.estimator.gpu
+            usable = max(gpu.memory * 0.9 - 1.5 * 2**30, 1.0) * sp.total_gpus
+            weights = sp.specs.model.total_params * q.bytes_per_weight  # a lower bound: 16-bit parts count less
+            if weights <= 0.8 * usable and sp.options.kv_dtype == "bf16":
+                return "--kv-dtype fp8"
+            return (f"more GPUs: the {q.method} checkpoint's weights need at least {_gib(weights)} as stored, "
+                    f"{sp.total_gpus} x {gpu.name} hold {_gib(usable)} (--quantization does not apply to it)")
         return memory_fix(sp.specs.model.total_params, sp.estimator.gpu, sp.total_gpus, sp.options.quantization,
                           sp.options.kv_dtype)
 

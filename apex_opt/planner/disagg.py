@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
@@ -96,7 +97,7 @@ def build_disagg_space(space: PlanSpace) -> DisaggSpace:
     L = specs.model.num_layers
     rate = space.stats.rate
     tables: dict[str, list[RoleRow]] = {r: [] for r in ROLES}
-    for wd in weight_dtypes(opts, est.gpu):
+    for wd in weight_dtypes(opts, est.gpu, specs.model):
         for kd in kv_dtypes(opts):
             for tp in _powers_of_two(total // 2):
                 for ep, moe_tp, _wide in _ep_choices(specs, tp):
@@ -154,7 +155,8 @@ class DisaggModel:
         self.id = m.new_int_var(0, len(D) - 1, "decode")
         opts, slo, rate = space.options, space.specs.slo, space.stats.rate
 
-        def col(name: str, rows: list[RoleRow], index: cp_model.IntVar, fn) -> cp_model.IntVar:
+        def col(name: str, rows: list[RoleRow], index: cp_model.IntVar,
+                fn: Callable[..., float]) -> cp_model.IntVar:  # fn(row); some bind a loop variable by default
             values = [int(fn(r)) for r in rows]
             var = m.new_int_var(min(values), max(values), name)
             m.add_element(index, values, var)
@@ -198,6 +200,7 @@ class DisaggModel:
     def _objective(self) -> None:
         m = self.model
         metric = self.objective.levels[0][0]
+        assert metric is not None  # a function objective is refused before this search (_single_plan_rules)
         width = 2 * self.space.total_gpus + 1
         if metric in ("gpus", "cost_per_mtok"):
             m.minimize(self.gpus)
@@ -253,15 +256,15 @@ def predicted(space: PlanSpace, p: RoleRow, d: RoleRow) -> dict:
     goodput = min(st.rate, capacity) * attainment
     tok_rate = st.rate * st.mean_output
     return {
-        "ttft_s": p.est.ttft_s,
+        "ttft_mean_s": p.est.ttft_s,
         "ttft_tail_s": p.est.ttft_tail_s,
-        "tpot_s": d.est.tpot_s,
+        "tpot_mean_s": d.est.tpot_s,
         "attainment": attainment,
-        "goodput_rps": goodput,
-        "goodput_per_gpu": goodput / gpus,
-        "capacity_rps": capacity,
-        "throughput_tok_s": capacity * st.mean_output,
-        "energy_per_token_j": p.est.energy_per_token_j + d.est.energy_per_token_j,
+        "goodput_req_s": goodput,
+        "goodput_per_gpu_req_s": goodput / gpus,
+        "capacity_req_s": capacity,
+        "throughput_output_tok_s": capacity * st.mean_output,
+        "energy_per_output_token_j": p.est.energy_per_token_j + d.est.energy_per_token_j,
         "cost_per_mtok_usd": gpus * space.estimator.gpu.price_per_hour / 3600.0 / tok_rate * 1e6,
         "batch": d.est.batch,
         "kv_tokens": d.est.kv_tokens,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,7 @@ class ShapeKey:
     #: the "wide EP" layout: this many attention data-parallel ranks share every MoE layer (1: none)
     wide_dp: int = 1
 
-    def plan(self, gpu: str, engine: str, **extra) -> Plan:
+    def plan(self, gpu: str, engine: str, **extra: Any) -> Plan:
         fields = {"gpu": gpu, "engine": engine, "tp": self.tp, "ep": self.ep, "weight_dtype": self.weight_dtype,
                   "kv_dtype": self.kv_dtype}
         if self.ep > 1:
@@ -164,7 +165,7 @@ class ShapeCost:
         self.L = model.num_layers
         self.r1: Replica = build_replica(model, gpu, key.plan(gpu.name, engine.name), engine, topology=topology)
         self.r2: Replica | None = None
-        self.split2 = (self.L, 0)
+        self.split2: tuple[int, ...] = (self.L, 0)
         if with_pipeline and self.L >= 2:
             self.split2 = default_layer_split(self.L, 2)
             self.r2 = build_replica(model, gpu, key.plan(gpu.name, engine.name, pp=2, layers_per_stage=self.split2),
@@ -730,7 +731,7 @@ def with_split(plan: Plan, split: tuple[int, ...]) -> Plan:
     return plan if plan.pp == 1 else replace_plan(plan, layers_per_stage=tuple(split))
 
 
-def replace_plan(plan: Plan, **fields) -> Plan:
+def replace_plan(plan: Plan, **fields: Any) -> Plan:
     data = plan.model_dump()
     data.update(fields)
     return Plan(**data)

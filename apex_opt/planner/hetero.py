@@ -57,7 +57,7 @@ class KindShape:
     levels: tuple[ConfigEstimate, ...]  # one replica at phi_r * weight requests/s, r = 0 .. LEVELS-1
 
     def plan(self, engine: str, dp: int, seqs: int) -> Plan:
-        extra = {"dp": dp, "pp": self.pp, "max_num_seqs": seqs}
+        extra: dict[str, int | tuple[int, ...]] = {"dp": dp, "pp": self.pp, "max_num_seqs": seqs}
         if self.pp > 1:
             extra["layers_per_stage"] = tuple(self.levels[-1].split)
         return self.key.plan(self.gpu, engine, **extra)
@@ -101,7 +101,7 @@ def build_hetero_space(space: PlanSpace) -> HeteroSpace:
         total = group.count * group.gpus_per_node
         tables.append(KindTable(gpu.name, total, group.gpus_per_node, []))
         try:
-            wds = weight_dtypes(opts, gpu)
+            wds = weight_dtypes(opts, gpu, specs.model)
         except SpecError:  # --quantization fp8 on a kind without fp8 tensor cores: that kind runs bf16 only
             wds = ("bf16",)
         for wd in wds:
@@ -165,7 +165,9 @@ class HeteroModel:
         m.add_element(self.level, need_w, w_need)
         self.rows: list[list[tuple[int, int] | None]] = []  # per kind: (shape index, dp) or None
         self.index: list[cp_model.IntVar] = []
-        weights, caps, gpus, prices, idles, tpots, ttfts = [], [], [], [], [], [], []
+        weights, caps, gpus, prices, idles = [], [], [], [], []
+        tpots: list[cp_model.IntVar] = []
+        ttfts: list[cp_model.IntVar] = []
         ns = 1e9
         for k, kind in enumerate(hspace.kinds):
             rows: list[tuple[int, int] | None] = [None]
@@ -293,15 +295,15 @@ def predicted(space: PlanSpace, hspace: HeteroSpace, mix: Mix) -> dict:
                   for s, _ in used)
     price = sum(dp * s.key.tp * s.pp * space.specs.gpus[s.gpu].price_per_hour for s, dp in used)
     return {
-        "ttft_s": mean("ttft_s"),
+        "ttft_mean_s": mean("ttft_s"),
         "ttft_tail_s": max(ests[id(s)].ttft_tail_s for s, _ in used),
-        "tpot_s": mean("tpot_s"),
+        "tpot_mean_s": mean("tpot_s"),
         "attainment": attainment,
-        "goodput_rps": goodput,
-        "goodput_per_gpu": goodput / gpus,
-        "capacity_rps": capacity,
-        "throughput_tok_s": capacity * st.mean_output,
-        "energy_per_token_j": idle + max(dynamic, 0.0),
+        "goodput_req_s": goodput,
+        "goodput_per_gpu_req_s": goodput / gpus,
+        "capacity_req_s": capacity,
+        "throughput_output_tok_s": capacity * st.mean_output,
+        "energy_per_output_token_j": idle + max(dynamic, 0.0),
         "cost_per_mtok_usd": price / 3600.0 / tok_rate * 1e6,
         "fits": True,
         "gpus": gpus,

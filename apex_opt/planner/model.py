@@ -97,6 +97,11 @@ class PlanVars:
 
     FIELDS = (*_COLUMNS, "tpot_ns", "ttft_us", "tpot_us", "ttft_ms", "tpot_ms", "ttft_tail_us", "ttft_tail_ms")
 
+    # set by PlanModel for the built-in `memory` and `divisibility` constraints (declared only: until set,
+    # reading them raises AttributeError through __getattr__)
+    _max_layers: tuple[Any, ...]
+    _divisible: cp_model.IntVar
+
     def __init__(self, owner: PlanModel) -> None:
         self._owner = owner
         self.space = owner.space
@@ -166,7 +171,7 @@ class PlanModel:
         self._known: dict[int, Callable[[int], int]] = {}  # var index -> value at table position k (canonical split)
         self._split_vars: set[int] = set()  # variables that depend on the layer split
         self._products: dict[tuple[str, ...], cp_model.IntVar] = {}
-        self._ranks: dict[tuple[str, int], cp_model.IntVar] = {}
+        self._ranks: dict[tuple[str, int, bool], tuple[cp_model.IntVar, int]] = {}
         self.index = self.model.new_int_var(0, len(self.rows) - 1, "index")  # a position in `rows`
         self._known[self.index.index] = self.rows.__getitem__
         self.v = PlanVars(self)

@@ -1,16 +1,16 @@
 """Objectives: what "best" means, predicted (CP-SAT, scaled ints) and simulated (the verified ranking).
 
-=====================  =========================================  ==========================  =================
-``--objective``        optimises                                  simulated as                ties broken by
-=====================  =========================================  ==========================  =================
-``goodput-per-gpu``    SLO-meeting requests/s per GPU (default)   ``goodput_rps / gpus``      min-tpot, min-ttft
-``throughput``         sustainable output tokens/s                ``throughput_tok_s``        min-tpot, min-ttft
-``min-gpus``           GPUs used                                  ``gpus``                    min-tpot, min-ttft
-``min-energy``         joules per output token                    ``energy_per_token_j``      min-tpot, min-ttft
-``min-cost``           USD per million output tokens              ``cost_per_mtok_usd``       min-tpot, min-ttft
-``min-tpot``           mean time per output token                 ``tpot_mean_s``             min-ttft, min-energy
-``min-ttft``           mean time to first token                   ``ttft_mean_s``             min-tpot, min-energy
-=====================  =========================================  ==========================  =================
+===================  ========================================  =============================  ====================
+``--objective``      optimises                                 simulated as                   ties broken by
+===================  ========================================  =============================  ====================
+``goodput-per-gpu``  SLO-meeting requests/s per GPU (default)  ``goodput_per_gpu_req_s``      min-tpot, min-ttft
+``throughput``       sustainable output tokens/s               ``throughput_output_tok_s``    min-tpot, min-ttft
+``min-gpus``         GPUs used                                 ``gpus``                       min-tpot, min-ttft
+``min-energy``       joules per output token                   ``energy_per_output_token_j``  min-tpot, min-ttft
+``min-cost``         USD per million output tokens             ``cost_per_mtok_usd``          min-tpot, min-ttft
+``min-tpot``         mean time per output token                ``tpot_mean_s``                min-ttft, min-energy
+``min-ttft``         mean time to first token                  ``ttft_mean_s``                min-tpot, min-energy
+===================  ========================================  =============================  ====================
 
 The documented tie-break order is ``min-tpot, min-ttft, min-energy``: an objective is followed by the first two of
 these that differ from it; after them, always, full-precision weights and KV and the engine's default limits are
@@ -18,7 +18,11 @@ preferred. CP-SAT optimises the levels lexicographically through one weighted su
 (:meth:`apex_opt.planner.model.PlanModel.objective_expr`); the verified ranking compares the simulated values in
 the same order, counting values within 1% of the best as ties (:func:`rank_plans`).
 
-``Minimize(metric)``, ``Maximize(metric)`` take a metric name (``"cost_per_mtok"``) or a function
+The "simulated as" names are those of the metric registry (:mod:`apex_opt.metrics`, ``docs/metrics.md``), which
+also records each metric's solver variable and scale (``v.energy_per_token`` is in microjoules).
+
+``Minimize(metric)``, ``Maximize(metric)`` take a metric name (``"cost_per_mtok"``, or a registry name such as
+``"cost_per_mtok_usd"``) or a function
 ``(v, s) -> linear expression`` for objectives of your own; such plans are ranked by the solver's order.
 """
 
@@ -47,9 +51,9 @@ METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
         Metric("goodput_per_gpu", +1, "goodput_per_gpu", None, "goodput per GPU"),
-        Metric("throughput", +1, "throughput", "throughput_tok_s", "throughput"),
+        Metric("throughput", +1, "throughput", "throughput_output_tok_s", "throughput"),
         Metric("gpus", -1, "gpus", None, "GPUs"),
-        Metric("energy_per_token", -1, "energy_per_token", "energy_per_token_j", "energy per token"),
+        Metric("energy_per_token", -1, "energy_per_token", "energy_per_output_token_j", "energy per token"),
         Metric("cost_per_mtok", -1, "cost_per_mtok", "cost_per_mtok_usd", "cost per million tokens"),
         Metric("tpot", -1, "tpot_ns", "tpot_mean_s", "TPOT"),
         Metric("ttft", -1, "ttft_ns", "ttft_mean_s", "TTFT"),
@@ -67,15 +71,16 @@ OBJECTIVE_NAMES: dict[str, str] = {
     "min-ttft": "ttft",
 }
 TIE_BREAK_ORDER = ("tpot", "ttft", "energy_per_token")
-#: metric -> key of the predicted dict (SI units) of a RankedPlan
-PREDICTED_KEY = {"goodput_per_gpu": "goodput_per_gpu", "throughput": "throughput_tok_s", "gpus": "gpus",
-                 "energy_per_token": "energy_per_token_j", "cost_per_mtok": "cost_per_mtok_usd", "tpot": "tpot_s",
-                 "ttft": "ttft_s"}
+#: metric -> its name in the metric registry (:mod:`apex_opt.metrics`): the key of the predicted and simulated
+#: dicts (SI units) of a RankedPlan
+PREDICTED_KEY = {"goodput_per_gpu": "goodput_per_gpu_req_s", "throughput": "throughput_output_tok_s",
+                 "gpus": "gpus", "energy_per_token": "energy_per_output_token_j", "cost_per_mtok": "cost_per_mtok_usd",
+                 "tpot": "tpot_mean_s", "ttft": "ttft_mean_s"}
 
 
 def precision_penalty(weight_dtype: str, kv_dtype: str, custom_budget: bool, custom_seqs: bool) -> int:
     """The last, implicit tie break: full-precision weights, then KV, then the engine's default limits."""
-    weights = {"bf16": 0, "fp16": 0, "fp8": 1, "int4": 2}.get(weight_dtype, 0)
+    weights = {"bf16": 0, "fp16": 0, "fp8": 1, "int8": 1, "int4": 2, "fp4": 2}.get(weight_dtype, 0)
     kv = 0 if kv_dtype in ("bf16", "fp16") else 1
     return weights * 9 + kv * 3 + int(custom_budget) + int(custom_seqs)
 
@@ -122,8 +127,8 @@ def _tie_breaks(metric: str | None) -> tuple[str, ...]:
 def _metric_name(metric: str) -> str:
     key = metric.strip().lower().replace("-", "_")
     aliases = {"energy": "energy_per_token", "cost": "cost_per_mtok", "goodput": "goodput_per_gpu",
-               "tpot_ms": "tpot", "ttft_ms": "ttft", "energy_per_token_j": "energy_per_token",
-               "cost_per_mtok_usd": "cost_per_mtok"}
+               "tpot_ms": "tpot", "ttft_ms": "ttft", "energy_per_token_j": "energy_per_token"}
+    aliases |= {registered: metric for metric, registered in PREDICTED_KEY.items()}  # registry names
     key = aliases.get(key, key)
     if key not in METRICS:
         raise SpecError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)}")
@@ -170,7 +175,7 @@ def objective_function(objective: str | Objective | Callable[..., Any] | None) -
 def simulated_value(metric: str, summary: dict, gpus: int) -> float:
     """The simulated value of ``metric`` (SI units) from a ``SimResult.summary()`` dict."""
     if metric == "goodput_per_gpu":
-        return float(summary.get("goodput_rps", math.nan)) / max(gpus, 1)
+        return float(summary.get("goodput_req_s", math.nan)) / max(gpus, 1)
     if metric == "gpus":
         return float(gpus)
     key = METRICS[metric].sim_key

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..metrics import MetricValues, renamed
 from ..schema.plan import Deployment, Plan
-from .launch import launch_commands
+from .launch import LaunchSettings, launch_commands
 from .objectives import Objective
 
 
@@ -16,11 +17,16 @@ from .objectives import Objective
 class RankedPlan:
     """One plan with the cost model's predictions and (when simulated) the simulator's measurements.
 
-    ``predicted`` (SI units): ``ttft_s``, ``tpot_s``, ``goodput_rps``, ``goodput_per_gpu``, ``capacity_rps``,
-    ``throughput_tok_s``, ``energy_per_token_j``, ``cost_per_mtok_usd``, ``batch`` (expected concurrent
-    sequences per replica), ``kv_tokens``, ``memory_headroom_bytes``.
-    ``simulated``: the simulation summary (``SimResult.summary()`` keys plus ``goodput_rps``,
-    ``throughput_tok_s``, ``energy_per_token_j``, ``cost_per_mtok_usd``), or None.
+    Metric keys are named as in the metric registry (:mod:`apex_opt.metrics`, ``docs/metrics.md``), in SI units.
+    ``predicted``: ``ttft_mean_s``, ``ttft_tail_s``, ``tpot_mean_s``, ``goodput_req_s``,
+    ``goodput_per_gpu_req_s``, ``capacity_req_s``, ``throughput_output_tok_s``, ``energy_per_output_token_j``,
+    ``cost_per_mtok_usd``, ``batch`` (expected concurrent sequences per replica), ``kv_tokens``,
+    ``memory_headroom_bytes`` (free memory per GPU after weights, reserves, KV cache and CUDA graphs, on the
+    tightest pipeline stage).
+    ``simulated``: the simulation summary (``SimResult.summary()`` keys, with ``gpus``,
+    ``goodput_per_gpu_req_s`` and ``cost_per_mtok_usd``), or None.
+    Both are :class:`~apex_opt.metrics.MetricValues`: the earlier names (``goodput_rps``, ``tpot_s``, ...) stay
+    readable for one release.
     ``verified``: simulated, meets the SLO and every simulated-result constraint.
     """
 
@@ -32,6 +38,13 @@ class RankedPlan:
     rank: int = 0
     source: str = ""  # which strategy or rule produced it
     index: int | None = None  # candidate index in the plan space (None: a plan from outside it)
+    #: context caps and checkpoint facts for the launch lines (:func:`apex_opt.planner.launch.launch_settings`)
+    launch_settings: LaunchSettings | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "predicted", MetricValues(renamed(self.predicted)))
+        if self.simulated is not None and not isinstance(self.simulated, MetricValues):
+            object.__setattr__(self, "simulated", MetricValues(renamed(self.simulated)))
 
     @property
     def label(self) -> str:
@@ -41,7 +54,7 @@ class RankedPlan:
                gpus_per_node: int = 8, flags: dict[str, list[str]] | None = None) -> dict[str, str]:
         """``{"vllm": ..., "sglang": ...}`` launch commands for this plan (``flags``: engine settings to add)."""
         return launch_commands(self.plan, model, engine=engine, num_layers=num_layers, gpus_per_node=gpus_per_node,
-                               flags=flags)
+                               flags=flags, settings=self.launch_settings)
 
     def to_dict(self) -> dict[str, Any]:
         p = self.plan
@@ -145,9 +158,20 @@ class PlanSet:
         """vLLM and SGLang commands of the best plan ({} without one)."""
         if not self.plans:
             return {}
-        return self.plans[0].launch(self.problem.get("model", ""), self.problem.get("engine", "vllm-0.6"),
-                                    self.problem.get("num_layers"), self.problem.get("gpus_per_node", 8),
-                                    self.problem.get("engine_flags"))
+        return self._launch(self.plans[0])
+
+    def _launch(self, p: RankedPlan) -> dict[str, str]:
+        model = self.problem.get("hf_repo") or self.problem.get("model", "")
+        return p.launch(model, self.problem.get("engine", "vllm-0.6"), self.problem.get("num_layers"),
+                        self.problem.get("gpus_per_node", 8), self.problem.get("engine_flags"))
+
+    def _with_launch(self, p: RankedPlan) -> dict[str, Any]:
+        """``p.to_dict()`` plus ``launch``: the context cap of the plan's own engine line (``max_model_len``; null
+        without one) and both engines' commands."""
+        s = p.launch_settings or LaunchSettings()
+        sglang = str(self.problem.get("engine", "")).startswith("sglang")
+        return {**p.to_dict(), "launch": {"max_model_len": s.context_length if sglang else s.max_model_len,
+                                          **self._launch(p)}}
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``apex-opt solve --format json``); keys are documented in docs/planner.md."""
@@ -157,7 +181,7 @@ class PlanSet:
             "solver": self.solver,
             "objective": self.objective.name,
             "problem": dict(self.problem),
-            "plans": [p.to_dict() for p in self.plans],
+            "plans": [self._with_launch(p) for p in self.plans],
             "rejected": [p.to_dict() for p in self.rejected],
             "explanation": self.explanation,
             "launch": self.launch_commands(),

@@ -49,7 +49,7 @@ from .explain import infeasible_message, why_best
 from .hetero import HeteroModel, build_hetero_space
 from .hetero import deployment as hetero_deployment
 from .hetero import predicted as hetero_predicted
-from .launch import engine_flags
+from .launch import LaunchSettings, engine_flags, launch_settings
 from .model import PlanModel, Solution, objective_key
 from .objectives import Objective, _close, objective_function, predicted_value, rank_plans
 from .result import PlanSet, RankedPlan, SolveStats
@@ -94,12 +94,14 @@ class Optimizer:
         checker = problem._checker
         L = problem.specs.model.num_layers
         keys = {i: objective_key(checker.row(i), problem.objective, L) for i in rows}
-        if any(k is None for k in keys.values()):
+        bounds = {i: k for i, k in keys.items() if k is not None}
+        self.keys: list[tuple[int, ...]] | None
+        if len(bounds) < len(keys):
             self.order, self.keys = rows, None
             self.size = len(rows)
         else:
-            self.order = sorted(rows, key=lambda i: (keys[i], i))
-            self.keys = [keys[i] for i in self.order]
+            self.order = sorted(rows, key=lambda i: (bounds[i], i))
+            self.keys = [bounds[i] for i in self.order]
             self.size = self._through_ties(min(first_rows, len(rows)))
         self.model: PlanModel | None = None
 
@@ -121,14 +123,16 @@ class Optimizer:
         """The optimum over the whole space, growing the searched prefix until it is proven (class docstring)."""
         p = self.problem
         while True:
-            sol = self._model().best(p.objective, p.remaining_time())
+            model = self._model()
+            sol = model.best(p.objective, p.remaining_time())
             if self.keys is None or self.size >= len(self.order):
                 return sol
             if sol is None:
                 self.size = self._through_ties(2 * self.size)
                 continue
-            row = self.model.row(sol.index)
+            row = model.row(sol.index)
             actual = objective_key(row, p.objective, p.specs.model.num_layers, sol.split)
+            assert actual is not None  # only a function objective has no key, and then self.keys is None
             covered = bisect.bisect_right(self.keys, actual)
             if covered <= self.size:
                 return sol
@@ -190,7 +194,8 @@ class Problem:
                  top_k: int = 3, options: SearchOptions | None = None, max_requests: int | None = None,
                  seed: int = 0, workers: int = 2, time_limit: float | None = None,
                  max_simulations: int | None = None, simulator: Callable[..., Any] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 simulation_progress: Callable[[int, int], None] | None = None) -> None:
         if not isinstance(specs, Specs):
             raise SpecError(f"Problem(specs={shorten(specs)}): specs must be the Specs that load_specs(...) returns, "
                             f"not a {type(specs).__name__}; write Problem(ax.load_specs(\"llama-3.1-8b\", \"h100x8\"))")
@@ -213,6 +218,7 @@ class Problem:
         self.max_simulations = max_simulations if max_simulations is not None else 5 * top_k + 5
         self.simulator = simulator
         self.progress = progress
+        self.simulation_progress = simulation_progress
         self.started = time.perf_counter()
         self.search_seconds = 0.0
         self._verifier: Verifier | None = None
@@ -290,11 +296,11 @@ class Problem:
 
     def proposal_of(self, index: int, split: tuple[int, ...] | None, source: str = "") -> Proposal:
         c = self.space.candidates[index]
-        if split is not None and c.est is not None and tuple(split) != c.est.split:
+        est = c.est
+        if split is not None and est is not None and tuple(split) != est.split:
             est = self.space.estimator.estimate(c.key, c.menu, c.pp, c.dp, split=tuple(split))
         else:
-            est = c.est
-            split = c.est.split if c.est else None
+            split = est.split if est else None
         plan = self.space.plan(c, split)
         return Proposal(plan, _predicted(est, c.gpus), index, source)
 
@@ -433,7 +439,7 @@ class Problem:
     def verifier(self) -> Verifier:
         if self._verifier is None:
             self._verifier = Verifier(self.specs, workers=self.workers, seed=self.seed, simulator=self.simulator,
-                                      progress=self.progress)
+                                      progress=self.progress, simulation_progress=self.simulation_progress)
         return self._verifier
 
     @property
@@ -490,7 +496,8 @@ class Problem:
                 seen.add(layout)
                 distinct.append(p)
         ranked = distinct[:keep]
-        ranked = [dataclasses.replace(p, rank=i + 1, predicted=self._with_memory(p)) for i, p in enumerate(ranked)]
+        ranked = [dataclasses.replace(p, rank=i + 1, predicted=self._with_memory(p),
+                                      launch_settings=self._launch_settings(p)) for i, p in enumerate(ranked)]
         rej = sorted(rejected, key=lambda p: -float((p.simulated or {}).get("slo_attainment", -1.0) or -1.0))
         if ranked:
             status = "optimal" if len(ranked) >= keep else ("exhausted" if exhausted else "budget")
@@ -509,6 +516,13 @@ class Problem:
         return PlanSet(status, tuple(ranked), self.objective, solver, stats, tuple(rej), explanation,
                        self.describe(), tuple(notes), calibration=calibration_sources(self.specs.gpus.values()))
 
+    def _launch_settings(self, p: RankedPlan) -> LaunchSettings:
+        """The launch lines' context caps (KV tokens of one replica, per engine) and the checkpoint's facts."""
+        if isinstance(p.plan, Deployment):
+            return LaunchSettings.of_model(self.specs.model)
+        return launch_settings(self.specs.model, self.specs.gpus[p.plan.gpu], p.plan, self.specs.engine,
+                               topology=self.space.topology)
+
     def _with_memory(self, p: RankedPlan) -> dict[str, Any]:
         """Add the memory model's exact headroom and KV capacity for a reported plan."""
         predicted = dict(p.predicted)
@@ -519,7 +533,10 @@ class Problem:
                                     topology=self.space.topology)
         except Exception:  # noqa: BLE001 - a report detail must not fail the solve
             return predicted
-        predicted["memory_headroom_bytes"] = min(s.headroom for s in replica.memory.stages)
+        # free memory per GPU once the engine is up: after weights, reserves, the KV cache, the CUDA context and the
+        # CUDA-graph pool, on the tightest stage (the engine sizes the KV cache to fill its budget, so this is
+        # about (1 - gpu_memory_utilization) of the GPU less the graphs)
+        predicted["memory_headroom_bytes"] = min(s.headroom - s.graphs for s in replica.memory.stages)
         predicted["kv_tokens"] = replica.memory.kv_tokens
         predicted["weights_per_gpu_bytes"] = replica.memory.weights_per_gpu
         return predicted
@@ -548,6 +565,7 @@ class Problem:
         s = self.specs
         return {
             "model": s.model.name,
+            "hf_repo": s.model.hf_repo,  # what the launch commands serve ("" for a config.json without one)
             "num_layers": s.model.num_layers,
             "cluster": s.cluster.name,
             "gpu": self.space.gpu_name,
@@ -557,7 +575,7 @@ class Problem:
             "engine_flags": engine_flags(s.engine),
             "workload": s.workload.name,
             "requests": len(s.workload),
-            "rate_rps": self.space.stats.rate,
+            "rate_req_s": self.space.stats.rate,
             "slo": s.slo.describe(),
             "objective": self.objective.name,
             "top_k": self.top_k,
@@ -588,15 +606,15 @@ def _predicted(est: Any, gpus: int) -> dict[str, Any]:
     if est is None:
         return {"fits": False}
     return {
-        "ttft_s": est.ttft_s,
+        "ttft_mean_s": est.ttft_s,
         "ttft_tail_s": est.ttft_tail_s,
-        "tpot_s": est.tpot_s,
+        "tpot_mean_s": est.tpot_s,
         "attainment": est.attainment,
-        "goodput_rps": est.goodput_rps,
-        "goodput_per_gpu": est.goodput_rps / gpus,
-        "capacity_rps": est.capacity_rps,
-        "throughput_tok_s": est.throughput_tok_s,
-        "energy_per_token_j": est.energy_per_token_j,
+        "goodput_req_s": est.goodput_rps,
+        "goodput_per_gpu_req_s": est.goodput_rps / gpus,
+        "capacity_req_s": est.capacity_rps,
+        "throughput_output_tok_s": est.throughput_tok_s,
+        "energy_per_output_token_j": est.energy_per_token_j,
         "cost_per_mtok_usd": est.cost_per_mtok_usd,
         "batch": est.batch,
         "kv_tokens": est.kv_tokens,
@@ -734,7 +752,8 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
           seed: int = 0, workers: int = 2, time_limit: float | None = None, max_simulations: int | None = None,
           options: SearchOptions | None = None, simulator: Callable[..., Any] | None = None,
           progress: Callable[[str], None] | None = None, disaggregation: str = "auto",
-          prefix_caching: bool | None = None) -> PlanSet:
+          prefix_caching: bool | None = None,
+          simulation_progress: Callable[[int, int], None] | None = None) -> PlanSet:
     """Find the ``top_k`` best deployments of ``specs`` and verify them by simulation.
 
     Parameters
@@ -767,6 +786,11 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     prefix_caching:
         Turn the engine's automatic prefix caching on or off in every plan (default: the engine's); it matters
         for workloads that describe shared prompt prefixes (``Workload.segments``).
+    progress:
+        Called with a line of text at each stage (e.g. ``"simulating 8 plans: ..."``).
+    simulation_progress:
+        Called with ``(finished, started)`` simulation counts when a batch of simulations starts and as each one
+        finishes (``apex-opt solve`` draws its progress bar from it); ``started`` grows with each batch.
 
     Returns
     -------
@@ -797,7 +821,8 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     name, strategy = get_solver(solver)
     problem = Problem(specs, objective=objective, constraints=constraints, top_k=top_k, options=opts,
                       max_requests=max_requests, seed=seed, workers=workers, time_limit=time_limit,
-                      max_simulations=max_simulations, simulator=simulator, progress=progress)
+                      max_simulations=max_simulations, simulator=simulator, progress=progress,
+                      simulation_progress=simulation_progress)
     user_plugin = callable(solver) or str(solver).endswith(".py")
     try:
         result = _run_plugin(name, strategy, problem) if user_plugin else strategy(problem)

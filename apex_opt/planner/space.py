@@ -26,14 +26,15 @@ from functools import cached_property
 from ..errors import SpecError
 from ..perf.replica import check_divisibility
 from ..schema.gpu import GPUSpec
+from ..schema.model import ModelSpec
 from ..schema.plan import Plan
 from ..specs import Specs
 from ..topology.graph import Topology
 from .estimates import ConfigEstimate, Estimator, Menu, RoleEstimate, ShapeKey, WorkloadStats
 
-QUANTIZATION = ("none", "fp8", "int4", "any")
+QUANTIZATION = ("none", "fp8", "int8", "int4", "fp4", "any")
 KV_DTYPES = ("bf16", "fp8", "any")
-DTYPE_BITS = {"bf16": 16, "fp16": 16, "fp8": 8, "int4": 4}
+DTYPE_BITS = {"bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4, "fp4": 4}
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,24 @@ class PlanSpace:
         return cand.plan(self.gpu_name, self.specs.engine.name, split)
 
 
-def weight_dtypes(options: SearchOptions, gpu: GPUSpec) -> tuple[str, ...]:
-    """The weight formats the search may use on ``gpu`` (fp8 needs fp8 tensor cores)."""
+def weight_dtypes(options: SearchOptions, gpu: GPUSpec, model: ModelSpec | None = None) -> tuple[str, ...]:
+    """The weight formats the search may use on ``gpu``: fp8, int8 (W8A8) and fp4 need the GPU's tensor cores for
+    that format (a peak in its spec); int4 is weight-only (16-bit math). ``any`` stays fp8 and int4.
+
+    A checkpoint that is already quantized is served as stored (engines load it with its own method and quantize
+    nothing more): one choice, named for its format when it covers every linear layer (``fp8`` for DeepSeek-V3),
+    else ``bf16`` (gpt-oss: fp4 experts, bf16 attention).
+    """
+    q = model.checkpoint_weights if model is not None else None
+    if q is not None:
+        return (q.dtype if q.scope == "linear" else "bf16",)
     allowed = ["bf16"]
+    for dtype in ("int8", "fp4"):
+        if options.quantization == dtype:
+            if dtype not in gpu.peak_flops:
+                raise SpecError(f"--quantization {dtype}: {gpu.name} has no {dtype} tensor cores (no {dtype} peak in "
+                                "its spec); use fp8, int4 or none")
+            allowed.append(dtype)
     if options.quantization in ("fp8", "any"):
         if "fp8" in gpu.peak_flops:
             allowed.append("fp8")
@@ -233,7 +249,7 @@ def build_space(specs: Specs, options: SearchOptions | None = None) -> PlanSpace
     menus = [Menu(n, b) for n in sorted(set(options.max_num_seqs)) for b in _budgets(specs, gpu, options.budgets)]
     rows: list[Candidate] = []
     shapes = 0
-    for wd in weight_dtypes(options, gpu):
+    for wd in weight_dtypes(options, gpu, specs.model):
         for kd in kv_dtypes(options):
             for tp in _powers_of_two(total):
                 for ep, moe_tp, wide in _ep_choices(specs, tp, total):
@@ -290,7 +306,7 @@ def dp_need(top: ConfigEstimate | RoleEstimate | None, most: int, rate: float, h
     return max(math.ceil(rate / (per_replica * (1.0 - headroom))), 1)
 
 
-def _budgets(specs: Specs, gpu, budgets: tuple[int | None, ...]) -> list[int | None]:
+def _budgets(specs: Specs, gpu: GPUSpec, budgets: tuple[int | None, ...]) -> list[int | None]:
     """The budget menu without entries equal to the engine's own default (chunked, same budget)."""
     from ..perf.engine_rules import resolve_engine
 

@@ -7,61 +7,36 @@ so ``workers=1`` and ``workers=2`` give identical rankings.
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Self
 
 from ..errors import ApexOptError
-from ..schema.plan import Plan
+from ..metrics import MetricValues, with_derived
+from ..schema.plan import Deployment, Plan
 from ..specs import Specs
 
 #: simulate(specs, plan, seed=...) -> object with .summary() (or a dict); module-level for pickling
 Simulator = Callable[..., Any]
 
 
-class SimMetrics(dict):
-    """A simulation summary with attribute access (``r.ttft_p99_s``) and the planner's normalised keys.
+class SimMetrics(MetricValues):
+    """A simulation summary with attribute access (``r.ttft_p99_s``), named as in :mod:`apex_opt.metrics`.
 
-    Besides the simulator's own keys it always holds ``goodput_rps``, ``throughput_tok_s``,
-    ``energy_per_token_j``, ``cost_usd``, ``cost_per_mtok_usd``, ``requests_per_s`` and ``gpus``.
+    Besides the simulator's own keys it always holds ``gpus``, ``goodput_per_gpu_req_s`` (with an SLO) and
+    ``cost_per_mtok_usd``. The planner's earlier names (``goodput_rps``, ``throughput_tok_s``,
+    ``energy_per_token_j``, ``cost``, ...) stay readable for one release, with a DeprecationWarning.
     """
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no simulated metric '{name}'; available: {', '.join(sorted(self))}") from None
 
-
-_ALIASES = {
-    "goodput_rps": ("goodput_rps", "goodput_req_s"),
-    "throughput_tok_s": ("throughput_tok_s", "throughput_output_tok_s"),
-    "requests_per_s": ("requests_per_s", "throughput_req_s"),
-    "energy_per_token_j": ("energy_per_token_j", "energy_per_output_token_j"),
-    "cost_usd": ("cost_usd", "cost"),
-    "preemptions": ("preemptions", "num_preemptions"),
-    "rejected": ("rejected", "num_rejected"),
-}
-
-
-def normalize_summary(summary: dict[str, Any], plan: Plan) -> SimMetrics:
-    """Add the planner's key names to a simulator summary (the simulator's own keys stay)."""
-    out = SimMetrics(summary)
-    for key, names in _ALIASES.items():
-        if key not in out:
-            out[key] = next((summary[n] for n in names if n in summary), math.nan)
-    if "cost_per_mtok_usd" not in out:
-        tokens = summary.get("output_tokens") or 0
-        cost = out.get("cost_usd", math.nan)
-        out["cost_per_mtok_usd"] = cost / tokens * 1e6 if tokens else math.nan
-    out.setdefault("gpus", plan.gpus)
-    return out
+def normalize_summary(summary: dict[str, Any], plan: Plan | Deployment) -> SimMetrics:
+    """A simulator summary as :class:`SimMetrics`: registry names, plus the metrics derived from the plan."""
+    return SimMetrics(with_derived(summary, plan.gpus))
 
 
 def usable_workers(requested: int, plans: int | None = None) -> int:
@@ -75,13 +50,36 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def process_pool(size: int) -> ProcessPoolExecutor:
+    """``size`` worker processes (forked where the platform allows) that leave Ctrl-C to their parent."""
+    method = "fork" if "fork" in mp.get_all_start_methods() and os.name == "posix" else "spawn"
+    return ProcessPoolExecutor(max_workers=size, mp_context=mp.get_context(method), initializer=_ignore_sigint)
+
+
+def terminate_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool``'s worker processes now, work in flight included (on Ctrl-C): SIGTERM, then SIGKILL."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=2.0)
+        if proc.is_alive():  # SIGTERM not honoured in time (a worker still starting up): SIGKILL
+            proc.kill()
+            proc.join(timeout=5.0)
+    if manager is not None:  # it reaps the workers too: once it is done, every exit status is recorded
+        manager.join(timeout=5.0)
+
+
 def _default_simulator() -> Simulator:
     from ..simulate import simulate
 
     return simulate
 
 
-def _run_one(simulator: Simulator | None, specs: Specs, plan: Plan, seed: int) -> tuple[str, Any]:
+def _run_one(simulator: Simulator | None, specs: Specs, plan: Plan | Deployment, seed: int) -> tuple[str, Any]:
     """Worker: ('ok', summary dict) or ('error', message) for an error a user can cause."""
     sim = simulator or _default_simulator()
     try:
@@ -94,7 +92,7 @@ def _run_one(simulator: Simulator | None, specs: Specs, plan: Plan, seed: int) -
 
 @dataclass(frozen=True)
 class SimOutcome:
-    plan: Plan
+    plan: Plan | Deployment
     metrics: SimMetrics | None
     error: str = ""
 
@@ -103,12 +101,15 @@ class Verifier:
     """Runs simulations for one problem; ``workers`` processes (1: in this process)."""
 
     def __init__(self, specs: Specs, *, workers: int = 2, seed: int = 0, simulator: Simulator | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 simulation_progress: Callable[[int, int], None] | None = None) -> None:
         self.specs = specs
         self.workers = usable_workers(workers)  # never more processes than CPUs
         self.seed = seed
         self.simulator = simulator
         self.progress = progress
+        #: called with (simulations finished, simulations started) when a batch starts and as each one finishes
+        self.simulation_progress = simulation_progress
         self.count = 0
         self.seconds = 0.0
         self._pool: ProcessPoolExecutor | None = None
@@ -133,55 +134,60 @@ class Verifier:
     def terminate(self) -> None:
         """Stop the worker processes now, simulations in flight included (on Ctrl-C)."""
         pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        manager = getattr(pool, "_executor_manager_thread", None)
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in processes:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in processes:
-            proc.join(timeout=2.0)
-            if proc.is_alive():  # SIGTERM not honoured in time (a worker still starting up): SIGKILL
-                proc.kill()
-                proc.join(timeout=5.0)
-        if manager is not None:  # it reaps the workers too: once it is done, every exit status is recorded
-            manager.join(timeout=5.0)
+        if pool is not None:
+            terminate_pool(pool)
 
     def _executor(self, size: int) -> ProcessPoolExecutor:
         if self._pool is not None and self._pool_size < size:  # a larger batch than the pool was made for
             self._pool.shutdown(wait=True)
             self._pool = None
         if self._pool is None:
-            method = "fork" if "fork" in mp.get_all_start_methods() and os.name == "posix" else "spawn"
-            self._pool = ProcessPoolExecutor(max_workers=size, mp_context=mp.get_context(method),
-                                             initializer=_ignore_sigint)
+            self._pool = process_pool(size)
             self._pool_size = size
         return self._pool
 
-    def simulated(self, plan: Plan) -> bool:
+    def simulated(self, plan: Plan | Deployment) -> bool:
         """Whether ``plan`` was simulated already (its outcome is cached)."""
         return plan.model_dump_json() in self._cache
 
-    def run(self, plans: Sequence[Plan]) -> list[SimOutcome]:
+    def _ticker(self, batch: int) -> Callable[[], None]:
+        """Report a batch of ``batch`` simulations starting; the function returned reports one finishing."""
+        report = self.simulation_progress
+        if report is None:
+            return lambda: None
+        done = [self.count]
+        report(done[0], self.count + batch)
+
+        def tick() -> None:
+            done[0] += 1
+            report(done[0], self.count + batch)
+
+        return tick
+
+    def run(self, plans: Sequence[Plan | Deployment]) -> list[SimOutcome]:
         """Simulate ``plans`` (in parallel when workers > 1); outcomes in the order of ``plans``."""
         import time
 
         start = time.perf_counter()
         todo = [p for p in plans if p.model_dump_json() not in self._cache]
-        unique: dict[str, Plan] = {p.model_dump_json(): p for p in todo}
+        unique: dict[str, Plan | Deployment] = {p.model_dump_json(): p for p in todo}
         if unique:
             if self.progress:
                 self.progress(f"simulating {len(unique)} plan{'s' if len(unique) != 1 else ''}: "
                               + ", ".join(p.label for p in unique.values()))
             keys = list(unique)
+            tick = self._ticker(len(keys))
             if self.workers == 1 or len(keys) == 1:
-                raw = [_run_one(self.simulator, self.specs, unique[k], self.seed) for k in keys]
+                raw = []
+                for k in keys:
+                    raw.append(_run_one(self.simulator, self.specs, unique[k], self.seed))
+                    tick()
             else:
                 pool = self._executor(usable_workers(self.workers, len(keys)))
                 try:
                     futures = [pool.submit(_run_one, self.simulator, self.specs, unique[k], self.seed) for k in keys]
+                    for _ in as_completed(futures):  # only to report progress: results are taken in order below
+                        tick()
                     raw = [f.result() for f in futures]
                 except BaseException:  # Ctrl-C (or a worker that died): leave no process behind
                     self.terminate()
@@ -197,4 +203,5 @@ class Verifier:
         return [self._cache[p.model_dump_json()] for p in plans]
 
 
-__all__ = ["SimMetrics", "SimOutcome", "Verifier", "normalize_summary", "usable_workers"]
+__all__ = ["SimMetrics", "SimOutcome", "Verifier", "normalize_summary", "process_pool", "terminate_pool",
+           "usable_workers"]

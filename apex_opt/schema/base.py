@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import SpecError, shorten
 
-T = TypeVar("T", bound="Spec")
+if TYPE_CHECKING:  # pydantic exports its metaclass only from a private module; name it for the checker alone
+    from pydantic._internal._model_construction import ModelMetaclass as _ModelMeta
+else:
+    _ModelMeta = type(BaseModel)
 
 
-class _SpecMeta(type(BaseModel)):  # type: ignore[misc]
+class _SpecMeta(_ModelMeta):
     """Keyword construction (``Plan(gpu=..., tp=2)``) raises :class:`SpecError`, as :meth:`Spec.parse` does.
 
     Only direct calls pass here; pydantic's own validation (``model_validate``, nested specs) does not.
@@ -21,10 +24,11 @@ class _SpecMeta(type(BaseModel)):  # type: ignore[misc]
     def __call__(cls, *args: Any, **data: Any) -> Any:
         name = cls.__name__
         if args:
-            fields = ", ".join(list(cls.model_fields)[:4])
+            model_fields = cast("type[Spec]", cls).model_fields  # cls is a Spec subclass, not the metaclass itself
+            fields = ", ".join(list(model_fields)[:4])
             raise SpecError(f"{name}() takes its fields by name ({fields}, ...), got {len(args)} positional "
                             f"value(s) starting with {shorten(args[0])}; write e.g. "
-                            f"{name}({next(iter(cls.model_fields), 'field')}=...)")
+                            f"{name}({next(iter(model_fields), 'field')}=...)")
         try:
             return super().__call__(**data)
         except ValidationError as exc:
@@ -37,7 +41,7 @@ class Spec(BaseModel, metaclass=_SpecMeta):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     @classmethod
-    def parse(cls: type[T], data: Any, *, source: str | Path = "<input>", kind: str | None = None) -> T:
+    def parse(cls, data: Any, *, source: str | Path = "<input>", kind: str | None = None) -> Self:
         """Validate ``data``; a problem becomes one :class:`SpecError` naming the source, field and value."""
         try:
             return cls.model_validate(data)
@@ -52,8 +56,7 @@ def render_validation_error(exc: ValidationError, *, source: str, kind: str) -> 
     for err in problems[:10]:
         loc = ".".join(str(p) for p in err["loc"])[:200] or "(top level)"
         msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        msg = msg.removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif err["type"] == "missing":

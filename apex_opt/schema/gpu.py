@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..units import Bandwidth, Bytes, Flops, Seconds, Watts
 from .base import Spec
@@ -46,7 +46,7 @@ class Power(Spec):
 
     @field_validator("max")
     @classmethod
-    def _max_above_idle(cls, v: float, info) -> float:  # type: ignore[no-untyped-def]
+    def _max_above_idle(cls, v: float, info: ValidationInfo) -> float:
         idle = info.data.get("idle")
         if idle is not None and v <= idle:
             raise ValueError(f"max power {v} W must exceed idle power {idle} W")
@@ -77,7 +77,7 @@ class GPUSpec(Spec):
 
     @field_validator("memory", "memory_bandwidth")
     @classmethod
-    def _positive_size(cls, v: float, info) -> float:  # type: ignore[no-untyped-def]
+    def _positive_size(cls, v: float, info: ValidationInfo) -> float:
         if v <= 0:
             example = "80GiB" if info.field_name == "memory" else "3.35TB/s"
             raise ValueError(f"must be positive; write the datasheet figure with its unit, e.g. {info.field_name}: "
@@ -104,9 +104,9 @@ class GPUSpec(Spec):
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for math in ``dtype``; falls back to the 16-bit peak for weight-only formats."""
         if dtype in self.peak_flops:
-            return self.peak_flops[dtype]  # type: ignore[index]
+            return self.peak_flops[dtype]
         if dtype in ("bf16", "int4"):
-            return self.peak_flops.get("bf16") or self.peak_flops["fp16"]  # type: ignore[return-value]
+            return self.peak_flops.get("bf16") or self.peak_flops["fp16"]
         if dtype == "fp16":
-            return self.peak_flops.get("fp16") or self.peak_flops["bf16"]  # type: ignore[return-value]
+            return self.peak_flops.get("fp16") or self.peak_flops["bf16"]
         raise KeyError(dtype)

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from ..bounds import MAX_GPUS
 from .base import Spec
 
-WeightDtype = Literal["bf16", "fp16", "fp8", "int4"]
+WeightDtype = Literal["bf16", "fp16", "fp8", "int8", "int4", "fp4"]
 KVDtype = Literal["bf16", "fp16", "fp8"]
 Role = Literal["both", "prefill", "decode"]
 

@@ -12,6 +12,7 @@ percentiles and sets the share of requests that must meet both per-request thres
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -47,7 +48,7 @@ class SLO(Spec):
     @field_validator("ttft", "tpot", "e2e")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
-        if v is not None and v != v:
+        if v is not None and math.isnan(v):
             raise ValueError("must be a number")
         return v
 

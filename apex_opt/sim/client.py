@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from .metrics import RequestRecords
 
@@ -51,7 +52,7 @@ class ClientPath:
     #: outputs reach their clients after the server has worked through every stream open at that moment
     per_stream_s: float = 0.0
 
-    def delay(self, prompt_tokens: np.ndarray) -> np.ndarray:
+    def delay(self, prompt_tokens: npt.ArrayLike) -> np.ndarray:
         """Seconds the client adds to each request's TTFT and end-to-end latency."""
         return self.request_s + self.per_prompt_token_s * np.asarray(prompt_tokens, dtype=np.float64) + \
             self.response_s

@@ -96,7 +96,10 @@ class StageCost(Protocol):
 class ReplicaCost(Protocol):
     """The stages of one replica and the activation send between consecutive stages."""
 
-    stages: Sequence[StageCost]
+    @property
+    def stages(self) -> Sequence[StageCost]:
+        """The pipeline stages, first to last (read-only, so frozen dataclasses implement it)."""
+        ...
 
     def send_time(self, num_tokens: int) -> float:
         """Seconds to send the activations of ``num_tokens`` tokens from one stage to the next."""

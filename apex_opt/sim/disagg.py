@@ -462,7 +462,7 @@ def _resolve(model: TransferModel, p: int, d: int) -> KVTransfer:
         except KeyError:
             raise SpecError(f"kv_transfer has no entry for (prefill replica {p}, decode replica {d})") from None
     if hasattr(model, "time") and hasattr(model, "bytes"):
-        return model  # type: ignore[return-value]
+        return model
     if callable(model):
         return model(p, d)
     raise SpecError(f"kv_transfer {model!r}: give a KVTransfer, a mapping (p, d) -> KVTransfer or a callable")

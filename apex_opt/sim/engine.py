@@ -379,8 +379,7 @@ class Simulation:
             return r
         return self.router.pick(self.outstanding, k)
 
-    @staticmethod
-    def _least_busy(group: list[EngineState]) -> EngineState:
+    def _least_busy(self, group: list[EngineState]) -> EngineState:
         """vLLM 0.6 ``add_request``: the virtual engine with the fewest unfinished requests."""
         e = group[0]
         best = len(e.waiting) + len(e.running)
@@ -409,6 +408,7 @@ class Simulation:
             return
         req = Request(k, rid, self._prm[k], max_tokens)
         if self._paths:
+            assert self.segments is not None  # _paths: some engine caches prefixes, which needs segments
             out_id = self.output_ids[k] if self.output_ids is not None else ("answer", k)
             req.path, req.ends = request_path(self.segments[k], out_id, self._out[k])
         if cap < self._out[k]:
@@ -990,7 +990,8 @@ class Simulation:
         out["energy_per_output_token_j"] = energy / out["output_tokens"] if out["output_tokens"] else math.nan
         out["gpus"] = gpus
         out["gpu_hours"] = gpus * span / 3600.0
-        out["cost"] = out["gpu_hours"] * self.price if self.price is not None else math.nan
+        out["cost_usd"] = out["gpu_hours"] * self.price if self.price is not None else math.nan
+        out["cost_per_mtok_usd"] = out["cost_usd"] / out["output_tokens"] * 1e6 if out["output_tokens"] else math.nan
         # series
         series: dict[str, np.ndarray] = {}
         if span > 0:

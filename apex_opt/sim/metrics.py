@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import MetricValues, with_derived
+
 STATS: tuple[str, ...] = ("mean", "p50", "p90", "p95", "p99")
 _Q = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0}
 
@@ -212,10 +214,11 @@ class SimResult:
     ``queue_len_mean``/``queue_len_max`` (waiting requests, whole cluster, time-weighted over the makespan),
     ``running_mean``/``running_max``, ``kv_util_mean`` (time-weighted), ``kv_util_max``.
     Hardware: ``mfu``, ``mbu`` (NaN if a stage lacks ``peak_flops``/``peak_bandwidth``), ``busy_fraction``,
-    ``energy_j`` (busy + idle), ``energy_per_output_token_j``, ``gpus``, ``gpu_hours``, ``cost`` (NaN without a
-    price).
+    ``energy_j`` (busy + idle), ``energy_per_output_token_j``, ``gpus``, ``gpu_hours``, ``cost_usd`` and
+    ``cost_per_mtok_usd`` (USD per million output tokens; NaN without a price).
     SLO (with ``slo``): ``slo_attainment`` (share of all requests with TTFT <= ttft and TPOT <= tpot [and e2e <=
-    e2e]), ``goodput_req_s`` (attaining requests / makespan), ``slo_ttft_value_s``, ``slo_tpot_value_s``,
+    e2e]), ``goodput_req_s`` (attaining requests / makespan), ``goodput_per_gpu_req_s``, ``slo_ttft_value_s``,
+    ``slo_tpot_value_s``,
     ``slo_e2e_value_s`` (the bounded statistics), ``slo_met`` (every bounded statistic within its bound and
     attainment >= target).
     """
@@ -227,12 +230,13 @@ class SimResult:
     log: tuple[tuple, ...] | None = None
     iterations: tuple[tuple, ...] | None = None
 
-    def summary(self) -> dict[str, Any]:
-        """The summary as a new dict (see the class docstring for the keys)."""
-        return dict(self.summary_values)
+    def summary(self) -> MetricValues:
+        """The summary as a new dict (see the class docstring for the keys), named as in :mod:`apex_opt.metrics`
+        (earlier spellings such as ``cost`` stay readable for one release, with a DeprecationWarning)."""
+        return with_derived(self.summary_values)
 
     def __getitem__(self, key: str) -> Any:
-        return self.summary_values[key]
+        return self.summary()[key]
 
 
 def slo_fields(slo: Any) -> SLOTarget | None:

@@ -266,7 +266,7 @@ class PrefixCache:
                 kv.free += b
                 if not node.children:
                     self._push(node)
-            node = node.parent  # type: ignore[assignment]
+            node = node.parent
 
     def evict(self, need: int) -> None:
         """Make ``need`` evictable blocks plainly free: least recently used leaves first (vLLM: the tail blocks

@@ -13,6 +13,7 @@ the graph: the bottleneck bandwidth along the paths the group uses, and whether 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,7 +63,7 @@ class Topology:
         g = nx.Graph()
         net = cluster.network
         g.add_node("fabric", kind="network")
-        slots = []
+        slots: list[GPUSlot] = []
         node_index = 0
         for group in cluster.nodes:
             spec = gpus[group.gpu]
@@ -130,7 +131,7 @@ def _path_link_cached(topo_id: int, a: int, b: int, topo: Topology) -> tuple[flo
     bw = float("inf")
     lat = 0.0
     fabric = ""
-    for u, v in zip(path, path[1:]):
+    for u, v in itertools.pairwise(path):
         e = topo.graph.edges[u, v]
         if e["bandwidth"] < bw:
             bw = e["bandwidth"]

@@ -34,7 +34,7 @@ PERCENTILE_KINDS: tuple[str, ...] = ("prompt", "output", "total", "interarrival"
 Segments = tuple[tuple[int, int], ...]
 
 
-class _Checked(tuple):  # type: ignore[type-arg]
+class _Checked(tuple[Any, ...]):
     """A validated segments tuple carrying its per-request token totals (derived workloads skip the re-check)."""
 
     totals: np.ndarray

@@ -598,7 +598,7 @@ def generate_synthetic(
         if spec.output_max is not None:
             output = np.minimum(output, spec.output_max)
     else:
-        assert spec.prompt is not None and spec.output is not None
+        assert spec.prompt is not None and spec.output is not None and spec.lengths is not None
         prompt = _lengths(spec.lengths, spec.prompt, spec.sigma, spec.prompt_max, prompt_rng, n)
         output = _lengths(spec.lengths, spec.output, spec.sigma, spec.output_max, output_rng, n)
     expression = spec.expression()

@@ -21,4 +21,4 @@ def predicted_energy(v, s):
 @ax.constraint("energy-cap.simulated", on="simulated")
 def simulated_energy(r, s):
     """simulated energy per output token under the cap"""
-    return r.energy_per_token_j <= ENERGY_CAP_J
+    return r.energy_per_output_token_j <= ENERGY_CAP_J

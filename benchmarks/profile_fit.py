@@ -1,8 +1,9 @@
 """Readers of the measured profiles and the least-squares fits behind ``specs/calibration``.
 
 Used by ``benchmarks/fit_calibration.py`` (which writes the calibration files), by the accuracy
-benchmarks and by the tests. Nothing in the run-time cost model imports this module; scipy is
-imported only inside the fitting functions, so reading profiles needs numpy alone.
+benchmarks and by the tests (which put ``benchmarks/`` on ``sys.path``). Nothing in the run-time cost model
+imports this module, so it lives here rather than in the apex_opt wheel; scipy is imported only inside the
+fitting functions, so reading profiles needs numpy alone.
 
 Shape conventions (per GPU, tensor-parallel degree ``tp``, ``hd = n_embd / n_head``), checked
 against the vidur layer profiles (docs/calibration.md):
@@ -33,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .collectives import CollectiveParams, CustomAllReduceParams, FabricParams, collective_time
-from .gemm import ElementwiseParams, GemmEfficiency, elementwise_time, gemm_time
+from apex_opt.perf.collectives import CollectiveParams, CustomAllReduceParams, FabricParams, collective_time
+from apex_opt.perf.gemm import ElementwiseParams, GemmEfficiency, elementwise_time, gemm_time
 
 GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 ELEMENTWISE_OPS = ("emb", "input_layernorm", "attn_rope", "post_attention_layernorm", "mlp_act", "add")
@@ -51,7 +52,7 @@ COLLECTIVE_KINDS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "s
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[1]  # this file is <checkout>/benchmarks/profile_fit.py
 
 
 def profiles_root() -> Path:

@@ -3,7 +3,8 @@
 Each row names the engine, model, dtypes, tp/pp/dp/ep and the engine settings in force; :func:`experiment_plan`
 turns it into a :class:`~apex_opt.schema.plan.Plan` with exactly those settings (chunked prefill, token budget,
 ``max_num_seqs``, ``gpu_memory_utilization``, ``max_model_len``, custom all-reduce, CUDA graphs). Used by
-``benchmarks/fidelity.py`` and ``benchmarks/fit_serving.py``.
+``benchmarks/fidelity.py``, ``benchmarks/fit_serving.py`` and ``tests/test_fidelity.py`` (not part of the
+apex_opt package: nothing at run time reads these runs).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from .schema.plan import Plan
+from apex_opt.schema.plan import Plan
 
 _MODELS = {
     "models/llama-3.1-70b.json": "llama-3.1-70b",

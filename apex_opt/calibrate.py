@@ -35,16 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SpecError, shorten
-from ..measurements import METRICS, Measurement
-from ..validate import MeasuredRun, gather, measured_run
-from .constants import CONSTANTS, constant_key, default_value, parse_key
-from .fit import FitOutcome, Unknown, fit_constants
-from .profile import CalibrationProfile, active, resolve_profile, serving_constants
+from .calibration.constants import CONSTANTS, constant_key, default_value, parse_key
+from .calibration.fit import FitOutcome, Unknown, fit_constants
+from .calibration.profile import CalibrationProfile, active, resolve_profile, serving_constants
+from .errors import SpecError, shorten
+from .measurements import METRICS, Measurement
+from .validate import MeasuredRun, gather, measured_run
 
 #: the metrics the residuals use (means and medians); the others are reported
 FIT_METRICS: tuple[str, ...] = ("ttft_ms_mean", "ttft_ms_p50", "tpot_ms", "tpot_ms_p50", "itl_ms_mean",
                                 "itl_ms_p50", "e2e_ms_mean", "e2e_ms_p50")
+#: the observation each fitted metric belongs to: time to first token, time between tokens, whole request
+FAMILY = {k: "ttft" if k.startswith("ttft") else "e2e" if k.startswith("e2e") else "step" for k in FIT_METRICS}
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,23 @@ def _summary(runs: Sequence[RunErrors], when: str) -> dict[str, float]:
             "max_abs_all_metrics": float(np.max(every)) if every else math.nan}
 
 
+def _load_notes(runs: Sequence[MeasuredRun]) -> list[str]:
+    """A note for each plan whose runs are all at about one request rate: what grows with load is then fitted
+    from one load (the development runs showed such fits carry poorly to another rate: docs/calibration.md)."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        groups.setdefault((run.specs.model.name, run.plan.label), []).append(run.specs.workload.rate)
+    notes = []
+    for (model, plan), all_rates in groups.items():
+        rates = [r for r in all_rates if math.isfinite(r) and r > 0]  # all-at-once runs have no rate
+        if rates and max(rates) <= 1.25 * min(rates):
+            notes.append(f"every run of {model} on {plan} is at about {min(rates):.3g} req/s: constants whose "
+                         "effect grows with load (per-sequence and prefill-step host time, the client's per-stream "
+                         "work) are fitted from that one load; add a run at half or twice the rate before planning "
+                         "far from it")
+    return notes
+
+
 def candidate_keys(runs: Sequence[MeasuredRun]) -> list[str]:
     """The constants these runs could touch (see the module docstring), in a stable order."""
     keys: list[str] = []
@@ -194,10 +213,13 @@ def calibrate(measurements: Iterable[Measurement | str | Path], *, overrides: Ma
     def residuals(values: Mapping[str, float]) -> np.ndarray:
         out = []
         for run, predicted in zip(usable, predictions(values), strict=True):
-            for k in FIT_METRICS:
-                if k in run.measurement.metrics and run.measurement.metrics[k] > 0:
-                    p = predicted.get(k, math.nan)
-                    out.append(math.log(p / run.measurement.metrics[k]) if p > 0 else math.nan)
+            present = [k for k in FIT_METRICS if run.measurement.metrics.get(k, 0.0) > 0]
+            for k in present:
+                p = predicted.get(k, math.nan)
+                # the mean and median of one latency (and TPOT and ITL) are one observation, not two: weighted so
+                # that each family of a run counts once, whatever the file happens to report
+                weight = 1.0 / math.sqrt(sum(FAMILY[j] == FAMILY[k] for j in present))
+                out.append(weight * math.log(p / run.measurement.metrics[k]) if p > 0 else math.nan)
         return np.array(out, dtype=float)
 
     say(f"fitting up to {len(keys)} constants on {len(usable)} run(s)")
@@ -213,7 +235,7 @@ def calibrate(measurements: Iterable[Measurement | str | Path], *, overrides: Ma
     left = [LeftConstant(k, parse_key(k)[0].meaning, next(u.start for u in unknowns if u.key == k), why)  # type: ignore[index]
             for k, why in outcome.left.items()]
     report_before, report_after = _summary(run_errors, "before"), _summary(run_errors, "after")
-    notes = []
+    notes = _load_notes(usable)
     skipped = [r.measurement.name for r in runs if r not in usable]
     if skipped:
         notes.append("no latency mean or median to fit in " + ", ".join(skipped) + " (reported only)")
