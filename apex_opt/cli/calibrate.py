@@ -13,9 +13,9 @@ import click
 from ..calibrate import calibrate as run_calibrate
 from ..calibration.constants import CONSTANTS
 from ..errors import SpecError, shorten
-from .options import atomic_output, check_output_file, engine_options, parse_layers, plan_options
+from .options import atomic_output, check_output_file
 from .render import console, echo_json, table
-from .validate import _OVERRIDES
+from .validate import overrides_given, run_options
 
 _CONSTANT_HELP = "; ".join(f"{c.name}: {c.meaning}" for c in CONSTANTS.values())
 
@@ -31,17 +31,7 @@ _CONSTANT_HELP = "; ".join(f"{c.name}: {c.meaning}" for c in CONSTANTS.values())
 @click.option("--fit", "fit", default=None, metavar="NAME,NAME",
               help=f"fit only these constants (default: every one the runs could touch). {_CONSTANT_HELP}")
 @click.option("--name", default=None, help="the profile's name [default: the --out file's stem]")
-@click.option("--model", default=None, help="catalog name, Hugging Face id or HF config.json (when the files do not say)")
-@click.option("--gpu", default=None, help="GPU kind (when the files do not say)")
-@plan_options
-@click.option("--workload", default=None,
-              help="the workload the benchmark replayed (as for apex-opt validate)")
-@click.option("--chunked-prefill/--no-chunked-prefill", default=None, help="default: the engine's rule")
-@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=None)
-@click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
-@click.option("--gpu-memory-utilization", type=click.FloatRange(min=0.05, max=1.0), default=None)
-@click.option("--max-model-len", type=click.IntRange(min=1), default=None)
-@engine_options
+@run_options
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
@@ -57,12 +47,7 @@ def calibrate(ctx: click.Context, files: tuple[Path, ...], out: Path | None, bas
     """
     if out is not None:
         check_output_file("--out", out)
-    source = click.core.ParameterSource
-    overrides: dict[str, Any] = {}
-    for key in _OVERRIDES:
-        if ctx.get_parameter_source(key) in (source.COMMANDLINE, source.ENVIRONMENT):
-            value = options[key]
-            overrides[key] = parse_layers(value) if key == "layers_per_stage" else value
+    overrides = overrides_given(ctx, options)
     wanted = None
     if fit is not None:
         wanted = [w.strip() for w in fit.split(",") if w.strip()]

@@ -60,6 +60,20 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
         raise SpecError(f"--layers-per-stage '{value}' must be comma-separated integers, e.g. 40,40") from None
 
 
+def limit_options(func: Callable) -> Callable:
+    """The engine's batching and memory limits of one plan (``None``: the engine's default)."""
+    options = [
+        click.option("--chunked-prefill/--no-chunked-prefill", default=None, help="default: the engine's rule"),
+        click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=None),
+        click.option("--max-num-seqs", type=click.IntRange(min=1), default=None),
+        click.option("--gpu-memory-utilization", type=click.FloatRange(min=0.05, max=1.0), default=None),
+        click.option("--max-model-len", type=click.IntRange(min=1), default=None),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def engine_options(func: Callable) -> Callable:
     """Engine settings that change the step cost, and where latencies are measured (simulate and solve)."""
     options = [

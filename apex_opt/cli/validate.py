@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import click
 
 from ..units import parse_fraction
 from ..validate import validate as run_validate
-from .options import calibration_option, engine_options, parse_layers, plan_options
+from .options import calibration_option, engine_options, limit_options, parse_layers, plan_options
 from .render import console, echo_json, table
 
 #: options whose value is passed only when the user gave it (the files' own values otherwise)
@@ -20,24 +21,44 @@ _OVERRIDES = ("model", "gpu", "tp", "pp", "dp", "ep", "dp_attention", "layers_pe
               "measured_at")
 
 
+def run_options(func: Callable) -> Callable:
+    """What a measured run was (model, GPU, plan, workload, engine settings) when its file does not say: shared by
+    ``validate`` and ``calibrate``; the values given replace the files' (:data:`_OVERRIDES`)."""
+    options: list[Callable[[Callable], Callable]] = [
+        click.option("--model", default=None,
+                     help="catalog name, Hugging Face id or HF config.json (when the file does not say)"),
+        click.option("--gpu", default=None,
+                     help="GPU kind, a catalog name or a GPU YAML file (when the file does not say)"),
+        plan_options,
+        click.option("--workload", default=None,
+                     help="the workload the benchmark replayed (catalog name, trace, synthetic:...); 'synthetic' "
+                          "rebuilds a Poisson workload from a benchmark file's rate, request count and mean lengths"),
+        limit_options,
+        engine_options,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def overrides_given(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`run_options` the user gave on the command line (the files' own values stand for the rest)."""
+    source = click.core.ParameterSource
+    out: dict[str, Any] = {}
+    for name in _OVERRIDES:
+        if ctx.get_parameter_source(name) in (source.COMMANDLINE, source.ENVIRONMENT):
+            value = options[name]
+            out[name] = parse_layers(value) if name == "layers_per_stage" else value
+    return out
+
+
 @click.command()
 @click.option("--measurements", "files", multiple=True, required=True, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="a vllm bench serve --save-result JSON, an sglang.bench_serving --output-file (JSONL), an "
                    "inference-perf lifecycle report or the README's CSV "
                    "(repeatable)")
-@click.option("--model", default=None, help="catalog name, Hugging Face id or HF config.json (when the file does not say)")
-@click.option("--gpu", default=None, help="GPU kind, a catalog name or a GPU YAML file (when the file does not say)")
-@plan_options
-@click.option("--workload", default=None,
-              help="the workload the benchmark replayed (catalog name, trace, synthetic:...); 'synthetic' rebuilds "
-                   "a Poisson workload from a benchmark file's rate, request count and mean lengths")
-@click.option("--chunked-prefill/--no-chunked-prefill", default=None, help="default: the engine's rule")
-@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=None)
-@click.option("--max-num-seqs", type=click.IntRange(min=1), default=None)
-@click.option("--gpu-memory-utilization", type=click.FloatRange(min=0.05, max=1.0), default=None)
-@click.option("--max-model-len", type=click.IntRange(min=1), default=None)
-@engine_options
+@run_options
 @click.option("--tolerance", default="10%", show_default=True,
               help="largest relative error accepted on any metric (exit 1 past it), e.g. 10% or 0.1")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -53,13 +74,7 @@ def validate(ctx: click.Context, files: tuple[Path, ...], tolerance: str, seed: 
     A measurement file must say, or the command line must give, the model, GPU, tp, engine and workload of the
     run; command-line values replace the files'.
     """
-    source = click.core.ParameterSource
-    overrides: dict[str, Any] = {}
-    for name in _OVERRIDES:
-        if ctx.get_parameter_source(name) in (source.COMMANDLINE, source.ENVIRONMENT):
-            value = options[name]
-            overrides[name] = parse_layers(value) if name == "layers_per_stage" else value
-    report = run_validate(files, tolerance=parse_fraction(tolerance), overrides=overrides, seed=seed,
+    report = run_validate(files, tolerance=parse_fraction(tolerance), overrides=overrides_given(ctx, options), seed=seed,
                           calibration=calibration)
     if fmt == "json":
         echo_json(report.to_dict())

@@ -141,8 +141,30 @@ def number(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def client_totals(d: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """What the result files of ``vllm bench serve`` and SGLang's ``bench_serving`` share: the throughput metrics
+    (``request_throughput``, ``output_throughput``) under the canonical names, and the mean prompt and output
+    lengths (``total_*_tokens / completed``, else the per-request ``input_lens``/``output_lens``) that a synthetic
+    workload is rebuilt from."""
+    metrics: dict[str, float] = {}
+    for key, name in (("request_throughput", "throughput_req_s"), ("output_throughput", "throughput_output_tok_s")):
+        if (v := number(d.get(key))) is not None:
+            metrics[name] = v
+    lengths: dict[str, float] = {}
+    completed = number(d.get("completed"))
+    for key, total_key, lens_key in (("prompt", "total_input_tokens", "input_lens"),
+                                     ("output", "total_output_tokens", "output_lens")):
+        total = number(d.get(total_key))
+        lens = d.get(lens_key)
+        if total is not None and completed:
+            lengths[key] = total / completed
+        elif isinstance(lens, list) and lens:
+            lengths[key] = sum(float(x) for x in lens) / len(lens)
+    return metrics, lengths
+
+
 # the readers register themselves on import (detection tries them in this order)
 from . import csv_runs, inference_perf, sglang_bench, vllm_bench
 
-__all__ = ["METRICS", "PLAN_FIELDS", "READERS", "Format", "Measurement", "csv_runs", "inference_perf",
+__all__ = ["METRICS", "PLAN_FIELDS", "READERS", "Format", "Measurement", "client_totals", "csv_runs", "inference_perf",
            "read_measurements", "register", "sglang_bench", "vllm_bench"]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError, shorten
-from . import Format, Measurement, number, register
+from . import Format, Measurement, client_totals, number, register
 
 #: SGLang's metric names -> the canonical prefix and the mean's canonical name
 _METRICS = {"ttft": ("ttft_ms", "ttft_ms_mean"), "tpot": ("tpot_ms", "tpot_ms"), "itl": ("itl_ms", "itl_ms_mean"),
@@ -121,20 +121,9 @@ def _measurement(path: Path, line: int, d: dict[str, Any], name: str) -> Measure
                 v = _percentile(details.get(m, []), q)
             if v is not None:
                 metrics[f"{prefix}_p{q}"] = v
-    if (v := number(d.get("request_throughput"))) is not None:
-        metrics["throughput_req_s"] = v
-    if (v := number(d.get("output_throughput"))) is not None:
-        metrics["throughput_output_tok_s"] = v
-    synthetic: dict[str, float] = {}
+    throughput, synthetic = client_totals(d)
+    metrics.update(throughput)
     completed = number(d.get("completed"))
-    for key, total_key, lens_key in (("prompt", "total_input_tokens", "input_lens"),
-                                     ("output", "total_output_tokens", "output_lens")):
-        total = number(d.get(total_key))
-        lens = d.get(lens_key)
-        if total is not None and completed:
-            synthetic[key] = total / completed
-        elif isinstance(lens, list) and lens:
-            synthetic[key] = sum(float(x) for x in lens) / len(lens)
     rate = d.get("request_rate")
     if (r := number(rate)) is not None:
         synthetic["rate"] = r

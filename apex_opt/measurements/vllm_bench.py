@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import Format, Measurement, load_json, number, register
+from . import Format, Measurement, client_totals, load_json, number, register
 
 #: vllm's metric names -> the canonical prefix and the mean's canonical name
 _METRICS = {"ttft": ("ttft_ms", "ttft_ms_mean"), "tpot": ("tpot_ms", "tpot_ms"), "itl": ("itl_ms", "itl_ms_mean"),
@@ -43,20 +43,8 @@ def read(path: Path) -> list[Measurement]:
                 v = number(d.get(f"p50_{m}_ms"))
             if v is not None:
                 metrics[f"{prefix}_p{q}"] = v
-    if (v := number(d.get("request_throughput"))) is not None:
-        metrics["throughput_req_s"] = v
-    if (v := number(d.get("output_throughput"))) is not None:
-        metrics["throughput_output_tok_s"] = v
-    synthetic: dict[str, float] = {}
-    completed = number(d.get("completed"))
-    for key, total_key, lens_key in (("prompt", "total_input_tokens", "input_lens"),
-                                     ("output", "total_output_tokens", "output_lens")):
-        total = number(d.get(total_key))
-        lens = d.get(lens_key)
-        if total is not None and completed:
-            synthetic[key] = total / completed
-        elif isinstance(lens, list) and lens:
-            synthetic[key] = sum(float(x) for x in lens) / len(lens)
+    throughput, synthetic = client_totals(d)
+    metrics.update(throughput)
     if (rate := number(d.get("request_rate"))) is not None:
         synthetic["rate"] = rate
     elif str(d.get("request_rate", "")).lower() == "inf":
