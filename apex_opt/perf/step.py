@@ -644,15 +644,27 @@ class StageCost:
 
     def _work(self, b: BatchShape) -> tuple[float, float, float, float]:
         """Per-iteration work constants of this stage for ``b``'s regime: (attention FLOPs per prefill pair, LM-head
-        FLOPs per sampled sequence, KV bytes per decode context token, LM-head bytes)."""
+        FLOPs per sampled sequence, KV bytes per decode context token, LM-head bytes). Two regimes (within or
+        beyond the sliding window), each computed once: this is on the simulator's per-iteration path."""
+        return self._work_beyond if self._beyond(b) else self._work_within
+
+    @cached_property
+    def _work_within(self) -> tuple[float, float, float, float]:
+        return self._work_in(beyond=False)
+
+    @cached_property
+    def _work_beyond(self) -> tuple[float, float, float, float]:
+        return self._work_in(beyond=True)
+
+    def _work_in(self, *, beyond: bool) -> tuple[float, float, float, float]:
         m = self.model
-        coeffs = self._coeffs(b)
+        coeffs = self._attn_coeffs_beyond if beyond else self._attn_coeffs
         attn = 0.0
         if coeffs[0]:
             attn = coeffs[0] * self.gpu.peak("bf16") * float(self._attn["prefill_efficiency"])
         last = self.layout.is_last
         head_flops = 2.0 * m.hidden_size * m.vocab_size / self.plan.tp if last else 0.0
-        layers = self._full_layers if self._beyond(b) else self.num_layers
+        layers = self._full_layers if beyond else self.num_layers
         kv = m.kv_elems_per_token_per_layer(self.plan.tp) * self.precision.kv_bytes * layers
         head_bytes = m.hidden_size * m.vocab_size * 2.0 / self.plan.tp if last else 0.0
         return attn, head_flops, kv, head_bytes
