@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InfeasibleError, SpecError, shorten
+from .errors import InfeasibleError, SpecError, shorten, spell_option
 from .schema.plan import Deployment, Plan
 from .schema.slo import SLO
 from .simulate import check_simulate_args, simulate
@@ -145,9 +145,9 @@ def _positive(name: str, value: Any, example: str, cli_example: str, *, below_on
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0 \
             or (below_one and value >= 1):
         rng = "between 0 and 1 (exclusive)" if below_one else "a finite number > 0"
-        flag = "--" + name.replace("_", "-").replace("target-", "")
+        # the CLI value is written another way (2%, 5rps), so the message gives both forms
         raise SpecError(f"capacity({name}={shorten(value)}): must be {rng}, e.g. {name}={example} "
-                        f"({flag} {cli_example})")
+                        f"({spell_option(name, 'cli')} {cli_example})", option=name)
     return float(value)
 
 

@@ -40,10 +40,62 @@ def shorten(value: object, limit: int = ECHO_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: CLI flags of the Python keywords whose flag is not ``"--" + keyword.replace("_", "-")``
+FLAGS: dict[str, str] = {"target_rate": "--rate"}
+
+
+def spell_option(name: str, form: str = "python", *, value: bool = False) -> str:
+    """How a message names the parameter ``name`` (its Python keyword) in ``form`` ``"python"`` or ``"cli"``.
+
+    With ``value`` the text is followed by a value: ``top_k=`` in Python, ``--top-k `` on the command line.
+
+    >>> spell_option("top_k"), spell_option("top_k", "cli"), spell_option("target_rate", "cli", value=True)
+    ('top_k', '--top-k', '--rate ')
+    """
+    if form == "cli":
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        return flag + " " if value else flag
+    return name + "=" if value else name
+
+
 class ApexOptError(Exception):
-    """Base class of every error apex-opt raises on purpose."""
+    """Base class of every error apex-opt raises on purpose.
+
+    An error about a parameter may carry ``option``, the parameter's Python keyword (e.g. ``"top_k"``, or a
+    tuple of them), and write its message with placeholders the renderer fills in: ``{top_k=}`` before a value
+    and ``{top_k}`` alone. ``str(exc)`` (and :meth:`render`) gives the Python form, ``top_k=0``; the CLI shows
+    ``render("cli")``, ``--top-k 0`` (:func:`spell_option`). Only the names in ``options`` are replaced, so a
+    brace in an echoed value stays as it is.
+
+    >>> e = SpecError("{top_k=}0: must be at least 1; write e.g. {top_k=}3", option="top_k")
+    >>> str(e), e.render("cli"), e.option
+    ('top_k=0: must be at least 1; write e.g. top_k=3', '--top-k 0: must be at least 1; write e.g. --top-k 3', 'top_k')
+    """
 
     exit_code: int = 2
+    #: the parameters the message names through placeholders (Python keywords); the first is :attr:`option`
+    options: tuple[str, ...] = ()
+
+    def __init__(self, *args: object, option: str | tuple[str, ...] | None = None) -> None:
+        super().__init__(*args)
+        if option is not None:
+            self.options = (option,) if isinstance(option, str) else tuple(option)
+
+    @property
+    def option(self) -> str | None:
+        """The Python keyword of the parameter to fix (None: the error is not about one parameter)."""
+        return self.options[0] if self.options else None
+
+    def render(self, form: str = "python") -> str:
+        """The message with its options spelled for ``form``: ``"python"`` (keywords) or ``"cli"`` (flags)."""
+        text = super().__str__()
+        for name in self.options:
+            text = text.replace("{" + name + "=}", spell_option(name, form, value=True))
+            text = text.replace("{" + name + "}", spell_option(name, form))
+        return text
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class SpecError(ApexOptError, ValueError):
@@ -109,6 +161,7 @@ class SimulationError(ApexOptError):
 
 __all__ = [
     "ECHO_LIMIT",
+    "FLAGS",
     "ApexOptError",
     "ConstraintError",
     "DoesNotFitError",
@@ -119,4 +172,5 @@ __all__ = [
     "TraceError",
     "UnknownNameError",
     "shorten",
+    "spell_option",
 ]

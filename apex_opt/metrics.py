@@ -157,6 +157,8 @@ _ALL: tuple[Metric, ...] = (
     Metric("running_max", "sequences", "most running sequences at once", NEITHER, "running max", "d", "load"),
     Metric("prefix_cache_hit_rate", "fraction", "prompt tokens found in the prefix cache / prompt tokens "
            "(completed requests; with prefix caching)", HIGHER, "prefix cache hits", "percent", "load"),
+    Metric("spec_tokens_per_step", "tokens", "tokens emitted per speculative verify step, bonus token included "
+           "(with speculative decoding)", HIGHER, "spec tokens/step", ".2f", "load"),
     Metric("num_requests", "requests", "requests in the workload (as replayed)", NEITHER, "requests", ",d",
            "counts"),
     Metric("num_completed", "requests", "requests that finished", HIGHER, "completed", ",d", "counts",

@@ -18,7 +18,8 @@ from .errors import SimulationError, SpecError, shorten
 from .perf.replica import Replica, build_replica
 from .perf.step import serving_calibration
 from .schema.engine import EngineSpec
-from .schema.plan import Deployment, Plan
+from .schema.plan import Deployment, Plan, with_speculative
+from .schema.speculative import SpeculativeConfig
 from .sim import ReplicaSpec, SchedulerConfig, SimResult, run_simulation
 from .sim.client import MEASURED_AT, ClientPath
 from .specs import Specs, with_engine_settings
@@ -53,6 +54,7 @@ def scheduler_config(replica: Replica) -> SchedulerConfig:
             new_token_ratio_decay_steps=e.scheduler.new_token_ratio_decay_steps,
             clip_max_new_tokens=e.scheduler.clip_max_new_tokens,
             prefix_caching=e.scheduler.prefix_caching,
+            speculative=_speculative(replica),
         )
     return SchedulerConfig(
         family=s.family,  # type: ignore[arg-type]
@@ -67,7 +69,17 @@ def scheduler_config(replica: Replica) -> SchedulerConfig:
         async_output=s.async_output,
         metrics_stamp=stamp,
         prefix_caching=e.scheduler.prefix_caching,
+        speculative=_speculative(replica),
     )
+
+
+def _speculative(replica: Replica) -> SpeculativeConfig | None:
+    """The plan's speculative decoding with its draft cost resolved against the model (one target layer per
+    draft pass for EAGLE and MTP unless ``draft_cost`` is given)."""
+    sp = replica.plan.speculative
+    if sp is None or sp.draft_cost is not None:
+        return sp
+    return sp.model_copy(update={"draft_cost": sp.draft_fraction(replica.model.num_layers)})
 
 
 def replicas_for(specs: Specs, plan: Plan | Deployment) -> list[tuple[Replica, int]]:
@@ -166,6 +178,7 @@ def simulate(
     skip_ahead: bool = True,
     measured_at: str | None = None,
     prefix_caching: bool | None = None,
+    speculative: SpeculativeConfig | str | None = None,
 ) -> SimResult:
     """Replay ``specs.workload`` through ``plan`` and measure TTFT, TPOT, throughput, SLO attainment, energy, cost.
 
@@ -175,7 +188,9 @@ def simulate(
     streaming included: :mod:`apex_opt.sim.client`); the default is where the SLO is measured
     (``specs.slo.measured_at``, the engine unless said otherwise). ``prefix_caching`` turns the engine's
     automatic prefix caching on or off (default: the engine's, ``specs.engine.scheduler.prefix_caching``); it
-    matters for workloads with ``segments`` (:mod:`apex_opt.sim.prefix_cache`).
+    matters for workloads with ``segments`` (:mod:`apex_opt.sim.prefix_cache`). ``speculative`` (a
+    :class:`~apex_opt.schema.speculative.SpeculativeConfig` or ``"eagle:k=3,acceptance=0.7"``) turns speculative
+    decoding on for every plan; a plan's own ``Plan.speculative`` is used otherwise.
 
     A disaggregated deployment (``Deployment(plans=(Plan(role="prefill", ...), Plan(role="decode", ...)))``)
     places its prefill plans' GPUs first, then the decode plans', prices the KV-cache transfer of every
@@ -195,13 +210,17 @@ def simulate(
     check_simulate_args(specs, plan, seed=seed)
     if max_requests is not None and (isinstance(max_requests, bool) or not isinstance(max_requests, int)
                                      or max_requests < 1):
-        raise SpecError(f"max_requests {shorten(max_requests)}: must be a whole number of at least 1")
+        raise SpecError(f"{{max_requests=}}{shorten(max_requests)}: must be a whole number of at least 1",
+                        option="max_requests")
     measured_at = measured_at or specs.slo.measured_at
     if measured_at not in MEASURED_AT:
-        raise SpecError(f"measured_at '{measured_at}': must be one of {', '.join(MEASURED_AT)} (engine: the "
-                        "engine's own timings; client: as a benchmark client such as vllm bench serve measures)")
+        raise SpecError(f"{{measured_at=}}{shorten(measured_at)}: must be one of {', '.join(MEASURED_AT)} (engine: "
+                        "the engine's own timings; client: as a benchmark client such as vllm bench serve measures)",
+                        option="measured_at")
     if prefix_caching is not None:
         specs = with_engine_settings(specs, prefix_caching=prefix_caching)
+    if speculative is not None:
+        plan = with_speculative(plan, speculative)
     topology, placed = place_replicas(specs, plan)
     disagg = any(r.plan.role != "both" for r, _, _ in placed)
     capacities = [_prefill_capacity(r) if r.plan.role == "prefill" else router_weight(r) for r, _, _ in placed]
@@ -231,10 +250,10 @@ def simulate(
 
 
 def check_seed(seed: Any, option: str = "seed") -> None:
-    """A seed is a whole number >= 0 (numpy's generators take no negative seeds)."""
+    """A seed is a whole number >= 0 (numpy's generators take no negative seeds); ``option``: its keyword."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SpecError(f"{option} {shorten(seed)}: must be a whole number of at least 0 (it seeds numpy's random "
-                        f"generator); write e.g. {option} 0")
+        raise SpecError(f"{{{option}=}}{shorten(seed)}: must be a whole number of at least 0 (it seeds numpy's "
+                        f"random generator); write e.g. {{{option}=}}0", option=option)
 
 
 def check_simulate_args(specs: Any, plan: Any, *, seed: Any = 0, fn: str = "simulate") -> None:

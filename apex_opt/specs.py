@@ -73,7 +73,7 @@ def with_engine_settings(specs: Specs, *, cuda_graphs: bool | None = None, atten
             update={"prefix_caching": bool(prefix_caching)})})
     if measured_at is not None:
         if measured_at not in ("engine", "client"):
-            raise SpecError(f"measured_at '{measured_at}': must be engine or client")
+            raise SpecError(f"{{measured_at=}}{shorten(measured_at)}: must be engine or client", option="measured_at")
         slo = slo.model_copy(update={"measured_at": measured_at})
     return dataclasses.replace(specs, engine=engine, slo=slo)
 
@@ -95,16 +95,17 @@ def resolve_cluster(cluster: str | ClusterSpec | None = None, *, gpu: str | None
         check_cluster_gpus(cluster)
         return cluster
     if isinstance(cluster, str) and not cluster.strip():
-        raise SpecError("--cluster '': an empty name; give a catalog cluster (apex-opt catalog clusters), a cluster "
-                        "YAML file, or leave --cluster out")
+        raise SpecError("{cluster=}'': an empty name; give a catalog cluster (apex-opt catalog clusters), a cluster "
+                        "YAML file, or leave {cluster} out", option="cluster")
     if cluster is not None and gpu is not None:
-        raise SpecError("give either --cluster or --gpu (with --nodes/--gpus-per-node), not both")
+        raise SpecError("give either {cluster} or {gpu} (with {nodes}/{gpus_per_node}), not both",
+                        option=("cluster", "gpu", "nodes", "gpus_per_node"))
     if gpu is not None:
         spec = get_gpu(gpu)
         if nodes is not None and nodes < 1:
-            raise SpecError(f"--nodes {nodes}: must be at least 1")
+            raise SpecError(f"{{nodes=}}{nodes}: must be at least 1", option="nodes")
         if gpus_per_node is not None and gpus_per_node < 1:
-            raise SpecError(f"--gpus-per-node {gpus_per_node}: must be at least 1")
+            raise SpecError(f"{{gpus_per_node=}}{gpus_per_node}: must be at least 1", option="gpus_per_node")
         return ClusterSpec.homogeneous(gpu_name(gpu), nodes or 1, gpus_per_node or 8, fabric=_fabric_of(spec))
     return get_cluster(cluster or DEFAULT_CLUSTER)
 
@@ -145,10 +146,11 @@ def load_specs(
     ):
         if not isinstance(value, kinds):
             raise SpecError(f"load_specs({label}={shorten(value)}): got a value of type {type(value).__name__}; "
-                            f"give {form}")
+                            f"give {form}", option=label)
     for label, count in (("nodes", nodes), ("gpus_per_node", gpus_per_node)):
         if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
-            raise SpecError(f"load_specs({label}={shorten(count)}): must be a whole number, e.g. {label}=2")
+            raise SpecError(f"load_specs({label}={shorten(count)}): must be a whole number, e.g. {label}=2",
+                            option=label)
     model_spec = model if isinstance(model, ModelSpec) else get_model(model)
     cluster_spec = resolve_cluster(cluster, gpu=gpu, nodes=nodes, gpus_per_node=gpus_per_node)
     engine_spec = engine if isinstance(engine, EngineSpec) else get_engine(engine)

@@ -1,4 +1,5 @@
-"""Shared fixtures and options: --runslow enables @pytest.mark.slow tests; SHARED points at ../shared/data."""
+"""Shared fixtures and options: --runslow enables @pytest.mark.slow tests; --update-golden rewrites tests/golden;
+SHARED points at ../shared/data."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ SHARED = REPO.parent / "shared" / "data"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite tests/golden/*.json from the current code instead of comparing with them")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -21,6 +24,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """True under ``--update-golden``: golden-file tests rewrite their files instead of comparing."""
+    return bool(request.config.getoption("--update-golden"))
 
 
 @pytest.fixture

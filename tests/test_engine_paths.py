@@ -110,7 +110,7 @@ def test_the_client_path_adds_to_ttft_and_e2e_but_not_to_inter_token_gaps():
 
 def test_measured_at_must_be_engine_or_client():
     specs = ax.load_specs(workload="synthetic:rate=1rps,requests=3,prompt=100,output=5,seed=0")
-    with pytest.raises(ax.SpecError, match="measured_at 'proxy'"):
+    with pytest.raises(ax.SpecError, match="measured_at='proxy'"):
         ax.simulate(specs, ax.Plan(gpu=H100, tp=4), measured_at="proxy")
 
 

@@ -412,7 +412,7 @@ def test_max_requests_plans_on_the_head_of_the_workload():
 def test_search_options_are_checked_early():
     with pytest.raises(apex_opt.SpecError, match="--quantization 'nf4' is unknown"):
         SearchOptions(quantization="nf4")
-    with pytest.raises(apex_opt.SpecError, match="--top-k 0"):
+    with pytest.raises(apex_opt.SpecError, match="top_k=0"):
         Problem(load_specs(workload=SMALL), top_k=0)
 
 

@@ -32,7 +32,7 @@ def _parsed(parse: Callable[[str], float]) -> Callable[[click.Context, click.Par
         try:
             return parse(value)
         except SpecError as exc:
-            raise click.BadParameter(str(exc), ctx, param) from None
+            raise click.BadParameter(exc.render("cli"), ctx, param) from None
     return convert
 
 

@@ -122,7 +122,8 @@ def _clusters() -> tuple[list[str], list[dict]]:
             {
                 "name": c.name,
                 "gpus": c.total_gpus,
-                "nodes": " + ".join(f"{g.count}x{g.gpus_per_node} {g.gpu}" for g in c.nodes),
+                "nodes": " + ".join(f"{g.count}x{g.gpus_per_node} {g.gpu}" for g in c.nodes)
+                + (f", NVLink {c.nvlink_domain}" if c.nvlink_domain else ""),  # one switch fabric across nodes
                 "network": f"{c.network.kind} {c.network.bandwidth_per_gpu * 8 / 1e9:.0f}Gb/s per GPU",
                 "description": c.description,
             }

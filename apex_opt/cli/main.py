@@ -37,7 +37,7 @@ class ApexGroup(click.Group):
             exc.message = cap_echoes(exc.message)  # type: ignore[misc]
             raise
         except ApexOptError as exc:
-            message = str(exc)
+            message = exc.render("cli")  # options as flags (--top-k 3), where str(exc) says top_k=3
             lines = message.splitlines() or [message]
             first = textwrap.fill(lines[0], width=110, subsequent_indent="  ")
             click.echo("Error: " + "\n".join([first, *lines[1:]]), err=True)

@@ -13,20 +13,35 @@ import click
 
 from ..errors import SpecError, shorten
 from ..schema.slo import SLO, parse_slo
+from ..schema.speculative import SpeculativeConfig, parse_speculative_option
 
 
-class SLOType(click.ParamType):
+class ParsedType(click.ParamType):
+    """An option value parsed by a library function; its SpecError becomes click's usage error (exit 2), with the
+    CLI's spelling of the options it names. A value that is already parsed (a default) passes through."""
+
+    parsed: type = object
+
+    def parse(self, value: str) -> Any:
+        raise NotImplementedError
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, self.parsed):
+            return value
+        try:
+            return self.parse(value)
+        except SpecError as exc:
+            self.fail(exc.render("cli"), param, ctx)
+
+
+class SLOType(ParsedType):
     """``--slo ttft=200ms,tpot.p90=50ms,attainment=95%``"""
 
     name = "SLO"
+    parsed = SLO
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> SLO:
-        if isinstance(value, SLO):
-            return value
-        try:
-            return parse_slo(value)
-        except SpecError as exc:
-            self.fail(str(exc), param, ctx)
+    def parse(self, value: str) -> SLO:
+        return parse_slo(value)
 
 
 def plan_options(func: Callable) -> Callable:
@@ -58,6 +73,27 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
         return tuple(int(x) for x in value.split(",") if x.strip())
     except ValueError:
         raise SpecError(f"--layers-per-stage '{value}' must be comma-separated integers, e.g. 40,40") from None
+
+
+class SpeculativeType(ParsedType):
+    """``--speculative eagle:k=3,acceptance=0.7`` (``k=auto``: the settings ``solve`` searches)."""
+
+    name = "METHOD:k=N,acceptance=RATE"
+    parsed = tuple
+
+    def parse(self, value: str) -> tuple[SpeculativeConfig, ...]:
+        return parse_speculative_option(value)
+
+
+def speculative_option(*, search: bool) -> Callable[[Callable], Callable]:
+    """``--speculative``: speculative decoding for every plan (``solve`` also takes ``k=auto``)."""
+    more = (" With k=auto, solve simulates each plan without speculation and with k = 1..5 and keeps the best."
+            if search else "")
+    return click.option(
+        "--speculative", type=SpeculativeType(), default=None,
+        help="speculative decoding, METHOD:k=N,acceptance=RATE with METHOD ngram, eagle, mtp or draft; RATE is the "
+             "mean acceptance per drafted position or one rate per position (0.9/0.7/0.5); optional "
+             "draft_cost=FRACTION (a draft pass / a target decode step) and draft_model=NAME." + more)
 
 
 def limit_options(func: Callable) -> Callable:

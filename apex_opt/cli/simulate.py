@@ -17,7 +17,7 @@ from ..calibration.profile import resolve_profile
 from ..catalog import gpu_name
 from ..errors import SpecError, shorten
 from ..perf.provenance import calibration_notes, calibration_sources
-from ..schema.plan import Deployment, Plan
+from ..schema.plan import Deployment, Plan, with_speculative
 from ..schema.slo import SLO
 from ..sim.router import ROUTERS
 from ..simulate import simulate as run
@@ -32,6 +32,7 @@ from .options import (
     limit_options,
     parse_layers,
     plan_options,
+    speculative_option,
 )
 from .render import console, echo_json, table
 
@@ -273,6 +274,7 @@ def build_deployment(ctx: click.Context, *, model: str, gpu: str, cluster: str |
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--requests-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write one JSON object per request to this .jsonl file")
+@speculative_option(search=False)
 @calibration_option
 @click.pass_context
 def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, nodes: int | None,
@@ -283,7 +285,7 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
              decode_spec: str | None, router: str, decode_router: str, slo: SLO | None, seed: int,
              max_requests: int | None, fmt: str, requests_out: Path | None, cuda_graphs: bool | None,
              attention_backend: str | None, measured_at: str, calibration: Path | None,
-             **engine_knobs: Any) -> None:
+             speculative: tuple[Any, ...] | None = None, **engine_knobs: Any) -> None:
     """Replay a workload through one plan, iteration by iteration, and report TTFT, TPOT, ITL, e2e latency,
     throughput, goodput and SLO attainment, KV use, preemptions, MFU, energy and cost.
 
@@ -294,6 +296,9 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
     """
     if requests_out is not None:
         check_output_file("--requests-out", requests_out)  # before the simulation, not after it
+    if speculative is not None and len(speculative) > 1:
+        raise click.BadParameter("k=auto is for solve; simulate one setting, e.g. eagle:k=3,acceptance=0.7",
+                                 param_hint="'--speculative'")
     specs, plan = build_deployment(
         ctx, model=model, gpu=gpu, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, dp=dp,
         ep=ep, dp_attention=dp_attention, layers_per_stage=layers_per_stage, weight_dtype=weight_dtype,
@@ -302,6 +307,8 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, cuda_graphs=cuda_graphs,
         attention_backend=attention_backend, prefill_spec=prefill_spec, decode_spec=decode_spec, slo=slo)
     specs = dataclasses.replace(specs, calibration=resolve_profile(calibration))
+    if speculative:
+        plan = with_speculative(plan, speculative[0])
     show_progress = fmt == "table" and sys.stderr.isatty()
     progress, callback = _progress_callback(show_progress)
     kw: dict[str, Any] = {"router": router, "decode_router": decode_router, "seed": seed,
@@ -364,6 +371,8 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         note = "" if getattr(specs.workload, "segments", None) is not None else \
             " (the workload describes no shared prefixes)"
         lines.append(f"prefix cache {s['prefix_cache_hit_rate'] * 100:.1f}% of prompt tokens hit{note}")
+    if "spec_tokens_per_step" in s:
+        lines.append(f"speculative  {s['spec_tokens_per_step']:.2f} tokens per verify step (bonus token included)")
     if "num_kv_transfers" in s:
         lines.append(
             f"KV transfer  {s['num_kv_transfers']:,} transfers, {s['kv_transfer_bytes'] / 2**30:,.1f} GiB, "

@@ -40,7 +40,7 @@ from ..specs import (
     with_engine_settings,
 )
 from ..units import format_bytes, format_time
-from .options import SLOType, calibration_option, engine_options
+from .options import SLOType, calibration_option, engine_options, speculative_option
 from .render import echo_json, table
 
 
@@ -86,6 +86,7 @@ from .render import echo_json, table
 @click.option("--emit-k8s", "emit_k8s", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="write Kubernetes manifests of the best plan there (Deployment/LeaderWorkerSet + Service)")
 @engine_options
+@speculative_option(search=True)
 @calibration_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -96,7 +97,8 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
           tp_across_nodes: bool, max_requests: int | None, seed: int, workers: int, time_limit: float | None,
           max_simulations: int | None, benchmark_dir: Path | None, fmt: str, cuda_graphs: bool | None,
           attention_backend: str | None, emit_k8s: Path | None,
-          measured_at: str, calibration: Path | None, plot_file: Path | None = None, **engine_knobs: Any) -> None:
+          measured_at: str, calibration: Path | None, plot_file: Path | None = None,
+          speculative: tuple[Any, ...] | None = None, **engine_knobs: Any) -> None:
     """Find the best deployments of a model on a cluster for a workload and SLO, verified by simulation.
 
     With no options: llama-3.1-70b on 8x H100 (h100x8), the lmsys trace, SLO ttft=200ms,tpot=50ms.
@@ -116,6 +118,8 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
                            disaggregation=disaggregation,
                            tp_across_nodes=tp_across_nodes, max_requests=max_requests, seed=seed, workers=workers,
                            time_limit=time_limit, max_simulations=max_simulations,
+                           speculative=None if speculative is None else
+                           (speculative if len(speculative) == 1 else (None, *speculative)),
                            progress=bar.say if bar.enabled else None,
                            simulation_progress=bar.update if bar.enabled else None)
     if plot_file is not None:

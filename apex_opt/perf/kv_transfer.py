@@ -11,9 +11,9 @@ receiver GPU's shard (a decode replica with fewer ranks receives more per GPU), 
 replicated beyond the KV head count; an MLA latent is replicated, so every rank moves it).
 
 The link of a pair of GPUs comes from the topology (:meth:`Topology.group_link`): NVLink / NVSwitch when both
-sit in one node, the per-GPU NIC through the network otherwise (a PCIe-only node uses its PCIe fabric). Its time
-is the collectives model's point-to-point fit: ``collective_time("send_recv", bytes, 2, ...)``, the fitted latency
-plus ``bytes / (bandwidth x efficiency(bytes))`` (:mod:`apex_opt.perf.collectives`; fitted on nccl-tests
+sit in one NVLink domain (a node, or a rack such as GB200 NVL72), the per-GPU NIC through the network otherwise (a
+PCIe-only node uses its PCIe fabric). Its time is the collectives model's point-to-point fit:
+``collective_time("send_recv", bytes, 2, ...)``, the fitted latency plus ``bytes / (bandwidth x efficiency(bytes))`` (:mod:`apex_opt.perf.collectives`; fitted on nccl-tests
 ``sendrecv_perf`` for the GPU, ``specs/calibration``). The worst rank pair sets the time.
 
 >>> from apex_opt.catalog import get_cluster, get_gpu, get_model
@@ -49,7 +49,7 @@ class TopologyKVTransfer:
 
     ``bytes_per_token``: the KV cache of one token (all layers, reported as bytes moved); ``link_bytes_per_token``:
     what the busiest link carries per token; ``fabric`` ``nvlink`` | ``pcie`` | ``network``; ``nodes`` 1 or 2
-    (the two ends of the worst pair); the bandwidths are per GPU, one direction, bytes/s.
+    (the NVLink domains of the two ends of the worst pair); the bandwidths are per GPU, one direction, bytes/s.
     """
 
     bytes_per_token: float
@@ -91,16 +91,16 @@ def kv_transfer_cost(model: ModelSpec, gpu: GPUSpec, prefill: Plan, prefill_offs
         if a == b:  # pragma: no cover - placement never overlaps replicas
             continue
         link = topology.group_link([a, b])
-        key = (link.nodes, -link.bandwidth)
+        key = (link.domains, -link.bandwidth)
         if worst is None or key > worst[0]:
             worst = (key, link)
     assert worst is not None
     link = worst[1]
     if params is None:
         params = load_collective_params(gpu.name, gpu.architecture)
-    fabric = "network" if link.nodes > 1 else ("pcie" if link.fabric == "pcie" else "nvlink")
+    fabric = "network" if link.domains > 1 else ("pcie" if link.fabric == "pcie" else "nvlink")
     return TopologyKVTransfer(bytes_per_token=float(per_token), link_bytes_per_token=float(max(send, recv)),
-                              fabric=fabric, nodes=link.nodes, intra_bw=link.intra_bandwidth,
+                              fabric=fabric, nodes=link.domains, intra_bw=link.intra_bandwidth,
                               inter_bw=link.inter_bandwidth, params=params)
 
 

@@ -264,7 +264,7 @@ class StageCost:
         for i, nb in enumerate(nbytes.tolist()):
             t = memo.get(nb)
             if t is None:
-                t = memo[nb] = collective_time(kind, nb, size, nodes=link.nodes, intra_bw=link.intra_bandwidth,
+                t = memo[nb] = collective_time(kind, nb, size, nodes=link.domains, intra_bw=link.intra_bandwidth,
                                                inter_bw=link.inter_bandwidth, params=self._coll,
                                                intra_fabric=_fabric(link), custom_allreduce=custom and nb <= 8 * 2**20)
             if saving and nb <= 8 * 2**20 and custom_allreduce_applies(nb, size, nodes=link.nodes,
@@ -366,7 +366,7 @@ class StageCost:
         """Sending ``tokens`` tokens' activations to the next pipeline stage."""
         link = self.links["pp"]
         return np.array([collective_time("send_recv", float(n) * self.layout.send_bytes_per_token, 2,
-                                         nodes=link.nodes, intra_bw=link.intra_bandwidth,
+                                         nodes=link.domains, intra_bw=link.intra_bandwidth,
                                          inter_bw=link.inter_bandwidth, params=self._coll,
                                          intra_fabric=_fabric(link)) for n in tokens])
 
@@ -471,7 +471,7 @@ class StageCost:
                             act_bytes_per_elem=2.0, out_bytes_per_elem=4.0)[0])
         if tp > 1:
             link = self.links["tp"]
-            t += collective_time("all_gather", seqs * m.vocab_size * 4.0, tp, nodes=link.nodes,
+            t += collective_time("all_gather", seqs * m.vocab_size * 4.0, tp, nodes=link.domains,
                                  intra_bw=link.intra_bandwidth, inter_bw=link.inter_bandwidth, params=self._coll,
                                  intra_fabric=_fabric(link))
         t += float(elementwise_time(np.array([seqs * m.vocab_size * 4.0 * 3]),

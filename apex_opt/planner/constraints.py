@@ -379,7 +379,7 @@ def builtin_constraints(space: Any) -> list[Constraint]:
 
     if not opts.tp_across_nodes:
         @_builtin("placement.tp",
-                  lambda sp: f"each tensor-parallel group inside one NVLink domain ({sp.gpus_per_node} GPUs)",
+                  lambda sp: f"each tensor-parallel group inside one NVLink domain ({sp.domain_gpus} GPUs)",
                   "--tp-across-nodes")
         def placement_tp(v: Any, s: Any) -> Any:
             return v.tp_nodes == 1

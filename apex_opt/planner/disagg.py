@@ -93,7 +93,7 @@ def build_disagg_space(space: PlanSpace) -> DisaggSpace:
     """Estimate every role replica set that could take part in a disaggregated plan of ``space``'s problem."""
     start = time.perf_counter()
     specs, opts, est = space.specs, space.options, space.estimator
-    total, gpn = space.total_gpus, space.gpus_per_node
+    total, gpn = space.total_gpus, space.domain_gpus  # tp groups stay inside one NVLink domain
     L = specs.model.num_layers
     rate = space.stats.rate
     tables: dict[str, list[RoleRow]] = {r: [] for r in ROLES}

@@ -20,6 +20,7 @@ CUDA_VISIBLE_DEVICES=4,5,6,7 vllm serve meta-llama/Llama-3.1-70B-Instruct --tens
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 from ..errors import ApexOptError
@@ -86,7 +87,51 @@ FLAG_VERSIONS: dict[str, tuple[str, ...]] = {
     "--disable-cuda-graph": (SG04,),
     "--disable-radix-cache": (SG04,),
     "--attention-backend": (SG04,),
+    # speculative decoding (docs/simulator.md, "Speculative decoding"): V1 takes one JSON --speculative-config; V0
+    # took separate arguments [unverified for 0.6.0]; SGLang 0.4 EAGLE/NEXTN (MTP); NGRAM and STANDALONE are later
+    "--speculative-config": (V1,),
+    "--speculative-model": (V06,),
+    "--num-speculative-tokens": (V06,),
+    "--speculative-algorithm": (SG04,),
+    "--speculative-num-steps": (SG04,),
+    "--speculative-eagle-topk": (SG04,),
+    "--speculative-num-draft-tokens": (SG04,),
+    "--speculative-draft-model-path": (SG04,),
 }
+
+#: vLLM V1 ``speculative_config.method`` and SGLang ``--speculative-algorithm`` of each apex-opt method
+VLLM_SPEC_METHOD = {"ngram": "ngram", "eagle": "eagle", "mtp": "deepseek_mtp", "draft": "draft_model"}
+SGLANG_SPEC_ALGORITHM = {"ngram": "NGRAM", "eagle": "EAGLE", "mtp": "NEXTN", "draft": "STANDALONE"}
+
+
+def _vllm_spec_args(plan: Plan, version: str) -> tuple[list[str], list[str]]:
+    """(flags, notes) for the plan's speculative decoding on vLLM ``version``."""
+    sp = plan.speculative
+    if sp is None:
+        return [], []
+    draft = sp.draft_model or "<draft-model>"
+    if version == V06:
+        model = "[ngram]" if sp.method == "ngram" else draft
+        notes = ["vLLM 0.6 has no MTP drafting"] if sp.method == "mtp" else []
+        return [f"--speculative-model {model}", f"--num-speculative-tokens {sp.num_tokens}"], notes
+    config: dict[str, object] = {"method": VLLM_SPEC_METHOD[sp.method], "num_speculative_tokens": sp.num_tokens}
+    if sp.method in ("eagle", "draft"):
+        config["model"] = draft
+    if sp.method == "ngram":
+        config["prompt_lookup_max"] = 4
+    return [f"--speculative-config '{json.dumps(config)}'"], []
+
+
+def _sglang_spec_args(plan: Plan) -> list[str]:
+    """SGLang flags for the plan's speculative decoding: a chain of k drafts (top-k 1), k + 1 tokens verified."""
+    sp = plan.speculative
+    if sp is None:
+        return []
+    args = [f"--speculative-algorithm {SGLANG_SPEC_ALGORITHM[sp.method]}", f"--speculative-num-steps {sp.num_tokens}",
+            "--speculative-eagle-topk 1", f"--speculative-num-draft-tokens {sp.num_tokens + 1}"]
+    if sp.method in ("eagle", "draft"):
+        args.append(f"--speculative-draft-model-path {sp.draft_model or '<draft-model>'}")
+    return args
 
 
 def has_flag(engine: str, flag: str) -> bool:
@@ -225,7 +270,8 @@ def _vllm_args(plan: Plan, num_layers: int | None, version: str = V06,
         notes.append(f"the checkpoint is {s.checkpoint_quantization}: the engine serves it as stored")
     if plan.kv_dtype == "fp8":
         args.append("--kv-cache-dtype fp8")
-    return env, args, notes
+    spec_args, spec_notes = _vllm_spec_args(plan, version)
+    return env, args + spec_args, notes + spec_notes
 
 
 def _note(notes: list[str]) -> str:
@@ -319,7 +365,7 @@ def _sglang_args(plan: Plan, repo: str, settings: LaunchSettings) -> list[str]:
         args.append("--quantization awq")
     if plan.kv_dtype == "fp8":
         args.append("--kv-cache-dtype fp8_e5m2")
-    return args
+    return args + _sglang_spec_args(plan)
 
 
 def _sglang_servers(plan: Plan, gpus_per_node: int) -> list[tuple[int, int, int]]:

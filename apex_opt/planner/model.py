@@ -78,7 +78,8 @@ class PlanVars:
     ``v.max_num_seqs``      the engine's running-sequence limit
     ``v.budget``            chunked-prefill token budget (0: the engine's default)
     ``v.weight_bits``       16, 8 (fp8) or 4 (int4); ``v.kv_bits``: 16 or 8
-    ``v.tp_nodes``          nodes a tensor-parallel group spans (1 inside one NVLink domain)
+    ``v.tp_nodes``          NVLink domains a tensor-parallel group spans (nodes, unless the cluster sets
+                            ``nvlink_domain``; 1 inside one domain)
     ``v.layers``            layers on each pipeline stage (stages past ``pp`` hold 0)
     ``v.ttft_ms, v.tpot_ms``  predicted mean TTFT / TPOT in whole milliseconds, rounded up (``_us``:
                             microseconds, ``_ns``: nanoseconds)

@@ -38,7 +38,8 @@ from ..calibration.profile import applying_calibration
 from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, shorten
 from ..perf.provenance import calibration_notes, calibration_sources
 from ..perf.replica import build_replica
-from ..schema.plan import Deployment, Plan
+from ..schema.plan import Deployment, Plan, with_speculative
+from ..schema.speculative import SpeculativeConfig, parse_speculative_option
 from ..specs import Specs, with_engine_settings
 from .constraints import Constraint, builtin_constraints, check_simulated, normalize, split_kinds
 from .disagg import DisaggModel, build_disagg_space
@@ -195,17 +196,24 @@ class Problem:
                  seed: int = 0, workers: int = 2, time_limit: float | None = None,
                  max_simulations: int | None = None, simulator: Callable[..., Any] | None = None,
                  progress: Callable[[str], None] | None = None,
-                 simulation_progress: Callable[[int, int], None] | None = None) -> None:
+                 simulation_progress: Callable[[int, int], None] | None = None,
+                 speculative: Sequence[SpeculativeConfig | None] = ()) -> None:
         if not isinstance(specs, Specs):
             raise SpecError(f"Problem(specs={shorten(specs)}): specs must be the Specs that load_specs(...) returns, "
                             f"not a {type(specs).__name__}; write Problem(ax.load_specs(\"llama-3.1-8b\", \"h100x8\"))")
         if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise SpecError(f"--top-k {shorten(top_k)}: must be a whole number of at least 1; write e.g. --top-k 3")
+            raise SpecError(f"{{top_k=}}{shorten(top_k)}: must be a whole number of at least 1; write e.g. {{top_k=}}3",
+                            option="top_k")
         if top_k < 1:
-            raise SpecError(f"--top-k {top_k}: must be at least 1")
+            raise SpecError(f"{{top_k=}}{top_k}: must be at least 1", option="top_k")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise SpecError(f"{{workers=}}{shorten(workers)}: must be a whole number of at least 1 (parallel "
+                            "simulation processes; results do not depend on it); write e.g. {workers=}2",
+                            option="workers")
         if max_requests is not None:
-            if max_requests < 1:
-                raise SpecError(f"--max-requests {max_requests}: must be at least 1")
+            if isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1:
+                raise SpecError(f"{{max_requests=}}{shorten(max_requests)}: must be a whole number of at least 1",
+                                option="max_requests")
             specs = dataclasses.replace(specs, workload=specs.workload.head(max_requests))
         self.specs = specs
         self.objective: Objective = objective_function(objective)
@@ -215,7 +223,10 @@ class Problem:
         self.seed = seed
         self.workers = max(1, workers)
         self.time_limit = time_limit
-        self.max_simulations = max_simulations if max_simulations is not None else 5 * top_k + 5
+        #: speculative decoding settings every proposal is simulated with (None: without); the best per layout wins
+        self.speculative: tuple[SpeculativeConfig | None, ...] = tuple(speculative)
+        self.max_simulations = max_simulations if max_simulations is not None else \
+            (5 * top_k + 5) * max(1, len(self.speculative))
         self.simulator = simulator
         self.progress = progress
         self.simulation_progress = simulation_progress
@@ -456,7 +467,13 @@ class Problem:
         return max(self.time_limit - (time.perf_counter() - self.started), 0.05)
 
     def verify(self, proposals: Sequence[Proposal]) -> list[RankedPlan]:
-        """Simulate ``proposals`` (in parallel) and judge each: SLO met and simulated constraints hold."""
+        """Simulate ``proposals`` (in parallel) and judge each: SLO met and simulated constraints hold.
+
+        With speculative settings to search (``Problem(speculative=...)``) each proposal is simulated once per
+        setting; the variants share a layout, so :meth:`result` keeps the best of them."""
+        if self.speculative:  # pipelined plans cannot speculate in the simulator: they are tried as they are
+            proposals = [dataclasses.replace(p, plan=with_speculative(p.plan, sp))
+                         for p in proposals for sp in (self.speculative if _single_stage(p.plan) else (None,))]
         outcomes = self.verifier.run([p.plan for p in proposals])
         out = []
         slo = self.specs.slo
@@ -594,6 +611,10 @@ class Problem:
     def _say(self, text: str) -> None:
         if self.progress:
             self.progress(text)
+
+
+def _single_stage(plan: Plan | Deployment) -> bool:
+    return all(p.pp == 1 for p in plan.plans) if isinstance(plan, Deployment) else plan.pp == 1
 
 
 def _layout(plan: Plan | Deployment) -> tuple:
@@ -746,6 +767,25 @@ def get_solver(solver: str | Callable[[Problem], PlanSet]) -> tuple[str, Callabl
 
 
 @applying_calibration
+def speculative_candidates(speculative: SpeculativeConfig | str | Sequence[SpeculativeConfig | None] | None,
+                           ) -> tuple[SpeculativeConfig | None, ...]:
+    """The speculative settings a solve simulates every plan with (``()``: plans as they are).
+
+    >>> [None if s is None else s.num_tokens for s in speculative_candidates("mtp:k=auto,acceptance=0.8")]
+    [None, 1, 2, 3, 4, 5]
+    >>> speculative_candidates("eagle:k=3,acceptance=0.7")[0].label
+    'eagle-k3'
+    """
+    if speculative is None:
+        return ()
+    if isinstance(speculative, SpeculativeConfig):
+        return (speculative,)
+    if isinstance(speculative, str):
+        found = parse_speculative_option(speculative)
+        return found if len(found) == 1 else (None, *found)
+    return tuple(speculative)
+
+
 def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iterable[Any] = (), top_k: int = 3,
           solver: str | Callable[[Problem], PlanSet] = "cpsat", quantization: str = "none", kv_dtype: str = "bf16",
           use_all_gpus: bool = False, tp_across_nodes: bool = False, max_requests: int | None = None,
@@ -753,7 +793,8 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
           options: SearchOptions | None = None, simulator: Callable[..., Any] | None = None,
           progress: Callable[[str], None] | None = None, disaggregation: str = "auto",
           prefix_caching: bool | None = None,
-          simulation_progress: Callable[[int, int], None] | None = None) -> PlanSet:
+          simulation_progress: Callable[[int, int], None] | None = None,
+          speculative: SpeculativeConfig | str | Sequence[SpeculativeConfig | None] | None = None) -> PlanSet:
     """Find the ``top_k`` best deployments of ``specs`` and verify them by simulation.
 
     Parameters
@@ -786,6 +827,11 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     prefix_caching:
         Turn the engine's automatic prefix caching on or off in every plan (default: the engine's); it matters
         for workloads that describe shared prompt prefixes (``Workload.segments``).
+    speculative:
+        Speculative decoding for every plan: a :class:`~apex_opt.schema.speculative.SpeculativeConfig`, a string
+        ``"eagle:k=3,acceptance=0.7"``, or with ``k=auto`` (or a sequence of settings, ``None`` meaning off) the
+        settings to search: each plan is simulated with each and the best per layout is kept. ``k=auto`` tries
+        k = 1..5 and no speculation. The simulation budget scales with the number of settings.
     progress:
         Called with a line of text at each stage (e.g. ``"simulating 8 plans: ..."``).
     simulation_progress:
@@ -808,21 +854,22 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
         raise SpecError(f"solve(specs={shorten(specs)}): specs must be the Specs that load_specs(...) returns, not a "
                         f"{type(specs).__name__}; write ax.solve(ax.load_specs(\"llama-3.1-8b\", \"h100x8\"))")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SpecError(f"--seed {shorten(seed)}: must be a whole number of at least 0 (it seeds the simulator and "
-                        "the solver); write e.g. --seed 0")
+        raise SpecError(f"{{seed=}}{shorten(seed)}: must be a whole number of at least 0 (it seeds the simulator and "
+                        "the solver); write e.g. {seed=}0", option="seed")
     if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
                                    or not math.isfinite(time_limit) or time_limit <= 0):
-        raise SpecError(f"--time-limit {shorten(time_limit)}: must be a finite number of seconds above 0; write "
-                        "e.g. --time-limit 30")
+        raise SpecError(f"{{time_limit=}}{shorten(time_limit)}: must be a finite number of seconds above 0; write "
+                        "e.g. {time_limit=}30", option="time_limit")
     if prefix_caching is not None:
         specs = with_engine_settings(specs, prefix_caching=prefix_caching)
+    candidates = speculative_candidates(speculative)
     opts = options or SearchOptions(quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
                                     tp_across_nodes=tp_across_nodes, disaggregation=disaggregation)
     name, strategy = get_solver(solver)
     problem = Problem(specs, objective=objective, constraints=constraints, top_k=top_k, options=opts,
                       max_requests=max_requests, seed=seed, workers=workers, time_limit=time_limit,
                       max_simulations=max_simulations, simulator=simulator, progress=progress,
-                      simulation_progress=simulation_progress)
+                      simulation_progress=simulation_progress, speculative=candidates)
     user_plugin = callable(solver) or str(solver).endswith(".py")
     try:
         result = _run_plugin(name, strategy, problem) if user_plugin else strategy(problem)

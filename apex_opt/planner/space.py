@@ -144,6 +144,11 @@ class PlanSpace:
         return len(self.candidates)
 
     @cached_property
+    def domain_gpus(self) -> int:
+        """GPUs per NVLink domain of the planned node group: a node, unless the cluster sets ``nvlink_domain``."""
+        return self.specs.cluster.domain_gpus(self.specs.cluster.nodes[0])
+
+    @cached_property
     def max_pp(self) -> int:
         return max((c.pp for c in self.candidates), default=1)
 
@@ -193,7 +198,8 @@ def _powers_of_two(limit: int) -> list[int]:
 
 
 def _tp_nodes(tp: int, pp: int, dp: int, gpus_per_node: int) -> int:
-    """Most nodes any TP group spans when replicas fill GPUs in order (see apex_opt.perf.replica)."""
+    """Most nodes (or NVLink domains, given the GPUs per domain) any TP group spans when replicas fill GPUs in order
+    (see apex_opt.perf.replica)."""
     worst = 1
     for r in range(dp):
         for s in range(pp):
@@ -236,6 +242,7 @@ def build_space(specs: Specs, options: SearchOptions | None = None) -> PlanSpace
     group = specs.cluster.nodes[0]
     total = group.count * group.gpus_per_node
     gpn = group.gpus_per_node
+    domain = specs.cluster.domain_gpus(group)  # tp may cross nodes inside one NVLink domain (GB200 NVL72)
     gpu = specs.gpus[group.gpu]
     notes = []
     if specs.cluster.is_heterogeneous:
@@ -270,7 +277,7 @@ def build_space(specs: Specs, options: SearchOptions | None = None) -> PlanSpace
                             for dp in dps:
                                 est = (top if dp == most else estimator.estimate(key, menu, pp, dp)) if divisible \
                                     else None
-                                rows.append(Candidate(len(rows), key, menu, pp, dp, _tp_nodes(tp, pp, dp, gpn),
+                                rows.append(Candidate(len(rows), key, menu, pp, dp, _tp_nodes(tp, pp, dp, domain),
                                                       divisible, est, why))
     return PlanSpace(specs, options, stats, gpu.name, total, gpn, tuple(rows), estimator, topology,
                      time.perf_counter() - start, shapes, notes)

@@ -40,6 +40,10 @@ class ClusterSpec(Spec):
     description: str = ""
     nodes: tuple[NodeGroup, ...] = Field(min_length=1)
     network: Network = Network(bandwidth_per_gpu=50e9)
+    nvlink_domain: int | None = Field(
+        default=None, ge=1, le=MAX_GPUS,
+        description="GPUs that share one NVLink switch fabric across nodes, a whole number of nodes (e.g. 72 for "
+                    "GB200 NVL72: 18 trays of 4 GPUs); unset: each node is its own domain")
 
     @model_validator(mode="after")
     def _unique_gpu_groups(self) -> ClusterSpec:
@@ -55,6 +59,11 @@ class ClusterSpec(Spec):
                              f"{format_count(total)} GPUs in "
                              f"the cluster, more than the {MAX_GPUS:,} apex-opt supports; use a count of at most "
                              f"{most:,}")
+        if self.nvlink_domain is not None:
+            for i, g in enumerate(self.nodes):
+                if self.nvlink_domain % g.gpus_per_node:
+                    raise ValueError(f"nvlink_domain {self.nvlink_domain} is not a whole number of nodes[{i}]'s "
+                                     f"{g.gpus_per_node}-GPU nodes; use a multiple of {g.gpus_per_node}")
         return self
 
     @classmethod
@@ -104,6 +113,18 @@ class ClusterSpec(Spec):
     def gpu(self) -> str:
         """The GPU kind of the first (or only) node group."""
         return self.nodes[0].gpu
+
+    def domain_gpus(self, group: NodeGroup) -> int:
+        """GPUs per NVLink domain in ``group``: ``nvlink_domain``, else one node.
+
+        Domains are whole nodes, counted node by node within a group (never across two groups); a group whose
+        node count does not fill its last domain ends with a smaller one.
+
+        >>> c = ClusterSpec.homogeneous("h100-sxm-80gb", nodes=2)
+        >>> c.domain_gpus(c.nodes[0])
+        8
+        """
+        return self.nvlink_domain or group.gpus_per_node
 
     def group(self, gpu: str) -> NodeGroup:
         for g in self.nodes:

@@ -12,12 +12,13 @@ A :class:`Deployment` is one or more plans side by side: replicas of different s
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from ..bounds import MAX_GPUS
 from .base import Spec
+from .speculative import SpeculativeConfig, parse_speculative
 
 WeightDtype = Literal["bf16", "fp16", "fp8", "int8", "int4", "fp4"]
 KVDtype = Literal["bf16", "fp16", "fp8"]
@@ -57,6 +58,16 @@ class Plan(Spec):
     #: expected routing skew on the busiest expert-parallel rank (1.0 = uniform random routing)
     expert_skew: float = Field(default=1.0, ge=1.0)
     role: Role = "both"
+    #: speculative decoding (vLLM ``--speculative-config``, SGLang ``--speculative-algorithm``); None = off
+    speculative: SpeculativeConfig | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_speculative(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # plans without speculation serialise as before (JSON outputs, golden files, verification cache keys)
+        data = handler(self)
+        if isinstance(data, dict) and data.get("speculative", 0) is None:
+            del data["speculative"]
+        return data
 
     @field_validator("dp", "pp", "tp", "ep", "moe_tp")
     @classmethod
@@ -112,6 +123,8 @@ class Plan(Spec):
             parts.append(f"w{self.weight_dtype}")
         if self.kv_dtype == "fp8":
             parts.append("kv-fp8")
+        if self.speculative is not None:
+            parts.append(self.speculative.label)
         if self.role != "both":
             parts.insert(0, self.role)
         return " ".join(parts)
@@ -147,3 +160,18 @@ class Deployment(Spec):
             parts = [p.label + (f" [{p.gpu}]" if len(kinds) > 1 else "") for p in self.plans]
             return f"{x}P{y}D " + " + ".join(parts)
         return " + ".join(f"{p.label} [{p.gpu}]" for p in self.plans)
+
+
+def with_speculative(plan: Plan | Deployment, speculative: SpeculativeConfig | str | None) -> Plan | Deployment:
+    """``plan`` (every plan of a deployment) with speculative decoding set (``None``: off); a string is parsed
+    as ``METHOD:k=N,acceptance=RATE``.
+
+    >>> with_speculative(Plan(gpu="h100-sxm-80gb", tp=2), "eagle:k=3,acceptance=0.7").label
+    'dp1 tp2 pp1 eagle-k3'
+    """
+    if isinstance(speculative, str):
+        speculative = parse_speculative(speculative)
+    if isinstance(plan, Deployment):
+        return plan.model_copy(update={"plans": tuple(p.model_copy(update={"speculative": speculative})
+                                                      for p in plan.plans)})
+    return plan.model_copy(update={"speculative": speculative})

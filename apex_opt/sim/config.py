@@ -69,6 +69,10 @@ class SchedulerConfig:
     retract_decode_steps:
         SGLang knobs (section 4 of engines.md). ``max_running_requests=None`` applies SGLang's default
         ``min(pool // 2, clamp(pool / context_len * 512, 2048, 4096))``.
+    speculative:
+        Speculative decoding (:class:`~apex_opt.schema.speculative.SpeculativeConfig`), or ``None`` (off): every
+        decode step verifies ``k + 1`` tokens per sequence, drafts ``k`` tokens first, and emits a random number
+        of them (``docs/simulator.md``, "Speculative decoding").
     """
 
     family: Family
@@ -93,6 +97,8 @@ class SchedulerConfig:
     max_running_requests: int | None = None
     clip_max_new_tokens: int = 4096
     retract_decode_steps: int = 20
+    #: speculative decoding (:class:`apex_opt.schema.speculative.SpeculativeConfig`); ``None``: off
+    speculative: Any = None
 
     def __post_init__(self) -> None:
         def bad(field: str, value: Any, fix: str) -> SpecError:
@@ -125,6 +131,8 @@ class SchedulerConfig:
             raise bad("schedule_conservativeness", self.schedule_conservativeness, "must be positive")
         if self.max_running_requests is not None and self.max_running_requests < 1:
             raise bad("max_running_requests", self.max_running_requests, "must be a positive integer or None")
+        if self.speculative is not None and not callable(getattr(self.speculative, "survival", None)):
+            raise bad("speculative", self.speculative, "must be a SpeculativeConfig or None")
 
     # ------------------------------------------------------------------------------------------ defaults
     @classmethod

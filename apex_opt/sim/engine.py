@@ -29,7 +29,8 @@ the policy will repeat unchanged (no arrival that could be admitted, no completi
 cost-regime breakpoint), the run of ``n`` identical steps is executed at once: step ``j`` takes
 ``c0 + c1 * (S0 + j*B)`` (``StageCost.decode_coeffs``), KV blocks grow by the phase histogram of the pool,
 arrivals are located by solving the quadratic for the cumulated time. Results equal step-by-step simulation up
-to float rounding (tested).
+to float rounding (tested). A speculating replica (``SchedulerConfig.speculative``) draws the tokens of every
+verify step and is never skipped ahead.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class EngineState:
         "rlen",
         "running",
         "sim",
+        "spec",
         "stamp_next",
         "to_leave",
         "vid",
@@ -140,10 +142,17 @@ class EngineState:
         self.kv_max = 0
         self.qlen = 0
         self.rlen = 0
-        # vLLM disables async output processing with pp > 1
-        self.async_ = cfg.async_output and spec.pp == 1
+        # vLLM disables async output processing with pp > 1 and with speculative decoding (0.6.0
+        # ModelConfig.verify_async_output_proc); SGLang 0.4 runs EAGLE without its overlap scheduler
+        self.async_ = cfg.async_output and spec.pp == 1 and cfg.speculative is None
         self.stamp_next = self.async_ and cfg.metrics_stamp == "next-iteration"
         self.host = getattr(spec.cost.stages[0], "host_time", None)
+        # speculative decoding: P(at least i drafts accepted), i = 1..k, and the draft pass cost fraction
+        sp = cfg.speculative
+        self.spec: tuple[tuple[float, ...], float] | None = None
+        if sp is not None:
+            self.spec = (sp.survival(), sp.draft_fraction())
+            self.pool.overshoot = True
 
     # ------------------------------------------------------------------ primitives used by the policies
     def admit(self, req: Request, blocks: int, hit: int = 0) -> None:
@@ -252,6 +261,14 @@ class Simulation:
         self.price = price_per_gpu_hour
         self.client = client  # a ClientPath: latencies as a benchmark client times them (None: engine-side)
         self.rng = np.random.default_rng(seed)
+        # speculative acceptance draws: their own stream, so runs without speculation are unchanged
+        self.spec_rng = np.random.default_rng([seed, 0x5BEC])
+        self.spec_u: list[float] = []
+        self.spec_steps = 0
+        self.spec_tokens = 0
+        for r, spec in enumerate(self.replicas):
+            if spec.config.speculative is not None and spec.pp > 1:
+                raise SpecError(f"replica {r}: speculative decoding is modelled for pp = 1 only (got pp={spec.pp})")
         # records
         self.r_replica = np.full(n, -1, dtype=np.int64)
         self.r_first_sched = np.full(n, np.nan)
@@ -516,7 +533,10 @@ class Simulation:
         shape = self._shape(e, it)
         spec = self.replicas[e.replica]
         stage0 = spec.cost.stages[0]
-        t0 = stage0.iteration_time(shape)
+        draft = 0.0
+        if e.spec is not None and it.run_pool and shape.num_decodes:
+            shape, draft = self._speculate(e, shape, stage0)
+        t0 = stage0.iteration_time(shape) + draft
         if pend is not None:
             if e.stamp_next:
                 tau = t + (e.host(shape) if e.host is not None else 0.0)
@@ -533,7 +553,7 @@ class Simulation:
         self._counts(t, e)
         self._kv(t, e)
         n = 1
-        if (self.skip and spec.pp == 1 and it.run_pool and not it.chunks and not it.preempted
+        if (self.skip and spec.pp == 1 and e.spec is None and it.run_pool and not it.chunks and not it.preempted
                 and (pend is None or not pend.fins) and shape.num_decodes and e.policy.decode_stable(e)):
             n = self._run_length(e, t, shape, t0, stage0)
         e.it = it
@@ -566,6 +586,47 @@ class Simulation:
         self.bs_max = max(self.bs_max, nseq)
         if self.debug:
             self._check(e)
+
+    def _speculate(self, e: EngineState, shape: BatchShape, stage0: Any) -> tuple[BatchShape, float]:
+        """A speculative decode step of the pool: draw the tokens it emits, take their blocks, and return the
+        verify batch (``k + 1`` query tokens per decode) and the time of the ``k`` draft passes.
+
+        One draw per step for the whole pool (the pool advances its members together): the mean tokens per
+        step is exact, the spread between sequences of one step is not modelled. The policy already allocated
+        the first token; the other ``m - 1`` take their blocks here, fewer tokens if the cache runs out.
+        """
+        surv, frac = e.spec  # type: ignore[misc]
+        k = len(surv)
+        u = self.spec_u
+        if not u:
+            u.extend(self.spec_rng.random(4096).tolist())
+        x = u.pop()
+        m = 1
+        for c in surv:
+            if x >= c:
+                break
+            m += 1
+        pool, kv = e.pool, e.kv
+        reserve = e.policy.kv_reserve
+        need = pool.allocs_window(pool.E, m - 1)
+        while m > 1 and need > kv.free - reserve:
+            m -= 1
+            need = pool.allocs_window(pool.E, m - 1)
+        if m > 1:
+            kv.take(need)
+            pool.E += m - 1
+        self.spec_steps += 1
+        self.spec_tokens += m
+        B = shape.num_decodes
+        draft = 0.0
+        if frac > 0.0:
+            plain = BatchShape(B, B, B, shape.decode_ctx_sum, 0.0, False, shape.max_ctx)
+            draft = frac * k * stage0.iteration_time(plain)
+        # the k drafted tokens of each decode attend to its context plus the drafts before them
+        verify = BatchShape(shape.num_tokens + B * k, shape.num_seqs, B, shape.decode_ctx_sum,
+                            shape.prefill_pairs + k * shape.decode_ctx_sum + B * k * (k + 1) / 2,
+                            shape.has_prefill, shape.max_ctx + k)
+        return verify, draft
 
     def _check(self, e: EngineState) -> None:
         """Internal invariants (tests): KV accounting, queues, ITL book."""
@@ -931,6 +992,8 @@ class Simulation:
             prompt = int(rec.prompt_tokens[done].sum())
             out["prefix_cache_hit_rate"] = int(rec.cached_tokens[done].sum()) / prompt if prompt else 0.0
         out["measured_at"] = "engine" if self.client is None else "client"
+        if any(e.spec is not None for e in self.engines):
+            out["spec_tokens_per_step"] = self.spec_tokens / self.spec_steps if self.spec_steps else math.nan
         # load
         out["batch_size_mean"] = self.bs_time / self.bs_weight if self.bs_weight > 0 else 0.0
         out["batch_size_max"] = int(self.bs_max)
@@ -1107,7 +1170,8 @@ def run_simulation(
         An SLO (``apex_opt.schema.slo.SLO``, :class:`~apex_opt.sim.metrics.SLOTarget` or alike) for attainment,
         goodput and ``slo_met``.
     seed:
-        Seeds the only randomness (the random router), via ``numpy.random.default_rng(seed)``.
+        Seeds the only randomness (the random router, via ``numpy.random.default_rng(seed)``, and the accepted
+        draft counts of speculating replicas, from their own stream ``default_rng([seed, 0x5BEC])``).
     skip_ahead:
         Execute runs of identical decode steps in closed form (same results, much faster).
     progress:

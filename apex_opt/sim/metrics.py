@@ -210,6 +210,8 @@ class SimResult:
     Throughput: ``throughput_output_tok_s``, ``throughput_total_tok_s``, ``throughput_req_s``.
     Prefix caching (when a replica caches prefixes): ``prefix_cache_hit_rate``, prompt tokens found in the cache /
     prompt tokens, over completed requests (0 when the workload has no ``segments``: every prompt is unique).
+    Speculative decoding (when a replica speculates): ``spec_tokens_per_step``, tokens emitted per verify step,
+    bonus token included.
     Load: ``batch_size_mean`` (sequences per iteration, weighted by iteration time), ``batch_size_max``,
     ``queue_len_mean``/``queue_len_max`` (waiting requests, whole cluster, time-weighted over the makespan),
     ``running_mean``/``running_max``, ``kv_util_mean`` (time-weighted), ``kv_util_max``.

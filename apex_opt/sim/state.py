@@ -137,6 +137,7 @@ class DecodePool:
         "fin_sum",
         "hist",
         "members",
+        "overshoot",
         "sum_base",
         "zombies",
     )
@@ -158,6 +159,7 @@ class DecodePool:
         self._farheap: list[tuple[int, int, int]] = []
         self.far_count = 0
         self.far_sum = 0
+        self.overshoot = False  # set when the engine speculates (steps may emit several tokens)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -220,7 +222,10 @@ class DecodePool:
         return total
 
     def generated(self, req: Request) -> int:
-        return req.g0 + self.E_done - req.ejoin
+        # speculative steps advance the pool by several tokens and may pass a member's last one: its extra
+        # accepted tokens are dropped, as the engines stop a request at max_tokens
+        g = req.g0 + self.E_done - req.ejoin
+        return min(g, req.cap) if self.overshoot else g
 
     def kv_tokens(self, req: Request) -> int:
         return req.base + self.E

@@ -1,7 +1,12 @@
 """The cluster as a networkx graph of GPUs, NVSwitches / PCIe switches, NICs and the network fabric.
 
 Edges carry ``bandwidth`` (bytes/s, one direction) and ``latency`` (s). A device group's collective cost comes from
-the graph: the bottleneck bandwidth along the paths the group uses, and whether it spans nodes.
+the graph: the bottleneck bandwidth along the paths the group uses, and whether it spans NVLink domains.
+
+An NVLink domain is the set of GPUs on one switch fabric: a node, unless the cluster sets ``nvlink_domain`` (GB200
+NVL72: 18 trays of 4 GPUs on one NVLink switch system). The GPUs of a domain larger than a node all hang off one
+``d<k>/switch``, so a group spanning trays of one domain talks over NVLink; only groups spanning domains use the
+network.
 
 >>> from apex_opt.catalog import get_cluster
 >>> topo = Topology.build(get_cluster("h100x16"))
@@ -35,6 +40,7 @@ class GroupLink:
     intra_bandwidth: float
     inter_bandwidth: float | None
     latency: float
+    domains: int = 1  # NVLink domains spanned, rounded up to a divisor of ``size``; ``nodes`` counts hosts
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class GPUSlot:
     node: int
     local: int
     kind: str
+    domain: int = 0  # the NVLink domain (the node, unless the cluster sets nvlink_domain)
 
 
 class Topology:
@@ -52,6 +59,9 @@ class Topology:
         self.graph = graph
         self.slots = slots
         self.cluster = cluster
+        # the switch each node's GPUs hang off: its own, or its NVLink domain's
+        self._switch = {slot.node: next(n for n in graph.neighbors(f"gpu{slot.index}")
+                                        if graph.nodes[n]["kind"] not in ("nic", "gpu")) for slot in slots}
 
     @classmethod
     def build(cls, cluster: ClusterSpec, gpus: dict[str, GPUSpec] | None = None) -> Topology:
@@ -65,7 +75,9 @@ class Topology:
         g.add_node("fabric", kind="network")
         slots: list[GPUSlot] = []
         node_index = 0
+        domain = -1
         for group in cluster.nodes:
+            per_domain = cluster.domain_gpus(group) // group.gpus_per_node  # nodes per NVLink domain
             spec = gpus[group.gpu]
             link = spec.intra_node
             if group.fabric == "pcie" or link.kind.startswith("pcie"):
@@ -75,9 +87,15 @@ class Topology:
             else:
                 intra_bw = link.bandwidth
                 fabric = group.fabric
-            for _ in range(group.count):
-                switch = f"n{node_index}/switch"
-                g.add_node(switch, kind=fabric, node=node_index)
+            for j in range(group.count):
+                if j % per_domain == 0:
+                    domain += 1
+                if per_domain == 1:
+                    switch = f"n{node_index}/switch"
+                    g.add_node(switch, kind=fabric, node=node_index)
+                else:  # one switch fabric for every node of the domain
+                    switch = f"d{domain}/switch"
+                    g.add_node(switch, kind=fabric, domain=domain)
                 for local in range(group.gpus_per_node):
                     idx = len(slots)
                     gpu = f"gpu{idx}"
@@ -88,7 +106,7 @@ class Topology:
                     g.add_edge(gpu, nic, bandwidth=min(net.bandwidth_per_gpu, intra_bw * 4), latency=0.0,
                                fabric="pcie")
                     g.add_edge(nic, "fabric", bandwidth=net.bandwidth_per_gpu, latency=net.latency, fabric="network")
-                    slots.append(GPUSlot(idx, node_index, local, group.gpu))
+                    slots.append(GPUSlot(idx, node_index, local, group.gpu, domain))
                 node_index += 1
         return cls(g, tuple(slots), cluster)
 
@@ -101,28 +119,40 @@ class Topology:
         return _path_link(self, a, b)
 
     def group_link(self, members: Iterable[int]) -> GroupLink:
-        """How a group of GPU indices communicates: nodes spanned, bottleneck bandwidth, latency."""
+        """How a group of GPU indices communicates: nodes and NVLink domains spanned, bottleneck bandwidth, latency.
+
+        A group inside one NVLink domain uses its switch fabric even when it spans nodes (trays of an NVL72); a group
+        spanning domains uses the network between them, NVLink inside each.
+        """
         members = tuple(members)
-        nodes = sorted({self.slots[i].node for i in members})
+        nodes = {self.slots[i].node for i in members}
+        domains = {self.slots[i].domain for i in members}
         first = members[0]
-        intra = [self.path_link(first, m) for m in members[1:] if self.slots[m].node == self.slots[first].node]
-        cross = [self.path_link(first, m) for m in members[1:] if self.slots[m].node != self.slots[first].node]
-        # sample one peer per other node: all nodes of a group are built alike
+        home = self.slots[first].domain
+        intra = [self.path_link(first, m) for m in members[1:] if self.slots[m].domain == home]
+        cross = [self.path_link(first, m) for m in members[1:] if self.slots[m].domain != home]
         intra_bw = min((bw for bw, _, _ in intra), default=self._local_bandwidth(first))
         intra_lat = max((lat for _, lat, _ in intra), default=0.0)
         if cross:
             inter_bw = min(bw for bw, _, _ in cross)
             latency = max(lat for _, lat, _ in cross)
-            return GroupLink(len(members), len(nodes), "network", inter_bw, intra_bw, inter_bw, latency)
-        fabric = self.graph.nodes[f"n{self.slots[first].node}/switch"]["kind"]
-        return GroupLink(len(members), 1, fabric, intra_bw, intra_bw, None, intra_lat)
+            return GroupLink(len(members), len(nodes), "network", inter_bw, intra_bw, inter_bw, latency,
+                             _even_split(len(domains), len(members)))
+        fabric = self.graph.nodes[self._switch[self.slots[first].node]]["kind"]
+        return GroupLink(len(members), len(nodes), fabric, intra_bw, intra_bw, None, intra_lat)
 
     def _local_bandwidth(self, gpu: int) -> float:
-        switch = f"n{self.slots[gpu].node}/switch"
-        return self.graph.edges[f"gpu{gpu}", switch]["bandwidth"]
+        return self.graph.edges[f"gpu{gpu}", self._switch[self.slots[gpu].node]]["bandwidth"]
 
     def nodes_of(self, members: Iterable[int]) -> int:
         return len({self.slots[i].node for i in members})
+
+
+def _even_split(parts: int, size: int) -> int:
+    """The smallest count >= ``parts`` that divides ``size``: the collective model spreads a group evenly over its
+    domains, so a group split unevenly (8 + 56 GPUs over two NVL72 racks is fine, 16 + 72 + 40 is not) is priced as
+    if spread over more, smaller parts (a pessimistic choice)."""
+    return next(d for d in range(parts, size + 1) if size % d == 0)
 
 
 @lru_cache(maxsize=4096)
