@@ -26,6 +26,7 @@ import yaml
 from . import hub
 from .bounds import load_yaml
 from .errors import SpecError, UnknownNameError, shorten
+from .resources import resource_dir
 from .schema.cluster import ClusterSpec
 from .schema.engine import EngineSpec
 from .schema.gpu import GPUSpec
@@ -35,15 +36,8 @@ T = TypeVar("T")
 
 
 def specs_dir() -> Path:
-    """The folder holding the built-in catalog (wheel or source checkout)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_specs", here.parent / "specs"):
-        if (candidate / "gpus").is_dir():
-            return candidate
-    raise SpecError(
-        f"the built-in catalog was not found next to {here} (looked for _specs/ and ../specs/); "
-        "reinstall apex-opt with 'pip install .' from a full checkout"
-    )
+    """The folder holding the built-in catalog (wheel or source checkout; :func:`apex_opt.resources.resource_dir`)."""
+    return resource_dir("specs")
 
 
 def read_structured(path: Path) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .calibration.profile import applying_calibration
 from .errors import SimulationError, SpecError, shorten
+from .perf.engine_rules import scheduler_config as engine_scheduler_config
 from .perf.replica import Replica, build_replica
 from .perf.step import serving_calibration
 from .schema.engine import EngineSpec
@@ -27,9 +28,8 @@ from .topology.graph import Topology
 
 
 def scheduler_config(replica: Replica) -> SchedulerConfig:
-    """The scheduler settings the engine of ``replica`` runs with (memory model's KV blocks included)."""
-    s = replica.settings
-    e = s.engine
+    """The scheduler settings the engine of ``replica`` runs with (memory model's KV blocks included; the mapping
+    itself is :func:`apex_opt.perf.engine_rules.scheduler_config`)."""
     blocks = replica.memory.num_kv_blocks
     if blocks < 1:
         raise SimulationError(
@@ -37,40 +37,8 @@ def scheduler_config(replica: Replica) -> SchedulerConfig:
             f"(short by {replica.memory.shortfall / 2**30:.1f} GiB per GPU); use more GPUs per replica, "
             "fp8/int4 weights or a smaller max_num_batched_tokens"
         )
-    stamp = e.metrics_stamp if s.async_output else "forward"
-    if s.family == "sglang":
-        return SchedulerConfig.sglang(
-            blocks * s.block_size,
-            s.max_model_len,
-            chunked_prefill=s.chunked_prefill,
-            chunked_prefill_size=s.max_num_batched_tokens if s.chunked_prefill else -1,
-            max_num_batched_tokens=s.max_num_batched_tokens,
-            max_prefill_tokens=e.scheduler.max_prefill_tokens or 16384,
-            max_running_requests=replica.plan.max_num_seqs,
-            async_output=s.async_output,
-            metrics_stamp=stamp,
-            new_token_ratio_init=e.scheduler.new_token_ratio_init,
-            new_token_ratio_min=e.scheduler.new_token_ratio_min,
-            new_token_ratio_decay_steps=e.scheduler.new_token_ratio_decay_steps,
-            clip_max_new_tokens=e.scheduler.clip_max_new_tokens,
-            prefix_caching=e.scheduler.prefix_caching,
-            speculative=_speculative(replica),
-        )
-    return SchedulerConfig(
-        family=s.family,  # type: ignore[arg-type]
-        num_kv_blocks=blocks,
-        max_model_len=s.max_model_len,
-        chunked_prefill=s.chunked_prefill,
-        max_num_batched_tokens=max(s.max_num_batched_tokens, s.max_num_seqs) if s.family == "vllm-v0"
-        else s.max_num_batched_tokens,
-        max_num_seqs=s.max_num_seqs,
-        block_size=s.block_size,
-        watermark=e.scheduler.watermark,
-        async_output=s.async_output,
-        metrics_stamp=stamp,
-        prefix_caching=e.scheduler.prefix_caching,
-        speculative=_speculative(replica),
-    )
+    return engine_scheduler_config(replica.settings, blocks, max_running_requests=replica.plan.max_num_seqs,
+                                   speculative=_speculative(replica))
 
 
 def _speculative(replica: Replica) -> SpeculativeConfig | None:

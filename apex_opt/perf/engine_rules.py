@@ -8,12 +8,14 @@ The custom all-reduce kernel is used only for TP sizes 2/4/6/8 inside one NVLink
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import SpecError
 from ..schema.engine import EngineSpec
 from ..schema.gpu import GPUSpec
 from ..schema.model import ModelSpec
 from ..schema.plan import Plan
+from ..sim.config import SchedulerConfig
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,71 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
         graph_max_batch=graph_max_batch,
         graph_max_context=engine.cuda_graphs.max_context,
         async_output=engine.async_output and plan.pp == 1,
+    )
+
+
+def scheduler_config(settings: EngineSettings, num_kv_blocks: int, *, max_running_requests: int | None = None,
+                     speculative: Any = None) -> SchedulerConfig:
+    """The simulator's scheduler settings for an engine whose knobs are resolved: the one place an engine spec
+    (through :func:`resolve_engine`) becomes a :class:`~apex_opt.sim.config.SchedulerConfig`.
+
+    Parameters
+    ----------
+    settings:
+        The knobs in force for the plan (:func:`resolve_engine`); ``settings.engine`` supplies the rest of the
+        engine spec: the scheduling policy (``scheduler.policy``), the watermark, SGLang's admission knobs,
+        prefix caching and when tokens are stamped.
+    num_kv_blocks:
+        KV-cache blocks of the replica from the memory model (SGLang: pages of ``block_size`` tokens).
+    max_running_requests:
+        SGLang's running-request cap (the plan's ``max_num_seqs``; ``None``: SGLang's own rule).
+    speculative:
+        A :class:`~apex_opt.schema.speculative.SpeculativeConfig`, or ``None`` (off).
+
+    Returns
+    -------
+    SchedulerConfig
+        For SGLang its defaults (:meth:`SchedulerConfig.sglang`) with the resolved budget as the chunk size
+        (``-1`` with chunked prefill off); for vLLM the resolved knobs, where V0's budget is raised to at least
+        ``max_num_seqs`` as vLLM 0.6 requires.
+    """
+    e = settings.engine
+    knobs = e.scheduler
+    stamp = e.metrics_stamp if settings.async_output else "forward"
+    if settings.family == "sglang":
+        return SchedulerConfig.sglang(
+            num_kv_blocks * settings.block_size,
+            settings.max_model_len,
+            chunked_prefill=settings.chunked_prefill,
+            chunked_prefill_size=settings.max_num_batched_tokens if settings.chunked_prefill else -1,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            max_prefill_tokens=knobs.max_prefill_tokens or 16384,
+            max_running_requests=max_running_requests,
+            async_output=settings.async_output,
+            metrics_stamp=stamp,
+            new_token_ratio_init=knobs.new_token_ratio_init,
+            new_token_ratio_min=knobs.new_token_ratio_min,
+            new_token_ratio_decay_steps=knobs.new_token_ratio_decay_steps,
+            clip_max_new_tokens=knobs.clip_max_new_tokens,
+            prefix_caching=knobs.prefix_caching,
+            speculative=speculative,
+            policy=knobs.policy,
+        )
+    budget = settings.max_num_batched_tokens
+    return SchedulerConfig(
+        family=settings.family,  # type: ignore[arg-type]
+        num_kv_blocks=num_kv_blocks,
+        max_model_len=settings.max_model_len,
+        chunked_prefill=settings.chunked_prefill,
+        max_num_batched_tokens=max(budget, settings.max_num_seqs) if settings.family == "vllm-v0" else budget,
+        max_num_seqs=settings.max_num_seqs,
+        block_size=settings.block_size,
+        watermark=knobs.watermark,
+        async_output=settings.async_output,
+        metrics_stamp=stamp,
+        prefix_caching=knobs.prefix_caching,
+        speculative=speculative,
+        policy=knobs.policy,
     )
 
 

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..resources import resource_dir
 
 __all__ = [
     "ARCHITECTURE_FITS",
@@ -258,16 +259,9 @@ def calibration_dir() -> Path:
     """Directory of the fitted calibration files.
 
     ``$APEX_OPT_CALIBRATION_DIR`` if set, else ``apex_opt/_specs/calibration`` (installed wheel),
-    else ``<checkout>/specs/calibration``.
+    else ``<checkout>/specs/calibration`` (:func:`apex_opt.resources.resource_dir`).
     """
-    env = os.environ.get("APEX_OPT_CALIBRATION_DIR")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent  # apex_opt/
-    for candidate in (here / "_specs" / "calibration", here.parent / "specs" / "calibration"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "specs" / "calibration"
+    return resource_dir("calibration")
 
 
 # The calibration source rule (docs/calibration.md, "Which calibration each GPU uses"). A GPU with its own

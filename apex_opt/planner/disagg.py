@@ -11,7 +11,11 @@ The role tables (:class:`RoleRow`, every shape x engine limits x replica count t
 heads evenly and keeps its tensor-parallel groups inside a node) are two index variables of one CP-SAT model
 (:class:`DisaggModel`), with labelled constraints: ``gpus`` (both roles together within the cluster),
 ``slo.ttft`` (prefill), ``slo.tpot`` (decode), ``capacity.prefill`` and ``capacity.decode`` (each role carries
-the arrival rate with the headroom), ``formats`` (one weight and KV format on both sides). (Candidates that fail memory, divisibility or placement are not in the tables at all: a disaggregated
+the arrival rate with the headroom), ``formats`` (one weight and KV format on both sides). On a cluster of several
+GPU kinds each role may run on any kind: every kind has its own rows, priced on its own GPU, and each row names
+the *partner* kind the other role runs on (its KV transfer is priced over the link between the two); the model
+then adds ``pairing`` (the rows' kinds and partners agree) and ``gpus.<kind>`` (both roles' GPUs on a kind within
+its count) and, for ``min-cost``, prices the pair per kind. (Candidates that fail memory, divisibility or placement are not in the tables at all: a disaggregated
 search that finds nothing is not an error, the aggregated plans stand.) The objective is
 the problem's primary metric for the pair (goodput per GPU is the product of both roles' attainments over the
 GPUs of both), then fewer GPUs. Each proposal is simulated as a :class:`~apex_opt.schema.plan.Deployment` by
@@ -31,8 +35,10 @@ from ortools.sat.python import cp_model
 from ..errors import SolverError, SpecError
 from ..perf.kv_transfer import kv_transfer_cost
 from ..perf.replica import check_divisibility
+from ..schema.cluster import ClusterSpec
 from ..schema.plan import Deployment, Plan
-from .estimates import Menu, RoleEstimate, ShapeKey
+from ..topology.graph import Topology
+from .estimates import Estimator, Menu, RoleEstimate, ShapeKey
 from .model import solve_once
 from .objectives import Objective
 from .space import (
@@ -64,6 +70,8 @@ class RoleRow:
     pp: int
     dp: int
     est: RoleEstimate
+    gpu: str  # the GPU kind this role runs on
+    partner: str  # the GPU kind of the other role, whose link the KV transfer was priced over
 
     def plan(self, gpu: str, engine: str) -> Plan:
         extra = dict(self.menu.plan_fields(), dp=self.dp, pp=self.pp, role=self.role)
@@ -79,64 +87,117 @@ class DisaggSpace:
     prefill: list[RoleRow]
     decode: list[RoleRow]
     build_time_s: float
+    kinds: dict[str, int]  # GPUs of each kind the roles may use
 
 
-def _menus(space: PlanSpace, role: str) -> list[Menu]:
+@dataclass(frozen=True)
+class _Kind:
+    """The GPUs of one kind, as the role tables see them."""
+
+    gpu: str
+    base: int  # index of its first GPU in the cluster topology (where the simulator places its replicas)
+    gpus: int
+    domain_gpus: int
+    estimator: Estimator
+    weight_dtypes: tuple[str, ...]
+
+
+def _kinds(space: PlanSpace) -> list[_Kind]:
+    """The planned node group; on a mixed cluster, also every other GPU kind, priced on its own GPU."""
+    specs, opts = space.specs, space.options
+    first = _Kind(space.gpu_name, 0, space.total_gpus, space.domain_gpus, space.estimator,
+                  weight_dtypes(opts, space.estimator.gpu, specs.model))
+    kinds = [first]
+    if not specs.cluster.is_heterogeneous:
+        return kinds
+    slots = space.topology.slots
+    for gi, group in enumerate(specs.cluster.nodes):
+        if any(k.gpu == group.gpu for k in kinds):
+            continue
+        gpu = specs.gpus[group.gpu]
+        sub = ClusterSpec(name=f"{specs.cluster.name}[{group.gpu}]", nodes=(group,), network=specs.cluster.network)
+        est = Estimator(specs.model, gpu, specs.engine, Topology.build(sub, specs.gpus), space.stats, specs.slo,
+                        slo_slack=opts.slo_slack, headroom=opts.headroom, max_pp=MAX_ROLE_PP)
+        try:
+            wds = weight_dtypes(opts, gpu, specs.model)
+        except SpecError:  # a quantization this kind has no tensor cores for: it runs bf16 only (as in hetero.py)
+            wds = ("bf16",)
+        base = next(i for i, slot in enumerate(slots) if slot.kind == group.gpu)
+        count = sum(g.count * g.gpus_per_node for g in specs.cluster.nodes if g.gpu == group.gpu)
+        kinds.append(_Kind(gpu.name, base, count, specs.cluster.domain_gpus(group), est, wds))
+    return kinds
+
+
+def _menus(space: PlanSpace, role: str, kind: _Kind) -> list[Menu]:
     opts = space.options
     if role == "prefill":  # the chunk budget shapes a prefill; a prefill-only batch never nears max_num_seqs
         seqs = space.specs.engine.scheduler.max_num_seqs
-        return [Menu(seqs, b) for b in _budgets(space.specs, space.estimator.gpu, opts.budgets)]
+        return [Menu(seqs, b) for b in _budgets(space.specs, kind.estimator.gpu, opts.budgets)]
     return [Menu(n, None) for n in sorted(set(opts.max_num_seqs))]
 
 
 def build_disagg_space(space: PlanSpace) -> DisaggSpace:
     """Estimate every role replica set that could take part in a disaggregated plan of ``space``'s problem."""
     start = time.perf_counter()
-    specs, opts, est = space.specs, space.options, space.estimator
-    total, gpn = space.total_gpus, space.domain_gpus  # tp groups stay inside one NVLink domain
+    specs, opts = space.specs, space.options
     L = specs.model.num_layers
     rate = space.stats.rate
+    kinds = _kinds(space)
     tables: dict[str, list[RoleRow]] = {r: [] for r in ROLES}
-    for wd in weight_dtypes(opts, est.gpu, specs.model):
-        for kd in kv_dtypes(opts):
-            for tp in _powers_of_two(total // 2):
-                for ep, moe_tp, _wide in _ep_choices(specs, tp):
-                    key = ShapeKey(tp, ep, moe_tp, wd, kd)
-                    try:
-                        check_divisibility(specs.model, key.plan(est.gpu.name, specs.engine.name))
-                    except SpecError:
-                        continue
-                    for pp in _powers_of_two(min(MAX_ROLE_PP, opts.max_pp, L, total // (2 * tp))):
-                        if not opts.tp_across_nodes and _tp_nodes(tp, pp, 1, gpn) > 1:
+    for own in kinds:
+        est, total, gpn = own.estimator, own.gpus, own.domain_gpus  # tp groups stay inside one NVLink domain
+        for wd in own.weight_dtypes:
+            for kd in kv_dtypes(opts):
+                # a role alone on its kind may take all of it; beside the other role, at most half
+                for tp in _powers_of_two(total if len(kinds) > 1 else total // 2):
+                    for ep, moe_tp, _wide in _ep_choices(specs, tp):
+                        key = ShapeKey(tp, ep, moe_tp, wd, kd)
+                        try:
+                            check_divisibility(specs.model, key.plan(est.gpu.name, specs.engine.name))
+                        except SpecError:
                             continue
-                        transfer = _transfer_s(space, key, pp)
-                        for role in ROLES:
-                            for menu in _menus(space, role):
-                                most = (total - tp * pp) // (tp * pp)  # the other role needs GPUs too
-                                if most < 1:
+                        for pp in _powers_of_two(min(MAX_ROLE_PP, opts.max_pp, L, total // tp)):
+                            if not opts.tp_across_nodes and _tp_nodes(tp, pp, 1, gpn) > 1:
+                                continue
+                            size = tp * pp
+                            for partner in kinds:
+                                if partner is own and 2 * size > total:
                                     continue
-                                top = est.estimate_role(role, key, menu, pp, most, transfer)
-                                if not top.fits:
-                                    continue
-                                for dp in dp_values(most, dp_need(top, most, rate, opts.headroom), opts):
-                                    if not opts.tp_across_nodes and _tp_nodes(tp, pp, dp, gpn) > 1:
-                                        continue
-                                    e = top if dp == most else est.estimate_role(role, key, menu, pp, dp, transfer)
-                                    tables[role].append(RoleRow(role, key, menu, pp, dp, e))
-    return DisaggSpace(tables["prefill"], tables["decode"], time.perf_counter() - start)
+                                for role in ROLES:
+                                    src, dst = (own, partner) if role == "prefill" else (partner, own)
+                                    transfer = _transfer_s(space, key, pp, src, dst)
+                                    # the other role needs GPUs too when it runs on the same kind
+                                    most = (total - size) // size if partner is own else total // size
+                                    for menu in _menus(space, role, own):
+                                        top = est.estimate_role(role, key, menu, pp, most, transfer)
+                                        if not top.fits:
+                                            continue
+                                        for dp in dp_values(most, dp_need(top, most, rate, opts.headroom), opts):
+                                            if not opts.tp_across_nodes and _tp_nodes(tp, pp, dp, gpn) > 1:
+                                                continue
+                                            e = top if dp == most else est.estimate_role(role, key, menu, pp, dp,
+                                                                                         transfer)
+                                            tables[role].append(RoleRow(role, key, menu, pp, dp, e, own.gpu,
+                                                                        partner.gpu))
+    return DisaggSpace(tables["prefill"], tables["decode"], time.perf_counter() - start,
+                       {k.gpu: k.gpus for k in kinds})
 
 
-def _transfer_s(space: PlanSpace, key: ShapeKey, pp: int) -> float:
-    """Seconds to move a mean prompt's KV cache between two replicas of this shape, on different nodes if any."""
+def _transfer_s(space: PlanSpace, key: ShapeKey, pp: int, src: _Kind, dst: _Kind) -> float:
+    """Seconds to move a mean prompt's KV cache from a prefill replica of this shape on ``src`` to a decode
+    replica on ``dst``: on different nodes of one kind if it has them, else over the link between the kinds."""
     specs = space.specs
-    gpu = space.estimator.gpu
     size = key.tp * pp
-    if 2 * size > space.total_gpus:
-        return 0.0
-    prefill = key.plan(gpu.name, specs.engine.name, pp=pp, role="prefill")
-    decode = key.plan(gpu.name, specs.engine.name, pp=pp, role="decode")
-    offset = max(space.gpus_per_node, size) if space.total_gpus >= space.gpus_per_node + size else size
-    cost = kv_transfer_cost(specs.model, gpu, prefill, 0, decode, offset, space.topology)
+    if src is dst:
+        if 2 * size > src.gpus:
+            return 0.0
+        gpn = next(g.gpus_per_node for g in specs.cluster.nodes if g.gpu == src.gpu)
+        offset = src.base + (max(gpn, size) if src.gpus >= gpn + size else size)
+    else:
+        offset = dst.base
+    prefill = key.plan(src.gpu, specs.engine.name, pp=pp, role="prefill")
+    decode = key.plan(dst.gpu, specs.engine.name, pp=pp, role="decode")
+    cost = kv_transfer_cost(specs.model, src.estimator.gpu, prefill, src.base, decode, offset, space.topology)
     return cost.time(max(round(space.stats.mean_prompt), 1))
 
 
@@ -164,12 +225,28 @@ class DisaggModel:
 
         gp = col("gpus_p", P, self.ip, lambda r: r.est.gpus)
         gd = col("gpus_d", D, self.id, lambda r: r.est.gpus)
-        self.gpus = m.new_int_var(2, 2 * space.total_gpus, "gpus")
+        self.all_gpus = sum(dspace.kinds.values())
+        self.gpus = m.new_int_var(2, 2 * self.all_gpus, "gpus")
         m.add(self.gpus == gp + gd)
         if opts.use_all_gpus:
-            m.add(self.gpus == space.total_gpus)
+            m.add(self.gpus == self.all_gpus)
         else:
-            m.add(self.gpus <= space.total_gpus)
+            m.add(self.gpus <= self.all_gpus)
+        self.price: cp_model.LinearExpr | None = None
+        if len(dspace.kinds) > 1:
+            # pairing: each row's transfer was priced towards one kind, and the other role must run there
+            names = list(dspace.kinds)
+            m.add(col("partner_p", P, self.ip, lambda r: names.index(r.partner))
+                  == col("kind_d", D, self.id, lambda r: names.index(r.gpu)))
+            m.add(col("partner_d", D, self.id, lambda r: names.index(r.partner))
+                  == col("kind_p", P, self.ip, lambda r: names.index(r.gpu)))
+            for k, count in dspace.kinds.items():  # gpus.<kind>: both roles' GPUs of this kind within its count
+                a = col(f"gpus_p_{k}", P, self.ip, lambda r, k=k: r.est.gpus if r.gpu == k else 0)
+                b_ = col(f"gpus_d_{k}", D, self.id, lambda r, k=k: r.est.gpus if r.gpu == k else 0)
+                m.add(a + b_ <= count)
+            cents = {k: round(space.specs.gpus[k].price_per_hour * 100) for k in names}
+            self.price = (col("price_p", P, self.ip, lambda r: cents[r.gpu] * r.est.gpus)
+                          + col("price_d", D, self.id, lambda r: cents[r.gpu] * r.est.gpus))
         for name, bits in (("weight", "weight_dtype"), ("kv", "kv_dtype")):
             a = col(f"{name}_bits_p", P, self.ip, lambda r, b=bits: DTYPE_BITS[getattr(r.key, b)])
             b_ = col(f"{name}_bits_d", D, self.id, lambda r, b=bits: DTYPE_BITS[getattr(r.key, b)])
@@ -201,7 +278,10 @@ class DisaggModel:
         m = self.model
         metric = self.objective.levels[0][0]
         assert metric is not None  # a function objective is refused before this search (_single_plan_rules)
-        width = 2 * self.space.total_gpus + 1
+        width = 2 * self.all_gpus + 1
+        if metric == "cost_per_mtok" and self.price is not None:  # GPU kinds differ in price
+            m.minimize(self.price * width + self.gpus)
+            return
         if metric in ("gpus", "cost_per_mtok"):
             m.minimize(self.gpus)
             return
@@ -235,7 +315,7 @@ class DisaggModel:
 
 
 def _layout(r: RoleRow) -> tuple:
-    return (r.key, r.pp, r.dp)
+    return (r.gpu, r.key, r.pp, r.dp)
 
 
 def _int(x: float) -> int:
@@ -243,8 +323,8 @@ def _int(x: float) -> int:
 
 
 def deployment(space: PlanSpace, p: RoleRow, d: RoleRow) -> Deployment:
-    gpu, engine = space.gpu_name, space.specs.engine.name
-    return Deployment(plans=(p.plan(gpu, engine), d.plan(gpu, engine)))
+    engine = space.specs.engine.name
+    return Deployment(plans=(p.plan(p.gpu, engine), d.plan(d.gpu, engine)))
 
 
 def predicted(space: PlanSpace, p: RoleRow, d: RoleRow) -> dict:
@@ -255,6 +335,7 @@ def predicted(space: PlanSpace, p: RoleRow, d: RoleRow) -> dict:
     attainment = p.est.attainment * d.est.attainment
     goodput = min(st.rate, capacity) * attainment
     tok_rate = st.rate * st.mean_output
+    price = sum(r.est.gpus * space.specs.gpus[r.gpu].price_per_hour for r in (p, d))
     return {
         "ttft_mean_s": p.est.ttft_s,
         "ttft_tail_s": p.est.ttft_tail_s,
@@ -265,7 +346,7 @@ def predicted(space: PlanSpace, p: RoleRow, d: RoleRow) -> dict:
         "capacity_req_s": capacity,
         "throughput_output_tok_s": capacity * st.mean_output,
         "energy_per_output_token_j": p.est.energy_per_token_j + d.est.energy_per_token_j,
-        "cost_per_mtok_usd": gpus * space.estimator.gpu.price_per_hour / 3600.0 / tok_rate * 1e6,
+        "cost_per_mtok_usd": price / 3600.0 / tok_rate * 1e6,
         "batch": d.est.batch,
         "kv_tokens": d.est.kv_tokens,
         "kv_needed": d.est.kv_needed,

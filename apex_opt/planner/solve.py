@@ -38,6 +38,7 @@ from ..calibration.profile import applying_calibration
 from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, shorten
 from ..perf.provenance import calibration_notes, calibration_sources
 from ..perf.replica import build_replica
+from ..resources import find_resource
 from ..schema.plan import Deployment, Plan, with_speculative
 from ..schema.speculative import SpeculativeConfig, parse_speculative_option
 from ..specs import Specs, with_engine_settings
@@ -339,7 +340,8 @@ class Problem:
         if self.options.disaggregation == "only":
             return False
         if self.specs.cluster.is_heterogeneous and self.options.use_all_gpus:
-            self.extra_notes.append("--use-all-gpus on a mixed cluster: only mixed-GPU plans can use every GPU")
+            self.extra_notes.append("--use-all-gpus on a mixed cluster: only mixed-GPU plans and disaggregated "
+                                    "pairs across the kinds can use every GPU")
             return False
         return True
 
@@ -353,11 +355,8 @@ class Problem:
         self._disagg_asked = True
         if mode == "off":
             return None
-        if self.specs.cluster.is_heterogeneous and self.options.use_all_gpus:
-            why = "prefill and decode plans run on the first GPU kind, which cannot use every GPU of a mixed cluster"
-        else:
-            why = self._single_plan_rules("disaggregated") or (
-                "a disaggregated plan needs at least 2 GPUs" if self.space.total_gpus < 2 else "")
+        why = self._single_plan_rules("disaggregated") or (
+            "a disaggregated plan needs at least 2 GPUs" if self.specs.cluster.total_gpus < 2 else "")
         if not why:
             dspace = build_disagg_space(self.space)
             self.extra_notes.append(f"disaggregated search: {len(dspace.prefill)} prefill x {len(dspace.decode)} "
@@ -673,12 +672,9 @@ def register_solver(name: str, search: Callable[[Problem], PlanSet]) -> None:
 
 
 def solvers_dir() -> Path | None:
-    """The folder of the bundled strategies: ``apex_opt/_solvers`` (wheel) or ``<repo>/solvers`` (checkout)."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "_solvers", here.parent / "solvers"):
-        if (candidate / "cpsat.py").is_file():
-            return candidate
-    return None
+    """The folder of the bundled strategies: ``apex_opt/_solvers`` (wheel) or ``<repo>/solvers`` (checkout);
+    ``None`` when neither is there (:func:`apex_opt.resources.find_resource`)."""
+    return find_resource("solvers")
 
 
 def solver_names() -> list[str]:

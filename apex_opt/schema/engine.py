@@ -37,6 +37,9 @@ class SchedulerKnobs(Spec):
     #: automatic prefix caching: vLLM 0.6 --enable-prefix-caching (off by default), V1 (on by default,
     #: --no-enable-prefix-caching), SGLang's radix cache (on, --disable-radix-cache); apex_opt.sim.prefix_cache
     prefix_caching: bool = False
+    #: the simulator's scheduling policy, by the name it is registered under (apex_opt.sim.policies.
+    #: register_policy); empty: the policy of the engine's family (vllm-v0, vllm-v1, sglang)
+    policy: str = ""
 
 
 class MemoryKnobs(Spec):
@@ -137,3 +140,13 @@ class EngineSpec(Spec):
     eager_kernels: EagerKernels = EagerKernels()
     max_step_gap: Seconds = 0.0
     sources: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def policy(self) -> str:
+        """The scheduling policy the simulator runs: ``scheduler.policy``, else the one named after ``family``.
+
+        >>> from apex_opt.catalog import get_engine
+        >>> get_engine("sglang-0.4").policy
+        'sglang'
+        """
+        return self.scheduler.policy or self.family

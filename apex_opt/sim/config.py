@@ -73,6 +73,10 @@ class SchedulerConfig:
         Speculative decoding (:class:`~apex_opt.schema.speculative.SpeculativeConfig`), or ``None`` (off): every
         decode step verifies ``k + 1`` tokens per sequence, drafts ``k`` tokens first, and emits a random number
         of them (``docs/simulator.md``, "Speculative decoding").
+    policy:
+        Name of the scheduling policy in :data:`apex_opt.sim.policies.POLICIES` (``register_policy``); empty:
+        the one registered under ``family``. The family still selects the engine's other rules (the KV block
+        accounting, the length limits), so a registered variant usually subclasses its family's policy.
     """
 
     family: Family
@@ -99,6 +103,8 @@ class SchedulerConfig:
     retract_decode_steps: int = 20
     #: speculative decoding (:class:`apex_opt.schema.speculative.SpeculativeConfig`); ``None``: off
     speculative: Any = None
+    #: scheduling policy by registered name; "": the family's own (``apex_opt.sim.policies.make_policy``)
+    policy: str = ""
 
     def __post_init__(self) -> None:
         def bad(field: str, value: Any, fix: str) -> SpecError:
@@ -131,6 +137,9 @@ class SchedulerConfig:
             raise bad("schedule_conservativeness", self.schedule_conservativeness, "must be positive")
         if self.max_running_requests is not None and self.max_running_requests < 1:
             raise bad("max_running_requests", self.max_running_requests, "must be a positive integer or None")
+        if not isinstance(self.policy, str):
+            raise bad("policy", self.policy, "must be the name of a registered scheduling policy, or '' for the "
+                      "family's own")
         if self.speculative is not None and not callable(getattr(self.speculative, "survival", None)):
             raise bad("speculative", self.speculative, "must be a SpeculativeConfig or None")
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from ..errors import SpecError
 from .config import SchedulerConfig
 from .state import Request
 
@@ -95,7 +97,34 @@ class SchedulerPolicy(ABC):
         return self.num_blocks * self.cfg.block_size
 
 
+#: scheduling policies by name: an engine spec names one (``scheduler.policy``, default: its family's)
+POLICIES: dict[str, type[SchedulerPolicy]] = {}
+
+P = TypeVar("P", bound=type[SchedulerPolicy])
+
+
+def register_policy(name: str) -> Callable[[P], P]:
+    """Class decorator: make a :class:`SchedulerPolicy` subclass available as ``name`` (a duplicate raises).
+
+    >>> @register_policy("doc-example")
+    ... class Example(VllmV1Policy):
+    ...     pass
+    >>> POLICIES.pop("doc-example").__name__
+    'Example'
+    """
+
+    def add(cls: P) -> P:
+        if name in POLICIES and POLICIES[name] is not cls:
+            raise SpecError(f"a scheduling policy named '{name}' is already registered "
+                            f"({POLICIES[name].__qualname__}); choose another name")
+        POLICIES[name] = cls
+        return cls
+
+    return add
+
+
 # ============================================================================================ vLLM 0.6 V0
+@register_policy("vllm-v0")
 class VllmV0Policy(SchedulerPolicy):
     """vLLM 0.6.0 V0 (``vllm/core/scheduler.py``)."""
 
@@ -249,6 +278,7 @@ class VllmV0Policy(SchedulerPolicy):
 
 
 # ============================================================================================ vLLM V1
+@register_policy("vllm-v1")
 class VllmV1Policy(SchedulerPolicy):
     """vLLM V1 (``vllm/v1/core/sched/scheduler.py``, ``v1/core/kv_cache_manager.py``), with automatic prefix
     caching when the engine has a prefix cache."""
@@ -372,6 +402,7 @@ class VllmV1Policy(SchedulerPolicy):
 
 
 # ============================================================================================ SGLang 0.4
+@register_policy("sglang")
 class SglangPolicy(SchedulerPolicy):
     """SGLang 0.4.x (``managers/scheduler.py``, ``schedule_policy.py``, ``schedule_batch.py``), FCFS policy, radix
     cache (``mem_cache/radix_cache.py``) when the engine has a prefix cache (evictable tokens count as free)."""
@@ -561,16 +592,20 @@ class SglangPolicy(SchedulerPolicy):
         return Iteration([], True, preempted)
 
 
-POLICIES: dict[str, type[SchedulerPolicy]] = {
-    "vllm-v0": VllmV0Policy,
-    "vllm-v1": VllmV1Policy,
-    "sglang": SglangPolicy,
-}
-
-
 def make_policy(cfg: SchedulerConfig, num_blocks: int) -> SchedulerPolicy:
-    return POLICIES[cfg.family](cfg, num_blocks)
+    """The scheduling policy ``cfg`` names (``cfg.policy``, else the one registered under ``cfg.family``).
+
+    Raises
+    ------
+    SpecError
+        When no policy is registered under that name; the message lists the registered ones.
+    """
+    name = cfg.policy or cfg.family
+    if name not in POLICIES:
+        raise SpecError(f"scheduling policy '{name}' is not registered; use one of {', '.join(sorted(POLICIES))}, "
+                        "or register a SchedulerPolicy subclass with @register_policy('<name>')")
+    return POLICIES[name](cfg, num_blocks)
 
 
 __all__ = ["POLICIES", "Iteration", "SchedulerPolicy", "SglangPolicy", "VllmV0Policy", "VllmV1Policy",
-           "make_policy"]
+           "make_policy", "register_policy"]
