@@ -45,10 +45,12 @@ def format_count(n: int) -> str:
     return f"{n:,}" if len(text) <= 24 else f"{text[:20]}... ({len(text)} digits)"
 
 
-def check_count(what: str, value: int, limit: int, fix: str) -> None:
-    """Raise :class:`SpecError` ``"<what> <value> is more than the <limit> apex-opt supports; <fix>"``."""
+def check_count(what: str, value: int, limit: int, fix: str, *, option: str | tuple[str, ...] | None = None) -> None:
+    """Raise :class:`SpecError` ``"<what> <value> is more than the <limit> apex-opt supports; <fix>"``; ``option``:
+    the parameters ``what`` and ``fix`` name through placeholders (``{batch}``)."""
     if value > limit:
-        raise SpecError(f"{what} {format_count(value)} is more than the {limit:,} apex-opt supports; {fix}")
+        raise SpecError(f"{what} {format_count(value)} is more than the {limit:,} apex-opt supports; {fix}",
+                        option=option)
 
 
 # ------------------------------------------------------------------------------------------- YAML
@@ -120,9 +122,10 @@ class _UserCodeTimeout(BaseException):
 @contextmanager
 def user_code_time_limit(what: str, seconds: float | None = None, *, error: type[Exception] = ConstraintError,
                          fix: str = "a constraint must return at once: look for a loop that never ends there",
-                         ) -> Iterator[None]:
+                         option: str | tuple[str, ...] | None = None) -> Iterator[None]:
     """Run the ``with`` body (a call into user code) for at most ``seconds``, else raise ``error`` (by default
-    :class:`ConstraintError`) naming ``what``, where it was stopped, and ``fix``.
+    :class:`ConstraintError`) naming ``what``, where it was stopped, and ``fix``. ``option``: the parameters
+    ``what`` and ``fix`` name through placeholders (``{solver=}``), given to an :class:`ApexOptError` ``error``.
 
     Enforced with ``SIGALRM`` on POSIX in the main thread, when no other alarm is pending; elsewhere the body
     runs unbounded.
@@ -146,7 +149,10 @@ def user_code_time_limit(what: str, seconds: float | None = None, *, error: type
     try:
         yield
     except _UserCodeTimeout:
-        raise error(f"{what} ran for more than {limit:g} s and was stopped{''.join(where[:1])}; {fix}") from None
+        message = f"{what} ran for more than {limit:g} s and was stopped{''.join(where[:1])}; {fix}"
+        if option is None:
+            raise error(message) from None
+        raise error(message, option=option) from None  # type: ignore[call-arg]  # an ApexOptError
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)

@@ -170,8 +170,8 @@ def _select(candidates: Sequence[str], wanted: Sequence[str] | None) -> list[str
         hits = [k for k in candidates if k == w or parse_key(k) is not None and parse_key(k)[0].name == w]  # type: ignore[index]
         if not hits:
             names = ", ".join(dict.fromkeys(parse_key(k)[0].name for k in candidates))  # type: ignore[index]
-            raise SpecError(f"--fit {shorten(w)}: not a constant these runs can determine; they can fit {names} "
-                            "(apex-opt calibrate --help says what each means)")
+            raise SpecError(f"{{constants=}}{shorten(w)}: not a constant these runs can determine; they can fit "
+                            f"{names} (apex-opt calibrate --help says what each means)", option="constants")
         out += hits
     return list(dict.fromkeys(out))
 

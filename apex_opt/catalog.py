@@ -187,8 +187,8 @@ def get_model(ref: str) -> ModelSpec:
             fetched = hub.fetch_config(ref)
             spec = model_from_hf_config(read_structured(fetched), name=hub.display_name(ref), source=str(fetched))
             return spec.model_copy(update={"hf_repo": ref})
-        raise SpecError(f"--model {shorten(ref)}: no such file; give a catalog name (apex-opt catalog models), a "
-                        "Hugging Face id (org/name) or the path of a Hugging Face config.json")
+        raise SpecError(f"{{model=}}{shorten(ref)}: no such file; give a catalog name (apex-opt catalog models), a "
+                        "Hugging Face id (org/name) or the path of a Hugging Face config.json", option="model")
     return MODELS.get(ref)
 
 
@@ -222,16 +222,19 @@ def gpu_name(ref: str) -> str:
     return load_gpu_file(ref).name if _looks_like_path(ref) else ref
 
 
-def load_gpu_file(path: str | Path, *, option: str = "--gpu") -> GPUSpec:
+def load_gpu_file(path: str | Path, *, option: str | None = None) -> GPUSpec:
     """A GPU spec from a YAML file with the fields of ``specs/gpus/*.yaml``; its ``name`` names it in plans.
 
     The name may not be a catalog GPU's unless the figures are that GPU's too (a copy of a catalog file).
-    ``option`` says where the path came from, for messages (``--gpu``, or a cluster file's node group).
+    ``option`` says where the path came from, for messages (a cluster file's node group); None: the ``gpu``
+    parameter (``gpu=`` in Python, ``--gpu`` on the command line).
     """
     path = Path(path)
     if not _is_file(path):
-        raise SpecError(f"{option} {shorten(str(path))}: no such file; give a catalog GPU name (apex-opt catalog "
-                        "gpus) or the path of a GPU YAML file (see docs/examples/gpu-custom.yaml)")
+        where = "{gpu=}" if option is None else option + " "
+        raise SpecError(f"{where}{shorten(str(path))}: no such file; give a catalog GPU name (apex-opt catalog "
+                        "gpus) or the path of a GPU YAML file (see docs/examples/gpu-custom.yaml)",
+                        option="gpu" if option is None else None)
     spec = GPUSpec.parse(read_structured(path), source=path, kind="GPU")
     if not _GPU_NAME.fullmatch(spec.name):
         raise SpecError(f"{path}: name: {shorten(spec.name)} is not a usable GPU name; use 1-80 letters, digits, "
@@ -244,8 +247,8 @@ def load_gpu_file(path: str | Path, *, option: str = "--gpu") -> GPUSpec:
         differ = [f for f in GPUSpec.model_fields if getattr(spec, f) != getattr(catalog_gpu, f) and f not in ("sources", "name")]
         what = f" (its {', '.join(differ[:3])} differ{'s' if len(differ) == 1 else ''})" if differ else ""
         raise SpecError(f"{path}: name: '{spec.name}' is the catalog GPU {clash}, with different figures{what}; "
-                        f"give the file's GPU a name of its own, e.g. name: {spec.name}-custom, or use --gpu "
-                        f"{clash} for the catalog one")
+                        f"give the file's GPU a name of its own, e.g. name: {spec.name}-custom, or use {{gpu=}}"
+                        f"{clash} for the catalog one", option="gpu")
     _FILE_GPUS[spec.name] = spec
     return spec
 
@@ -260,8 +263,8 @@ def get_cluster(ref: str) -> ClusterSpec:
     if _looks_like_path(ref):
         path = Path(ref)
         if not _is_file(path):
-            raise SpecError(f"--cluster {shorten(ref)}: no such file; give a catalog name (apex-opt catalog clusters) "
-                            "or the path of a cluster YAML file")
+            raise SpecError(f"{{cluster=}}{shorten(ref)}: no such file; give a catalog name (apex-opt catalog "
+                            "clusters) or the path of a cluster YAML file", option="cluster")
         cluster = ClusterSpec.parse(_gpu_files_to_names(read_structured(path), path), source=path, kind="cluster")
     else:
         cluster = CLUSTERS.get(ref)

@@ -118,7 +118,8 @@ def unique_labels(plans: Sequence[Plan | Deployment]) -> tuple[str, ...]:
 
 
 def compare(specs: Specs, plans: Sequence[Plan | Deployment], *, seed: int = 0, workers: int = 2,
-            max_requests: int | None = None, measured_at: str | None = None) -> Comparison:
+            max_requests: int | None = None, measured_at: str | None = None, executor: str = "local",
+            ray_address: str | None = None) -> Comparison:
     """Simulate each of ``plans`` on ``specs.workload`` (same seed) and return them side by side.
 
     Parameters
@@ -132,6 +133,9 @@ def compare(specs: Specs, plans: Sequence[Plan | Deployment], *, seed: int = 0, 
         As for :func:`apex_opt.simulate`.
     workers : int
         Simulations run at once, in worker processes (at most the CPUs of this machine; 1: in this process).
+    executor, ray_address : str
+        Where they run: ``"local"`` (default) or ``"ray"`` (Ray tasks on the cluster at ``ray_address``, else on a
+        Ray instance started here); results do not depend on it (:mod:`apex_opt.executors`).
 
     Returns
     -------
@@ -167,7 +171,8 @@ def compare(specs: Specs, plans: Sequence[Plan | Deployment], *, seed: int = 0, 
     from .planner.verify import Verifier
 
     simulator = functools.partial(_simulate, max_requests=max_requests, measured_at=measured_at)
-    with Verifier(specs, workers=workers, seed=seed, simulator=simulator) as verifier:
+    with Verifier(specs, workers=workers, seed=seed, simulator=simulator, executor=executor,
+                  ray_address=ray_address) as verifier:
         outcomes = verifier.run(list(plans))
     return Comparison(plans=tuple(plans), labels=unique_labels(plans),
                       metrics=tuple(o.metrics for o in outcomes), errors=tuple(o.error for o in outcomes))

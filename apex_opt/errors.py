@@ -40,8 +40,9 @@ def shorten(value: object, limit: int = ECHO_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-#: CLI flags of the Python keywords whose flag is not ``"--" + keyword.replace("_", "-")``
-FLAGS: dict[str, str] = {"target_rate": "--rate"}
+#: CLI flags of the Python keywords whose flag is not ``"--" + keyword.replace("_", "-")`` (``calibrate(constants=)``
+#: is ``apex-opt calibrate --fit``)
+FLAGS: dict[str, str] = {"target_rate": "--rate", "constants": "--fit"}
 
 
 def spell_option(name: str, form: str = "python", *, value: bool = False) -> str:
@@ -142,8 +143,9 @@ class ConstraintError(ApexOptError):
 class InfeasibleError(ApexOptError):
     """No plan satisfies the constraints; ``conflict`` lists the labels that together rule out every plan."""
 
-    def __init__(self, message: str, conflict: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, conflict: tuple[str, ...] = (), *,
+                 option: str | tuple[str, ...] | None = None) -> None:
+        super().__init__(message, option=option)
         self.conflict = conflict
 
 

@@ -46,9 +46,10 @@ def _local_way(repo_id: str) -> str:
     """The closing sentences of every fetch error: how to give the config as a file instead."""
     folder = display_name(repo_id)
     fetch = f"download {repo_id} config.json --local-dir {folder}"
-    return (f"To use a local copy instead, pass --model path/to/config.json (the model's Hugging Face config.json), "
+    return (f"To use a local copy instead, pass {{model=}}path/to/config.json (the model's Hugging Face config.json), "
             f"e.g. after 'hf {fetch}' (before huggingface_hub 1.0: 'huggingface-cli {fetch}') on a machine that can "
-            f"reach the Hub: --model {folder}/config.json. Catalog models need no download (apex-opt catalog models).")
+            f"reach the Hub: {{model=}}{folder}/config.json. Catalog models need no download (apex-opt catalog "
+            "models).")
 
 
 def fetch_config(repo_id: str) -> Path:
@@ -60,7 +61,7 @@ def fetch_config(repo_id: str) -> Path:
         ``huggingface_hub`` is not installed, the Hub cannot be reached (or ``HF_HUB_OFFLINE`` is set) and the file
         is not cached, the repository is gated or private (401/403), or it or its ``config.json`` does not exist.
     """
-    what = (f"--model {shorten(repo_id)}: neither a catalog model nor a file or folder here, so apex-opt reads it as "
+    what = (f"{{model=}}{shorten(repo_id)}: neither a catalog model nor a file or folder here, so apex-opt reads it as "
             "a Hugging Face id and fetches its config.json from the Hub")
     try:
         from huggingface_hub import constants, hf_hub_download
@@ -73,7 +74,7 @@ def fetch_config(repo_id: str) -> Path:
         )
     except ImportError:
         raise SpecError(f"{what}, but the huggingface_hub package is not installed (pip install 'apex-opt[hf]'). "
-                        f"{_local_way(repo_id)}") from None
+                        f"{_local_way(repo_id)}", option="model") from None
     offline = _offline()
     try:
         return Path(hf_hub_download(repo_id, "config.json", local_files_only=offline))
@@ -97,7 +98,7 @@ def fetch_config(repo_id: str) -> Path:
             reason = f"the Hub answered with an error ({status or 'HTTP'}: {_first_line(exc)})"
     except (OSError, ValueError) as exc:  # a malformed id, an unwritable cache, a network failure
         reason = f"the fetch failed ({type(exc).__name__}: {_first_line(exc)})"
-    raise SpecError(f"{what}, but {reason}. {_local_way(repo_id)}")
+    raise SpecError(f"{what}, but {reason}. {_local_way(repo_id)}", option="model")
 
 
 def _status(exc: BaseException) -> int | None:

@@ -30,6 +30,7 @@ Names used before this registry (``goodput_rps``, ``energy_per_token_j``, ``cost
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -50,7 +51,9 @@ class Metric:
     ``group``: the section of the reference page. ``objective``: the ``solve --objective`` that optimises it,
     if any. ``solver``: ``(PlanVars field, scale, unit)`` of the planner's integer model (the value in SI units
     is the integer times the scale). ``formerly``: earlier spellings, readable for one release.
-    ``compare``: shown as a row of ``apex-opt compare``'s table.
+    ``compare``: shown as a row of ``apex-opt compare``'s table. ``extensive``: a total or a rate of the whole
+    deployment, which grows with its replicas (a verification that simulates a sample of identical replicas scales
+    it up by replicas / sampled; latencies, shares and per-GPU or per-token values need no scaling).
     """
 
     name: str
@@ -64,6 +67,7 @@ class Metric:
     solver: tuple[str, float, str] | None = None
     formerly: tuple[str, ...] = ()
     compare: bool = False
+    extensive: bool = False
 
     def format(self, value: Any) -> str:
         """``value`` as a table shows it (``-`` when missing or not finite)."""
@@ -140,8 +144,10 @@ _ALL: tuple[Metric, ...] = (
            "served rate", ".3g", "load"),
     Metric("backlog_growth_req_s", "req/s", "growth of the requests in the system over the second half of the "
            "arrival window", LOWER, "backlog growth", ".3g", "load"),
-    Metric("saturated", "bool", "the backlog kept growing while requests arrived (the plan cannot keep up)",
-           LOWER, "saturated", "", "load", compare=True),
+    Metric("queue_growth_req_s", "req/s", "growth of the requests waiting for admission over the second half of "
+           "the arrival window", LOWER, "queue growth", ".3g", "load"),
+    Metric("saturated", "bool", "requests waiting for admission kept piling up while requests arrived (the plan "
+           "cannot keep up)", LOWER, "saturated", "", "load", compare=True),
     Metric("kv_util_mean", "fraction", "time-weighted mean share of the KV cache in use", NEITHER, "KV use",
            "percent", "load", compare=True),
     Metric("kv_util_max", "fraction", "largest share of the KV cache in use", NEITHER, "KV use max", "percent",
@@ -173,6 +179,14 @@ _ALL: tuple[Metric, ...] = (
     Metric("prompt_tokens", "tokens", "prompt tokens of completed requests", NEITHER, "prompt tokens", ",d",
            "counts"),
     Metric("makespan_s", "s", "first arrival to the last finish", NEITHER, "makespan", "time", "counts"),
+    Metric("cut_at_s", "s", "solve: when the verifying simulation was cut, its SLO verdict decided (more requests "
+           "had missed than the attainment target allows; absent: run to the end)", NEITHER, "cut at", "time",
+           "slo"),
+    Metric("num_slo_missed", "requests", "requests that had missed the SLO for certain when the run was cut",
+           LOWER, "missed when cut", ",d", "slo"),
+    Metric("replicas_simulated", "replicas", "solve: identical replicas the verification simulated, with the "
+           "requests routed to them (absent: every replica; apex_opt.planner.sampling)", NEITHER,
+           "replicas simulated", "d", "counts"),
     Metric("mfu", "fraction", "model FLOPs utilisation, over the makespan", HIGHER, "MFU", "percent",
            "hardware"),
     Metric("mbu", "fraction", "memory-bandwidth utilisation, over the makespan", HIGHER, "MBU", "percent",
@@ -214,6 +228,17 @@ _ALL: tuple[Metric, ...] = (
 )
 
 #: every registered metric by name, in reference-page order
+#: totals and rates of the whole deployment (:attr:`Metric.extensive`); the cluster-wide maxima (``queue_len_max``,
+#: ``running_max``) are not among them: a sample of replicas cannot tell them
+_EXTENSIVE = frozenset({
+    "throughput_req_s", "throughput_output_tok_s", "throughput_total_tok_s", "goodput_req_s", "offered_rate_req_s",
+    "served_rate_req_s", "backlog_growth_req_s", "queue_growth_req_s", "queue_len_mean", "running_mean", "num_requests", "num_completed",
+    "num_rejected", "num_preemptions", "num_truncated", "output_tokens", "prompt_tokens", "num_kv_transfers",
+    "kv_transfer_bytes", "gpus", "energy_j", "gpu_hours", "cost_usd", "cost_per_hour_usd", "num_slo_missed",
+})
+_ALL = tuple(dataclasses.replace(m, extensive=True) if m.name in _EXTENSIVE else m for m in _ALL)
+#: the cluster-wide maxima a replica sample cannot tell (dropped from a sampled summary)
+CLUSTER_MAXIMA = ("queue_len_max", "running_max")
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 #: an earlier spelling -> the registered name
 FORMERLY: dict[str, str] = {old: m.name for m in _ALL for old in m.formerly}
@@ -344,5 +369,5 @@ def markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["FORMERLY", "HIGHER", "LOWER", "METRICS", "NEITHER", "Metric", "MetricValues", "canonical_name",
+__all__ = ["CLUSTER_MAXIMA", "FORMERLY", "HIGHER", "LOWER", "METRICS", "NEITHER", "Metric", "MetricValues", "canonical_name",
            "compared", "markdown", "renamed", "with_derived"]

@@ -147,6 +147,7 @@ def simulate(
     measured_at: str | None = None,
     prefix_caching: bool | None = None,
     speculative: SpeculativeConfig | str | None = None,
+    cut_early: bool = False,
 ) -> SimResult:
     """Replay ``specs.workload`` through ``plan`` and measure TTFT, TPOT, throughput, SLO attainment, energy, cost.
 
@@ -158,7 +159,9 @@ def simulate(
     automatic prefix caching on or off (default: the engine's, ``specs.engine.scheduler.prefix_caching``); it
     matters for workloads with ``segments`` (:mod:`apex_opt.sim.prefix_cache`). ``speculative`` (a
     :class:`~apex_opt.schema.speculative.SpeculativeConfig` or ``"eagle:k=3,acceptance=0.7"``) turns speculative
-    decoding on for every plan; a plan's own ``Plan.speculative`` is used otherwise.
+    decoding on for every plan; a plan's own ``Plan.speculative`` is used otherwise. ``cut_early`` stops the
+    run once more requests have missed the SLO than its attainment target allows (``cut_at_s`` in the summary;
+    :func:`~apex_opt.sim.run_simulation`): what the planner's verification uses.
 
     A disaggregated deployment (``Deployment(plans=(Plan(role="prefill", ...), Plan(role="decode", ...)))``)
     places its prefill plans' GPUs first, then the decode plans', prices the KV-cache transfer of every
@@ -214,7 +217,8 @@ def simulate(
     if measured_at == "client":
         extra["client"] = client_path(placed[0][0].settings.engine)
     return run_simulation(reps, workload, router=router, slo=specs.slo, seed=seed, skip_ahead=skip_ahead,
-                          progress=progress, record_log=record_log, price_per_gpu_hour=price, **extra)
+                          progress=progress, record_log=record_log, price_per_gpu_hour=price, cut_early=cut_early,
+                          **extra)
 
 
 def check_seed(seed: Any, option: str = "seed") -> None:

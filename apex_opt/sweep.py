@@ -1,5 +1,5 @@
 """A grid of problems, one row per point: :func:`sweep` over request rates, SLOs, GPU kinds, models, engines,
-workloads or plan and engine settings, on the local process pool.
+workloads or plan and engine settings, on the local process pool or on Ray (``executor="ray"``).
 
 Each point is either one plan simulated (``plan=`` given: the same plan, with the point's settings, at every
 point) or a solve (no ``plan``: the point's best verified plan, found by :func:`apex_opt.solve` with
@@ -15,7 +15,6 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +125,8 @@ def sweep(grid: Mapping[str, Any], *, plan: Any = None, model: str = "llama-3.1-
           cluster: str | None = None, nodes: int | None = None, gpus_per_node: int | None = None,
           engine: str = "vllm-0.6", workload: str = "lmsys", slo: Any = None, objective: str = "goodput-per-gpu",
           seed: int = 0, max_requests: int | None = None, workers: int = 2, calibration: str | Path | None = None,
-          progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+          progress: Callable[[int, int], None] | None = None, executor: str = "local",
+          ray_address: str | None = None) -> list[dict[str, Any]]:
     """Run every point of ``grid`` and return one row per point, in grid order.
 
     Parameters
@@ -149,6 +149,9 @@ def sweep(grid: Mapping[str, Any], *, plan: Any = None, model: str = "llama-3.1-
         As for :func:`apex_opt.simulate`; the same at every point.
     workers : int
         Points run at once, in worker processes (at most the CPUs of this machine; 1: in this process).
+    executor, ray_address : str
+        Where the points run: ``"local"`` (default) or ``"ray"`` (Ray tasks on the cluster at ``ray_address``,
+        else on a Ray instance started here); the rows do not depend on it (:mod:`apex_opt.executors`).
     progress : callable, optional
         Called as ``progress(done, total)`` before the first point and after each point.
 
@@ -174,12 +177,13 @@ def sweep(grid: Mapping[str, Any], *, plan: Any = None, model: str = "llama-3.1-
     [(2.0, 'h100-sxm-80gb', 20), (2.0, 'a100-sxm-80gb', 20), (4.0, 'h100-sxm-80gb', 20),
      (4.0, 'a100-sxm-80gb', 20)]
     """
-    from .planner.verify import process_pool, terminate_pool, usable_workers
+    from .executors import check_executor, make_executor, running
     from .schema.plan import Plan
     from .simulate import check_seed
 
     points = expand_grid(grid)
     check_seed(seed)
+    check_executor(executor, ray_address)
     if isinstance(plan, Plan):
         plan_fields: dict[str, Any] | None = plan.model_dump(exclude_unset=True)
     elif isinstance(plan, Mapping):
@@ -211,31 +215,19 @@ def sweep(grid: Mapping[str, Any], *, plan: Any = None, model: str = "llama-3.1-
                 "calibration": str(calibration) if isinstance(calibration, Path) else calibration}
     jobs = [{"point": p, "settings": settings, "plan": plan_fields, "seed": seed, "max_requests": max_requests,
              "objective": objective} for p in points]
-    rows: list[dict[str, Any] | None] = [None] * len(jobs)
-    size = usable_workers(workers, len(jobs))
     if progress:
         progress(0, len(jobs))
-    if size == 1:
-        for i, job in enumerate(jobs):
-            rows[i] = _run_point(job)
-            if progress:
-                progress(i + 1, len(jobs))
-    else:
-        pool = process_pool(size)
-        try:
-            futures = {pool.submit(_run_point, job): i for i, job in enumerate(jobs)}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    rows[futures[f]] = f.result()
-                if progress:
-                    progress(len(jobs) - len(pending), len(jobs))
-        except BaseException:  # Ctrl-C (or a worker that died): leave no process behind
-            terminate_pool(pool)
-            raise
-        pool.shutdown(wait=True)
-    return [r for r in rows if r is not None]
+    finished = [0]
+
+    def done(_: int) -> None:
+        finished[0] += 1
+        if progress:
+            progress(finished[0], len(jobs))
+
+    # rows by position, whatever order the points finish in; Ctrl-C (or a worker that died) leaves no process
+    with running(make_executor(executor, workers=workers, ray_address=ray_address)) as runner:
+        rows: list[dict[str, Any]] = runner.map_ordered(_run_point, [(job,) for job in jobs], on_done=done)
+    return rows
 
 
 def columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:

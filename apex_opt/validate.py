@@ -23,6 +23,7 @@ from .errors import SpecError, shorten
 from .measurements import METRICS, PLAN_FIELDS, Measurement, read_measurements
 from .schema.plan import Plan
 from .schema.slo import SLO
+from .schema.speculative import parse_speculative
 from .specs import Specs
 
 #: what a measurement needs to be matched to a plan, and how to give each on the command line
@@ -164,6 +165,11 @@ def resolve(m: Measurement, overrides: Mapping[str, Any]) -> tuple[str, Plan, st
 
         fields["gpu"] = gpu_name(fields["gpu"])
     plan = Plan.parse(fields, source=f"measurement {m.name}", kind="plan")
+    speculative = overrides.get("speculative")
+    if speculative is not None:  # the server speculated: simulate the same drafts and acceptance
+        if isinstance(speculative, str):
+            speculative = parse_speculative(speculative)
+        plan = plan.model_copy(update={"speculative": speculative})
     return str(model), plan, workload, measured_at, caching
 
 
@@ -230,7 +236,7 @@ def gather(measurements: Iterable[Measurement | str | Path], command: str = "val
     for item in measurements:
         items.extend([item] if isinstance(item, Measurement) else read_measurements(item))
     if not items:
-        raise SpecError(f"no measurements to {command}; give --measurements FILE")
+        raise SpecError(f"no measurements to {command}; give {{measurements=}}FILE", option="measurements")
     return items
 
 
@@ -239,7 +245,9 @@ def validate(measurements: Iterable[Measurement | str | Path], *, tolerance: flo
              calibration: str | Path | CalibrationProfile | None = None) -> ValidationReport:
     """Predicted vs measured for every measurement (objects, or files read with
     :func:`apex_opt.measurements.read_measurements`); ``overrides`` (``model``, plan fields, ``engine``,
-    ``workload``, ``measured_at``, ``prefix_caching``) fill in or replace what the files say; ``calibration`` (a
+    ``workload``, ``measured_at``, ``prefix_caching``, ``speculative``: a
+    :class:`~apex_opt.schema.speculative.SpeculativeConfig` or its ``METHOD:k=N,acceptance=RATE`` text) fill in or
+    replace what the files say; ``calibration`` (a
     profile or its file) is applied over the built-in constants."""
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance:
         raise SpecError(f"tolerance {shorten(tolerance)}: must be a fraction of at least 0, e.g. 0.1 for 10%")

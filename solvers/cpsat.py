@@ -2,7 +2,8 @@
 
 Each round asks the solver for as many new plans as verified ones are still missing (``top_k - verified``; never
 a number that depends on the worker count, so results are the same with 1 or 2 workers), simulates them in
-parallel, keeps those that meet the SLO and every simulated-result constraint, and cuts the rest. It stops with
+parallel, keeps those that meet the SLO and every simulated-result constraint, and cuts the rest (and, for a plan
+that missed its SLO, the plans of its shape with fewer replicas: ``Optimizer.observe``). It stops with
 ``top_k`` verified plans, when the space is exhausted, or at the simulation budget.
 
 With ``disaggregation`` ``auto`` (or ``only``) it then asks ``problem.disaggregated()`` for the best prefill/decode
@@ -48,8 +49,10 @@ def search(problem: ax.Problem) -> ax.PlanSet:
         if refined is None:
             refined = batch[0].plan
             batch += problem.siblings(batch[0])[:REFINE]
-        for entry in problem.verify(batch):
+        entries = problem.verify(batch)
+        for entry in entries:
             (verified if entry.verified else rejected).append(entry)
+        optimizer.observe(entries)  # a shape that missed its SLO: its plans with fewer replicas are cut too
         if exhausted:
             break
     for extra in (problem.disaggregated(), problem.heterogeneous()):

@@ -3,9 +3,15 @@ SHARED points at ../shared/data."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# A Ray instance a test starts must talk over loopback only. On Linux Ray gives its node the address of the route
+# out of the machine (and rewrites 127.0.0.1 to it) unless it believes clusters are off, as on macOS; this switch,
+# read once when ray is first imported, makes it use 127.0.0.1 for every service it starts (ray_constants.py).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"

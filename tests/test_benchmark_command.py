@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from apex_opt.cli.main import cli
 from apex_opt.measurements import read_measurements
 from apex_opt.planner.benchmark import BALANCER_PORT, benchmark_command, write_files
-from apex_opt.schema.plan import Deployment, Plan
+from apex_opt.schema.plan import Deployment, Plan, with_speculative
 from apex_opt.workload.synthetic import synthetic_workload
 from apex_opt.workload.traces import read_trace as load_trace
 
@@ -264,3 +264,32 @@ def test_the_printed_validate_command_matches_an_sglang_result_file_to_the_plan(
     assert check.exit_code in (0, 1), check.output
     run = json.loads(check.output)["runs"][0]
     assert run["format"] == "sglang-bench" and run["engine"] == "sglang-0.4" and run["plan"] == "dp1 tp1 pp1"
+
+
+def test_a_speculating_plans_validate_command_simulates_the_same_speculation(tmp_path: Path) -> None:
+    plan = with_speculative(Plan(gpu=H100, tp=1, engine="vllm-v1"), "eagle:k=3,acceptance=0.8/0.6/0.4")
+    b = benchmark_command(plan, "llama-3.1-8b", synthetic(), engine="vllm-v1", directory=tmp_path)
+    assert flags(b.validate)["--speculative"] == "eagle:k=3,acceptance=0.8/0.6/0.4"
+    assert "--speculative" not in b.command  # speculation is the server's; the client sends plain requests
+    assert any("the client needs no flag" in n for n in b.notes)
+    assert any("random tokens, on which drafts are seldom accepted" in n for n in b.notes)
+    result = {"backend": "vllm", "model_id": "meta-llama/Llama-3.1-8B-Instruct", "num_prompts": 50,
+              "request_rate": 2.0, "completed": 50, "total_input_tokens": 12800, "total_output_tokens": 3200,
+              "request_throughput": 1.8, "output_throughput": 115.0, "mean_ttft_ms": 26.0, "mean_tpot_ms": 6.0}
+    Path(b.result_file).write_text(json.dumps(result))
+    args = _args(b.validate)
+    at = args.index("--speculative")
+    runs = {}
+    for given in (args, args[:at] + args[at + 2:]):  # as printed, and without the speculation
+        out = CliRunner().invoke(cli, [*given, "--format", "json"])
+        assert out.exit_code in (0, 1), out.output
+        run = json.loads(out.output)["runs"][0]
+        runs[run["plan"]] = {c["metric"]: c["predicted"] for c in run["metrics"]}
+    assert set(runs) == {"dp1 tp1 pp1 eagle-k3", "dp1 tp1 pp1"}
+    assert runs["dp1 tp1 pp1 eagle-k3"]["tpot_ms"] < runs["dp1 tp1 pp1"]["tpot_ms"]  # 2.0 tokens per verify step
+
+
+def test_validate_refuses_k_auto_which_only_solve_searches() -> None:
+    out = CliRunner().invoke(cli, ["validate", "--measurements", "x.json", "--speculative",
+                                   "eagle:k=auto,acceptance=0.7"])
+    assert out.exit_code == 2 and "k=auto is for solve" in out.output

@@ -275,7 +275,7 @@ def test_a_constraint_file_that_loops_while_loading_is_stopped(monkeypatch, tmp_
     monkeypatch.setattr(bounds, "USER_CODE_TIME_LIMIT_S", 0.2)
     path = tmp_path / "spin.py"
     path.write_text("while True:\n    pass\n")
-    with quick(), pytest.raises(ConstraintError, match=r"loading --constraints spin.py .* stopped at spin.py:\d"):
+    with quick(), pytest.raises(ConstraintError, match=r"loading constraints=spin.py .* stopped at spin.py:\d"):
         ax.load_constraints(path)
 
 
@@ -423,5 +423,5 @@ def test_a_solver_plug_in_that_never_returns_is_stopped_with_its_line(tmp_path, 
     monkeypatch.setattr(solve_module, "PLUGIN_SEARCH_TIME_LIMIT_S", 0.3)
     specs = ax.load_specs("llama-3.1-8b", "h100x8", workload="synthetic:rate=1rps,requests=5,prompt=100,output=5")
     with pytest.raises(ax.SolverError, match=r"search\(problem\) ran for more than 0.3 s and was stopped at "
-                                             r"forever.py:\d.*--solver cpsat"):
+                                             r"forever.py:\d.*solver=cpsat"):
         ax.solve(specs, solver=str(plugin), workers=1)

@@ -180,6 +180,39 @@ def test_sliding_window_attention_caps_the_attention_pairs_beyond_the_window():
     assert 128 in stages[0].ctx_breakpoints  # the simulator's closed-form decode steps stop at the window
 
 
+def test_attention_sinks_cost_marginally_more_and_leave_the_kv_cache_unchanged():
+    m = get_model("gpt-oss-20b")
+    plain = m.model_copy(update={"attention_sinks": False})
+    gpu, engine, plan = get_gpu("h100-sxm-80gb"), get_engine("vllm-v1"), Plan(gpu="h100-sxm-80gb", engine="vllm-v1")
+    with_sinks, without = (build_replica(x, gpu, plan, engine) for x in (m, plain))
+    a, b = with_sinks.cost.stages[0], without.cost.stages[0]
+    decode = BatchShape(num_tokens=64, num_seqs=64, num_decodes=64, decode_ctx_sum=64 * 2048, prefill_pairs=0.0,
+                        has_prefill=False, max_ctx=2048)
+    prefill = BatchShape(num_tokens=2048, num_seqs=1, num_decodes=0, decode_ctx_sum=0, prefill_pairs=2048 * 2049 / 2,
+                         has_prefill=True, max_ctx=2048)
+    for batch in (decode, prefill):
+        assert b.iteration_time(batch) < a.iteration_time(batch) < b.iteration_time(batch) * (1 + 1e-6)
+        # one exponential and one addition per query token, head and layer
+        assert a.flops(batch) - b.flops(batch) == pytest.approx(2 * m.num_heads * m.num_layers * batch.num_tokens)
+        assert a.bytes(batch) == b.bytes(batch)
+        sinks = [op for op in a.operator_times(batch) if op.name == "attention.sinks"]
+        assert len(sinks) == 1 and not any(op.name == "attention.sinks" for op in b.operator_times(batch))
+        assert sum(op.time_s for op in a.operator_times(batch)) == pytest.approx(a.iteration_time(batch))
+    # token-linear: the closed-form decode step stays exact
+    c0, c1 = a.decode_coeffs(64, max_ctx=2048)
+    assert c0 + c1 * decode.decode_ctx_sum == pytest.approx(a.iteration_time(decode))
+    # the KV cache is untouched: the same bytes per token and blocks
+    assert m.kv_elems_per_token_per_layer(1) == plain.kv_elems_per_token_per_layer(1)
+    for x, y in zip(with_sinks.memory.stages, without.memory.stages, strict=True):
+        assert (x.kv_bytes_per_token, x.kv_tokens) == (y.kv_bytes_per_token, y.kv_tokens)
+
+
+def test_sinks_are_read_for_gpt_oss_configs_only():
+    assert model_from_hf_config({**TINY, "model_type": "gpt_oss", "num_local_experts": 4,
+                                 "num_experts_per_tok": 2}, name="gpt-oss-tiny").attention_sinks
+    assert not model_from_hf_config({**TINY, "model_type": "llama"}, name="llama-tiny").attention_sinks
+
+
 def test_gemma_3_interleaves_five_sliding_layers_per_global_one():
     cfg = {**TINY, "model_type": "gemma3_text", "num_hidden_layers": 12, "sliding_window": 1024,
            "sliding_window_pattern": 6}
@@ -197,11 +230,39 @@ def test_quantization_fp4_and_int8_need_the_gpus_tensor_cores():
     h100, b200 = get_gpu("h100-sxm-80gb"), get_gpu("b200")
     assert weight_dtypes(SearchOptions(quantization="fp4"), b200) == ("bf16", "fp4")
     assert weight_dtypes(SearchOptions(quantization="int8"), h100) == ("bf16", "int8")
-    with pytest.raises(SpecError, match="--quantization fp4: h100-sxm-80gb has no fp4 tensor cores"):
+    with pytest.raises(SpecError, match="quantization=fp4: h100-sxm-80gb has no fp4 tensor cores"):
         weight_dtypes(SearchOptions(quantization="fp4"), h100)
     # a checkpoint quantized already is served as stored: one choice, whatever --quantization allows
     assert weight_dtypes(SearchOptions(quantization="any"), h100, get_model("deepseek-v3")) == ("fp8",)
     assert weight_dtypes(SearchOptions(quantization="any"), h100, get_model("gpt-oss-120b")) == ("bf16",)
+
+
+def test_int8_on_b300_is_not_rated_so_its_weights_are_dequantized_to_bf16_math():
+    b300, b200 = get_gpu("b300"), get_gpu("b200")
+    assert "int8" not in b300.peak_flops and "NOT RATED" in b300.sources["int8"]
+    assert "bf16" in b300.sources["int8"]  # the spec says what the planner does instead
+    # the search refuses to quantize to int8 on it ...
+    with pytest.raises(SpecError, match="quantization=int8: b300 has no int8 tensor cores"):
+        weight_dtypes(SearchOptions(quantization="int8"), b300)
+    # ... and an int8 plan given directly keeps 1-byte weights but multiplies in bf16, at the bf16 peak
+    model, engine = get_model("llama-3.1-8b"), get_engine("vllm-v1")
+    fmt = weight_formats(model, Plan(gpu="b300", weight_dtype="int8"), b300)["gemm"]
+    assert (fmt.stored, fmt.bytes_per_weight, fmt.math) == ("int8", 1.0, "bf16")
+    assert math_dtype("int8", b200) == "int8"  # where int8 is rated, it is the math
+
+    def stage(gpu, dtype):
+        return build_replica(model, gpu, Plan(gpu=gpu.name, weight_dtype=dtype, engine="vllm-v1"), engine)
+
+    prefill = BatchShape(num_tokens=8192, num_seqs=1, num_decodes=0, decode_ctx_sum=0,
+                         prefill_pairs=8192 * 8193 / 2, has_prefill=True, max_ctx=8192)
+    decode = BatchShape(num_tokens=8, num_seqs=8, num_decodes=8, decode_ctx_sum=8 * 1024, prefill_pairs=0.0,
+                        has_prefill=False, max_ctx=1024)
+    int8, bf16, rated = stage(b300, "int8"), stage(b300, "bf16"), stage(b200, "int8")
+    assert int8.cost.stages[0].peak_flops() == b300.peak("bf16")
+    assert int8.cost.stages[0].iteration_time(decode) < bf16.cost.stages[0].iteration_time(decode)  # half the bytes
+    # compute-bound prefill gains nothing from int8 here (dequantization on top of bf16 math), unlike on B200
+    assert int8.cost.stages[0].iteration_time(prefill) >= bf16.cost.stages[0].iteration_time(prefill)
+    assert rated.cost.stages[0].iteration_time(prefill) < bf16.cost.stages[0].iteration_time(prefill)
 
 
 def test_qwen2_sliding_window_is_off_unless_use_sliding_window():

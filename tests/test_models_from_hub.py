@@ -126,15 +126,17 @@ def test_offline_with_nothing_cached_says_so_and_how_to_pass_a_local_config(offl
     with pytest.raises(SpecError) as err:
         catalog.get_model("acme/Not-Cached")
     text = str(err.value)
-    assert text.startswith("--model 'acme/Not-Cached': neither a catalog model nor a file or folder here, so "
+    assert text.startswith("model='acme/Not-Cached': neither a catalog model nor a file or folder here, so "
                            "apex-opt reads it as a Hugging Face id and fetches its config.json from the Hub, but the "
                            "file is not in the local Hugging Face cache (")
     assert "HF_HUB_OFFLINE is set, so the Hub was not asked" in text
-    assert "pass --model path/to/config.json" in text
+    assert "pass model=path/to/config.json" in text
     assert "'hf download acme/Not-Cached config.json --local-dir not-cached'" in text
     assert "'huggingface-cli download acme/Not-Cached config.json --local-dir not-cached'" in text
-    assert "--model not-cached/config.json" in text
+    assert "model=not-cached/config.json" in text
     assert "\n" not in text
+    assert err.value.render("cli").startswith("--model 'acme/Not-Cached': neither")  # what the CLI prints
+    assert "pass --model path/to/config.json" in err.value.render("cli")
 
 
 def test_an_id_the_cli_cannot_fetch_exits_2_with_one_paragraph_and_no_traceback(offline_hub: Path):
@@ -169,7 +171,7 @@ def test_a_gated_or_unknown_repository_is_named_as_such(error: str, says: str, o
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     with pytest.raises(SpecError) as err:
         catalog.get_model("acme/Locked-Model")
-    assert says in str(err.value) and "pass --model path/to/config.json" in str(err.value)
+    assert says in str(err.value) and "pass model=path/to/config.json" in str(err.value)
 
 
 def test_a_403_from_the_hub_says_access_was_refused_and_how_to_log_in(offline_hub: Path,
@@ -194,7 +196,7 @@ def test_without_huggingface_hub_an_unknown_id_says_which_extra_to_install(monke
     with pytest.raises(SpecError) as err:
         catalog.get_model("acme/Some-Model")
     assert "the huggingface_hub package is not installed (pip install 'apex-opt[hf]')" in str(err.value)
-    assert "pass --model path/to/config.json" in str(err.value)
+    assert "pass model=path/to/config.json" in str(err.value)
 
 
 def test_a_local_folder_wins_over_an_id_of_the_same_spelling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -410,7 +410,7 @@ def test_max_requests_plans_on_the_head_of_the_workload():
 
 
 def test_search_options_are_checked_early():
-    with pytest.raises(apex_opt.SpecError, match="--quantization 'nf4' is unknown"):
+    with pytest.raises(apex_opt.SpecError, match="quantization='nf4' is unknown"):
         SearchOptions(quantization="nf4")
     with pytest.raises(apex_opt.SpecError, match="top_k=0"):
         Problem(load_specs(workload=SMALL), top_k=0)
@@ -446,7 +446,7 @@ def test_heuristic_rules_name_their_source(small):
 
 
 def test_unknown_solver_lists_the_bundled_ones(small):
-    with pytest.raises(apex_opt.SpecError, match="--solver 'magic' is unknown; use one of cpsat, exhaustive, heuristic"):
+    with pytest.raises(apex_opt.SpecError, match="solver='magic' is unknown; use one of cpsat, exhaustive, heuristic"):
         planner.solve(small, solver="magic")
 
 

@@ -86,7 +86,7 @@ def test_plan_constraints_leave_disaggregation_out_with_a_note_or_an_error(specs
 
     result = planner.solve(specs, constraints=[tp_cap], top_k=1, workers=1)
     assert any("disaggregated plans not searched" in n and "PlanVars" in n for n in result.notes)
-    with pytest.raises(InfeasibleError, match="--disaggregation only: plan constraints"):
+    with pytest.raises(InfeasibleError, match="disaggregation=only: plan constraints"):
         planner.solve(specs, constraints=[tp_cap], disaggregation="only", workers=1)
 
 

@@ -9,10 +9,14 @@ import itertools
 import pytest
 
 from apex_opt import planner
+from apex_opt.errors import InfeasibleError
 from apex_opt.planner.hetero import build_hetero_space
 from apex_opt.planner.solve import Problem
+from apex_opt.planner.space import SearchOptions, build_space, group_cluster
+from apex_opt.schema.cluster import ClusterSpec
 from apex_opt.schema.plan import Deployment
 from apex_opt.specs import load_specs
+from apex_opt.topology import Topology
 
 WORKLOAD = "synthetic:rate=20rps,requests=120,prompt=1024,output=128,seed=5"
 
@@ -59,3 +63,44 @@ def test_a_homogeneous_cluster_has_no_mixed_search():
     specs = load_specs("llama-3.1-8b", gpu="h100-sxm-80gb", nodes=1, workload=WORKLOAD)
     problem = Problem(specs, workers=1)
     assert problem.heterogeneous() is None and not problem.extra_notes
+
+
+def test_an_infeasible_mixed_gpu_search_names_its_labelled_constraints():
+    """Every GPU used at a 9 ms TPOT bound (9.9 ms with the slack): no mix of the two kinds meets it at the load
+    level its router weight implies; the refusal names the labels, like the aggregated model's explanation."""
+    specs = load_specs("llama-3.1-8b", "h100x8-a100x8", workload=WORKLOAD, slo="ttft=500ms,tpot=9ms")
+    with pytest.raises(InfeasibleError) as err:
+        planner.solve(specs, use_all_gpus=True, disaggregation="off", top_k=1, workers=1)
+    text = str(err.value)
+    assert "mixed-GPU plans: no combination" in text
+    assert "These constraints together rule out every mixed-GPU plan:" in text
+    assert "  [slo.tpot]" in text and "every used kind's TPOT <= 9.9ms" in text and "  [load]" in text
+    assert "without [slo.tpot]: " in text and "without [load]: " in text
+
+
+def _trays_and_a_node(domain):
+    """4 GB200 trays of 4 GPUs beside one 8-GPU H100 node; ``domain``: the cluster's nvlink_domain (None: unset)."""
+    spec = {"name": "gb200x16-h100x8", "network": {"bandwidth_per_gpu": "400Gb/s"},
+            "nodes": [{"gpu": "gb200", "count": 4, "gpus_per_node": 4, "fabric": "nvswitch"},
+                      {"gpu": "h100-sxm-80gb", "count": 1, "gpus_per_node": 8, "fabric": "nvswitch"}]}
+    if domain is not None:
+        spec["nvlink_domain"] = domain
+    return ClusterSpec.parse(spec, source="test", kind="cluster")
+
+
+@pytest.mark.parametrize("domain", [None, 16])
+def test_mixed_gpu_shapes_cross_trays_only_inside_an_nvlink_domain_as_in_the_aggregated_search(domain):
+    cluster = _trays_and_a_node(domain)
+    specs = load_specs("llama-3.1-8b", cluster, workload=WORKLOAD, slo="ttft=500ms,tpot=40ms")
+    space = build_space(specs)
+    trays = build_hetero_space(space).kinds[0]
+    assert trays.gpu == "gb200" and trays.domain_gpus == (domain or 4)
+    mixed = {s.key.tp for s in trays.shapes}
+    aggregated = {c.key.tp for c in space.candidates if c.tp_nodes == 1}  # what placement.tp admits on the trays
+    assert mixed == aggregated == ({1, 2, 4, 8, 16} if domain else {1, 2, 4})
+    # the kind's shapes are priced on its own group with the domain kept: tp8 over two trays runs on NVLink
+    link = Topology.build(group_cluster(cluster, 0), specs.gpus).group_link(range(8))
+    assert link.fabric == ("nvswitch" if domain else "network")
+    # --tp-across-nodes lifts the rule in both searches alike
+    across = build_space(specs, SearchOptions(tp_across_nodes=True))
+    assert {s.key.tp for s in build_hetero_space(across).kinds[0].shapes} >= {8, 16}

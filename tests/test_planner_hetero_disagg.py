@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from apex_opt import planner
+from apex_opt.errors import InfeasibleError
 from apex_opt.planner import disagg
 from apex_opt.planner.disagg import DisaggModel, build_disagg_space
 from apex_opt.planner.objectives import objective_function
@@ -80,3 +81,47 @@ def test_a_cross_kind_pair_wins_on_cost_when_only_h100s_prefill_fast_enough(mixe
     d = next(r for r in dspace.decode if r.gpu == H100 and r.partner == H100 and r.est.gpus == 1
              and r.est.tpot_s <= 0.020)
     assert disagg.predicted(space, p, d)["cost_per_mtok_usd"] > best.predicted["cost_per_mtok_usd"]
+
+
+def _explained(mixed, prefill, decode):
+    """An explaining model of the mixed pair search restricted to the prefill and decode rows the predicates pick."""
+    space = build_space(mixed)
+    dspace = build_disagg_space(space)
+    model = DisaggModel(space, dspace, objective_function("goodput-per-gpu"), explain=True)
+    model.model.add_allowed_assignments([model.ip], [(i,) for i, r in enumerate(dspace.prefill) if prefill(r)])
+    model.model.add_allowed_assignments([model.id], [(i,) for i, r in enumerate(dspace.decode) if decode(r)])
+    return model
+
+
+def test_a_pair_whose_kinds_and_partners_disagree_is_explained_by_the_pairing_label(mixed):
+    # every prefill row fills all 8 H100s (priced towards A100 decode), every decode row is on the H100s
+    model = _explained(mixed, lambda r: r.gpu == H100 and r.est.gpus == 8, lambda r: r.gpu == H100)
+    text, labels = model.explain()
+    assert labels == ("pairing",)
+    assert "[pairing]" in text and "This constraint alone rules out every pair" in text
+    assert "without [pairing]: still no pair" in text  # the H100s cannot hold both roles either
+
+
+def test_both_roles_over_one_kinds_gpus_are_explained_by_that_kinds_label_and_what_fits_without_it(mixed):
+    # 4 H100s prefill and at least 5 H100s decode, each priced beside the other on the H100 node: 9 of 8 GPUs
+    model = _explained(mixed, lambda r: r.gpu == r.partner == H100 and r.est.gpus == 4,
+                       lambda r: r.gpu == r.partner == H100 and r.est.gpus >= 5)
+    text, labels = model.explain()
+    assert labels == (f"gpus.{H100}",)
+    assert f"[gpus.{H100}]" in text and f"prefill + decode GPUs on {H100} within its 8" in text
+    fit = next(line for line in text.splitlines() if line.startswith(f"  without [gpus.{H100}]: "))
+    assert "prefill dp1 tp4" in fit and "9 GPUs (on h100-sxm-80gb)" in fit  # the pair it would choose, 9 H100s
+
+
+def test_an_infeasible_mixed_disaggregated_search_names_its_labels_like_the_aggregated_model():
+    """Only H100s prefill within 66 ms and decode within 8 ms (the SLO with the 1.1 slack), but every GPU must be
+    used: the refusal names the cross-kind constraint and says which pair fits when the TTFT bound is relaxed."""
+    specs = load_specs("llama-3.1-8b", "h100x8-a100x8", workload=LONG_PROMPTS, slo="ttft=60ms,tpot=7.3ms")
+    with pytest.raises(InfeasibleError) as err:
+        planner.solve(specs, disaggregation="only", use_all_gpus=True, top_k=1, workers=1)
+    assert err.value.conflict[0] == "disaggregation" and "pairing" in err.value.conflict
+    text = str(err.value)
+    assert "These constraints together rule out every pair:" in text
+    for label in err.value.conflict[1:]:
+        assert f"  [{label}]" in text and f"without [{label}]: " in text
+    assert f"without [slo.ttft]: 1P1D prefill dp1 tp8 pp1 [{A100}] + decode dp1 tp8 pp1 [{H100}]: 16 GPUs" in text

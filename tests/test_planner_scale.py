@@ -88,3 +88,24 @@ def test_a_user_rule_on_the_split_is_still_honoured_by_the_prefix_search(mid_pro
 
     result = planner.solve(mid_problem, constraints=[first_small], workers=1, top_k=1, max_simulations=3)
     assert result.best.plan.pp == 2 and result.best.plan.layers_per_stage[0] <= 30
+
+
+def test_a_shape_that_missed_its_slo_in_simulation_rules_out_its_plans_with_fewer_replicas():
+    specs = load_specs("llama-3.1-8b", "h100x8", slo="ttft=500ms,tpot=40ms",
+                       workload="synthetic:rate=40rps,requests=200,prompt=512,output=64,seed=0")
+    problem = Problem(specs, options=SearchOptions(disaggregation="off"))
+    optimizer = problem.optimizer()
+    first = optimizer.next()
+    missed = planner.RankedPlan(first.plan, first.predicted, {"slo_met": False}, False, ("SLO missed",),
+                                index=first.index)
+    c = problem.space.candidates[first.index]
+    fewer = {d.index for d in problem.space.candidates
+             if d.key == c.key and d.pp == c.pp and d.menu == c.menu and d.dp < c.dp}
+    assert fewer and optimizer.observe([missed]) == len(fewer)
+    proposed = []
+    while (p := optimizer.next()) is not None:
+        proposed.append(p.index)
+    assert not fewer & set(proposed)
+    unaffected = Problem(specs, options=SearchOptions(disaggregation="off")).optimizer()
+    met = planner.RankedPlan(first.plan, first.predicted, {"slo_met": True}, True, (), index=first.index)
+    assert unaffected.observe([met]) == 0

@@ -118,7 +118,8 @@ SUMMARY_KEYS = {
     "queue_len_mean", "queue_len_max", "running_mean", "running_max", "kv_util_mean", "kv_util_max", "mfu", "mbu",
     "busy_fraction", "energy_j", "energy_per_output_token_j", "gpus", "gpu_hours", "cost_usd",
     "cost_per_mtok_usd",
-    "measured_at", "offered_rate_req_s", "served_rate_req_s", "backlog_growth_req_s", "saturated",
+    "measured_at", "offered_rate_req_s", "served_rate_req_s", "backlog_growth_req_s", "queue_growth_req_s",
+    "saturated",
 } | {f"{m}_{s}_s" for m in ("ttft", "tpot", "itl", "e2e") for s in ("mean", "p50", "p90", "p95", "p99")}
 SLO_KEYS = {"slo_attainment", "goodput_req_s", "goodput_per_gpu_req_s", "slo_ttft_value_s", "slo_tpot_value_s",
             "slo_e2e_value_s", "slo_met"}

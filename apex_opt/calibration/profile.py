@@ -103,25 +103,29 @@ def load_profile(path: str | Path) -> CalibrationProfile:
     from ..catalog import read_structured
 
     p = Path(path)
-    where = f"--calibration {shorten(str(path))}"
+    where = f"--calibration {shorten(str(path))}"  # the profile's source, as reports name it
+    named = f"{{calibration=}}{shorten(str(path))}"  # the same in messages: calibration= in Python, --calibration
     if not p.is_file():
-        raise SpecError(f"{where}: no such file; give the YAML file apex-opt calibrate --out wrote")
+        raise SpecError(f"{named}: no such file; give the YAML file apex-opt calibrate --out wrote",
+                        option="calibration")
     raw = read_structured(p)
     if not isinstance(raw, dict) or "constants" not in raw:
-        raise SpecError(f"{where}: not a calibration profile (a YAML mapping with 'apex_opt_calibration: "
-                        f"{FORMAT_VERSION}' and 'constants'); write one with apex-opt calibrate --out FILE")
+        raise SpecError(f"{named}: not a calibration profile (a YAML mapping with 'apex_opt_calibration: "
+                        f"{FORMAT_VERSION}' and 'constants'); write one with apex-opt calibrate --out FILE",
+                        option="calibration")
     version = raw.get("apex_opt_calibration", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise SpecError(f"{where}: apex_opt_calibration {shorten(version)} is not a format this apex-opt reads "
-                        f"({FORMAT_VERSION}); recalibrate with this version's apex-opt calibrate")
+        raise SpecError(f"{named}: apex_opt_calibration {shorten(version)} is not a format this apex-opt reads "
+                        f"({FORMAT_VERSION}); recalibrate with this version's apex-opt calibrate",
+                        option="calibration")
     constants = raw.get("constants") or {}
     if not isinstance(constants, dict):
-        raise SpecError(f"{where}: 'constants' must map dotted keys to numbers, e.g. "
-                        "'engines.vllm-v1.step_s: 0.0006'")
+        raise SpecError(f"{named}: 'constants' must map dotted keys to numbers, e.g. "
+                        "'engines.vllm-v1.step_s: 0.0006'", option="calibration")
     unknown = sorted(set(raw) - {"apex_opt_calibration", "name", "constants", "report"})
     if unknown:
-        raise SpecError(f"{where}: unknown entr{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; a "
-                        "profile has name, constants and report")
+        raise SpecError(f"{named}: unknown entr{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; a "
+                        "profile has name, constants and report", option="calibration")
     return CalibrationProfile(str(raw.get("name") or p.stem), {str(k): v for k, v in constants.items()},
                               raw.get("report") or {}, source=where)
 

@@ -18,7 +18,7 @@ from ..perf.provenance import calibration_notes, calibration_sources
 from ..schema.plan import Plan
 from ..schema.slo import SLO
 from ..specs import Specs
-from .options import SLOType, calibration_option
+from .options import SLOType, calibration_option, executor_options
 from .render import console, echo_json, table
 from .simulate import PLAN_FORM, PLAN_KEYS, build_deployment, deployment_options, parse_role_spec
 
@@ -73,6 +73,7 @@ def best_cells(metric: Metric, values: list[Any]) -> set[int]:
 @click.option("--max-requests", type=click.IntRange(min=1), default=None, help="replay only the first N requests")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="simulations run at once (at most the CPUs of this machine)")
+@executor_options
 @click.option("--metric", "metric_names", multiple=True, metavar="NAME",
               help="rows to show, by registry name (docs/metrics.md); repeat for more (default: the usual rows)")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
@@ -80,7 +81,8 @@ def best_cells(metric: Metric, values: list[Any]) -> set[int]:
 @click.pass_context
 def compare(ctx: click.Context, plan_specs: tuple[str, ...], slo: SLO | None, seed: int, max_requests: int | None,
             workers: int, metric_names: tuple[str, ...], fmt: str, measured_at: str, calibration: Path | None,
-            prefix_caching: bool | None, **deployment: Any) -> None:
+            prefix_caching: bool | None, executor: str = "local", ray_address: str | None = None,
+            **deployment: Any) -> None:
     """Simulate several plans on one workload and show them side by side: one column per PLAN, one row per metric.
 
     Each PLAN is written like --prefill's spec, with engine settings allowed too, e.g. tp=4,dp=2 or
@@ -101,7 +103,8 @@ def compare(ctx: click.Context, plan_specs: tuple[str, ...], slo: SLO | None, se
         from ..simulate import with_engine_settings
 
         specs = with_engine_settings(specs, prefix_caching=prefix_caching)
-    result = run(specs, plans, seed=seed, workers=workers, max_requests=max_requests, measured_at=measured_at)
+    result = run(specs, plans, seed=seed, workers=workers, max_requests=max_requests, measured_at=measured_at,
+                 executor=executor, ray_address=ray_address)
     if fmt == "json":
         data = result.to_dict()
         for entry, text in zip(data["plans"], plan_specs, strict=True):

@@ -12,6 +12,7 @@ from typing import IO, Any
 import click
 
 from ..errors import SpecError, shorten
+from ..executors import EXECUTORS, parse_ray_address
 from ..schema.slo import SLO, parse_slo
 from ..schema.speculative import SpeculativeConfig, parse_speculative_option
 
@@ -126,6 +127,34 @@ def engine_options(func: Callable) -> Callable:
         click.option("--measured-at", type=click.Choice(["engine", "client"]), default="engine", show_default=True,
                      help="report latencies as the engine logs them, or as a benchmark client (vllm bench serve, "
                           "inference-perf) measures them: API server, tokenisation and streaming included"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+class RayAddressType(click.ParamType):
+    """``--ray-address HOST:PORT`` (or ``ray://HOST:PORT``, ``auto``); a malformed one is a usage error (exit 2)."""
+
+    name = "ADDR"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            parse_ray_address(value)
+        except SpecError as exc:
+            self.fail(exc.render("cli"), param, ctx)
+        return value
+
+
+def executor_options(func: Callable) -> Callable:
+    """--executor local|ray and --ray-address: where the simulations run (results do not depend on it)."""
+    options = [
+        click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
+                     help="where simulations run: local worker processes, or ray tasks (pip install "
+                          "'apex-opt[ray]'); results do not depend on it"),
+        click.option("--ray-address", type=RayAddressType(), default=None, metavar="ADDR",
+                     help="with --executor ray: the cluster's HOST:PORT (ray start --head) or auto  "
+                          "[default: start Ray on this machine, --workers CPUs]"),
     ]
     for option in reversed(options):
         func = option(func)

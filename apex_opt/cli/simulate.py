@@ -428,6 +428,7 @@ def rate_line(s: dict) -> str:
         return "rate         too few arrivals to compare offered and served load"
     line = f"rate         offered {s['offered_rate_req_s']:.2f} req/s, served {s['served_rate_req_s']:.2f} req/s"
     if s.get("saturated"):
-        line += (f": SATURATED, the backlog grows by {s['backlog_growth_req_s']:.2f} req/s while requests arrive "
+        line += (f": SATURATED, the queue of requests waiting for admission grows by {s['queue_growth_req_s']:.2f} "
+                 "req/s while requests arrive "
                  "(queueing delays grow with the length of the run; latencies are not steady-state)")
     return line

@@ -27,6 +27,7 @@ from ..hub import is_repo_id
 from ..planner.benchmark import Benchmark, benchmark_command, write_files
 from ..planner.objectives import OBJECTIVE_NAMES
 from ..planner.result import PlanSet
+from ..planner.sampling import VERIFY_REQUESTS
 from ..planner.solve import solve as run_solve
 from ..planner.space import KV_DTYPES, QUANTIZATION
 from ..planner.verify import usable_workers
@@ -40,8 +41,26 @@ from ..specs import (
     with_engine_settings,
 )
 from ..units import format_bytes, format_time
-from .options import SLOType, calibration_option, engine_options, speculative_option
+from .options import SLOType, calibration_option, engine_options, executor_options, speculative_option
 from .render import echo_json, table
+
+
+class VerifyRequests(click.ParamType):
+    """``--verify-requests N|all``: a whole number of at least 1, or ``all`` (None: every replica simulated)."""
+
+    name = "N|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return None
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is neither a whole number of at least 1 nor 'all'; write e.g. --verify-requests "
+                  f"{VERIFY_REQUESTS} (simulate replicas until they cover that many requests) or --verify-requests "
+                  "all (simulate every replica)", param, ctx)
 
 
 @click.command()
@@ -75,9 +94,13 @@ from .render import echo_json, table
 @click.option("--tp-across-nodes", is_flag=True, help="allow tensor-parallel groups to span nodes")
 @click.option("--max-requests", type=click.IntRange(min=1), default=None,
               help="plan and simulate on the first N requests only (speed)  [default: all]")
+@click.option("--verify-requests", type=VerifyRequests(), default=str(VERIFY_REQUESTS), show_default=True,
+              metavar="N|all", help="simulate a plan's identical replicas only as far as they cover N requests "
+              "(exact for those; totals scaled to the plan); all: every replica")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="simulation and solver seed")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="parallel simulation processes (results do not depend on it)")
+@executor_options
 @click.option("--time-limit", type=click.FloatRange(min=0.01), default=None, help="seconds for the CP-SAT search")
 @click.option("--max-simulations", type=click.IntRange(min=1), default=None,
               help="stop verifying after N simulations [default: 5 x top-k + 5]")
@@ -94,11 +117,12 @@ from .render import echo_json, table
 def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, gpus_per_node: int | None,
           workload: str, engine: str, slo: Any, objective: str, top_k: int, solver: str,
           constraint_files: tuple[str, ...], quantization: str, kv_dtype: str, use_all_gpus: bool, disaggregation: str,
-          tp_across_nodes: bool, max_requests: int | None, seed: int, workers: int, time_limit: float | None,
-          max_simulations: int | None, benchmark_dir: Path | None, fmt: str, cuda_graphs: bool | None,
+          tp_across_nodes: bool, max_requests: int | None, verify_requests: int | None, seed: int, workers: int,
+          time_limit: float | None, max_simulations: int | None, benchmark_dir: Path | None, fmt: str, cuda_graphs: bool | None,
           attention_backend: str | None, emit_k8s: Path | None,
           measured_at: str, calibration: Path | None, plot_file: Path | None = None,
-          speculative: tuple[Any, ...] | None = None, **engine_knobs: Any) -> None:
+          speculative: tuple[Any, ...] | None = None, executor: str = "local", ray_address: str | None = None,
+          **engine_knobs: Any) -> None:
     """Find the best deployments of a model on a cluster for a workload and SLO, verified by simulation.
 
     With no options: llama-3.1-70b on 8x H100 (h100x8), the lmsys trace, SLO ttft=200ms,tpot=50ms.
@@ -107,7 +131,8 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
                        workload=workload, slo=slo, calibration=calibration)
     specs = with_engine_settings(specs, cuda_graphs=cuda_graphs, attention_backend=attention_backend,
                                  measured_at=measured_at, **engine_knobs)
-    note_workers(workers, max_simulations if max_simulations is not None else 5 * top_k + 5)
+    if ray_address is None:  # on a Ray cluster its CPUs, not this machine's, decide how many run at once
+        note_workers(workers, max_simulations if max_simulations is not None else 5 * top_k + 5)
     if plot_file is not None:  # a bad --plot path fails now, not after the solve
         from ..plots import check_path
 
@@ -116,8 +141,9 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
         result = run_solve(specs, objective=objective, constraints=list(constraint_files), top_k=top_k,
                            solver=solver, quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
                            disaggregation=disaggregation,
-                           tp_across_nodes=tp_across_nodes, max_requests=max_requests, seed=seed, workers=workers,
-                           time_limit=time_limit, max_simulations=max_simulations,
+                           tp_across_nodes=tp_across_nodes, max_requests=max_requests,
+                           verify_requests=verify_requests, seed=seed, workers=workers, time_limit=time_limit, max_simulations=max_simulations, executor=executor,
+                           ray_address=ray_address,
                            speculative=None if speculative is None else
                            (speculative if len(speculative) == 1 else (None, *speculative)),
                            progress=bar.say if bar.enabled else None,
@@ -135,7 +161,7 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
             for path in write_k8s(result, emit_k8s):
                 click.echo(f"Wrote {path}", err=True)
         except ApexOptError as exc:
-            click.echo(f"Note: no Kubernetes manifests: {exc}", err=True)
+            click.echo(f"Note: no Kubernetes manifests: {exc.render('cli')}", err=True)
     bench, written, bench_error = None, [], None
     if result.plans:
         options = ([] if cuda_graphs is None else ["--cuda-graphs" if cuda_graphs else "--no-cuda-graphs"]) + \
@@ -153,7 +179,7 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
                                       gpus_per_node=result.problem.get("gpus_per_node", 8), validate_options=options,
                                       gpu_ref=gpu_file)
         except SpecError as exc:  # an engine no benchmark client is known for: the solve stands without it
-            bench_error = str(exc)
+            bench_error = exc.render("cli")
         if bench is not None and benchmark_dir is not None:
             written = write_files(bench)
     if fmt == "json":

@@ -19,7 +19,7 @@ from ..metrics import METRICS
 from ..planner.objectives import OBJECTIVE_NAMES
 from ..sweep import AXES, PLAN_AXES, columns
 from ..sweep import sweep as run
-from .options import atomic_output, calibration_option, check_output_file
+from .options import atomic_output, calibration_option, check_output_file, executor_options
 from .render import echo_json, table
 from .simulate import PLAN_FORM, PLAN_KEYS, parse_role_spec
 
@@ -178,6 +178,7 @@ def plot_rows(rows: list[dict[str, Any]], path: Path, axes: list[str], x: str | 
 @click.option("--max-requests", type=click.IntRange(min=1), default=None, help="replay only the first N requests")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="points run at once (at most the CPUs of this machine)")
+@executor_options
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="write the rows to FILE.csv (or FILE.parquet, with pyarrow)")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
@@ -195,7 +196,7 @@ def sweep(ctx: click.Context, grid_file: Path | None, rates: tuple[str, ...], sl
           varied: tuple[str, ...], plan_spec: str | None, objective: str, cluster: str | None, nodes: int | None,
           gpus_per_node: int | None, seed: int, max_requests: int | None, workers: int, out_file: Path | None,
           fmt: str, plot_file: Path | None, plot_x: str | None, plot_y: tuple[str, ...], plot_group: str | None,
-          calibration: Path | None) -> None:
+          calibration: Path | None, executor: str = "local", ray_address: str | None = None) -> None:
     """Run a grid of problems and write one row per point, with the metrics of docs/metrics.md as columns.
 
     Each point is one plan simulated (--plan tp=2: the same plan, with the point's GPU kind, engine and --vary
@@ -242,7 +243,8 @@ def sweep(ctx: click.Context, grid_file: Path | None, rates: tuple[str, ...], sl
     progress, update = _progress(sys.stderr.isatty())
     kw: dict[str, Any] = {"plan": plan, "cluster": cluster, "nodes": nodes, "gpus_per_node": gpus_per_node,
                           "objective": objective, "seed": seed, "max_requests": max_requests, "workers": workers,
-                          "calibration": calibration, "progress": update}
+                          "calibration": calibration, "progress": update, "executor": executor,
+                          "ray_address": ray_address}
     if progress is not None:
         with progress:
             rows = run(grid, **kw)

@@ -11,7 +11,14 @@ import click
 
 from ..units import parse_fraction
 from ..validate import validate as run_validate
-from .options import calibration_option, engine_options, limit_options, parse_layers, plan_options
+from .options import (
+    calibration_option,
+    engine_options,
+    limit_options,
+    parse_layers,
+    plan_options,
+    speculative_option,
+)
 from .render import console, echo_json, table
 
 #: options whose value is passed only when the user gave it (the files' own values otherwise)
@@ -64,17 +71,25 @@ def overrides_given(ctx: click.Context, options: dict[str, Any]) -> dict[str, An
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @calibration_option
+@speculative_option(search=False)
 @click.pass_context
 def validate(ctx: click.Context, files: tuple[Path, ...], tolerance: str, seed: int, fmt: str,
-             calibration: Path | None, **options: Any) -> None:
+             calibration: Path | None, speculative: tuple[Any, ...] | None = None, **options: Any) -> None:
     """Simulate the plan of each measured run on its workload and print predicted vs measured (TTFT, TPOT/ITL,
     e2e: mean and the percentiles present; throughput) with relative errors; exit 1 when any metric is off by more
     than --tolerance.
 
     A measurement file must say, or the command line must give, the model, GPU, tp, engine and workload of the
-    run; command-line values replace the files'.
+    run; command-line values replace the files'. --speculative simulates the run with speculative decoding (the
+    server's settings: the validate line ``apex-opt solve`` prints for a speculating plan carries them).
     """
-    report = run_validate(files, tolerance=parse_fraction(tolerance), overrides=overrides_given(ctx, options), seed=seed,
+    overrides = overrides_given(ctx, options)
+    if speculative is not None:
+        if len(speculative) > 1:
+            raise click.BadParameter("k=auto is for solve; give the k the server ran with, e.g. k=3",
+                                     param_hint="'--speculative'")
+        overrides["speculative"] = speculative[0]
+    report = run_validate(files, tolerance=parse_fraction(tolerance), overrides=overrides, seed=seed,
                           calibration=calibration)
     if fmt == "json":
         echo_json(report.to_dict())

@@ -84,9 +84,10 @@ def load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise SpecError(f"--measurements {shorten(str(path))}: not valid JSON ({exc.msg} at line {exc.lineno}); "
+        raise SpecError(f"{{measurements=}}{shorten(str(path))}: not valid JSON ({exc.msg} at line {exc.lineno}); "
                         "give the result file of vllm bench serve --save-result, the --output-file of "
-                        "sglang.bench_serving, an inference-perf lifecycle report or a CSV") from None
+                        "sglang.bench_serving, an inference-perf lifecycle report or a CSV",
+                        option="measurements") from None
 
 
 def _load_content(path: Path, text: str) -> Any:
@@ -112,7 +113,7 @@ def read_measurements(path: str | Path, format: str | None = None) -> list[Measu
     """The measurements in ``path``, in the format named or the one its keys identify."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"--measurements {shorten(str(path))}: no such file")
+        raise SpecError(f"{{measurements=}}{shorten(str(path))}: no such file", option="measurements")
     if format is not None:
         if format not in READERS:
             raise SpecError(f"measurement format {shorten(format)}: unknown; formats: {', '.join(READERS)}")
@@ -126,8 +127,8 @@ def read_measurements(path: str | Path, format: str | None = None) -> list[Measu
         if fmt.detect(path, content):
             return fmt.read(path)
     raise SpecError(
-        f"--measurements {shorten(str(path))}: not a measurement format apex-opt reads; formats: "
-        + "; ".join(f"{f.name} ({f.description})" for f in READERS.values()))
+        f"{{measurements=}}{shorten(str(path))}: not a measurement format apex-opt reads; formats: "
+        + "; ".join(f"{f.name} ({f.description})" for f in READERS.values()), option="measurements")
 
 
 def number(value: Any) -> float | None:

@@ -43,8 +43,8 @@ def read(path: Path) -> list[Measurement]:
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise SpecError(f"--measurements {shorten(str(path))}: no rows; give a header line and one row per run "
-                        "(columns in the README, 'Check it against your cluster')")
+        raise SpecError(f"{{measurements=}}{shorten(str(path))}: no rows; give a header line and one row per run "
+                        "(columns in the README, 'Check it against your cluster')", option="measurements")
     out = []
     for i, row in enumerate(rows, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}

@@ -64,18 +64,18 @@ def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             d = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise SpecError(f"--measurements {where}, line {i}: not valid JSON ({exc.msg} at column {exc.colno}); "
+            raise SpecError(f"{{measurements=}}{where}, line {i}: not valid JSON ({exc.msg} at column {exc.colno}); "
                             "sglang.bench_serving --output-file writes one JSON object per line; remove the broken "
-                            "line or rerun the benchmark") from None
+                            "line or rerun the benchmark", option="measurements") from None
         if not _is_run(d):
             keys = ", ".join(list(d)[:6]) if isinstance(d, dict) else type(d).__name__
-            raise SpecError(f"--measurements {where}, line {i}: not a bench_serving run (got {shorten(keys)}); each "
-                            "line needs the summary keys completed and mean_e2e_latency_ms / mean_ttft_ms as "
-                            "sglang.bench_serving writes them")
+            raise SpecError(f"{{measurements=}}{where}, line {i}: not a bench_serving run (got {shorten(keys)}); "
+                            "each line needs the summary keys completed and mean_e2e_latency_ms / mean_ttft_ms as "
+                            "sglang.bench_serving writes them", option="measurements")
         out.append((i, d))
     if not out:
-        raise SpecError(f"--measurements {where}: no runs; the file is empty (sglang.bench_serving --output-file "
-                        "appends one line per run)")
+        raise SpecError(f"{{measurements=}}{where}: no runs; the file is empty (sglang.bench_serving --output-file "
+                        "appends one line per run)", option="measurements")
     return out
 
 

@@ -47,11 +47,11 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
                         f"({engine.eager_kernels.attention_backend})")
     s = engine.scheduler
     if plan.max_model_len is not None and plan.max_model_len > model.max_position_embeddings:
-        raise SpecError(f"--max-model-len {plan.max_model_len} exceeds the context limit of {model.name} "
+        raise SpecError(f"{{max_model_len=}}{plan.max_model_len} exceeds the context limit of {model.name} "
                         f"({model.max_position_embeddings} tokens, max_position_embeddings in its config); the "
-                        f"engine refuses it: use at most {model.max_position_embeddings}, or leave it out")
+                        f"engine refuses it: use at most {model.max_position_embeddings}, or leave it out",
+                        option="max_model_len")
     max_model_len = plan.max_model_len or model.max_position_embeddings
-    big_gpu = gpu.memory >= 70 * 2**30
     if plan.chunked_prefill is not None:
         chunked = plan.chunked_prefill
     elif s.chunked_prefill == "auto":  # vLLM 0.6 create_engine_config: not with prefix caching on
@@ -61,10 +61,10 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
         chunked = s.chunked_prefill == "on"
     budget_default = s.chunked_budget
     max_seqs_default = s.max_num_seqs
-    if engine.family == "vllm-v1" and not big_gpu:
-        budget_default, max_seqs_default = 2048, 256
-    if engine.family == "sglang" and gpu.memory < 25e9:
-        budget_default = 2048
+    small = engine.small_gpu  # vLLM V1 under 70 GiB, SGLang 0.4 under 25 GB pick smaller defaults
+    if small is not None and gpu.memory < small.below:
+        budget_default = small.chunked_budget or budget_default
+        max_seqs_default = small.max_num_seqs or max_seqs_default
     if plan.max_num_batched_tokens is not None:
         budget = plan.max_num_batched_tokens
     elif chunked:
@@ -88,7 +88,7 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
     custom_ar = plan.custom_all_reduce if plan.custom_all_reduce is not None else True
     custom_ar = custom_ar and tp in (2, 4, 6, 8) and nodes_per_tp_group == 1 and nvlink
     graphs = engine.cuda_graphs.enabled if plan.cuda_graphs is None else plan.cuda_graphs
-    graph_max_batch = min(engine.cuda_graphs.max_batch, max_seqs) if engine.family == "vllm-v0" else \
+    graph_max_batch = min(engine.cuda_graphs.max_batch, max_seqs) if engine.graph_batch_within_max_num_seqs else \
         engine.cuda_graphs.max_batch
     return EngineSettings(
         engine=engine,
@@ -180,22 +180,25 @@ def check_limits(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpec,
         sampler = plan.max_num_seqs * model.vocab_size * 12.0  # fp32 logits, probabilities, log-probabilities
         if sampler > gpu.memory:
             most = max(1, int(gpu.memory // (model.vocab_size * 12.0)) // 2)
-            raise SpecError(f"--max-num-seqs {plan.max_num_seqs}: sampling that many sequences over {model.name}'s "
+            raise SpecError(f"{{max_num_seqs=}}{plan.max_num_seqs}: sampling that many sequences over {model.name}'s "
                             f"{model.vocab_size:,}-token vocabulary needs {sampler / 2**30:,.0f} GiB, more than a "
                             f"{gpu.name} holds ({gpu.memory / 2**30:.0f} GiB); use at most about {most} (engines "
-                            f"default to {engine.scheduler.max_num_seqs})")
+                            f"default to {engine.scheduler.max_num_seqs})", option="max_num_seqs")
     if plan.max_num_batched_tokens is None:
         return
     b = plan.max_num_batched_tokens
     if b < engine.scheduler.block_size:
-        raise SpecError(f"--max-num-batched-tokens {b} is below the engine's KV block size "
+        raise SpecError(f"{{max_num_batched_tokens=}}{b} is below the engine's KV block size "
                         f"({engine.scheduler.block_size} tokens), so no prompt block could be scheduled; use at "
-                        f"least {max(engine.scheduler.block_size, max_seqs)} (default: the engine's)")
+                        f"least {max(engine.scheduler.block_size, max_seqs)} (default: the engine's)",
+                        option="max_num_batched_tokens")
     if engine.family in ("vllm-v0", "vllm-v1") and b < max_seqs:
-        raise SpecError(f"--max-num-batched-tokens {b} is below max_num_seqs {max_seqs}: {engine.name} refuses "
+        raise SpecError(f"{{max_num_batched_tokens=}}{b} is below max_num_seqs {max_seqs}: {engine.name} refuses "
                         f"a token budget smaller than the sequences it may batch (each running sequence needs a "
-                        f"token per step); use at least {max_seqs}, or lower --max-num-seqs")
+                        f"token per step); use at least {max_seqs}, or lower {{max_num_seqs}}",
+                        option=("max_num_batched_tokens", "max_num_seqs"))
     if engine.family in ("vllm-v0", "vllm-v1") and not chunked and b < max_model_len:
-        raise SpecError(f"--max-num-batched-tokens {b} is below max_model_len {max_model_len} with chunked prefill "
+        raise SpecError(f"{{max_num_batched_tokens=}}{b} is below max_model_len {max_model_len} with chunked prefill "
                         f"off: {engine.name} refuses it (the longest prompt could never be scheduled); turn on "
-                        f"--chunked-prefill, raise the budget to {max_model_len}, or lower --max-model-len")
+                        f"{{chunked_prefill}}, raise the budget to {max_model_len}, or lower {{max_model_len}}",
+                        option=("max_num_batched_tokens", "chunked_prefill", "max_model_len"))

@@ -72,17 +72,19 @@ def check_iteration(model: Any, batch: int, context: int) -> None:
     """Refuse a batch or context no engine runs, before any table is sized by it (SpecError naming the bound)."""
     for name, value in (("batch", batch), ("context", context)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SpecError(f"--{name} {shorten(value)}: must be a whole number >= 1, e.g. --{name} 32")
-    check_count("--batch", batch, MAX_BATCH, f"use --batch {MAX_BATCH} or less (engines run a few hundred "
-                                               "sequences per iteration)")
+            raise SpecError(f"{{{name}=}}{shorten(value)}: must be a whole number >= 1, e.g. {{{name}=}}32",
+                            option=name)
+    check_count("{batch}", batch, MAX_BATCH, f"use {{batch=}}{MAX_BATCH} or less (engines run a few hundred "
+                                             "sequences per iteration)", option="batch")
     limit = int(model.max_position_embeddings)
     if context > limit:
-        raise SpecError(f"--context {format_count(context)} is beyond {model.name}'s context window of {limit:,} "
-                        f"tokens (max_position_embeddings); use --context {limit} or less")
+        raise SpecError(f"{{context=}}{format_count(context)} is beyond {model.name}'s context window of {limit:,} "
+                        f"tokens (max_position_embeddings); use {{context=}}{limit} or less", option="context")
     if batch * context > MAX_ITERATION_TOKENS:
-        raise SpecError(f"--batch {batch:,} x --context {context:,} = {batch * context:,} prompt tokens in one "
+        raise SpecError(f"{{batch=}}{batch:,} x {{context=}}{context:,} = {batch * context:,} prompt tokens in one "
                         f"iteration, more than the {MAX_ITERATION_TOKENS:,} apex-opt prices; use at most "
-                        f"--batch {max(1, MAX_ITERATION_TOKENS // context):,} at this context")
+                        f"{{batch=}}{max(1, MAX_ITERATION_TOKENS // context):,} at this context",
+                        option=("batch", "context"))
 
 
 def estimate_replica(replica: Replica, *, batch: int, context: int) -> dict:

@@ -54,9 +54,10 @@ def check_divisibility(model: ModelSpec, plan: Plan) -> None:
     if plan.layers_per_stage is not None and sum(plan.layers_per_stage) != model.num_layers:
         split = ",".join(str(n) for n in plan.layers_per_stage)
         even = [model.num_layers // plan.pp + (1 if i < model.num_layers % plan.pp else 0) for i in range(plan.pp)]
-        raise SpecError(f"--layers-per-stage {split[:80]} sums to {sum(plan.layers_per_stage)} layers, but "
+        raise SpecError(f"{{layers_per_stage=}}{split[:80]} sums to {sum(plan.layers_per_stage)} layers, but "
                         f"{model.name} has {model.num_layers}; give pp={plan.pp} counts that add up to "
-                        f"{model.num_layers}, e.g. --layers-per-stage {','.join(map(str, even))}, or leave it out")
+                        f"{model.num_layers}, e.g. {{layers_per_stage=}}{','.join(map(str, even))}, or leave it out",
+                        option="layers_per_stage")
     if plan.ep > 1:
         if not model.moe:
             raise SpecError(f"plan ep={plan.ep}: {model.name} is a dense model; expert parallelism needs an MoE model")

@@ -10,6 +10,8 @@ An iteration's cost splits into parts whose dependence on the batch is known in 
   the GPU's peak, plus reading the chunk's past KV;
 * **decode attention** reads every token of every decoding sequence's KV cache once: bytes linear in
   ``decode_ctx_sum``, at a fitted fraction of HBM bandwidth, plus a per-sequence cost;
+* **attention sinks** (gpt-oss) add one exponential and one addition per query token, head and layer (token-linear,
+  no KV);
 * **LM head and sampler** (last stage) depend on the number of sequences that sample a token;
 * **host overhead** of the engine (scheduling, input preparation, TP broadcast), per iteration and per sequence,
   fitted on measured runs (``specs/calibration/serving.yaml``, ``docs/calibration.md``).
@@ -452,6 +454,23 @@ class StageCost:
                 kv / (self.gpu.memory_bandwidth * float(self._attn["decode_bw_efficiency"])))
         return t, flops, kv
 
+    @cached_property
+    def _sink_token(self) -> tuple[float, float]:
+        """(seconds, FLOPs) per query token of the attention sinks of this stage (gpt-oss; 0 without them).
+
+        A sink is one learned logit per query head that joins the softmax's denominator and attends to no token:
+        per query row, head and layer, one exponential and one addition (2 FLOPs, counting the exponential as one),
+        on every attention layer, full or sliding, prefill or decode. It reads no KV and adds none, so it is priced
+        per token at the attention kernels' fitted prefill rate, like the attention pairs.
+        """
+        m = self.model
+        has_attention = any(op.op.kind == "attention" for ops in self.layout.blocks.values() for op in ops)
+        if not m.attention_sinks or not has_attention or self.num_layers == 0:
+            return 0.0, 0.0
+        q_heads = max(1, m.num_heads // self.plan.tp)
+        flops = 2.0 * q_heads * self.num_layers
+        return flops / (self.gpu.peak("bf16") * float(self._attn["prefill_efficiency"])), flops
+
     # ---------------------------------------------------------------------------------------- LM head, host
     def _head_time(self, seqs: int) -> float:
         """LM head GEMM, logits gather and sampling for ``seqs`` sampled sequences (last stage; memoized)."""
@@ -546,6 +565,7 @@ class StageCost:
         t += s_ctx * b.decode_ctx_sum + s_seq * b.num_decodes
         if self._beyond(b):
             t += self._sliding_token[0] * b.num_tokens
+        t += self._sink_token[0] * b.num_tokens
         t += self._head_time(b.num_seqs)
         return t + self._host_share(b, graph)
 
@@ -617,6 +637,10 @@ class StageCost:
             slide_t, slide_f, slide_b = self._sliding_token
             out.append(OperatorTime("attention.sliding_window", "attention", self.num_layers - layers,
                                     slide_t * b.num_tokens, slide_f * b.num_tokens, slide_b * b.num_tokens))
+        sink_t, sink_f = self._sink_token
+        if sink_f:  # gpt-oss: one sink logit per head in every softmax row
+            out.append(OperatorTime("attention.sinks", "attention", self.num_layers, sink_t * b.num_tokens,
+                                    sink_f * b.num_tokens, 0.0))
         head = self._head_time(b.num_seqs)
         if head:
             hf = 2.0 * b.num_seqs * m.hidden_size * m.vocab_size / self.plan.tp
@@ -681,6 +705,7 @@ class StageCost:
         assert self._flop_table is not None
         attn, head, _, _ = self._work(b)
         slide = self._sliding_token[1] * b.num_tokens if self._beyond(b) else 0.0
+        slide += self._sink_token[1] * b.num_tokens
         return self._table_value(self._flop_table, b.num_tokens) + attn * b.prefill_pairs + head * b.num_seqs + slide
 
     def bytes(self, b: BatchShape) -> float:

@@ -159,6 +159,7 @@ def benchmark_command(plan: Plan | Deployment, model: str, workload: Workload, *
                             *dataset, f"--seed {seed}", "--output-details", f"--output-file {_q(result_path)}"])
         notes.append(f"sglang.bench_serving appends one line per run to {result_path}: delete it before a re-run, "
                      "or validate reads every run in it")
+    notes += _speculation_notes(plan, spec is not None)
     check = None if isinstance(plan, Deployment) else _validate(plan, model, result_path, replayed, validate_options,
                                                                       gpu_ref)
     if check is None:
@@ -341,6 +342,24 @@ def _sglang_trace(workload: Workload, path: str) -> tuple[list[str], str, str, l
     return dataset, "\n".join(lines) + "\n", "\n".join(csv_lines) + "\n", notes
 
 
+def _speculation_notes(plan: Plan | Deployment, random_data: bool) -> list[str]:
+    """What a benchmark of a speculating plan should know: the client sends plain requests (speculation is the
+    server's, set on its launch line), and the tokens emitted per step depend on the text, not the plan."""
+    specs = {p.speculative for p in (plan.plans if isinstance(plan, Deployment) else (plan,)) if p.speculative}
+    if not specs:
+        return []
+    sp = next(iter(specs))
+    rates = sp.option.split("acceptance=")[1].split(",")[0]
+    notes = [(f"the server speculates ({sp.label}, from its launch line); the client needs no flag for it, and "
+              f"validate simulates it with the planned acceptance {rates} per drafted position: read the acceptance "
+              "the engine reports for the run (vLLM's spec_decode counters on /metrics, SGLang's accept length) and "
+              "put it in validate's --speculative before judging the TPOT")]
+    if random_data:
+        notes.append("the random data set's prompts are random tokens, on which drafts are seldom accepted: replay "
+                     "a trace of real text to measure the speed-up speculation was planned for")
+    return notes
+
+
 def _validate(plan: Plan, model: str, result: str, workload: str, extra: Sequence[str],
               gpu_ref: str | None = None) -> str:
     """The ``apex-opt validate`` command that matches ``result`` to ``plan`` (the client's file names no plan)."""
@@ -364,6 +383,8 @@ def _validate(plan: Plan, model: str, result: str, workload: str, extra: Sequenc
             args.append(f"--{key.replace('_', '-')} {getattr(plan, key)}")
     if plan.chunked_prefill is not None:
         args.append("--chunked-prefill" if plan.chunked_prefill else "--no-chunked-prefill")
+    if plan.speculative is not None:  # the server speculates (its launch line): validate simulates the same drafts
+        args.append(f"--speculative {_q(plan.speculative.option)}")
     args.extend(extra)
     args += [f"--workload {_q(workload)}", "--measured-at client"]
     return " ".join(args)

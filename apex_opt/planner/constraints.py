@@ -218,19 +218,19 @@ def load_constraints(path: str | Path) -> list[Constraint]:
         The file is missing, does not import (its error is shown with file:line) or defines no constraint.
     """
     if not isinstance(path, (str, Path)):
-        raise ConstraintError(f"--constraints {str(path)[:80]!r}: got a value of type {type(path).__name__}; give "
-                              "the path of a .py file of @constraint functions")
+        raise ConstraintError(f"{{constraints=}}{str(path)[:80]!r}: got a value of type {type(path).__name__}; give "
+                              "the path of a .py file of @constraint functions", option="constraints")
     path = Path(path)
     if not path.is_file():
-        raise ConstraintError(f"--constraints {str(path)[:200]}: no such file; check the path")
+        raise ConstraintError(f"{{constraints=}}{str(path)[:200]}: no such file; check the path", option="constraints")
     name = f"apex_opt_user_constraints_{next(_LOADED)}_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ConstraintError(f"--constraints {path}: not a Python file")
+        raise ConstraintError(f"{{constraints=}}{path}: not a Python file", option="constraints")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        with user_code_time_limit(f"loading --constraints {path.name}"):
+        with user_code_time_limit(f"loading {{constraints=}}{path.name}", option="constraints"):
             spec.loader.exec_module(module)
     except ConstraintError:
         sys.modules.pop(name, None)
@@ -246,8 +246,8 @@ def load_constraints(path: str | Path) -> list[Constraint]:
             from None
     found = [obj for obj in vars(module).values() if isinstance(obj, Constraint)]
     if not found:
-        raise ConstraintError(f"--constraints {path}: no function decorated with @constraint(...) "
-                              "(write `@ax.constraint(\"label\")` above a function of (v, s))")
+        raise ConstraintError(f"{{constraints=}}{path}: no function decorated with @constraint(...) "
+                              "(write `@ax.constraint(\"label\")` above a function of (v, s))", option="constraints")
     found.sort(key=lambda c: getattr(getattr(c.fn, "__code__", None), "co_firstlineno", 0))
     return found
 

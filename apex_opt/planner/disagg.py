@@ -15,7 +15,9 @@ the arrival rate with the headroom), ``formats`` (one weight and KV format on bo
 GPU kinds each role may run on any kind: every kind has its own rows, priced on its own GPU, and each row names
 the *partner* kind the other role runs on (its KV transfer is priced over the link between the two); the model
 then adds ``pairing`` (the rows' kinds and partners agree) and ``gpus.<kind>`` (both roles' GPUs on a kind within
-its count) and, for ``min-cost``, prices the pair per kind. (Candidates that fail memory, divisibility or placement are not in the tables at all: a disaggregated
+its count) and, for ``min-cost``, prices the pair per kind. When no pair meets every label,
+:meth:`DisaggModel.explain` names a minimal set of them in conflict and the pair the search would choose without
+each. (Candidates that fail memory, divisibility or placement are not in the tables at all: a disaggregated
 search that finds nothing is not an error, the aggregated plans stand.) The objective is
 the problem's primary metric for the pair (goodput per GPU is the product of both roles' attainments over the
 GPUs of both), then fewer GPUs. Each proposal is simulated as a :class:`~apex_opt.schema.plan.Deployment` by
@@ -35,11 +37,12 @@ from ortools.sat.python import cp_model
 from ..errors import SolverError, SpecError
 from ..perf.kv_transfer import kv_transfer_cost
 from ..perf.replica import check_divisibility
-from ..schema.cluster import ClusterSpec
 from ..schema.plan import Deployment, Plan
 from ..topology.graph import Topology
+from ..units import format_time
 from .estimates import Estimator, Menu, RoleEstimate, ShapeKey
-from .model import solve_once
+from .explain import side_infeasible_message
+from .model import SideLabels, solve_once
 from .objectives import Objective
 from .space import (
     DTYPE_BITS,
@@ -47,10 +50,11 @@ from .space import (
     _budgets,
     _ep_choices,
     _powers_of_two,
-    _tp_nodes,
     dp_need,
     dp_values,
+    group_cluster,
     kv_dtypes,
+    tp_placed,
     weight_dtypes,
 )
 
@@ -115,8 +119,7 @@ def _kinds(space: PlanSpace) -> list[_Kind]:
         if any(k.gpu == group.gpu for k in kinds):
             continue
         gpu = specs.gpus[group.gpu]
-        sub = ClusterSpec(name=f"{specs.cluster.name}[{group.gpu}]", nodes=(group,), network=specs.cluster.network)
-        est = Estimator(specs.model, gpu, specs.engine, Topology.build(sub, specs.gpus), space.stats, specs.slo,
+        est = Estimator(specs.model, gpu, specs.engine, Topology.build(group_cluster(specs.cluster, gi), specs.gpus), space.stats, specs.slo,
                         slo_slack=opts.slo_slack, headroom=opts.headroom, max_pp=MAX_ROLE_PP)
         try:
             wds = weight_dtypes(opts, gpu, specs.model)
@@ -157,7 +160,7 @@ def build_disagg_space(space: PlanSpace) -> DisaggSpace:
                         except SpecError:
                             continue
                         for pp in _powers_of_two(min(MAX_ROLE_PP, opts.max_pp, L, total // tp)):
-                            if not opts.tp_across_nodes and _tp_nodes(tp, pp, 1, gpn) > 1:
+                            if not tp_placed(tp, pp, 1, gpn, opts):
                                 continue
                             size = tp * pp
                             for partner in kinds:
@@ -173,7 +176,7 @@ def build_disagg_space(space: PlanSpace) -> DisaggSpace:
                                         if not top.fits:
                                             continue
                                         for dp in dp_values(most, dp_need(top, most, rate, opts.headroom), opts):
-                                            if not opts.tp_across_nodes and _tp_nodes(tp, pp, dp, gpn) > 1:
+                                            if not tp_placed(tp, pp, dp, gpn, opts):
                                                 continue
                                             e = top if dp == most else est.estimate_role(role, key, menu, pp, dp,
                                                                                          transfer)
@@ -205,12 +208,14 @@ class DisaggModel:
     """CP-SAT over (prefill row, decode row) pairs; :meth:`next` yields pairs best first (see the module docstring)."""
 
     def __init__(self, space: PlanSpace, dspace: DisaggSpace, objective: Objective, *, seed: int = 0,
-                 time_limit: float | None = None) -> None:
+                 time_limit: float | None = None, explain: bool = False) -> None:
         if not dspace.prefill or not dspace.decode:
             raise SolverError("no disaggregated plan: a role has no replica shape that fits")
         self.space, self.dspace, self.objective = space, dspace, objective
         self.seed, self.time_limit = seed, time_limit
         m = self.model = cp_model.CpModel()
+        self.labels = SideLabels(m, explain=explain, seed=seed, time_limit=time_limit)
+        add = self.labels.add
         P, D = dspace.prefill, dspace.decode
         self.ip = m.new_int_var(0, len(P) - 1, "prefill")
         self.id = m.new_int_var(0, len(D) - 1, "decode")
@@ -229,41 +234,47 @@ class DisaggModel:
         self.gpus = m.new_int_var(2, 2 * self.all_gpus, "gpus")
         m.add(self.gpus == gp + gd)
         if opts.use_all_gpus:
-            m.add(self.gpus == self.all_gpus)
+            add("gpus", self.gpus == self.all_gpus, f"both roles together use every GPU of the cluster "
+                f"({self.all_gpus}, --use-all-gpus)")
         else:
-            m.add(self.gpus <= self.all_gpus)
+            add("gpus", self.gpus <= self.all_gpus, f"both roles together within the cluster's {self.all_gpus} GPUs")
         self.price: cp_model.LinearExpr | None = None
         if len(dspace.kinds) > 1:
             # pairing: each row's transfer was priced towards one kind, and the other role must run there
             names = list(dspace.kinds)
-            m.add(col("partner_p", P, self.ip, lambda r: names.index(r.partner))
-                  == col("kind_d", D, self.id, lambda r: names.index(r.gpu)))
-            m.add(col("partner_d", D, self.id, lambda r: names.index(r.partner))
-                  == col("kind_p", P, self.ip, lambda r: names.index(r.gpu)))
+            pairing = ("each role runs on the GPU kind the other's row was priced for (its KV transfer's link, and "
+                       "the GPUs a row on a shared kind leaves to the other): " + " / ".join(names))
+            add("pairing", col("partner_p", P, self.ip, lambda r: names.index(r.partner))
+                == col("kind_d", D, self.id, lambda r: names.index(r.gpu)), pairing)
+            add("pairing", col("partner_d", D, self.id, lambda r: names.index(r.partner))
+                == col("kind_p", P, self.ip, lambda r: names.index(r.gpu)), pairing)
             for k, count in dspace.kinds.items():  # gpus.<kind>: both roles' GPUs of this kind within its count
                 a = col(f"gpus_p_{k}", P, self.ip, lambda r, k=k: r.est.gpus if r.gpu == k else 0)
                 b_ = col(f"gpus_d_{k}", D, self.id, lambda r, k=k: r.est.gpus if r.gpu == k else 0)
-                m.add(a + b_ <= count)
+                add(f"gpus.{k}", a + b_ <= count, f"prefill + decode GPUs on {k} within its {count}")
             cents = {k: round(space.specs.gpus[k].price_per_hour * 100) for k in names}
             self.price = (col("price_p", P, self.ip, lambda r: cents[r.gpu] * r.est.gpus)
                           + col("price_d", D, self.id, lambda r: cents[r.gpu] * r.est.gpus))
         for name, bits in (("weight", "weight_dtype"), ("kv", "kv_dtype")):
             a = col(f"{name}_bits_p", P, self.ip, lambda r, b=bits: DTYPE_BITS[getattr(r.key, b)])
             b_ = col(f"{name}_bits_d", D, self.id, lambda r, b=bits: DTYPE_BITS[getattr(r.key, b)])
-            m.add(a == b_)
+            add("formats", a == b_, "one weight format and one KV format on both roles (the KV cache moves as is)")
         ns = 1e9
         self.ttft = col("ttft_ns", P, self.ip, lambda r: _int(r.est.ttft_s * ns))
         tail = col("ttft_tail_ns", P, self.ip, lambda r: _int(r.est.ttft_tail_s * ns))
         self.tpot = col("tpot_ns", D, self.id, lambda r: _int(r.est.tpot_s * ns))
         if slo.ttft is not None:
-            m.add(tail <= int(slo.ttft * opts.slo_slack * ns))
+            add("slo.ttft", tail <= int(slo.ttft * opts.slo_slack * ns),
+                f"prefill TTFT of the long prompt <= {format_time(slo.ttft * opts.slo_slack)}")
         if slo.tpot is not None:
-            m.add(self.tpot <= int(slo.tpot * opts.slo_slack * ns))
+            add("slo.tpot", self.tpot <= int(slo.tpot * opts.slo_slack * ns),
+                f"decode TPOT (with the KV transfer) <= {format_time(slo.tpot * opts.slo_slack)}")
         need = math.ceil(rate * (1 + opts.headroom) * 1e6)
         self.cap_p = col("capacity_p", P, self.ip, lambda r: _int(r.est.capacity_rps * 1e6))
         self.cap_d = col("capacity_d", D, self.id, lambda r: _int(r.est.capacity_rps * 1e6))
-        m.add(self.cap_p >= need)
-        m.add(self.cap_d >= need)
+        carry = f"carry {rate:.3g} req/s with {opts.headroom:.0%} headroom"
+        add("capacity.prefill", self.cap_p >= need, f"the prefill replicas {carry}")
+        add("capacity.decode", self.cap_d >= need, f"the decode replicas {carry}")
         att_p = col("attainment_p", P, self.ip, lambda r: round(r.est.attainment * 1000))
         att_d = col("attainment_d", D, self.id, lambda r: round(r.est.attainment * 1000))
         self.att = m.new_int_var(0, 10**6, "attainment_ppm")
@@ -312,6 +323,28 @@ class DisaggModel:
         self.model.add_forbidden_assignments([self.ip, self.id], [(a, b) for a in same_p for b in same_d])
         self.cuts += 1
         return p, d
+
+    def explain(self) -> tuple[str, tuple[str, ...]]:
+        """Why no pair exists: a minimal set of labelled constraints in conflict (``pairing`` and ``gpus.<kind>``
+        among them on a mixed cluster) and, for each, the pair the search would choose without it.
+        ``("", ())`` when some pair meets every label. A model built with ``explain=True`` is explained as it
+        stands (with any constraint added to it since); otherwise a fresh one is built."""
+        probe = self if self.labels.explain else DisaggModel(self.space, self.dspace, self.objective, seed=self.seed,
+                                                             time_limit=self.time_limit, explain=True)
+        what = "disaggregated plan"
+        labels = probe.labels.conflict(what, drop_first=("capacity", "slo"), keep_last=("gpus", "pairing"))
+        if not labels:
+            return "", ()
+        fits = probe.labels.relaxations(labels, what, probe._describe)
+        return side_infeasible_message("pair", [(n, probe.labels.text[n]) for n in labels], fits), tuple(labels)
+
+    def _describe(self, solver: cp_model.CpSolver) -> str:
+        p = self.dspace.prefill[int(solver.value(self.ip))]
+        d = self.dspace.decode[int(solver.value(self.id))]
+        kinds = f"{p.est.gpus} {p.gpu} + {d.est.gpus} {d.gpu}" if p.gpu != d.gpu else f"on {p.gpu}"
+        return (f"{deployment(self.space, p, d).label}: {p.est.gpus + d.est.gpus} GPUs ({kinds}), TTFT "
+                f"{format_time(p.est.ttft_tail_s)}, TPOT {format_time(d.est.tpot_s)}, "
+                f"{min(p.est.capacity_rps, d.est.capacity_rps):.3g} req/s")
 
 
 def _layout(r: RoleRow) -> tuple:

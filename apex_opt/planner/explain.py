@@ -37,6 +37,32 @@ def infeasible_message(space: Any, conflict: Sequence[Constraint], *, hard_only:
     return "\n".join(lines)
 
 
+def side_infeasible_message(what: str, conflict: Sequence[tuple[str, str]],
+                            fits: Sequence[tuple[Sequence[str], str | None]]) -> str:
+    """The labelled constraints of a side search (disaggregated pairs, mixed-GPU plans) that together rule out
+    every ``what``, in the layout of :func:`infeasible_message`, then what the search would choose with each
+    one of them dropped, or a set of them (``None``: still nothing)::
+
+        These constraints together rule out every pair:
+          [gpus]              both roles together use every GPU of the cluster (16, --use-all-gpus)
+          [gpus.h100-sxm-80gb]  prefill + decode GPUs on h100-sxm-80gb within its 8
+        What would fit with one of them relaxed:
+          without [gpus]: 1P1D prefill dp1 tp1 pp1 + decode dp1 tp1 pp1: 2 GPUs (on h100-sxm-80gb), ...
+    """
+    if not conflict:
+        return ""
+    width = max(18, max(len(label) for label, _ in conflict) + 4)
+    lines = [f"These constraints together rule out every {what}:" if len(conflict) > 1
+             else f"This constraint alone rules out every {what}:"]
+    lines += [f"  {('[' + label + ']').ljust(width)}{text}" for label, text in conflict]
+    lines.append("What would fit with one of them relaxed:" if len(conflict) > 1 else "What would fit without it:")
+    for labels, found in fits:
+        alone = "it alone" if len(labels) == 1 else "all of them"
+        names = " + ".join(f"[{n}]" for n in labels)
+        lines.append(f"  without {names}: {found or f'still no {what} (relaxing {alone} is not enough)'}")
+    return "\n".join(lines)
+
+
 def _hint(space: Any, conflict: Sequence[Constraint]) -> str:
     order = ("slo.tpot", "slo.ttft", "slo.e2e", "memory", "placement.tp", "capacity", "gpus")
     builtins = {c.label: c for c in conflict if c.builtin}
@@ -119,4 +145,4 @@ def why_best(plans: Sequence[Any], objective: Objective, *, simulated: int = 0, 
             f"precision, engine defaults or solver order{slo_part}.")
 
 
-__all__ = ["format_metric", "infeasible_message", "why_best"]
+__all__ = ["format_metric", "infeasible_message", "side_infeasible_message", "why_best"]

@@ -8,7 +8,9 @@ router sends each replica a share of the traffic proportional to its weight (its
 ``phi * w`` requests/s. That makes the choice separable:
 
 * per GPU kind, every shape (tp, pp <= 2, ep, dtypes; the engine's default limits) that fits the kind's memory
-  and keeps its tensor-parallel groups inside a node is estimated by the cost model at each level of a grid of
+  and keeps its tensor-parallel groups inside one NVLink domain (a node, unless the cluster sets
+  ``nvlink_domain``: the aggregated search's ``placement.tp`` rule, :func:`~apex_opt.planner.space.tp_placed`)
+  is estimated by the cost model at each level of a grid of
   ``phi`` (:data:`LEVELS` levels, geometric), as one replica receiving ``phi * w`` requests/s;
 * a CP-SAT model picks, per kind, one row (shape x replica count, or nothing) and one grid level: the total
   weight carries the rate at that level (``W >= rate / phi``, so the real load is at most the level's), each
@@ -32,14 +34,24 @@ from ortools.sat.python import cp_model
 
 from ..errors import SolverError, SpecError
 from ..perf.replica import check_divisibility
-from ..schema.cluster import ClusterSpec
 from ..schema.plan import Deployment, Plan
 from ..simulate import router_weight
 from ..topology.graph import Topology
+from ..units import format_time
 from .estimates import ConfigEstimate, Estimator, Menu, ShapeKey
-from .model import solve_once
+from .explain import side_infeasible_message
+from .model import SideLabels, solve_once
 from .objectives import Objective
-from .space import PlanSpace, _ep_choices, _powers_of_two, _tp_nodes, dp_values, kv_dtypes, weight_dtypes
+from .space import (
+    PlanSpace,
+    _ep_choices,
+    _powers_of_two,
+    dp_values,
+    group_cluster,
+    kv_dtypes,
+    tp_placed,
+    weight_dtypes,
+)
 
 LEVELS = 16
 MAX_PP = 2
@@ -71,6 +83,7 @@ class KindTable:
     gpus: int
     gpus_per_node: int
     shapes: list[KindShape]
+    domain_gpus: int  # GPUs per NVLink domain (a node, unless the cluster sets nvlink_domain)
 
 
 @dataclass
@@ -78,11 +91,6 @@ class HeteroSpace:
     kinds: list[KindTable]
     phis: tuple[float, ...]
     build_time_s: float
-
-
-def _group_cluster(cluster: ClusterSpec, i: int) -> ClusterSpec:
-    group = cluster.nodes[i]
-    return ClusterSpec(name=f"{cluster.name}[{group.gpu}]", nodes=(group,), network=cluster.network)
 
 
 def build_hetero_space(space: PlanSpace) -> HeteroSpace:
@@ -94,19 +102,20 @@ def build_hetero_space(space: PlanSpace) -> HeteroSpace:
     tables = []
     for gi, group in enumerate(specs.cluster.nodes):
         gpu = specs.gpus[group.gpu]
-        sub = _group_cluster(specs.cluster, gi)
+        sub = group_cluster(specs.cluster, gi)
+        domain = specs.cluster.domain_gpus(group)  # tp may cross nodes inside one NVLink domain (GB200 NVL72)
         topology = Topology.build(sub, specs.gpus)
         est = Estimator(specs.model, gpu, specs.engine, topology, space.stats, specs.slo,
                         slo_slack=opts.slo_slack, headroom=opts.headroom, max_pp=MAX_PP)
         total = group.count * group.gpus_per_node
-        tables.append(KindTable(gpu.name, total, group.gpus_per_node, []))
+        tables.append(KindTable(gpu.name, total, group.gpus_per_node, [], domain))
         try:
             wds = weight_dtypes(opts, gpu, specs.model)
         except SpecError:  # --quantization fp8 on a kind without fp8 tensor cores: that kind runs bf16 only
             wds = ("bf16",)
         for wd in wds:
             for kd in kv_dtypes(opts):
-                for tp in _powers_of_two(min(total, group.gpus_per_node)):
+                for tp in _powers_of_two(total if opts.tp_across_nodes else min(total, domain)):
                     for ep, moe_tp, _wide in _ep_choices(specs, tp):
                         key = ShapeKey(tp, ep, moe_tp, wd, kd)
                         try:
@@ -114,7 +123,7 @@ def build_hetero_space(space: PlanSpace) -> HeteroSpace:
                         except SpecError:
                             continue
                         for pp in _powers_of_two(min(MAX_PP, specs.model.num_layers, total // tp)):
-                            if _tp_nodes(tp, pp, 1, group.gpus_per_node) > 1:
+                            if not tp_placed(tp, pp, 1, domain, opts):  # the aggregated search's placement.tp
                                 continue
                             sc = est.shape(key)
                             replica = sc.r1 if pp == 1 else sc.r2
@@ -151,12 +160,14 @@ class HeteroModel:
     """CP-SAT over one row per GPU kind and a load level (see the module docstring)."""
 
     def __init__(self, space: PlanSpace, hspace: HeteroSpace, objective: Objective, *, seed: int = 0,
-                 time_limit: float | None = None) -> None:
+                 time_limit: float | None = None, explain: bool = False) -> None:
         if not any(k.shapes for k in hspace.kinds):
             raise SolverError("no GPU kind of the cluster holds a replica of the model")
         self.space, self.hspace, self.objective = space, hspace, objective
         self.seed, self.time_limit = seed, time_limit
         m = self.model = cp_model.CpModel()
+        self.labels = SideLabels(m, explain=explain, seed=seed, time_limit=time_limit)
+        add = self.labels.add
         R = len(hspace.phis)
         opts, slo, rate = space.options, space.specs.slo, space.stats.rate
         self.level = m.new_int_var(0, R - 1, "level")
@@ -174,7 +185,7 @@ class HeteroModel:
             for s, shape in enumerate(kind.shapes):
                 per = shape.key.tp * shape.pp
                 for dp in dp_values(kind.gpus // per, None, opts):
-                    if _tp_nodes(shape.key.tp, shape.pp, dp, kind.gpus_per_node) == 1:
+                    if tp_placed(shape.key.tp, shape.pp, dp, kind.domain_gpus, opts):
                         rows.append((s, dp))
             self.rows.append(rows)
             idx = m.new_int_var(0, len(rows) - 1, f"row_{kind.gpu}")
@@ -206,16 +217,22 @@ class HeteroModel:
                 out.append(var)
             fit = m.new_int_var(0, 1, f"fits_{kind.gpu}")
             m.add_element(at, flat_fit, fit)
-            m.add(fit == 1)
+            add(f"fits.{kind.gpu}", fit == 1,
+                f"replicas on {kind.gpu} fit memory and keep up with their share of the load")
             if slo.tpot is not None:
-                m.add(tpots[-1] <= int(slo.tpot * opts.slo_slack * ns))
+                add("slo.tpot", tpots[-1] <= int(slo.tpot * opts.slo_slack * ns),
+                    f"every used kind's TPOT <= {format_time(slo.tpot * opts.slo_slack)}")
             if slo.ttft is not None:
-                m.add(ttfts[-1] <= int(slo.ttft * opts.slo_slack * ns))
-        m.add(sum(weights) >= w_need)
-        m.add(sum(caps) >= math.ceil(rate * (1 + opts.headroom) * 1e6))
+                add("slo.ttft", ttfts[-1] <= int(slo.ttft * opts.slo_slack * ns),
+                    f"every used kind's TTFT of the long prompt <= {format_time(slo.ttft * opts.slo_slack)}")
+        add("load", sum(weights) >= w_need, "the replicas' router weight takes the arrival rate at a load level "
+            "each used kind's estimates were priced at")
+        add("capacity", sum(caps) >= math.ceil(rate * (1 + opts.headroom) * 1e6),
+            f"the replicas of all kinds carry {rate:.3g} req/s with {opts.headroom:.0%} headroom")
         self.gpus = sum(gpus)
         if opts.use_all_gpus:
-            m.add(self.gpus == sum(k.gpus for k in hspace.kinds))
+            total = sum(k.gpus for k in hspace.kinds)
+            add("gpus", self.gpus == total, f"use every GPU of the cluster ({total}, --use-all-gpus)")
         self._gpus_k, self._caps, self._tpots, self._ttfts = gpus, caps, tpots, ttfts
         self._prices = [round(p * 100) for p in prices]  # cents per GPU-hour
         self._idles = [round(w) for w in idles]
@@ -257,6 +274,30 @@ class HeteroModel:
             r = self.rows[k][c]
             parts.append(None if r is None else (self.hspace.kinds[k].shapes[r[0]], r[1]))
         return Mix(tuple(parts), int(solver.value(self.level)))
+
+    def _describe(self, solver: cp_model.CpSolver) -> str | None:
+        rows = [self.rows[k][int(solver.value(i))] for k, i in enumerate(self.index)]
+        parts = [None if r is None else (self.hspace.kinds[k].shapes[r[0]], r[1]) for k, r in enumerate(rows)]
+        used = [p for p in parts if p]
+        if not used:
+            return None
+        gpus = sum(dp * shape.key.tp * shape.pp for shape, dp in used)
+        mix = Mix(tuple(parts), int(solver.value(self.level)))
+        return f"{deployment(self.space, mix).label}: {gpus} GPUs"
+
+    def explain(self) -> tuple[str, tuple[str, ...]]:
+        """Why no mix exists: a minimal set of labelled constraints in conflict and, for each, the mix the search
+        would choose without it (as :meth:`apex_opt.planner.disagg.DisaggModel.explain`)."""
+        probe = self if self.labels.explain else HeteroModel(self.space, self.hspace, self.objective, seed=self.seed,
+                                                             time_limit=self.time_limit, explain=True)
+        what = "mixed-GPU plan"
+        labels = probe.labels.conflict(what, drop_first=("capacity", "load", "slo"),
+                                     keep_last=("fits", "gpus"))
+        if not labels:
+            return "", ()
+        fits = probe.labels.relaxations(labels, what, probe._describe)
+        return side_infeasible_message("mixed-GPU plan", [(n, probe.labels.text[n]) for n in labels], fits), \
+            tuple(labels)
 
 
 def _int(x: float) -> int:

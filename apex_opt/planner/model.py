@@ -424,7 +424,8 @@ class PlanModel:
         status = interruptible_solve(self._solver(), self.model)
         self._check(status)
         if status == cp_model.UNKNOWN:
-            raise SolverError("CP-SAT reached the time limit before deciding feasibility; raise --time-limit")
+            raise SolverError("CP-SAT reached the time limit before deciding feasibility; raise {time_limit}",
+                              option="time_limit")
         return status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
 
     def conflict(self) -> list[str]:
@@ -570,7 +571,8 @@ class PlanModel:
                     raise SolverError("the lexicographic re-solve became infeasible")
                 return None
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-                raise SolverError("CP-SAT found no plan within the time limit; raise --time-limit")
+                raise SolverError("CP-SAT found no plan within the time limit; raise {time_limit}",
+                                  option="time_limit")
             lit = self.model.new_bool_var(f"fix{len(self._fixes)}")
             self._fixes.append(lit)
             self.model.add(expr == int(solver.objective_value)).only_enforce_if(lit)
@@ -631,8 +633,81 @@ def solve_once(model: cp_model.CpModel, *, seed: int, time_limit: float | None, 
     if status == cp_model.INFEASIBLE:
         return None
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise SolverError(f"CP-SAT found no {what} within the time limit; raise --time-limit")
+        raise SolverError(f"CP-SAT found no {what} within the time limit; raise {{time_limit}}", option="time_limit")
     return solver
+
+
+class SideLabels:
+    """The labelled constraints of a search beside the main one (disaggregated pairs, mixed-GPU plans).
+
+    Hard constraints in a search; with ``explain=True`` each label gets one enforcement literal (shared by every
+    expression of that label), so that an infeasible model can name a minimal set of labels in conflict
+    (:meth:`conflict`, a deletion filter like :meth:`PlanModel.conflict`) and what the model would choose with one
+    of them dropped (:meth:`solve`).
+    """
+
+    def __init__(self, model: cp_model.CpModel, *, explain: bool, seed: int = 0,
+                 time_limit: float | None = None) -> None:
+        self.model, self.explain, self.seed, self.time_limit = model, explain, seed, time_limit
+        self.literals: dict[str, cp_model.IntVar] = {}
+        self.text: dict[str, str] = {}  # label -> one line for explanations
+
+    def add(self, label: str, expr: Any, text: str) -> None:
+        ct = self.model.add(expr)
+        self.text.setdefault(label, text)
+        if self.explain:
+            lit = self.literals.get(label)
+            if lit is None:
+                lit = self.literals[label] = self.model.new_bool_var(f"[{label}]")
+            ct.only_enforce_if(lit)
+
+    def solve(self, labels: Sequence[str], what: str) -> cp_model.CpSolver | None:
+        """The solver holding the model's optimum with only ``labels`` enforced, or None when that is infeasible."""
+        self.model.clear_assumptions()
+        self.model.add_assumptions([self.literals[n] for n in labels])
+        try:
+            return solve_once(self.model, seed=self.seed, time_limit=self.time_limit, what=what)
+        finally:
+            self.model.clear_assumptions()
+
+    def conflict(self, what: str, drop_first: Sequence[str] = (), keep_last: Sequence[str] = ()) -> list[str]:
+        """A minimal set of labels that together rule out every choice ([] if some choice meets them all).
+
+        The deletion filter tries the labels named (or prefixed, ``capacity`` for ``capacity.decode``) in
+        ``drop_first`` first (derived bounds), then the others in the order they were added, then those in
+        ``keep_last`` (the structural ones), so that the explanation keeps a structural label when it suffices."""
+        if not self.explain:
+            raise ValueError("conflict() needs explain=True")
+        names = list(self.literals)
+        if self.solve(names, what) is not None:
+            return []
+
+        def named(n: str, prefixes: Sequence[str]) -> int | None:
+            return next((i for i, p in enumerate(prefixes) if n == p or n.startswith(p + ".")), None)
+
+        def late(n: str) -> int:
+            a, b = named(n, drop_first), named(n, keep_last)
+            return a if a is not None else len(drop_first) + (0 if b is None else 1 + b)
+
+        needed = names
+        for name in sorted(names, key=late):
+            trial = [n for n in needed if n != name]
+            if self.solve(trial, what) is None:
+                needed = trial
+        return needed
+
+    def relaxations(self, conflict: Sequence[str], what: str,
+                    describe: Callable[[cp_model.CpSolver], str | None]) -> list[tuple[tuple[str, ...], str | None]]:
+        """For each label of ``conflict``, what the model chooses with every other label enforced (``describe``
+        of its solver; None: still nothing); when no single label suffices, also with the whole conflict dropped."""
+        out: list[tuple[tuple[str, ...], str | None]] = []
+        for name in conflict:
+            solver = self.solve([n for n in self.literals if n != name], what)
+            out.append(((name,), None if solver is None else describe(solver)))
+        if len(conflict) > 1 and all(found is None for _, found in out):
+            solver = self.solve([n for n in self.literals if n not in conflict], what)
+            out.append((tuple(conflict), None if solver is None else describe(solver)))
+        return out
 
 
 def _bucket(x: int) -> int:
@@ -783,4 +858,5 @@ def _with_roles(row: dict[str, Any], pp: int) -> dict[str, Any]:
     return row
 
 
-__all__ = ["UNITS", "LabelledConstraint", "PlanModel", "PlanVars", "Solution", "objective_key", "solve_once"]
+__all__ = ["UNITS", "LabelledConstraint", "PlanModel", "PlanVars", "SideLabels", "Solution", "objective_key",
+           "solve_once"]

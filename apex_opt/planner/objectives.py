@@ -164,7 +164,8 @@ def objective_function(objective: str | Objective | Callable[..., Any] | None) -
         if name in OBJECTIVE_NAMES:
             key = OBJECTIVE_NAMES[name]
             return Objective(name, METRICS[key].sense, key, None, _tie_breaks(key))
-        raise SpecError(f"--objective '{objective}' is unknown; use one of {', '.join(OBJECTIVE_NAMES)}")
+        raise SpecError(f"{{objective=}}'{objective}' is unknown; use one of {', '.join(OBJECTIVE_NAMES)}",
+                        option="objective")
     if callable(objective):
         return Minimize(objective)
     raise SpecError(f"objective={objective!r}: give a name ({', '.join(OBJECTIVE_NAMES)}), Minimize(...) or "

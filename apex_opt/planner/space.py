@@ -25,6 +25,7 @@ from functools import cached_property
 
 from ..errors import SpecError
 from ..perf.replica import check_divisibility
+from ..schema.cluster import ClusterSpec
 from ..schema.gpu import GPUSpec
 from ..schema.model import ModelSpec
 from ..schema.plan import Plan
@@ -65,9 +66,11 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATION:
-            raise SpecError(f"--quantization '{self.quantization}' is unknown; use one of {', '.join(QUANTIZATION)}")
+            raise SpecError(f"{{quantization=}}'{self.quantization}' is unknown; use one of {', '.join(QUANTIZATION)}",
+                            option="quantization")
         if self.kv_dtype not in KV_DTYPES:
-            raise SpecError(f"--kv-dtype '{self.kv_dtype}' is unknown; use one of {', '.join(KV_DTYPES)}")
+            raise SpecError(f"{{kv_dtype=}}'{self.kv_dtype}' is unknown; use one of {', '.join(KV_DTYPES)}",
+                            option="kv_dtype")
         if self.max_pp < 1:
             raise SpecError(f"max_pp {self.max_pp} must be at least 1")
         if not self.max_num_seqs or any(n < 1 for n in self.max_num_seqs):
@@ -77,8 +80,9 @@ class SearchOptions:
         if not 0 <= self.headroom < 1:
             raise SpecError(f"headroom {self.headroom} must be in [0, 1)")
         if self.disaggregation not in ("off", "auto", "only"):
-            raise SpecError(f"--disaggregation '{self.disaggregation}' is unknown; use off (aggregated plans only), "
-                            "auto (aggregated and prefill/decode-disaggregated plans, ranked together) or only")
+            raise SpecError(f"{{disaggregation=}}'{self.disaggregation}' is unknown; use off (aggregated plans only), "
+                            "auto (aggregated and prefill/decode-disaggregated plans, ranked together) or only",
+                            option="disaggregation")
         if self.dense_dp < 1:
             raise SpecError(f"dense_dp {self.dense_dp} must be at least 1")
         if self.dp_step <= 1.0:
@@ -171,14 +175,15 @@ def weight_dtypes(options: SearchOptions, gpu: GPUSpec, model: ModelSpec | None 
     for dtype in ("int8", "fp4"):
         if options.quantization == dtype:
             if dtype not in gpu.peak_flops:
-                raise SpecError(f"--quantization {dtype}: {gpu.name} has no {dtype} tensor cores (no {dtype} peak in "
-                                "its spec); use fp8, int4 or none")
+                raise SpecError(f"{{quantization=}}{dtype}: {gpu.name} has no {dtype} tensor cores (no {dtype} peak in "
+                                "its spec); use fp8, int4 or none", option="quantization")
             allowed.append(dtype)
     if options.quantization in ("fp8", "any"):
         if "fp8" in gpu.peak_flops:
             allowed.append("fp8")
         elif options.quantization == "fp8":
-            raise SpecError(f"--quantization fp8: {gpu.name} has no fp8 tensor cores; use int4 or none")
+            raise SpecError(f"{{quantization=}}fp8: {gpu.name} has no fp8 tensor cores; use int4 or none",
+                            option="quantization")
     if options.quantization in ("int4", "any"):
         allowed.append("int4")
     return tuple(allowed)
@@ -208,6 +213,27 @@ def _tp_nodes(tp: int, pp: int, dp: int, gpus_per_node: int) -> int:
     return worst
 
 
+def tp_placed(tp: int, pp: int, dp: int, domain_gpus: int, options: SearchOptions) -> bool:
+    """The ``placement.tp`` rule: every tensor-parallel group of ``dp`` replicas of ``tp x pp`` GPUs, filled in
+    order, inside one NVLink domain of ``domain_gpus`` (:meth:`ClusterSpec.domain_gpus`: a node, unless the cluster
+    sets ``nvlink_domain``), unless ``options.tp_across_nodes``. The aggregated search constrains its ``tp_nodes``
+    column with it (:func:`apex_opt.planner.constraints.builtin_constraints`); the disaggregated and mixed-GPU
+    searches keep only the rows it admits.
+
+    >>> tp_placed(8, 1, 1, 4, SearchOptions()), tp_placed(8, 1, 1, 72, SearchOptions())
+    (False, True)
+    """
+    return options.tp_across_nodes or _tp_nodes(tp, pp, dp, domain_gpus) == 1
+
+
+def group_cluster(cluster: ClusterSpec, i: int) -> ClusterSpec:
+    """Node group ``i`` of a (heterogeneous) cluster as a cluster of its own, keeping the network and the NVLink
+    domain size, so that a search priced on one GPU kind sees its links as the whole cluster does."""
+    group = cluster.nodes[i]
+    return ClusterSpec(name=f"{cluster.name}[{group.gpu}]", nodes=(group,), network=cluster.network,
+                       nvlink_domain=cluster.nvlink_domain)
+
+
 def _ep_choices(specs: Specs, tp: int, total: int = 0) -> list[tuple[int, int | None, int]]:
     """``(ep, moe_tp, wide_dp)`` layouts of the MoE layers for a TP degree (``(1, None, 1)`` for dense models).
 
@@ -220,14 +246,14 @@ def _ep_choices(specs: Specs, tp: int, total: int = 0) -> list[tuple[int, int | 
     if moe is None:
         return [(1, None, 1)]
     out: list[tuple[int, int | None, int]] = [(1, None, 1)]
-    vllm = specs.engine.family.startswith("vllm")
+    whole_group = specs.engine.ep_whole_tp_group
     for ep in _powers_of_two(tp):
         if ep < 2 or moe.num_experts % ep:
             continue
-        if vllm and ep != tp:  # --enable-expert-parallel puts experts over the whole TP group
+        if whole_group and ep != tp:  # vLLM's --enable-expert-parallel puts experts over the whole TP group
             continue
         out.append((ep, tp // ep, 1))
-    if specs.engine.family in ("sglang", "vllm-v1"):
+    if specs.engine.dp_attention:
         for wide in _powers_of_two(total // tp if total else 0):
             span = tp * wide
             if wide >= 2 and moe.num_experts % span == 0:

@@ -1,25 +1,34 @@
 """Verify plans by simulation, in parallel processes, with results independent of the number of workers.
 
-Each plan is simulated on the (possibly truncated) workload in a worker process; only the summary dict travels
-back. Results are collected by position, never by completion order, and every simulation uses the same seed,
-so ``workers=1`` and ``workers=2`` give identical rankings.
+Each plan is simulated on the (possibly truncated) workload in a worker process (or a Ray task, with
+``executor="ray"``: :mod:`apex_opt.executors`); only the summary dict travels back. Results are collected by
+position, never by completion order, and every simulation uses the same seed, so ``workers=1`` and ``workers=2``,
+``local`` and ``ray``, give identical rankings.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import signal
+import functools
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Self
 
 from ..errors import ApexOptError
+from ..executors import (
+    Executor,
+    LocalExecutor,
+    check_executor,
+    make_executor,
+    process_pool,
+    terminate_pool,
+    usable_workers,
+)
 from ..metrics import MetricValues, with_derived
 from ..schema.plan import Deployment, Plan
 from ..specs import Specs
+from .sampling import ReplicaSample, replica_sample, sampled, scaled_up
 
 #: simulate(specs, plan, seed=...) -> object with .summary() (or a dict); module-level for pickling
 Simulator = Callable[..., Any]
@@ -39,44 +48,11 @@ def normalize_summary(summary: dict[str, Any], plan: Plan | Deployment) -> SimMe
     return SimMetrics(with_derived(summary, plan.gpus))
 
 
-def usable_workers(requested: int, plans: int | None = None) -> int:
-    """Worker processes that can help: at most ``requested``, the CPUs of this machine and the ``plans`` to run."""
-    n = min(max(1, int(requested)), os.cpu_count() or 1)
-    return max(1, min(n, plans)) if plans is not None else n
-
-
-def _ignore_sigint() -> None:
-    """Worker initializer: Ctrl-C reaches the whole process group; the parent terminates its workers itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def process_pool(size: int) -> ProcessPoolExecutor:
-    """``size`` worker processes (forked where the platform allows) that leave Ctrl-C to their parent."""
-    method = "fork" if "fork" in mp.get_all_start_methods() and os.name == "posix" else "spawn"
-    return ProcessPoolExecutor(max_workers=size, mp_context=mp.get_context(method), initializer=_ignore_sigint)
-
-
-def terminate_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop ``pool``'s worker processes now, work in flight included (on Ctrl-C): SIGTERM, then SIGKILL."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    manager = getattr(pool, "_executor_manager_thread", None)
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        if proc.is_alive():
-            proc.terminate()
-    for proc in processes:
-        proc.join(timeout=2.0)
-        if proc.is_alive():  # SIGTERM not honoured in time (a worker still starting up): SIGKILL
-            proc.kill()
-            proc.join(timeout=5.0)
-    if manager is not None:  # it reaps the workers too: once it is done, every exit status is recorded
-        manager.join(timeout=5.0)
-
-
 def _default_simulator() -> Simulator:
+    """``simulate``, cutting a run once its SLO verdict is decided (a plan that has missed is not read further)."""
     from ..simulate import simulate
 
-    return simulate
+    return functools.partial(simulate, cut_early=True)
 
 
 def _run_one(simulator: Simulator | None, specs: Specs, plan: Plan | Deployment, seed: int) -> tuple[str, Any]:
@@ -98,13 +74,22 @@ class SimOutcome:
 
 
 class Verifier:
-    """Runs simulations for one problem; ``workers`` processes (1: in this process)."""
+    """Runs simulations for one problem; ``workers`` processes (1: in this process), or Ray tasks with
+    ``executor="ray"`` (on the cluster at ``ray_address``, else on a Ray instance started on this machine)."""
 
     def __init__(self, specs: Specs, *, workers: int = 2, seed: int = 0, simulator: Simulator | None = None,
                  progress: Callable[[str], None] | None = None,
-                 simulation_progress: Callable[[int, int], None] | None = None) -> None:
+                 simulation_progress: Callable[[int, int], None] | None = None,
+                 executor: str = "local", ray_address: str | None = None,
+                 sample_requests: int | None = None) -> None:
+        check_executor(executor, ray_address)  # a bad name, address or a missing Ray fails before any work
         self.specs = specs
+        #: simulate a plan's identical replicas only as far as they cover this many requests (None: every one;
+        #: apex_opt.planner.sampling); only with the built-in simulator, whose router it reproduces
+        self.sample_requests = sample_requests if simulator is None else None
         self.workers = usable_workers(workers)  # never more processes than CPUs
+        self.executor = executor
+        self.ray_address = ray_address
         self.seed = seed
         self.simulator = simulator
         self.progress = progress
@@ -112,8 +97,7 @@ class Verifier:
         self.simulation_progress = simulation_progress
         self.count = 0
         self.seconds = 0.0
-        self._pool: ProcessPoolExecutor | None = None
-        self._pool_size = 0
+        self._runner: Executor | None = None
         self._cache: dict[str, SimOutcome] = {}
 
     def __enter__(self) -> Self:
@@ -127,24 +111,34 @@ class Verifier:
         is on its way out."""
         if sys.exc_info()[0] is not None:
             self.terminate()
-        elif self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        else:
+            runner, self._runner = self._runner, None
+            if runner is not None:
+                runner.close()
 
     def terminate(self) -> None:
         """Stop the worker processes now, simulations in flight included (on Ctrl-C)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            terminate_pool(pool)
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.terminate()
+
+    def runner(self) -> Executor:
+        """The executor the simulations run on (made on first use, kept until :meth:`close`)."""
+        if self._runner is None:
+            self._runner = make_executor(self.executor, workers=self.workers, ray_address=self.ray_address)
+        return self._runner
+
+    @property
+    def _pool(self) -> ProcessPoolExecutor | None:
+        """The local executor's process pool, if one runs."""
+        return self._runner._pool if isinstance(self._runner, LocalExecutor) else None
 
     def _executor(self, size: int) -> ProcessPoolExecutor:
-        if self._pool is not None and self._pool_size < size:  # a larger batch than the pool was made for
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        if self._pool is None:
-            self._pool = process_pool(size)
-            self._pool_size = size
-        return self._pool
+        """The local executor's process pool, with at least ``size`` workers."""
+        runner = self.runner()
+        if not isinstance(runner, LocalExecutor):
+            raise TypeError(f"Verifier._executor: the {runner.name} executor has no process pool")
+        return runner.pool(size)
 
     def simulated(self, plan: Plan | Deployment) -> bool:
         """Whether ``plan`` was simulated already (its outcome is cached)."""
@@ -164,6 +158,13 @@ class Verifier:
 
         return tick
 
+    def _inputs(self, plan: Plan | Deployment, sample: ReplicaSample | None) -> tuple[Specs, Plan | Deployment]:
+        """The specs and plan a simulation of ``plan`` runs: a sample of its replicas with their requests, or all."""
+        if sample is None or not isinstance(plan, Plan):
+            return self.specs, plan
+        sub_plan, sub_specs = sampled(plan, self.specs, sample)
+        return sub_specs, sub_plan
+
     def run(self, plans: Sequence[Plan | Deployment]) -> list[SimOutcome]:
         """Simulate ``plans`` (in parallel when workers > 1); outcomes in the order of ``plans``."""
         import time
@@ -177,23 +178,17 @@ class Verifier:
                               + ", ".join(p.label for p in unique.values()))
             keys = list(unique)
             tick = self._ticker(len(keys))
-            if self.workers == 1 or len(keys) == 1:
-                raw = []
-                for k in keys:
-                    raw.append(_run_one(self.simulator, self.specs, unique[k], self.seed))
-                    tick()
-            else:
-                pool = self._executor(usable_workers(self.workers, len(keys)))
-                try:
-                    futures = [pool.submit(_run_one, self.simulator, self.specs, unique[k], self.seed) for k in keys]
-                    for _ in as_completed(futures):  # only to report progress: results are taken in order below
-                        tick()
-                    raw = [f.result() for f in futures]
-                except BaseException:  # Ctrl-C (or a worker that died): leave no process behind
-                    self.terminate()
-                    raise
-            for k, (status, payload) in zip(keys, raw):
+            samples = [replica_sample(unique[k], self.specs, self.sample_requests) for k in keys]
+            jobs = [(self.simulator, *self._inputs(unique[k], sample), self.seed) for k, sample in zip(keys, samples)]
+            try:  # results by position, whatever order the simulations finish in
+                raw = self.runner().map_ordered(_run_one, jobs, on_done=lambda _: tick())
+            except BaseException:  # Ctrl-C (or a worker that died): leave no process behind
+                self.terminate()
+                raise
+            for k, sample, (status, payload) in zip(keys, samples, raw):
                 plan = unique[k]
+                if status == "ok" and sample is not None:
+                    payload = scaled_up(payload, sample)
                 if status == "ok":
                     self._cache[k] = SimOutcome(plan, normalize_summary(payload, plan))
                 else:

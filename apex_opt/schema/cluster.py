@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ..bounds import MAX_GPUS, format_count
+from ..errors import SpecError
 from ..units import Bandwidth, Seconds
 from .base import Spec
 
@@ -82,15 +83,18 @@ class ClusterSpec(Spec):
             fabric = "pcie" if gpu.startswith(("l40", "v100-pcie", "a100-pcie", "rtx")) else (
                 "infinity-fabric" if gpu.startswith("mi") else "nvswitch"
             )
-        return cls.parse(
-            {
-                "name": name or f"{nodes}x{gpus_per_node}-{gpu}",
-                "nodes": [{"gpu": gpu, "count": nodes, "gpus_per_node": gpus_per_node, "fabric": fabric}],
-                "network": {"bandwidth_per_gpu": network_bandwidth},
-            },
-            source="--gpu/--nodes/--gpus-per-node",
-            kind="cluster",
-        )
+        try:
+            return cls.parse(
+                {
+                    "name": name or f"{nodes}x{gpus_per_node}-{gpu}",
+                    "nodes": [{"gpu": gpu, "count": nodes, "gpus_per_node": gpus_per_node, "fabric": fabric}],
+                    "network": {"bandwidth_per_gpu": network_bandwidth},
+                },
+                source="{gpu}/{nodes}/{gpus_per_node}",
+                kind="cluster",
+            )
+        except SpecError as exc:  # the options as the caller spells them: gpu=/nodes= in Python, --gpu/--nodes
+            raise SpecError(str(exc), option=("gpu", "nodes", "gpus_per_node")) from None
 
     @property
     def total_gpus(self) -> int:

@@ -5,9 +5,9 @@ The rules behind each knob are in ``docs/engines.md`` (vLLM 0.6 V0, vLLM V1, SGL
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..units import Bytes, Fraction, Seconds
 from .base import Spec
@@ -113,8 +113,35 @@ class EagerKernels(Spec):
         return self.ops.get(kind, KernelCount())
 
 
+class SmallGPUDefaults(Spec):
+    """Defaults an engine picks for itself on a GPU with less memory than ``below`` (a plan's own value wins)."""
+
+    below: Bytes = Field(description="GPU memory under which these defaults apply (vLLM V1: 70 GiB; SGLang 0.4: "
+                                     "25 GB)")
+    chunked_budget: int | None = Field(default=None, ge=1, description="token budget with chunked prefill on "
+                                       "(vLLM V1, SGLang 0.4: 2048); None: scheduler.chunked_budget")
+    max_num_seqs: int | None = Field(default=None, ge=1, description="sequence limit (vLLM V1: 256); None: "
+                                     "scheduler.max_num_seqs")
+
+
+#: the engine rules a spec that leaves them out gets from its family: what each family's engines do (the
+#: fields of :class:`EngineSpec` say which source rule each one is)
+FAMILY_RULES: dict[str, dict[str, Any]] = {
+    "vllm-v0": {"ep_whole_tp_group": True, "dp_attention": False, "small_gpu": None,
+                "graph_batch_within_max_num_seqs": True},
+    "vllm-v1": {"ep_whole_tp_group": True, "dp_attention": True,
+                "small_gpu": {"below": 70 * 2**30, "chunked_budget": 2048, "max_num_seqs": 256},
+                "graph_batch_within_max_num_seqs": False},
+    "sglang": {"ep_whole_tp_group": False, "dp_attention": True, "small_gpu": {"below": 25e9, "chunked_budget": 2048},
+               "graph_batch_within_max_num_seqs": False},
+}
+
+
 class EngineSpec(Spec):
     """One serving engine and version with its defaults.
+
+    The engine rules ``ep_whole_tp_group``, ``dp_attention``, ``small_gpu`` and ``graph_batch_within_max_num_seqs``
+    default to what the engine's ``family`` does (:data:`FAMILY_RULES`); a spec may declare its own.
 
     >>> from apex_opt.catalog import get_engine
     >>> e = get_engine("vllm-0.6")
@@ -140,6 +167,29 @@ class EngineSpec(Spec):
     eager_kernels: EagerKernels = EagerKernels()
     max_step_gap: Seconds = 0.0
     sources: dict[str, str] = Field(default_factory=dict)
+    ep_whole_tp_group: bool = Field(default=False, description="expert parallelism only over the whole TP group, "
+                                    "ep == tp (vLLM's --enable-expert-parallel); false: any ep dividing tp (SGLang "
+                                    "0.4 --ep-size). Default: the family's (true for vLLM, false for SGLang)")
+    dp_attention: bool = Field(default=False, description="attention data parallel with the experts over tp x dp "
+                               "ranks, the wide-EP layouts the planner may choose (SGLang --enable-dp-attention, "
+                               "vLLM V1 --data-parallel-size with expert parallelism). Default: the family's (true "
+                               "for SGLang and vLLM V1, false for vLLM 0.6)")
+    small_gpu: SmallGPUDefaults | None = Field(default=None, description="the defaults the engine picks on a "
+                                               "small GPU (vLLM V1 under 70 GiB: a 2048-token budget and 256 "
+                                               "sequences; SGLang 0.4 under 25 GB: a 2048-token chunk); null: none "
+                                               "(vLLM 0.6). Default: the family's")
+    graph_batch_within_max_num_seqs: bool = Field(default=False, description="CUDA graphs are captured up to "
+                                                  "min(cuda_graphs.max_batch, max_num_seqs) (vLLM 0.6 "
+                                                  "_get_max_graph_batch_size); false: up to cuda_graphs.max_batch. "
+                                                  "Default: the family's (true for vLLM 0.6)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_rules(cls, data: Any) -> Any:
+        """Fill the engine rules the spec leaves out with its family's (:data:`FAMILY_RULES`)."""
+        if isinstance(data, dict) and isinstance(data.get("family"), str) and data["family"] in FAMILY_RULES:
+            return {**FAMILY_RULES[data["family"]], **data}
+        return data
 
     @property
     def policy(self) -> str:

@@ -84,41 +84,46 @@ def parse_slo(text: str | None) -> SLO:
         match = _ITEM.match(item)
         if not match:
             raise SpecError(
-                f"--slo item {shorten(item.strip())} is not of the form metric[.stat]=value; "
-                "write e.g. ttft=200ms,tpot.p90=50ms,attainment=95%"
+                f"{{slo}} item {shorten(item.strip())} is not of the form metric[.stat]=value; "
+                "write e.g. ttft=200ms,tpot.p90=50ms,attainment=95%", option="slo"
             )
         metric, stat, raw = match.groups()
         if metric in seen:
-            raise SpecError(f"--slo bounds '{metric}' twice ({shorten(seen[metric])} and {shorten(item.strip())}); "
-                            f"give one bound per metric, e.g. {seen[metric]}")
+            raise SpecError(f"{{slo}} bounds '{metric}' twice ({shorten(seen[metric])} and {shorten(item.strip())}); "
+                            f"give one bound per metric, e.g. {seen[metric]}", option="slo")
         seen[metric] = item.strip()
         if metric == "attainment":
             if stat:
-                raise SpecError(f"--slo 'attainment' takes no statistic (got {shorten('attainment.' + stat)}); "
-                                "write attainment=95%")
+                raise SpecError(f"{{slo}} 'attainment' takes no statistic (got {shorten('attainment.' + stat)}); "
+                                "write attainment=95%", option="slo")
             values["attainment"] = parse_fraction(raw)
             continue
         if metric not in _METRICS:
             raise SpecError(
-                f"--slo metric {shorten(metric)} is unknown; use ttft, tpot, e2e or attainment "
-                "(e.g. ttft=200ms,tpot=50ms)"
+                f"{{slo}} metric {shorten(metric)} is unknown; use ttft, tpot, e2e or attainment "
+                "(e.g. ttft=200ms,tpot=50ms)", option="slo"
             )
         stat = stat or "mean"
         if stat not in _STATS:
-            raise SpecError(f"--slo statistic {shorten(metric + '.' + stat)} is unknown; use one of {', '.join(_STATS)}")
+            raise SpecError(f"{{slo}} statistic {shorten(metric + '.' + stat)} is unknown; use one of "
+                            f"{', '.join(_STATS)}", option="slo")
         if not re.search(r"[a-zµ]\s*$", raw):
-            raise SpecError(f"--slo value {shorten(metric + '=' + raw)} has no unit; write e.g. "
-                            f"{metric}={raw if len(raw) <= 20 else '200'}ms")
+            raise SpecError(f"{{slo}} value {shorten(metric + '=' + raw)} has no unit; write e.g. "
+                            f"{metric}={raw if len(raw) <= 20 else '200'}ms", option="slo")
         try:
             seconds = parse_time(raw)
         except SpecError as exc:
-            raise SpecError(f"--slo value {shorten(metric + '=' + raw)}: {exc}") from None
+            raise SpecError(f"{{slo}} value {shorten(metric + '=' + raw)}: {exc}", option="slo") from None
         if seconds <= 0:
-            raise SpecError(f"--slo value {shorten(metric + '=' + raw)} must be positive; write e.g. {metric}=200ms")
+            raise SpecError(f"{{slo}} value {shorten(metric + '=' + raw)} must be positive; write e.g. {metric}=200ms",
+                            option="slo")
         values[metric] = seconds
         values[f"{metric}_stat"] = stat
     if "attainment" in values and not any(m in values for m in _METRICS):
-        raise SpecError(f"--slo {shorten(text.strip())} sets an attainment target with no latency bound, so no "
+        raise SpecError(f"{{slo=}}{shorten(text.strip())} sets an attainment target with no latency bound, so no "
                         "request could miss it; add the bounds it applies to, e.g. "
-                        f"ttft=200ms,tpot=50ms,{seen['attainment']}")
-    return SLO.parse(values, source="--slo", kind="SLO")
+                        f"ttft=200ms,tpot=50ms,{seen['attainment']}", option="slo")
+    try:
+        return SLO.parse(values, source="{slo}", kind="SLO")
+    except SpecError as exc:  # the option as the caller spells it: slo in Python, --slo on the command line
+        raise SpecError(str(exc), option="slo") from None

@@ -99,6 +99,22 @@ class SpeculativeConfig(Spec):
         """Short tag for plan labels, e.g. ``eagle-k3``."""
         return f"{self.method}-k{self.num_tokens}"
 
+    @property
+    def option(self) -> str:
+        """The ``--speculative`` value that parses back to these settings (:func:`parse_speculative`).
+
+        >>> parse_speculative("mtp:k=2,acceptance=0.9/0.8,draft_cost=0.05").option
+        'mtp:k=2,acceptance=0.9/0.8,draft_cost=0.05'
+        """
+        rates = "/".join(f"{r:g}" for r in self.rates()) if isinstance(self.acceptance, tuple) \
+            else f"{self.acceptance:g}"
+        parts = [f"k={self.num_tokens}", f"acceptance={rates}"]
+        if self.draft_cost is not None:
+            parts.append(f"draft_cost={self.draft_cost:g}")
+        if self.draft_model:
+            parts.append(f"draft_model={self.draft_model}")
+        return f"{self.method}:" + ",".join(parts)
+
 
 def parse_speculative(text: str) -> SpeculativeConfig:
     """Parse ``METHOD:k=3,acceptance=0.7`` (rates per position as ``0.9/0.8/0.6``; optional ``draft_cost=0.05``
@@ -140,7 +156,10 @@ def parse_speculative(text: str) -> SpeculativeConfig:
         raise SpecError(f"speculative {text!r}: give k=N (tokens drafted per step)")
     if "acceptance" not in fields:
         raise SpecError(f"speculative {text!r}: give acceptance=RATE (e.g. 0.7, or 0.9/0.8/0.6 per position)")
-    return SpeculativeConfig.parse(fields, source="--speculative", kind="speculative")
+    try:
+        return SpeculativeConfig.parse(fields, source="{speculative}", kind="speculative")
+    except SpecError as exc:  # the option as the caller spells it: speculative in Python, --speculative on the CLI
+        raise SpecError(str(exc), option="speculative") from None
 
 
 def parse_speculative_option(text: str) -> tuple[SpeculativeConfig, ...]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from .config import FAMILIES, ReplicaSpec, SchedulerConfig
 from .cost import BatchShape, LinearStageCost, ReplicaCost, StageCost, StaticReplicaCost
 from .disagg import DisaggSimulation, KVTransfer, LinearKVTransfer
-from .engine import Simulation, run_simulation
+from .engine import Simulation
 from .metrics import RequestRecords, SimResult, SLOTarget
 from .policies import Iteration, SchedulerPolicy, SglangPolicy, VllmV0Policy, VllmV1Policy
 from .router import ROUTERS
+from .run import run_simulation
 
 __all__ = [
     "FAMILIES",

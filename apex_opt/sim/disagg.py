@@ -34,7 +34,15 @@ Life of a request (engines.md has the aggregated rules; ``docs/disaggregation.md
 The gap from the first token (prefill instance) to the first decode token counts as an inter-token latency
 sample (users see it), so TPOT includes the transfer and the decode-side wait.
 
-Event kinds and their priorities at equal times are those of :mod:`apex_opt.sim.engine` (``KV_START`` logs the
+Structure: disaggregation is a front end (:class:`DisaggFrontEnd`, the :class:`~apex_opt.sim.frontend.FrontEnd`
+protocol) injected into the same core :class:`~apex_opt.sim.engine.Simulation` that runs aggregated replicas:
+it routes arrivals to prefill instances, takes a finished prefill over (``hand_off``), keeps the transfer
+queues, allocates and books transfers after a decode engine's schedule (``after_start``), joins arrived
+requests before it (``before_start``, ``after_leave``), bounds skip-ahead runs on decode engines
+(``limit_run``) and handles its own event kinds (``on_event``). :class:`DisaggSimulation` is a
+:class:`~apex_opt.sim.engine.Simulation` with this front end.
+
+Event kinds and their priorities at equal times are those of :mod:`apex_opt.sim.events` (``KV_START`` logs the
 start of a transfer; ``KV_DONE`` completes it right after arrivals, before iteration ends).
 
 Closed-form skip-ahead stays exact: a run of identical decode steps on a decode engine stops before the first
@@ -69,10 +77,14 @@ import numpy as np
 from ..errors import SimulationError, SpecError
 from .config import ReplicaSpec
 from .cost import BatchShape
-from .engine import KV_DONE, KV_START, STAGE_DONE, STAGE_READY, WAKE, EngineState, Simulation, admission
+from .engine import Simulation
+from .engine_state import EngineState
+from .events import KV_DONE, KV_START, STAGE_DONE, STAGE_READY, WAKE
+from .frontend import ArrivalRouter, Core, admission
 from .metrics import SimResult
 from .router import make_router
-from .state import DONE, Request
+from .skipahead import decode_coeffs, steps_before
+from .state import Request
 
 _INF = math.inf
 #: ``Request.state`` of a request handed off by its prefill instance and not yet in a decode batch
@@ -118,33 +130,50 @@ class LinearKVTransfer:
 TransferModel = KVTransfer | Mapping[tuple[int, int], KVTransfer] | Callable[[int, int], KVTransfer]
 
 
-class DisaggSimulation(Simulation):
-    """A :class:`~apex_opt.sim.engine.Simulation` over prefill and decode replicas. Use ``run_simulation``."""
+class DisaggFrontEnd:
+    """The front end of a disaggregated run (the :class:`~apex_opt.sim.frontend.FrontEnd` protocol): arrivals
+    go to prefill instances, prefilled requests move to decode instances through transfer queues and KV-cache
+    transfers. ``kv_transfer`` as for ``run_simulation``; ``router`` routes arrivals over the prefill replicas,
+    ``decode_router`` picks the decode replica of a prefilled request."""
 
+    engine_hooks = True
     disaggregated = True
 
-    def __init__(self, replicas: Sequence[ReplicaSpec], workload: Any, *, kv_transfer: TransferModel,
-                 router: str = "round-robin", decode_router: str = "least-loaded", **kw: Any) -> None:
+    def __init__(self, kv_transfer: TransferModel, *, router: str = "round-robin",
+                 decode_router: str = "least-loaded") -> None:
+        self.kv_transfer = kv_transfer
+        self.router_name = router
+        self.decode_router = decode_router
+        self.P: list[int] = []
+        self.D: list[int] = []
+
+    def check_replicas(self, replicas: Sequence[ReplicaSpec]) -> None:
         roles = [s.role for s in replicas]
         self.P = [i for i, r in enumerate(roles) if r == "prefill"]
         self.D = [i for i, r in enumerate(roles) if r == "decode"]
         if not self.P or not self.D or len(self.P) + len(self.D) != len(roles):
             raise SpecError("a disaggregated run needs at least one 'prefill' and one 'decode' replica and no "
                             f"'both' replica; got roles {roles}")
-        super().__init__(replicas, workload, router=router, **kw)
-        n = self.N
-        self.is_prefill = [self.replicas[e.replica].role == "prefill" for e in self.engines]
+
+    def bind(self, sim: Core) -> None:
+        self.sim = sim
+        self.rec = sim.rec
+        self.arrivals = ArrivalRouter(self.router_name, sim, self.P)
+        self.outstanding = [0] * len(sim.replicas)
+        n = sim.N
+        replicas = sim.replicas
+        self.is_prefill = [replicas[e.replica].role == "prefill" for e in sim.engines]
         # transfer costs per (prefill replica, decode replica)
         self.links: dict[tuple[int, int], KVTransfer] = {}
         for p in self.P:
             for d in self.D:
-                link = _resolve(kv_transfer, p, d)
+                link = _resolve(self.kv_transfer, p, d)
                 if not (hasattr(link, "time") and hasattr(link, "bytes")):
                     raise SpecError(f"kv_transfer for replicas ({p}, {d}): {link!r} has no time(tokens) and "
                                     "bytes(tokens); use a LinearKVTransfer or apex_opt.perf.kv_transfer")
                 self.links[(p, d)] = link
         # decode router (static ones are indexed by hand-off order)
-        self.d_router = make_router(decode_router, [self.replicas[d].weight for d in self.D], self.rng)
+        self.d_router = make_router(self.decode_router, [replicas[d].weight for d in self.D], sim.rng)
         self.d_assign = (np.asarray(self.D, dtype=np.int64)[self.d_router.precompute(n)].tolist()
                          if self.d_router.static else None)
         self.d_next = 0
@@ -155,7 +184,7 @@ class DisaggSimulation(Simulation):
         self.joins: dict[int, list[Request]] = {}
         self.margin: dict[int, int] = {}
         self.seq_limit: dict[int, int] = {}
-        for e in self.engines:
+        for e in sim.engines:
             if self.is_prefill[e.eid]:
                 continue
             self.kvq[e.eid] = deque()
@@ -167,10 +196,11 @@ class DisaggSimulation(Simulation):
             self.seq_limit[e.eid] = int(getattr(pol, "max_running", e.cfg.max_num_seqs))
         self.sending: dict[int, tuple[EngineState, int]] = {}  # request -> (prefill engine, blocks held)
         self.known_end: dict[int, dict[int, float]] = {eid: {} for eid in self.kvq}
-        self.send_free = [0.0] * len(self.replicas)
-        self.recv_free = [0.0] * len(self.replicas)
+        self.send_free = [0.0] * len(replicas)
+        self.recv_free = [0.0] * len(replicas)
         self.dcap = [0] * n
         self.elig: dict[int, tuple[int, ...]] = {}
+        # records of the transfers
         self.r_decode = np.full(n, -1, dtype=np.int64)
         self.r_handoff = np.full(n, np.nan)
         self.r_xs = np.full(n, np.nan)
@@ -178,33 +208,23 @@ class DisaggSimulation(Simulation):
         self.r_bytes = np.zeros(n)
 
     # ========================================================================================= routing
-    def _make_router(self, router: str, n: int) -> None:
-        P = self.P
-        self.router = make_router(router, [self.replicas[p].weight for p in P], self.rng, segments=self.segments,
-                                  prompts=self._prm)
-        self.assign = np.asarray(P, dtype=np.int64)[self.router.precompute(n)] if self.router.static else None
-        if self.assign is not None:
-            self.rep_times = [self.arrival[self.assign == r].tolist() for r in range(len(self.replicas))]
-            self.rep_ptr = [0] * len(self.replicas)
-
-    def _route(self, k: int) -> int:
+    def route(self, k: int) -> EngineState:
         """Arrivals go to prefill instances only."""
-        if self.assign is not None:
-            return super()._route(k)
-        return self.P[self.router.pick([self.outstanding[p] for p in self.P], k)]
+        return self._least_busy(self.sim.rep_engines[self.arrivals.pick(k, self.outstanding)])
 
-    def _admit(self, e: EngineState, k: int) -> tuple[str, int, int]:
+    def admit(self, e: EngineState, k: int) -> tuple[str, int, int]:
         """The prompt against the prefill engine (run as ``max_tokens=1``), prompt + output against the decode
         engines; the output cap is the best decode engine's, and only the decode engines that give it stay
         eligible."""
-        prompt, out = self._prm[k], self._out[k]
+        sim = self.sim
+        prompt, out = sim.prm[k], sim.out[k]
         reason = admission(e, prompt, 1, check_length=False)[0]
         dcap = 0
         if not reason:
             best: list[int] = []
             first_reason = ""
             for d in self.D:
-                de = self.rep_engines[d][0]
+                de = sim.rep_engines[d][0]
                 why, cap = admission(de, prompt, out)
                 if why:
                     first_reason = first_reason or why
@@ -220,6 +240,17 @@ class DisaggSimulation(Simulation):
         if not reason:
             self.dcap[k] = dcap
         return reason, dcap, 1
+
+    def accepted(self, e: EngineState) -> None:
+        self.outstanding[e.replica] += 1
+
+    def released(self, e: EngineState) -> None:
+        self.outstanding[e.replica] -= 1
+
+    def horizon(self, e: EngineState) -> float:
+        if not self.is_prefill[e.eid]:
+            return _INF  # no arrivals; transfers are handled in limit_run
+        return self.arrivals.horizon(e.replica)
 
     def _least_busy(self, group: list[EngineState]) -> EngineState:
         """vLLM 0.6 ``add_request``: the virtual engine with the fewest unfinished requests."""
@@ -241,7 +272,8 @@ class DisaggSimulation(Simulation):
     def _route_decode(self, k: int) -> int:
         elig = self.elig.get(k)
         if elig is not None:  # heterogeneous decode replicas: only those that hold the whole request
-            return min(elig, key=lambda d: (self.outstanding[d] / self.replicas[d].weight, d))
+            replicas = self.sim.replicas
+            return min(elig, key=lambda d: (self.outstanding[d] / replicas[d].weight, d))
         if self.d_assign is not None:
             d = self.d_assign[self.d_next]
             self.d_next += 1
@@ -249,25 +281,26 @@ class DisaggSimulation(Simulation):
         return self.D[self.d_router.pick([self.outstanding[d] for d in self.D])]
 
     # ========================================================================================= hand-off
-    def _complete(self, e: EngineState, req: Request, tau: float) -> None:
+    def hand_off(self, e: EngineState, req: Request, tau: float) -> bool:
+        """A prefill instance retires ``req`` at ``tau`` (its first token): unless it needs a single output
+        token, it moves to the transfer queue of a decode engine; its blocks stay held until the transfer ends."""
         k = req.idx
-        if not self.is_prefill[e.eid] or req.state == DONE or self.dcap[k] <= 1:
-            super()._complete(e, req, tau)  # decode finish, or one output token: done at the prefill instance
-            return
-        blocks = self._detach(e, req)  # private blocks; a cached prompt stays referenced until the transfer ends
+        if not self.is_prefill[e.eid] or self.dcap[k] <= 1:
+            return False  # decode finish, or one output token: done at the prefill instance
+        sim = self.sim
+        blocks = sim.detach(e, req)  # private blocks; a cached prompt stays referenced until the transfer ends
         e.held += blocks
         self.sending[k] = (e, blocks)
         req.state = TRANSFER
         self.outstanding[e.replica] -= 1
         self.r_handoff[k] = tau
         d = self._route_decode(k)
-        de = self._least_busy(self.rep_engines[d])
+        de = self._least_busy(sim.rep_engines[d])
         self.r_decode[k] = d
         self.outstanding[d] += 1
         self.kvq[de.eid].append(req)
-        if not de.in_flight and not de.wake_pending:
-            de.wake_pending = True
-            self._push(tau, WAKE, de.eid)
+        sim.wake(de, tau)
+        return True
 
     def _can_reserve(self, e: EngineState) -> bool:
         """Whether the decode engine allocates blocks for the head of its transfer queue now."""
@@ -279,10 +312,13 @@ class DisaggSimulation(Simulation):
                 and len(e.running) + len(self.inbound[e.eid]) < self.seq_limit[e.eid])
 
     def _reserve(self, e: EngineState, t: float) -> None:
+        """Allocate blocks for the head of ``e``'s transfer queue while it can, and book the transfers."""
         q = self.kvq[e.eid]
         inbound = self.inbound[e.eid]
         took = False
         d = e.replica
+        r_replica = self.rec.r_replica
+        push = self.sim.push
         while self._can_reserve(e):
             req = q.popleft()
             need = e.kv.blocks_for(req.prompt)
@@ -290,7 +326,7 @@ class DisaggSimulation(Simulation):
             e.held += need
             inbound[req.idx] = (req, need)
             k = req.idx
-            p = int(self.r_replica[k])
+            p = int(r_replica[k])
             link = self.links[(p, d)]
             start = max(t, float(self.r_handoff[k]), self.send_free[p], self.recv_free[d])
             end = start + link.time(req.prompt)
@@ -300,57 +336,55 @@ class DisaggSimulation(Simulation):
             self.r_xe[k] = end
             self.r_bytes[k] = link.bytes(req.prompt)
             self.known_end[e.eid][k] = end
-            self._push(start, KV_START, k, d)
-            self._push(end, KV_DONE, k, e.eid)
+            push(start, KV_START, k, d)
+            push(end, KV_DONE, k, e.eid)
             took = True
         if took:
-            self._kv(t, e)
+            self.rec.kv(t, e)
 
-    def _on_event(self, t: float, kind: int, a: int, b: int) -> None:
+    def on_event(self, t: float, kind: int, a: int, b: int) -> None:
         if kind == KV_DONE:
-            self._kv_done(t, a, self.engines[b])
+            self._kv_done(t, a, self.sim.engines[b])
         elif kind == KV_START:
-            if self.log is not None:
-                self.log.append((self.ids[a], "transfer_start", t, b))
+            if self.rec.log is not None:
+                self.rec.log.append((self.sim.ids[a], "transfer_start", t, b))
         else:  # pragma: no cover - internal
-            super()._on_event(t, kind, a, b)
+            raise SimulationError(f"unexpected event kind {kind} at t={t}")
 
     def _kv_done(self, t: float, k: int, de: EngineState) -> None:
+        """The KV cache of request ``k`` reached decode engine ``de``: the prefill engine frees its blocks."""
         pe, blocks = self.sending.pop(k)
         pe.kv.give(blocks)
         pe.held -= blocks
         req, _ = self.inbound[de.eid][k]
         if pe.cache is not None:
             pe.cache.unlock(req)
-        self._kv(t, pe)
+        self.rec.kv(t, pe)
         pe.policy.on_kv_released(pe)
-        if not pe.in_flight and not pe.wake_pending and (pe.waiting or pe.running):
-            pe.wake_pending = True
-            self._push(t, WAKE, pe.eid)
+        if pe.waiting or pe.running:
+            self.sim.wake(pe, t)
         del self.known_end[de.eid][k]
         self.ready[de.eid].append(req)
-        if self.log is not None:
-            self.log.append((req.rid, "transfer_end", t, de.replica))
-        if not de.in_flight and not de.wake_pending:
-            de.wake_pending = True
-            self._push(t, WAKE, de.eid)
+        if self.rec.log is not None:
+            self.rec.log.append((req.rid, "transfer_end", t, de.replica))
+        self.sim.wake(de, t)
 
     # ========================================================================================= decode side
-    def _start(self, e: EngineState, t: float) -> None:
-        if self.is_prefill[e.eid]:
-            super()._start(e, t)
-            return
-        ready = self.ready[e.eid]
-        if ready:
-            self._join(e, t, ready)
-        super()._start(e, t)
-        if self.kvq[e.eid]:
+    def before_start(self, e: EngineState, t: float) -> None:
+        if not self.is_prefill[e.eid]:
+            ready = self.ready[e.eid]
+            if ready:
+                self._join(e, t, ready)
+
+    def after_start(self, e: EngineState, t: float) -> None:
+        if not self.is_prefill[e.eid] and self.kvq[e.eid]:
             self._reserve(e, t)
 
     def _join(self, e: EngineState, t: float, ready: list[Request]) -> None:
         """Requests whose KV cache arrived join the decode batch (they run in the iteration scheduled now)."""
         inbound = self.inbound[e.eid]
         joins = self.joins[e.eid]
+        log = self.rec.log
         for req in ready:
             _, need = inbound.pop(req.idx)
             e.held -= need
@@ -363,31 +397,27 @@ class DisaggSimulation(Simulation):
             e.running[req.idx] = req
             e.pool.add(req, req.prompt, 1)
             joins.append(req)
-            if self.log is not None:
-                self.log.append((req.rid, "decode_admit", t, e.replica))
+            if log is not None:
+                log.append((req.rid, "decode_admit", t, e.replica))
         ready.clear()
 
-    def _leave(self, e: EngineState) -> None:
-        super()._leave(e)
+    def after_leave(self, e: EngineState) -> None:
         joins = self.joins.get(e.eid)
         if joins:
             # after the outputs of the previous iteration were stamped (the joiners took no part in it): each
             # joiner's last token is its first token, stamped on the prefill instance
             book = e.book
+            first_token = self.rec.r_first_token
             for req in joins:
                 gid = book.new_group()
-                book.fresh[gid][0] = float(self.r_first_token[req.idx])
+                book.fresh[gid][0] = float(first_token[req.idx])
                 book.join(req, gid)
             joins.clear()
 
-    def _horizon(self, e: EngineState) -> float:
-        if not self.is_prefill[e.eid]:
-            return _INF  # no arrivals; transfers are handled in _run_length
-        return super()._horizon(e)
-
-    def _run_length(self, e: EngineState, t: float, shape: BatchShape, t0: float, stage0: Any) -> int:
-        n = super()._run_length(e, t, shape, t0, stage0)
-        if n <= 1 or self.is_prefill[e.eid]:
+    def limit_run(self, e: EngineState, t: float, shape: BatchShape, t0: float, stage0: Any, n: int) -> int:
+        """A decode engine's run stops before a known transfer end into it and, while its transfer queue could
+        accept a request, before the prefill side's next event."""
+        if self.is_prefill[e.eid]:
             return n
         h = min(self.known_end[e.eid].values(), default=_INF)
         blocked = bool(e.waiting) or (bool(self.kvq[e.eid]) and not self._can_reserve(e))
@@ -396,10 +426,10 @@ class DisaggSimulation(Simulation):
                 return 1  # it allocates for a transfer right after this step is scheduled
             h = min(h, self._handoff_bound())
         if h < _INF:
-            c0, c1 = self._coeffs(stage0, len(e.pool), shape.max_ctx)
+            c0, c1 = decode_coeffs(stage0, len(e.pool), shape.max_ctx)
             alpha = c0 + c1 * shape.decode_ctx_sum
             beta = c1 * len(e.pool)
-            n = min(n, self._steps_before(h - t, t0, alpha, beta, n) + 1)
+            n = min(n, steps_before(h - t, t0, alpha, beta, n) + 1)
         return max(n, 1)
 
     def _handoff_bound(self) -> float:
@@ -407,7 +437,7 @@ class DisaggSimulation(Simulation):
         events and transfer-start logs cannot cause one)."""
         best = _INF
         is_prefill = self.is_prefill
-        for t, kind, _, a, _ in self.heap:
+        for t, kind, _, a, _ in self.sim.heap:
             if t >= best or kind == KV_START:
                 continue
             if kind in (STAGE_DONE, STAGE_READY, WAKE) and not is_prefill[a]:
@@ -416,11 +446,12 @@ class DisaggSimulation(Simulation):
         return best
 
     # ========================================================================================= results
-    def _result(self) -> SimResult:
+    def finalize(self, res: SimResult) -> SimResult:
+        """The transfer records and summary keys; per-replica rows with their role (a decode replica counts the
+        requests it decoded and the tokens after the first, a prefill replica the first tokens)."""
         left = [k for q in self.kvq.values() for k in q] + list(self.sending)
         if left or any(self.inbound.values()):  # pragma: no cover - internal consistency
             raise SimulationError(f"disaggregated run ended with {len(left)} requests still in transfer")
-        res = super()._result()
         rec = res.records
         arrays: dict[str, Any] = {"prefill_replica": rec.replica.copy(), "decode_replica": self.r_decode,
                   "kv_transfer_start_s": self.r_xs, "kv_transfer_end_s": self.r_xe}
@@ -440,7 +471,7 @@ class DisaggSimulation(Simulation):
         per = []
         for info in res.per_replica:
             r = info["replica"]
-            role = self.replicas[r].role
+            role = self.sim.replicas[r].role
             info = {**info, "role": role}
             if role == "decode":
                 sel = self.r_decode == r
@@ -453,6 +484,16 @@ class DisaggSimulation(Simulation):
                             output_tokens=int((sel & np.isfinite(rec.first_token_s)).sum()))
             per.append(info)
         return replace(res, records=rec, summary_values=out, per_replica=tuple(per))
+
+
+class DisaggSimulation(Simulation):
+    """A :class:`~apex_opt.sim.engine.Simulation` with a :class:`DisaggFrontEnd` (nothing overridden). Use
+    ``run_simulation``."""
+
+    def __init__(self, replicas: Sequence[ReplicaSpec], workload: Any, *, kv_transfer: TransferModel,
+                 router: str = "round-robin", decode_router: str = "least-loaded", **kw: Any) -> None:
+        super().__init__(replicas, workload, router=router,
+                         frontend=DisaggFrontEnd(kv_transfer, router=router, decode_router=decode_router), **kw)
 
 
 def _resolve(model: TransferModel, p: int, d: int) -> KVTransfer:
@@ -468,4 +509,4 @@ def _resolve(model: TransferModel, p: int, d: int) -> KVTransfer:
     raise SpecError(f"kv_transfer {model!r}: give a KVTransfer, a mapping (p, d) -> KVTransfer or a callable")
 
 
-__all__ = ["TRANSFER", "DisaggSimulation", "KVTransfer", "LinearKVTransfer"]
+__all__ = ["TRANSFER", "DisaggFrontEnd", "DisaggSimulation", "KVTransfer", "LinearKVTransfer"]

@@ -18,6 +18,7 @@ Metric semantics follow vLLM 0.6's engine-side metrics (``docs/engines.md`` sect
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -327,55 +328,63 @@ def latency_summary(rec: RequestRecords, itl_vals: np.ndarray, itl_wts: np.ndarr
     return out
 
 
-#: the backlog must grow at this share of the offered rate (and beyond its noise) to call a run saturated
+#: the admission queue must grow at this share of the offered rate (and beyond its noise) to call a run saturated
 SATURATION_GROWTH = 0.05
 
 
 def load_balance(rec: RequestRecords) -> dict[str, Any]:
-    """Offered vs served load over the arrival window, and whether the backlog keeps growing (saturation).
+    """Offered vs served load over the arrival window, and whether requests pile up waiting (saturation).
 
     ``offered_rate_req_s``: arrivals per second between the first and the last arrival. ``served_rate_req_s``:
     completions per second in that window. ``backlog_growth_req_s``: how fast the requests in the system
-    (arrived, not finished) grew over the second half of the window. A stable plan keeps its backlog near
-    Little's ``rate x latency``; a saturated one grows it for as long as requests arrive. ``saturated`` is true
-    when the backlog grows by more than ``SATURATION_GROWTH`` of the offered rate and by more than its own
-    Poisson noise (``2 sqrt(backlog) + 5`` requests).
+    (arrived, not finished) grew over the second half of the window; ``queue_growth_req_s``: the same for the
+    requests waiting for admission (arrived, not yet scheduled). A plan that keeps up holds its queue near a
+    steady length, while its backlog may still be filling: with outputs that take about as long as the
+    trace lasts, Little's ``rate x latency`` is only reached at its end. A plan that cannot keep up runs into its
+    batch or KV limit and its queue grows for as long as requests arrive. ``saturated`` is true when the queue
+    grows by more than ``SATURATION_GROWTH`` of the offered rate and by more than its own Poisson noise
+    (``2 sqrt(queue) + 5`` requests).
 
     >>> import numpy as np
     >>> n = 200
     >>> arrive = np.arange(n, dtype=float)
-    >>> fast = RequestRecords(tuple(map(str, range(n))), np.zeros(n, int), arrive, arrive, arrive + 0.1,
-    ...     arrive + 0.5, np.ones(n, int), np.ones(n, int), np.ones(n, int), np.zeros(n, bool), np.zeros(n, bool),
-    ...     np.zeros(n, int), np.zeros(n), ("",) * n)
-    >>> load_balance(fast)["saturated"]
+    >>> def records(scheduled, finish):
+    ...     return RequestRecords(tuple(map(str, range(n))), np.zeros(n, int), arrive, scheduled, scheduled + 0.1,
+    ...         finish, np.ones(n, int), np.ones(n, int), np.ones(n, int), np.zeros(n, bool), np.zeros(n, bool),
+    ...         np.zeros(n, int), np.zeros(n), ("",) * n)
+    >>> load_balance(records(arrive, arrive + 0.5))["saturated"]
     False
-    >>> slow = RequestRecords(tuple(map(str, range(n))), np.zeros(n, int), arrive, arrive, arrive + 0.1,
-    ...     2.0 * arrive + 1.0, np.ones(n, int), np.ones(n, int), np.ones(n, int), np.zeros(n, bool),
-    ...     np.zeros(n, bool), np.zeros(n, int), np.zeros(n), ("",) * n)
-    >>> round(load_balance(slow)["served_rate_req_s"], 2), load_balance(slow)["saturated"]
+    >>> long = load_balance(records(arrive, arrive + 150.0))  # admitted at once, each runs 150 s: still filling
+    >>> round(long["backlog_growth_req_s"], 2), long["saturated"]
+    (0.5, False)
+    >>> slow = load_balance(records(2.0 * arrive, 2.0 * arrive + 1.0))  # served at half the offered rate
+    >>> round(slow["served_rate_req_s"], 2), slow["saturated"]
     (0.5, True)
     """
     arrive = rec.arrival_s
     n = len(rec)
     if n < 2 or not float(arrive[-1] - arrive[0]) > 0:
         return {"offered_rate_req_s": math.nan, "served_rate_req_s": math.nan, "backlog_growth_req_s": math.nan,
-                "saturated": False}
+                "queue_growth_req_s": math.nan, "saturated": False}
     t0, t1 = float(arrive[0]), float(arrive[-1])
     finish = np.where(rec.completed | rec.rejected, rec.finish_s, np.inf)
     finish = np.where(rec.rejected, arrive, finish)  # a rejected request leaves at once
     finish = np.sort(np.nan_to_num(finish, nan=np.inf))
+    admitted = np.where(rec.rejected, arrive, rec.first_scheduled_s)
+    admitted = np.sort(np.nan_to_num(admitted, nan=np.inf))
     tm = (t0 + t1) / 2
 
-    def backlog(t: float) -> int:
-        return int(np.searchsorted(arrive, t, side="right")) - int(np.searchsorted(finish, t, side="right"))
+    def left_by(t: float, leave: np.ndarray) -> int:
+        return int(np.searchsorted(arrive, t, side="right")) - int(np.searchsorted(leave, t, side="right"))
 
-    b_mid, b_end = backlog(tm), backlog(t1)
-    growth = (b_end - b_mid) / (t1 - tm)
+    growth = (left_by(t1, finish) - left_by(tm, finish)) / (t1 - tm)
+    q_mid, q_end = left_by(tm, admitted), left_by(t1, admitted)
+    q_growth = (q_end - q_mid) / (t1 - tm)
     offered = (n - 1) / (t1 - t0)
     served = (int(np.searchsorted(finish, t1, side="right"))) / (t1 - t0)
-    saturated = growth > SATURATION_GROWTH * offered and b_end - b_mid > 2.0 * math.sqrt(max(b_mid, 0)) + 5
+    saturated = q_growth > SATURATION_GROWTH * offered and q_end - q_mid > 2.0 * math.sqrt(max(q_mid, 0)) + 5
     return {"offered_rate_req_s": offered, "served_rate_req_s": served, "backlog_growth_req_s": growth,
-            "saturated": bool(saturated)}
+            "queue_growth_req_s": q_growth, "saturated": bool(saturated)}
 
 
 def downsample(t: np.ndarray, v: np.ndarray, t0: float, t1: float, bins: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -389,5 +398,117 @@ def downsample(t: np.ndarray, v: np.ndarray, t0: float, t1: float, bins: int = 2
     return 0.5 * (edges[:-1] + edges[1:]), np.diff(at) / np.diff(edges)
 
 
-__all__ = ["STATS", "RequestRecords", "SLOTarget", "SimResult", "downsample", "latency_summary", "slo_fields",
-           "weighted_quantiles"]
+def load_summary(out: dict[str, Any], *, bs_time: float, bs_weight: float, bs_max: int, q_int: float,
+                 r_int: float, q_max: int, r_max: int, kv_int: float, kv_capacity: int, kv_util_max: float,
+                 span: float) -> None:
+    """Batch size, queue, running and KV-utilisation keys of the summary from the run's time integrals (each
+    integral already extended to the end of the run)."""
+    out["batch_size_mean"] = bs_time / bs_weight if bs_weight > 0 else 0.0
+    out["batch_size_max"] = int(bs_max)
+    out["queue_len_mean"] = q_int / span if span > 0 else 0.0
+    out["queue_len_max"] = int(q_max)
+    out["running_mean"] = r_int / span if span > 0 else 0.0
+    out["running_max"] = int(r_max)
+    out["kv_util_mean"] = kv_int / (kv_capacity * span) if span > 0 else 0.0
+    out["kv_util_max"] = kv_util_max
+
+
+def _replica_row(r: int, spec: Any, rec: RequestRecords, busy: float, energy: float, stage_busy: list[float],
+                 span: float) -> dict[str, Any]:
+    """The ``per_replica`` entry of replica ``r``."""
+    sel = rec.replica == r
+    return {
+        "replica": r, "name": spec.name, "family": spec.config.family, "pp": spec.pp,
+        "requests": int(sel.sum()), "completed": int((sel & rec.completed).sum()),
+        "rejected": int((sel & rec.rejected).sum()), "output_tokens": int(rec.generated[sel].sum()),
+        "preemptions": int(rec.preemptions[sel].sum()),
+        "busy_fraction": busy / (spec.pp * span) if span > 0 else 0.0, "energy_j": energy,
+        "stage_busy_fraction": tuple(stage_busy[s] / span if span > 0 else 0.0 for s in range(spec.pp)),
+    }
+
+
+def _peaks(stage: Any) -> tuple[float, float] | None:
+    """``(peak FLOP/s, peak bytes/s)`` of a stage cost model that reports them, else ``None``."""
+    pf = getattr(stage, "peak_flops", None)
+    pb = getattr(stage, "peak_bandwidth", None)
+    if pf is None or pb is None:
+        return None
+    return pf(), pb()
+
+
+def hardware_summary(out: dict[str, Any], replicas: Sequence[Any], stages: Sequence[Sequence[Any]],
+                     rec: RequestRecords, span: float, price_per_gpu_hour: float | None) -> list[dict[str, Any]]:
+    """MFU, MBU, busy fraction, energy (idle power over the unbusy time added) and cost keys of the summary;
+    returns the ``per_replica`` rows. ``stages[r][s]`` holds the accumulated ``busy_s``, ``energy_j``,
+    ``flops`` and ``bytes`` of stage ``s`` of replica ``r`` (a :class:`~apex_opt.sim.state.StageClock`)."""
+    flops = bytes_ = busy = energy = 0.0
+    peak_f = peak_b = 0.0
+    have_peaks = True
+    stage_count = 0
+    gpus = 0
+    per_replica = []
+    for r, spec in enumerate(replicas):
+        gpus += spec.gpus
+        rep_busy = 0.0
+        rep_energy = 0.0
+        for s, stage in enumerate(spec.cost.stages):
+            sc = stages[r][s]
+            flops += sc.flops
+            bytes_ += sc.bytes
+            busy += sc.busy_s
+            rep_busy += sc.busy_s
+            e_j = sc.energy_j + stage.idle_power() * max(span - sc.busy_s, 0.0)
+            energy += e_j
+            rep_energy += e_j
+            stage_count += 1
+            peaks = _peaks(stage)
+            if peaks is None:
+                have_peaks = False
+            else:
+                peak_f += peaks[0]
+                peak_b += peaks[1]
+        per_replica.append(_replica_row(r, spec, rec, rep_busy, rep_energy,
+                                        [stages[r][s].busy_s for s in range(spec.pp)], span))
+    out["mfu"] = flops / (peak_f * span) if have_peaks and peak_f > 0 and span > 0 else math.nan
+    out["mbu"] = bytes_ / (peak_b * span) if have_peaks and peak_b > 0 and span > 0 else math.nan
+    out["busy_fraction"] = busy / (stage_count * span) if span > 0 else 0.0
+    out["energy_j"] = energy
+    out["energy_per_output_token_j"] = energy / out["output_tokens"] if out["output_tokens"] else math.nan
+    out["gpus"] = gpus
+    out["gpu_hours"] = gpus * span / 3600.0
+    price = price_per_gpu_hour
+    out["cost_usd"] = out["gpu_hours"] * price if price is not None else math.nan
+    out["cost_per_mtok_usd"] = out["cost_usd"] / out["output_tokens"] * 1e6 if out["output_tokens"] else math.nan
+    return per_replica
+
+
+def time_series(ser_q: np.ndarray, ser_bs: np.ndarray, t_first: float, t_last: float) -> dict[str, np.ndarray]:
+    """The ``series`` of a result: queue length, running requests and batch size over 256 time bins.
+
+    ``ser_q`` holds ``(t, waiting, running)`` change points, ``ser_bs`` ``(start, duration, batch size)`` per
+    iteration (both flat, as recorded)."""
+    series: dict[str, np.ndarray] = {}
+    q = ser_q.reshape(-1, 3) if ser_q.size else np.zeros((0, 3))
+    tq = np.concatenate([[t_first], q[:, 0]])
+    tt, qv = downsample(tq, np.concatenate([[0.0], q[:, 1]]), t_first, t_last)
+    _, rv = downsample(tq, np.concatenate([[0.0], q[:, 2]]), t_first, t_last)
+    series["t_s"] = tt
+    series["queue_len"] = qv
+    series["running"] = rv
+    b = ser_bs.reshape(-1, 3) if ser_bs.size else np.zeros((0, 3))
+    edges = np.linspace(t_first, t_last, tt.size + 1)
+    w = np.zeros(tt.size)
+    acc = np.zeros(tt.size)
+    if b.size:
+        starts, durs, sizes = b[:, 0], b[:, 1], b[:, 2]
+        cum_lo = np.searchsorted(edges, starts, side="right") - 1
+        idx = np.clip(cum_lo, 0, tt.size - 1)
+        np.add.at(w, idx, durs)
+        np.add.at(acc, idx, durs * sizes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        series["batch_size"] = np.where(w > 0, acc / np.where(w > 0, w, 1.0), 0.0)
+    return series
+
+
+__all__ = ["STATS", "RequestRecords", "SLOTarget", "SimResult", "downsample", "hardware_summary", "latency_summary",
+           "load_summary", "slo_fields", "time_series", "weighted_quantiles"]

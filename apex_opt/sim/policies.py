@@ -28,7 +28,7 @@ from .config import SchedulerConfig
 from .state import Request
 
 if TYPE_CHECKING:
-    from .engine import EngineState
+    from .engine_state import EngineState
 
 
 class Iteration:

@@ -49,6 +49,10 @@ class _Checked(tuple[Any, ...]):
         """The first ``n`` entries, still checked."""
         return _Checked.make(self[:n], self.totals[:n])
 
+    def pick(self, index: np.ndarray) -> _Checked:
+        """The entries at ``index`` (ascending positions), still checked."""
+        return _Checked.make(tuple(self[int(i)] for i in index), self.totals[index])
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -310,6 +314,28 @@ class Workload:
             self.source,
             None if self.segments is None else self.segments.take(n),  # type: ignore[attr-defined]
             None if self.output_ids is None else self.output_ids[:n],
+        )
+
+    def subset(self, index: Any) -> Workload:
+        """The requests at positions ``index`` (ascending, no repeats), arrival offsets unchanged.
+
+        >>> w = Workload("w", [0.0, 1.0, 2.0, 3.0], [10, 20, 30, 40], [1, 2, 3, 4], ("a", "b", "c", "d"), "test")
+        >>> w.subset([1, 3]).prompt_tokens.tolist()
+        [20, 40]
+        """
+        idx = np.asarray(index, dtype=np.int64)
+        n = len(self)
+        if idx.ndim != 1 or (idx.size and (idx[0] < 0 or idx[-1] >= n or np.any(np.diff(idx) <= 0))):
+            raise SpecError(f"subset(index): positions must be ascending, without repeats, within 0..{n - 1}")
+        return Workload(
+            self.name,
+            self.arrival_s[idx],
+            self.prompt_tokens[idx],
+            self.output_tokens[idx],
+            tuple(self.request_ids[int(i)] for i in idx),
+            self.source,
+            None if self.segments is None else self.segments.pick(idx),  # type: ignore[attr-defined]
+            None if self.output_ids is None else tuple(self.output_ids[int(i)] for i in idx),
         )
 
     def scaled(self, rate_factor: float) -> Workload:

@@ -1,0 +1,56 @@
+"""Engine behaviours are declared in the engine spec (defaulting to the family's), so a custom spec can change them."""
+
+from __future__ import annotations
+
+import apex_opt as ax
+from apex_opt.catalog import get_engine, get_gpu, get_model
+from apex_opt.perf.engine_rules import resolve_engine
+from apex_opt.planner.space import _ep_choices
+from apex_opt.schema.engine import FAMILY_RULES, EngineSpec
+from apex_opt.schema.plan import Plan
+
+RULES = ("ep_whole_tp_group", "dp_attention", "small_gpu", "graph_batch_within_max_num_seqs")
+
+
+def custom(name: str, **rules: object) -> EngineSpec:
+    """A copy of a catalog engine without the engine rules it declares, plus ``rules``."""
+    data = {k: v for k, v in get_engine(name).model_dump().items() if k not in RULES}
+    return EngineSpec.parse({**data, "name": f"{name}-custom", **rules}, source="test", kind="engine")
+
+
+def test_a_spec_that_leaves_the_rules_out_gets_its_familys_which_the_catalog_specs_also_declare():
+    for name in ("vllm-0.6", "vllm-v1", "sglang-0.4"):
+        engine, bare = get_engine(name), custom(name)
+        assert {k: getattr(bare, k) for k in RULES} == {k: getattr(engine, k) for k in RULES}
+        rules = FAMILY_RULES[engine.family]
+        assert engine.ep_whole_tp_group is rules["ep_whole_tp_group"] and engine.dp_attention is rules["dp_attention"]
+
+
+def test_a_declared_small_gpu_rule_changes_the_defaults_a_plan_runs_under():
+    model, l40s = get_model("llama-3.1-8b"), get_gpu("l40s")  # 48 GB: under vLLM V1's 70 GiB
+    plan = Plan(gpu="l40s", engine="vllm-v1")
+    family = resolve_engine(custom("vllm-v1"), plan, model, l40s)
+    assert (family.max_num_batched_tokens, family.max_num_seqs) == (2048, 256)  # vLLM V1 on a small GPU
+    none = resolve_engine(custom("vllm-v1", small_gpu=None), plan, model, l40s)
+    assert (none.max_num_batched_tokens, none.max_num_seqs) == (8192, 1024)  # the engine's usual defaults
+    lower = resolve_engine(custom("vllm-v1", small_gpu={"below": "40GB", "chunked_budget": 1024}), plan, model, l40s)
+    assert (lower.max_num_batched_tokens, lower.max_num_seqs) == (8192, 1024)  # 48 GB is not under 40 GB
+
+
+def test_declared_expert_parallel_rules_change_the_layouts_the_planner_searches():
+    def layouts(engine: EngineSpec) -> list[tuple[int, int | None, int]]:
+        specs = ax.load_specs("mixtral-8x7b", "h100x8", engine=engine)
+        return _ep_choices(specs, 4, 8)
+
+    sglang = layouts(custom("sglang-0.4"))
+    assert (2, 2, 1) in sglang and (8, 1, 2) in sglang  # any ep dividing tp, and wide EP over 2 x 4 GPUs
+    whole = layouts(custom("sglang-0.4", ep_whole_tp_group=True, dp_attention=False))
+    assert whole == [(1, None, 1), (4, 1, 1)]  # as vLLM 0.6: experts over the whole TP group only
+
+
+def test_a_declared_cuda_graph_rule_changes_the_largest_captured_batch():
+    model, h100 = get_model("llama-3.1-8b"), get_gpu("h100-sxm-80gb")
+    plan = Plan(gpu="h100-sxm-80gb", engine="vllm-0.6", max_num_seqs=64)
+    assert resolve_engine(custom("vllm-0.6"), plan, model, h100).graph_max_batch == 64  # vLLM 0.6: min(256, 64)
+    free = custom("vllm-0.6", graph_batch_within_max_num_seqs=False)
+    assert resolve_engine(free, plan, model, h100).graph_max_batch == 256
