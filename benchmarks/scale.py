@@ -25,6 +25,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,13 +71,17 @@ def run(args: list[str]) -> dict:
     to simulate (exit 2, explained on stderr) gave an answer too: kept with its time and memory (``outcome``)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "apex_opt.cli.main", "solve", "--format", "json", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _rss(proc.pid))
-        time.sleep(0.05)
-    out, err = proc.communicate()
+    # the output goes to files: a JSON result larger than a pipe's buffer would block the solve while we poll
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        proc = subprocess.Popen([sys.executable, "-m", "apex_opt.cli.main", "solve", "--format", "json", *args],
+                                stdout=out_f, stderr=err_f, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _rss(proc.pid))
+            time.sleep(0.05)
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
     wall = time.perf_counter() - start
     largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     record = {"wall_s": wall, "peak_rss": peak, "largest_rss": max(largest, before * 1024)}

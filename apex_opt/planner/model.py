@@ -67,6 +67,10 @@ _METRIC_COLUMN = {"goodput_per_gpu": "goodput_per_gpu", "throughput": "throughpu
                   "ttft_max": "ttft_max_ns"}
 
 
+
+#: CP-SAT deterministic time (about seconds) an infeasibility explanation may spend proving its set minimal
+EXPLAIN_BUDGET = 10.0
+
 class PlanVars:
     """The decisions a constraint function ``f(v, s)`` sees, as CP-SAT integer variables.
 
@@ -428,8 +432,15 @@ class PlanModel:
                               option="time_limit")
         return status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
 
-    def conflict(self) -> list[str]:
-        """A minimal set of labels that together rule out every plan ([] if some plan satisfies all)."""
+    def conflict(self, budget: float | None = EXPLAIN_BUDGET) -> list[str]:
+        """A minimal set of labels that together rule out every plan ([] if some plan satisfies all).
+
+        The deletion filter below proves, label by label, that the others alone still admit a plan; on a large
+        space each proof is a CP-SAT solve over every candidate. Once the proofs have used ``budget`` of CP-SAT's
+        deterministic time (about seconds, but the same on every machine, so the explanation is too; None: no
+        bound) the labels not yet tried are kept, as is a label whose proof ran out of it: the set still rules
+        out every plan, but may not be minimal, and :attr:`minimal` says so.
+        """
         if self.mode != "explain":
             raise ValueError("conflict() needs mode='explain'")
         self.model.clear_objective()
@@ -455,11 +466,36 @@ class PlanModel:
             return (*kind, n in core)
 
         needed.sort(key=priority)
+        left = budget
+        self.minimal = True
         for name in list(needed):
+            if left is not None and left <= 0.0:
+                self.minimal = False
+                break
             trial = [n for n in needed if n != name]
-            if not self.feasible(trial):
+            decided, spent = self._feasible_within(trial, left)
+            if left is not None:
+                left -= spent
+            if decided is False:
                 needed = trial
+            elif decided is None:
+                self.minimal = False
         return sorted(needed, key=order.index)
+
+    def _feasible_within(self, labels: Sequence[str], budget: float | None) -> tuple[bool | None, float]:
+        """:meth:`feasible` within ``budget`` of CP-SAT's deterministic time (None: undecided in it), and the
+        deterministic time spent."""
+        self.model.clear_objective()
+        self._assume(labels)
+        solver = self._solver()
+        if budget is not None:
+            solver.parameters.max_deterministic_time = max(budget, 0.01)
+        status = interruptible_solve(solver, self.model)
+        self._check(status)
+        spent = float(solver.deterministic_time)
+        if status == cp_model.UNKNOWN:
+            return None, spent
+        return status in (cp_model.OPTIMAL, cp_model.FEASIBLE), spent
 
     # ------------------------------------------------------------------------------------------- objective
     def _rank(self, metric: str, sense: int, bucket: bool = False) -> tuple[cp_model.IntVar, int]:
