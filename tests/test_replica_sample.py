@@ -53,7 +53,7 @@ def test_a_sampled_summary_scales_totals_and_rates_but_not_latencies(specs, plan
 
 
 @pytest.mark.parametrize("case", ["one replica", "no target", "workload no larger", "deployment", "speculating",
-                                  "client"])
+                                  "client", "wide expert parallel"])
 def test_plans_a_sample_would_not_reproduce_exactly_are_simulated_whole(specs, plan, case):
     target = 200
     if case == "one replica":
@@ -67,6 +67,8 @@ def test_plans_a_sample_would_not_reproduce_exactly_are_simulated_whole(specs, p
                                     plan.model_copy(update={"dp": 3, "role": "decode"})))
     elif case == "speculating":
         plan = plan.model_copy(update={"speculative": SpeculativeConfig(method="ngram", num_tokens=2, acceptance=0.5)})
+    elif case == "wide expert parallel":
+        plan = plan.model_copy(update={"dp_attention": True, "ep": 6})
     elif case == "client":
         specs = with_engine_settings(specs, measured_at="client")
     assert replica_sample(plan, specs, target) is None

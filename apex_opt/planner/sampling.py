@@ -13,7 +13,8 @@ by ``dp / s``; the cluster-wide maxima (most requests queued at once) are left o
 The simulation's cost then follows ``min_requests`` and the load per replica, not the size of the cluster or the
 total request rate: this is what bounds a 10k-request verification on 1,024 GPUs (``docs/scale.md``).
 
-Simulated whole, because a sample would not be exact: disaggregated deployments (the decode router picks the
+Simulated whole, because a sample would not be exact: wide expert parallelism (``dp_attention``: the data-parallel
+attention ranks share one expert group across all of them), disaggregated deployments (the decode router picks the
 least-loaded instance), speculative decoding (the acceptance draws come from one stream shared by every replica,
 in event order), latencies measured at the client (one API server works through the streams of every replica),
 and plans whose workload is no larger than the sample would be.
@@ -62,6 +63,8 @@ class ReplicaSample:
 def replica_sample(plan: Plan | Deployment, specs: Specs, min_requests: int | None) -> ReplicaSample | None:
     """The replicas to simulate for ``plan`` to cover ``min_requests`` requests, or None to simulate them all."""
     if min_requests is None or not isinstance(plan, Plan) or plan.dp <= 1 or plan.speculative is not None:
+        return None
+    if plan.dp_attention:  # its dp ranks share the MoE layers: the expert group spans all of them
         return None
     if getattr(specs.slo, "measured_at", "engine") != "engine":
         return None
