@@ -220,7 +220,8 @@ class SLOWatch:
     since its first token, counted over the most tokens it can still produce (its requested output); finished
     later than ``e2e``, or not finished and older than that. A latency measured at the client only adds to these
     engine-side times, so a miss at the engine is a miss at the client too. The check is vectorised over the
-    records and runs every ``stride`` arrivals and completions (1/64 of the workload's twice: about 128 checks).
+    records and runs each time ``stride`` more arrivals and completions have happened (1/128 of twice the workload,
+    so about 128 checks per run).
 
     >>> import numpy as np
     >>> from apex_opt.sim.metrics import SLOTarget
