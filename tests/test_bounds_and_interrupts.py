@@ -390,12 +390,20 @@ def test_ctrl_c_stops_a_cp_sat_search_at_once():
 
     from apex_opt.planner.model import interruptible_solve
 
+    # a 12-mark Golomb ruler: one CP-SAT worker cannot prove the optimum (85) in 5 s, let alone in the 0.3 s
+    # before the interrupt (a search that finished first would make this test pass or fail by machine speed)
     model = cp_model.CpModel()
-    xs = [model.new_int_var(0, 100, f"x{i}") for i in range(60)]
-    for a, b in itertools.pairwise(xs):
-        model.add(a != b)
-    model.add_all_different(xs[:50])
-    model.maximize(sum(x * (i % 7 + 1) for i, x in enumerate(xs)))
+    marks = [model.new_int_var(0, 200, f"m{i}") for i in range(12)]
+    model.add(marks[0] == 0)
+    for a, b in itertools.pairwise(marks):
+        model.add(a < b)
+    gaps = []
+    for i, j in itertools.combinations(range(12), 2):
+        gap = model.new_int_var(1, 200, f"d{i}_{j}")
+        model.add(gap == marks[j] - marks[i])
+        gaps.append(gap)
+    model.add_all_different(gaps)
+    model.minimize(marks[-1])
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = 30
     solver.parameters.num_workers = 1
