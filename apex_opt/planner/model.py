@@ -19,10 +19,10 @@ Units
     milli-tokens/s (:data:`UNITS`).
 
 Constraints
-    ``mode="optimize"`` adds every labelled constraint as a hard constraint (fast solves). ``mode="explain"``
-    gives each label one enforcement literal (``model.add(e).only_enforce_if(lit)``) passed as an assumption;
-    :meth:`PlanModel.conflict` reads ``sufficient_assumptions_for_infeasibility`` and shrinks it to a minimal
-    set of labels by deletion.
+    Every labelled constraint is a hard constraint (fast solves). Which labels together rule out every plan is
+    found by :meth:`apex_opt.planner.solve.Problem.infeasible`: a deletion filter that decides most trials from
+    each candidate's violated labels (:meth:`PlanModel.violated`) and solves a model over the candidates a
+    trial leaves for the rest.
 
 Objective
     The objective's levels (primary, then its tie breaks) are combined into one weighted sum whose weights
@@ -66,10 +66,6 @@ _METRIC_COLUMN = {"goodput_per_gpu": "goodput_per_gpu", "throughput": "throughpu
                   "energy_per_token": "energy_per_token", "cost_per_mtok": "cost_per_mtok", "ttft": "ttft_ns",
                   "ttft_max": "ttft_max_ns"}
 
-
-
-#: CP-SAT deterministic time (about seconds) an infeasibility explanation may spend proving its set minimal
-EXPLAIN_BUDGET = 10.0
 
 class PlanVars:
     """The decisions a constraint function ``f(v, s)`` sees, as CP-SAT integer variables.
@@ -141,7 +137,6 @@ class LabelledConstraint:
     label: str
     constraint: Constraint
     exprs: list
-    literal: Any = None
 
 
 class PlanModel:
@@ -151,17 +146,13 @@ class PlanModel:
     candidate keeps the canonical split the estimator computed.
     """
 
-    def __init__(self, space: PlanSpace, constraints: Sequence[Constraint], *, mode: str = "optimize",
-                 split: str = "free", seed: int = 0, time_limit: float | None = None,
-                 rows: Sequence[int] | None = None) -> None:
-        if mode not in ("optimize", "explain"):
-            raise ValueError(mode)
+    def __init__(self, space: PlanSpace, constraints: Sequence[Constraint], *, split: str = "free", seed: int = 0,
+                 time_limit: float | None = None, rows: Sequence[int] | None = None) -> None:
         self.rows = list(range(len(space.candidates))) if rows is None else list(rows)
         if not self.rows:
             raise SolverError("the plan space is empty")
         self.space = space
         self.specs: Specs = space.specs
-        self.mode = mode
         self.split = split
         self.seed = seed
         self.time_limit = time_limit
@@ -367,15 +358,8 @@ class PlanModel:
         exprs = plan_expressions(c, self.v, self.specs)
         lc = LabelledConstraint(c.label, c, exprs)
         self.labels[c.label] = lc
-        if not exprs:
-            return
-        if self.mode == "optimize":
-            for e in exprs:
-                self.model.add(e)
-            return
-        lc.literal = self.model.new_bool_var(f"[{c.label}]")
         for e in exprs:
-            self.model.add(e).only_enforce_if(lc.literal)
+            self.model.add(e)
 
     def holds(self, label: str, index: int) -> bool:
         """Whether a labelled constraint holds for candidate ``index`` with its canonical split (no solve)."""
@@ -411,91 +395,19 @@ class PlanModel:
             p.max_time_in_seconds = max(float(limit), 0.01)
         return solver
 
-    def _assume(self, labels: Sequence[str] | None = None) -> None:
-        self.model.clear_assumptions()
-        chosen = self.labels if labels is None else labels
-        self.model.add_assumptions([self.labels[n].literal for n in chosen if self.labels[n].literal is not None])
-
     def _check(self, status: Any) -> None:
         if status == cp_model.MODEL_INVALID:
             raise SolverError(f"CP-SAT rejected the model: {self.model.validate()}")
 
-    def feasible(self, labels: Sequence[str] | None = None) -> bool:
-        """Whether some plan satisfies the given labels (all by default) and the cuts so far."""
+    def feasible(self) -> bool:
+        """Whether some plan satisfies every label and the cuts so far."""
         self.model.clear_objective()
-        if self.mode == "explain":
-            self._assume(labels)
         status = interruptible_solve(self._solver(), self.model)
         self._check(status)
         if status == cp_model.UNKNOWN:
             raise SolverError("CP-SAT reached the time limit before deciding feasibility; raise {time_limit}",
                               option="time_limit")
         return status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
-
-    def conflict(self, budget: float | None = EXPLAIN_BUDGET) -> list[str]:
-        """A minimal set of labels that together rule out every plan ([] if some plan satisfies all).
-
-        The deletion filter below proves, label by label, that the others alone still admit a plan; on a large
-        space each proof is a CP-SAT solve over every candidate. Once the proofs have used ``budget`` of CP-SAT's
-        deterministic time (about seconds, but the same on every machine, so the explanation is too; None: no
-        bound) the labels not yet tried are kept, as is a label whose proof ran out of it: the set still rules
-        out every plan, but may not be minimal, and :attr:`minimal` says so.
-        """
-        if self.mode != "explain":
-            raise ValueError("conflict() needs mode='explain'")
-        self.model.clear_objective()
-        self._assume()
-        solver = self._solver()
-        status = interruptible_solve(solver, self.model)
-        self._check(status)
-        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return []
-        by_index = {lc.literal.index: name for name, lc in self.labels.items() if lc.literal is not None}
-        core = {by_index[i] for i in solver.sufficient_assumptions_for_infeasibility() if i in by_index}
-        # CP-SAT's core is sufficient, not minimal (with assumptions in presolve it may hold every label), and may
-        # name a derived bound (capacity) where a root cause (memory) also suffices. The deletion filter starts
-        # from every label and tries to drop, in this order, derived bounds, user rules, then the hard built-ins
-        # (labels outside the core first within each group), keeping each label the others need to conflict.
-        order = list(self.labels)
-        needed = [n for n in order if self.labels[n].literal is not None]
-        first = ("capacity", "slo.e2e", "slo.ttft", "slo.tpot")
-        last = ("placement.tp", "memory", "divisibility", "gpus")
-
-        def priority(n: str) -> tuple[int, int, int]:
-            kind = (0, first.index(n)) if n in first else (2, last.index(n)) if n in last else (1, 0)
-            return (*kind, n in core)
-
-        needed.sort(key=priority)
-        left = budget
-        self.minimal = True
-        for name in list(needed):
-            if left is not None and left <= 0.0:
-                self.minimal = False
-                break
-            trial = [n for n in needed if n != name]
-            decided, spent = self._feasible_within(trial, left)
-            if left is not None:
-                left -= spent
-            if decided is False:
-                needed = trial
-            elif decided is None:
-                self.minimal = False
-        return sorted(needed, key=order.index)
-
-    def _feasible_within(self, labels: Sequence[str], budget: float | None) -> tuple[bool | None, float]:
-        """:meth:`feasible` within ``budget`` of CP-SAT's deterministic time (None: undecided in it), and the
-        deterministic time spent."""
-        self.model.clear_objective()
-        self._assume(labels)
-        solver = self._solver()
-        if budget is not None:
-            solver.parameters.max_deterministic_time = max(budget, 0.01)
-        status = interruptible_solve(solver, self.model)
-        self._check(status)
-        spent = float(solver.deterministic_time)
-        if status == cp_model.UNKNOWN:
-            return None, spent
-        return status in (cp_model.OPTIMAL, cp_model.FEASIBLE), spent
 
     # ------------------------------------------------------------------------------------------- objective
     def _rank(self, metric: str, sense: int, bucket: bool = False) -> tuple[cp_model.IntVar, int]:
@@ -595,8 +507,6 @@ class PlanModel:
         for k, expr in enumerate(self.objective_groups(objective)):
             self.model.minimize(expr)
             self.model.clear_assumptions()
-            if self.mode == "explain":
-                self._assume()
             if fixes:
                 self.model.add_assumptions(fixes)
             solver = self._solver(time_limit)
@@ -678,7 +588,7 @@ class SideLabels:
 
     Hard constraints in a search; with ``explain=True`` each label gets one enforcement literal (shared by every
     expression of that label), so that an infeasible model can name a minimal set of labels in conflict
-    (:meth:`conflict`, a deletion filter like :meth:`PlanModel.conflict`) and what the model would choose with one
+    (:meth:`conflict`, a deletion filter as in :meth:`apex_opt.planner.solve.Problem.infeasible`) and what the model would choose with one
     of them dropped (:meth:`solve`).
     """
 

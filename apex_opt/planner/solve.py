@@ -349,7 +349,7 @@ class Problem:
     def _conflict(self, constraints: Sequence[Constraint]) -> list[str]:
         """A minimal set of the labels of ``constraints`` that together rule out every plan ([] if none does).
 
-        A deletion filter, as :meth:`PlanModel.conflict`, with each trial decided in Python wherever it can be:
+        A deletion filter (the labels tried one by one, derived bounds first), each trial decided in Python where it can be:
         a label that reads table columns only holds or fails for a candidate whatever its layer split
         (:meth:`PlanModel.table_labels`), so the candidates left by a trial's table labels are known from
         :attr:`violations`; none left rules the trial out, and one that meets every label of the trial at its
