@@ -41,13 +41,36 @@ cost-regime breakpoint), the run of ``n`` identical steps is executed at once: s
 arrivals are located by solving the quadratic for the cumulated time (:mod:`apex_opt.sim.skipahead`). Results
 equal step-by-step simulation up to float rounding (tested). A speculating replica
 (``SchedulerConfig.speculative``) draws the tokens of every verify step and is never skipped ahead.
+
+Skip-ahead on pipelined replicas (pp > 1, :meth:`Simulation._pipe_run`): the virtual engines share the stages,
+so the run is taken by the replica as a whole. When an engine launches a pure decode step of its pool that the
+policy will repeat and every other virtual engine is idle (nothing queued) or in flight with such a step (and no
+request reached it since it was scheduled), each engine gets the length of its run as for pp = 1 (completion,
+KV, cost breakpoints, on every stage). The replica's stage events are then *replayed* without the policies, in
+the main loop's order (time, kind, sequence), each step of engine ``v`` taking ``A[v][s] + Bc[v][s] * j`` on
+stage ``s``; a step leaving the last stage stamps its outputs and schedules the engine's next step at once. The
+replay stops at the first event that is not certain: the end of an engine's run, or an event at or after the
+next arrival that could reach the replica (with ``cut_early``, also the next event of the rest of the run if the
+SLO check could come due meanwhile). Its pending events then replace the engines' events in the heap (those are
+dropped when popped). Inside the replay, whole rounds are skipped in closed form
+(:class:`~apex_opt.sim.skipahead.PipelineRounds`) in two regimes: ``k >= 2`` engines with the stage carrying the
+most work saturated (each engine back at it before the job ahead of it ends, in FIFO order, and no waiting on
+any other stage), or a single engine running alone. The conditions of the regime are differences of step
+times, affine in the round, so they hold over ``R`` rounds if they hold at the first and the last (with a
+margin far above float rounding); the replay's state must match the regime's prediction before a skip, and the
+state after ``R`` rounds (each engine's pending event or place in the queue) is computed from it. The outputs
+of the rounds are stamped as arithmetic ITL segments (each gap one round's growth longer than the one before),
+KV and stage work are summed in closed form. Other regimes (e.g. waiting on two stages) are replayed event by
+event. Results equal step-by-step simulation up to float rounding (``tests/test_skipahead_pipeline.py``).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,7 +86,7 @@ from .metrics import SimResult, slo_fields
 from .policies import Iteration
 from .prefix_cache import CachedKV, PrefixCache, request_path
 from .recorder import Recorder, SLOWatch, account, account_run
-from .skipahead import decode_coeffs, kv_run_integral, steps_before
+from .skipahead import QUEUED, PipelineRounds, decode_coeffs, kv_run_integral, steps_before
 from .state import DECODE, DONE, PREFILL, WAITING, Request, StageClock
 
 _INF = math.inf
@@ -114,6 +137,13 @@ class Simulation:
         self.debug = debug
         self.max_kv_seen = [0] * len(self.engines)
         self._hooks: FrontEnd | None = self.frontend if self.frontend.engine_hooks else None
+        #: seqs of heap events a pipelined skip-ahead replaced (dropped when popped)
+        self.cancelled: set[int] = set()
+        self.replayed = 0  # stage events a pipelined skip-ahead replayed (tests)
+        self.rounds = 0  # rounds it skipped in closed form (tests)
+        #: per replica: whether a pipelined (pp > 1) replica may skip ahead over rounds of decode steps
+        self.pipe_skip = [self.skip and s.pp > 1 and s.config.speculative is None and self._hooks is None
+                          for s in self.replicas]
         self.frontend.bind(self)
 
     def _load_workload(self, workload: Any) -> None:
@@ -183,9 +213,11 @@ class Simulation:
         return self.rec.itl_segs
 
     # ========================================================================================= the loop
-    def _push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
+    def _push(self, t: float, kind: int, a: int = 0, b: int = 0) -> tuple:
         self.seq += 1
-        heapq.heappush(self.heap, (t, kind, self.seq, a, b))
+        ev = (t, kind, self.seq, a, b)
+        heapq.heappush(self.heap, ev)
+        return ev
 
     def push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
         """Schedule an event of ``kind`` at ``t`` with arguments ``a``, ``b`` (for front ends)."""
@@ -206,8 +238,12 @@ class Simulation:
         engines = self.engines
         on_event = self.frontend.on_event
         watch, rec = self.watch, self.rec
+        cancelled = self.cancelled
         while heap:
-            t, kind, _, a, b = pop(heap)
+            t, kind, seq, a, b = pop(heap)
+            if cancelled and seq in cancelled:  # replaced by a pipelined skip-ahead
+                cancelled.discard(seq)
+                continue
             if watch is not None and self.next_k + rec.done >= watch.next_at and \
                     watch.decided(t, rec, self.arrival, self.output, self.next_k):
                 return self._result()
@@ -264,6 +300,7 @@ class Simulation:
         if cap < self.out[k]:
             rec.r_truncated[k] = True
         e.waiting.append(req)
+        e.arrived = True
         fe.accepted(e)
         rec.counts(t, e)
         self.wake(e, t)
@@ -314,6 +351,7 @@ class Simulation:
         """Launch iteration ``it`` of ``e`` at ``t``: cost it, stamp the previous outputs, book it, and start its
         first stage (a skip-ahead run of ``n`` identical decode steps when possible)."""
         e.in_flight = True
+        e.arrived = False
         pp = e.pp
         stage0 = self.replicas[e.replica].cost.stages[0]
         shape, t0 = self._cost(e, it, stage0)
@@ -327,8 +365,9 @@ class Simulation:
         rec = self.rec
         rec.launched(e, t, it)
         n = 1
-        if (e.skippable and it.run_pool and not it.chunks and not it.preempted and (pend is None or not pend.fins)
-                and shape.num_decodes and e.policy.decode_stable(e)):
+        steady = (it.run_pool and not it.chunks and not it.preempted and (pend is None or not pend.fins)
+                  and shape.num_decodes and e.policy.decode_stable(e))
+        if steady and e.skippable:
             n = self._run_length(e, t, shape, t0, stage0)
         e.it = it
         e.it_shape = shape
@@ -346,6 +385,8 @@ class Simulation:
         else:
             rec.iteration(e, t, t0, 1, shape)
             self._stage_ready(t, e, 0)
+            if steady and self.pipe_skip[e.replica]:
+                self._pipe_run(e, t)
         if self.debug:
             self._check(e)
 
@@ -443,6 +484,7 @@ class Simulation:
         sc = self.stages[e.replica][s]
         if sc.busy:
             sc.queue.append(e.eid)
+            e.ev = None
         else:
             self._stage_begin(t, e, s, sc)
 
@@ -454,7 +496,7 @@ class Simulation:
         sc.busy = True
         sc.busy_s += d
         account(sc, stage, shape, d)
-        self._push(t + d, STAGE_DONE, e.eid, s)
+        e.ev = self._push(t + d, STAGE_DONE, e.eid, s)
 
     def _on_stage_done(self, t: float, e: EngineState, s: int) -> None:
         """Stage ``s`` of a pipelined (pp > 1) replica finished ``e``'s micro-batch at ``t``."""
@@ -466,7 +508,7 @@ class Simulation:
             self._stage_begin(t, nxt, s, sc)
         if s + 1 < spec.pp:
             assert e.it_shape is not None
-            self._push(t + spec.cost.send_time(e.it_shape.num_tokens), STAGE_READY, e.eid, s + 1)
+            e.ev = self._push(t + spec.cost.send_time(e.it_shape.num_tokens), STAGE_READY, e.eid, s + 1)
         else:
             self._finish(e, t)
 
@@ -624,6 +666,27 @@ class Simulation:
     # ========================================================================================= skip-ahead
     def _run_length(self, e: EngineState, t: float, shape: BatchShape, t0: float, stage0: Any) -> int:
         """How many identical pure-decode steps, starting with the one just scheduled, can run unchanged."""
+        n = self._decode_limit(e, shape.max_ctx, getattr(stage0, "ctx_breakpoints", ()))
+        if n <= 1:
+            return 1
+        # arrivals: every later step must start before the next arrival that could be admitted
+        if not e.policy.arrival_blocked(e):
+            a_t = self.frontend.horizon(e)
+            if a_t < _INF:
+                c0, c1 = decode_coeffs(stage0, len(e.pool), shape.max_ctx)
+                alpha = c0 + c1 * shape.decode_ctx_sum
+                beta = c1 * len(e.pool)
+                n = min(n, steps_before(a_t - t, t0, alpha, beta, n) + 1)
+        n = max(n, 1)
+        hooks = self._hooks
+        if hooks is not None and n > 1:  # e.g. a decode engine waiting for KV transfers
+            n = hooks.limit_run(e, t, shape, t0, stage0, n)
+        return n
+
+    def _decode_limit(self, e: EngineState, m0: int, bps: Sequence[int]) -> int:
+        """How many identical pure-decode steps of ``e``'s pool, starting with the one scheduled last (longest
+        context ``m0``), can run before a member finishes, the KV cache runs short or a cost breakpoint in ``bps``
+        is crossed (at least 1)."""
         pool = e.pool
         fin = pool.next_finish()
         if fin is None:  # pragma: no cover - every member has a finish entry
@@ -652,27 +715,11 @@ class Simulation:
             r += 1
         n = min(n, m + r + 1)
         # cost regime breakpoints (e.g. CUDA-graph context limit)
-        bps = getattr(stage0, "ctx_breakpoints", ())
         if bps:
-            m0 = shape.max_ctx
             nxt = [bp for bp in bps if bp >= m0]
             if nxt:
                 n = min(n, min(nxt) - m0 + 1)
-        if n <= 1:
-            return 1
-        # arrivals: every later step must start before the next arrival that could be admitted
-        if not e.policy.arrival_blocked(e):
-            a_t = self.frontend.horizon(e)
-            if a_t < _INF:
-                c0, c1 = decode_coeffs(stage0, B, shape.max_ctx)
-                alpha = c0 + c1 * shape.decode_ctx_sum
-                beta = c1 * B
-                n = min(n, steps_before(a_t - t, t0, alpha, beta, n) + 1)
-        n = max(n, 1)
-        hooks = self._hooks
-        if hooks is not None and n > 1:  # e.g. a decode engine waiting for KV transfers
-            n = hooks.limit_run(e, t, shape, t0, stage0, n)
-        return n
+        return max(n, 1)
 
     _coeffs = staticmethod(decode_coeffs)
     _steps_before = staticmethod(steps_before)
@@ -706,6 +753,364 @@ class Simulation:
         tau_end = tau0 + k * alpha + beta * k * (k + 1) / 2
         e.book.run(tau0, alpha, beta, k, B, tau_end)
         return total
+
+    # ------------------------------------------------------------------------------------ pipelined (pp > 1)
+    def _pipe_run(self, e0: EngineState, t: float) -> None:
+        """Engine ``e0`` of a pipelined replica just launched a pure decode step of its whole pool at ``t``. If
+        every other virtual engine of the replica is idle or in flight with such a step, run the replica's
+        pipeline forward, each engine repeating its decode step: the stage events are replayed in their own
+        order (time, kind, sequence) as the main loop would, with closed-form step costs and without the
+        policies, until an arrival could reach the replica, a member could finish, the KV cache could run short
+        or a cost breakpoint could be crossed (the next event of an engine whose run is over). The replayed
+        events' effects are booked and the pending ones replace the heap's."""
+        r = e0.replica
+        group = self.rep_engines[r]
+        spec = self.replicas[r]
+        pp = spec.pp
+        stages = spec.cost.stages
+        bps = sorted({bp for st in stages for bp in getattr(st, "ctx_breakpoints", ())})
+        act: list[EngineState] = []
+        for u in group:
+            if not u.in_flight:
+                if u.waiting or u.running or u.wake_pending:
+                    return
+                continue
+            it, shape = u.it, u.it_shape
+            if (it is None or shape is None or u.arrived or it.chunks or not it.run_pool or it.preempted
+                    or not shape.num_decodes or shape.num_tokens != shape.num_decodes or u.pending is not None
+                    or u.to_leave or not u.policy.decode_stable(u)):
+                return
+            act.append(u)
+        limits = [self._decode_limit(u, u.it_shape.max_ctx, bps) - 1 for u in act]  # type: ignore[union-attr]
+        if max(limits) < 1:
+            return
+        horizon = self.frontend.horizon(e0)
+        if len(act) == pp and all(u.policy.arrival_blocked(u) for u in act):
+            horizon = _INF  # every engine runs and none could admit an arrival before its batch changes
+        old = [u.ev for u in act if u.ev is not None]
+        watch = self.watch
+        if watch is not None:
+            # cut_early: the SLO verdict is checked at the first event after enough arrivals and completions; if
+            # that could happen before the horizon, replay no event past the next one of the rest of the run
+            deficit = watch.next_at - (self.next_k + self.rec.done)
+            k0 = self.next_k
+            k1 = bisect.bisect_left(self.arr, horizon, lo=k0) if horizon < _INF else self.N
+            if deficit <= 2 * (k1 - k0) + sum(len(u.running) + len(u.waiting) for u in self.engines
+                                              if u.replica != r):
+                if deficit <= 0:
+                    return
+                mine = {ev[2] for ev in old} | self.cancelled
+                for ev in heapq.nsmallest(len(mine) + 1, self.heap):
+                    if ev[2] not in mine:
+                        horizon = min(horizon, ev[0])
+                        break
+        if horizon <= t:
+            return
+        base = group[0].eid
+        nv = len(group)
+        L = [0] * nv
+        j = [0] * nv
+        Bs = [0] * nv
+        sig = [0.0] * nv
+        A: list[list[float]] = [[] for _ in range(nv)]
+        Bc: list[list[float]] = [[] for _ in range(nv)]
+        for u, lim in zip(act, limits, strict=True):
+            i = u.eid - base
+            shape = u.it_shape
+            assert shape is not None
+            B = shape.num_decodes
+            L[i] = lim
+            Bs[i] = B
+            sig[i] = spec.cost.send_time(B)
+            for st in stages:
+                c0, c1 = decode_coeffs(st, B, shape.max_ctx)
+                A[i].append(c0 + c1 * shape.decode_ctx_sum)
+                Bc[i].append(c1 * B)
+        clocks = self.stages[r]
+        busy = [sc.busy for sc in clocks]
+        queues = [deque(sc.queue) for sc in clocks]
+        heap: list[tuple] = list(old)
+        heapq.heapify(heap)
+        # per engine and stage: (first step begun here, steps begun, their seconds)
+        acct_j = [[-1] * pp for _ in range(nv)]
+        acct_n = [[0] * pp for _ in range(nv)]
+        acct_t = [[0.0] * pp for _ in range(nv)]
+        seq = self.seq
+        last = pp - 1
+        pop, push = heapq.heappop, heapq.heappush
+        rec = self.rec
+        ser_bs, iter_log = rec.ser_bs, rec.iter_log
+        bs_time = bs_weight = 0.0
+        stamped = [False] * nv
+        done = 0
+        # closed-form rounds: at the stage z that carries the most work (k >= 2 engines), or alone (k == 1)
+        k = len(act)
+        z = 0 if k == 1 else max(range(pp), key=lambda s: sum(A[u.eid - base][s] for u in act))
+        zhist: deque[tuple[float, int, int]] = deque(maxlen=k)  # (time, engine, step) of the last k starts at z
+        countdown = k
+        fails = 0
+        # seconds per round at the start (the rounds only get longer): no closed form for a handful of rounds
+        per_round = max((sum(A[u.eid - base][z] for u in act) if k > 1
+                         else sum(A[act[0].eid - base]) + (pp - 1) * sig[act[0].eid - base]), 1e-300)
+
+        def begin(i: int, s: int, tau: float) -> None:
+            nonlocal seq, countdown
+            d = A[i][s] + Bc[i][s] * j[i]
+            busy[s] = True
+            seq += 1
+            push(heap, (tau + d, STAGE_DONE, seq, base + i, s))
+            if s == z:
+                zhist.append((tau, i, j[i]))
+                countdown -= 1
+            if acct_j[i][s] < 0:
+                acct_j[i][s] = j[i]
+            acct_n[i][s] += 1
+            acct_t[i][s] += d
+
+        def jump(tc: float) -> float:
+            """Skip whole rounds in closed form from ``tc`` (just after ``v_0`` started at ``z``); returns the time
+            they end at (0: no rounds skipped)."""
+            nonlocal seq, bs_time, bs_weight
+            tz, i0, _ = zhist[-1]
+            order = [i0] + [zhist[m][1] for m in range(k - 1)]
+            if len(set(order)) != k or any(queues[s] for s in range(pp) if s != z):
+                return 0.0
+            s0 = [j[i0]] + [zhist[m][2] + 1 for m in range(k - 1)]
+            pr = PipelineRounds(pp, z, A, Bc, sig, order, s0)
+            margin = 1e-9 * (1.0 + abs(tz))
+            tol = 1e-11 * (1.0 + abs(tz))
+            t0 = tc - tz
+            for m in range(k - 1):  # the round in progress ran saturated at z
+                if abs((zhist[m][0] - tz) - pr.Z(m + 1 - k)) > tol:
+                    return 0.0
+            # every engine is where the regime puts it
+            pend = {ev[3] - base: ev for ev in heap}
+            now: list[tuple[int, int, int, float]] = []
+            for i, v in enumerate(order):
+                p = pr.position(i, 0 if i == 0 else -1, t0, margin)
+                if p is None or p[2] != j[v]:
+                    return 0.0
+                ev = pend.get(v)
+                if p[0] == QUEUED:
+                    if ev is not None:
+                        return 0.0
+                elif ev is None or ev[1] != p[0] or ev[4] != p[1] or abs((ev[0] - tz) - p[3]) > tol:
+                    return 0.0
+                now.append(p)
+            if [base + order[i] for i in sorted((i for i in range(k) if now[i][0] == QUEUED),
+                                                key=lambda i: now[i][3])] != list(queues[z]):
+                return 0.0
+            if pr.slack(-1, t0 + margin / 2) <= margin:
+                return 0.0
+            cond0, cond1 = pr.conditions(0), pr.conditions(1)
+            if min(cond0, default=_INF) <= margin:
+                return 0.0
+
+            def ends(R: int, mg: float) -> list[tuple[int, int, int, float]] | None:
+                t_end = pr.Z(R * k) + t0
+                out = []
+                for i in range(k):
+                    p = pr.position(i, R if i == 0 else R - 1, t_end, mg)
+                    if p is None:
+                        return None
+                    out.append(p)
+                return out
+
+            def ok(R: int) -> bool:
+                if tz + pr.Z(R * k) + t0 + margin >= horizon or pr.slack(R - 1) <= margin:
+                    return False
+                pos = ends(R, margin)
+                return pos is not None and all(pos[i][2] - j[v] <= L[v] for i, v in enumerate(order))
+
+            # the most rounds that keep every condition: each is affine in the round, the horizon quadratic
+            R = min([L[i0]] + [L[v] + 1 for v in order[1:]])  # v_0 schedules a step per round
+            for a, b in zip(cond0, cond1, strict=True):
+                if b < a:
+                    R = min(R, int((a - margin) / (a - b)) + 1)
+            if horizon < _INF:
+                R = min(R, pr.rounds_before(horizon - tz - t0 - margin))
+            if R >= 2 and not ok(R):
+                lo, hi = 1, R - 1
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if ok(mid):
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                R = lo
+            end = ends(R, margin) if R >= 2 else None
+            if end is None:
+                return 0.0
+            # book the rounds: stage work, outputs, KV, batch-size records
+            for i, v in enumerate(order):
+                u = group[v]
+                b0, b1 = (p[2] * pp + p[1] - (p[0] != STAGE_DONE) for p in (now[i], end[i]))
+                for s in range(pp):  # the stage visits (step * pp + stage) begun in the rounds
+                    x = b0 + 1 + (s - b0 - 1) % pp
+                    if x > b1:
+                        continue
+                    cnt = (b1 - x) // pp + 1
+                    ja = x // pp
+                    if acct_j[v][s] < 0:
+                        acct_j[v][s] = ja
+                    acct_n[v][s] += cnt
+                    acct_t[v][s] += cnt * A[v][s] + Bc[v][s] * (2 * ja + cnt - 1) * cnt / 2
+                c = end[i][2] - j[v]
+                if c <= 0:
+                    continue
+                jn = j[v]
+                first = pr.ring(i, jn - s0[i])[2]  # step jn + 1 is scheduled when step jn leaves the last stage
+                t_last = pr.ring(i, jn + c - 1 - s0[i])[2]
+                beta = pr.Pb  # every gap of the run is one round longer than the one before
+                alpha = pr.ring(i, jn + 1 - s0[i])[2] - first - beta if c >= 2 else 0.0
+                B = Bs[v]
+                u.book.run(tz + first, alpha, beta, c - 1, B, tz + t_last)
+                stamped[v] = True
+                pool, kv = u.pool, u.kv
+                e_first = pool.E
+                u.kv_int += (u.kv_last * (tz + t_last - u.kv_t)
+                             + kv_run_integral(pool.hist, pool.bs, e_first, c - 1, alpha, beta))
+                kv.take(pool.allocs_window(e_first, c))
+                pool.E += c
+                pool.E_done = pool.E - 1
+                u.kv_t = u.now = tz + t_last
+                u.kv_last = kv.capacity - kv.free
+                u.kv_max = max(u.kv_max, u.kv_last)
+                d0 = c * A[v][0] + Bc[v][0] * (2 * jn + c + 1) * c / 2
+                bs_time += B * d0
+                bs_weight += d0
+                ser_bs.extend((tz + first, d0, B))
+                if iter_log is not None:
+                    iter_log.append((r, u.vid, tz + first, d0, c, 0, B))
+                L[v] -= c
+                j[v] += c
+            # the pipeline as the rounds leave it
+            heap.clear()
+            for s in range(pp):
+                busy[s] = False
+                queues[s].clear()
+            for i, v in enumerate(order):
+                kind, s, _, at = end[i]
+                if kind != QUEUED:
+                    seq += 1
+                    heap.append((tz + at, kind, seq, base + v, s))
+                    busy[s] = busy[s] or kind == STAGE_DONE
+            heapq.heapify(heap)
+            queues[z].extend(base + order[i] for i in sorted((i for i in range(k) if end[i][0] == QUEUED),
+                                                             key=lambda i: end[i][3]))
+            zhist.clear()
+            for i in range(1, k):
+                zhist.append((tz + pr.Z(R * k - k + i), order[i], s0[i] + R - 1))
+            zhist.append((tz + pr.Z(R * k), i0, s0[0] + R))
+            self.rounds += R
+            return tz + pr.Z(R * k) + t0
+
+        tc = t
+        while heap:
+            tau, kind, _, eid, s = heap[0]
+            if (countdown <= 0 and len(zhist) == k and tau > tc + 2e-9 * (1.0 + abs(tc))
+                    and min(min(L[u.eid - base] for u in act), (horizon - tc) / per_round) >= 4):
+                t_end = jump(tc)
+                if t_end:
+                    fails = 0
+                    countdown = k
+                    tc = t_end
+                    done += 1
+                    continue
+                fails += 1
+                countdown = k << min(fails, 6)
+            i = eid - base
+            if tau >= horizon or (kind == STAGE_DONE and s == last and L[i] == 0):
+                break
+            pop(heap)
+            done += 1
+            tc = tau
+            if kind == STAGE_READY:
+                if busy[s]:
+                    queues[s].append(eid)
+                else:
+                    begin(i, s, tau)
+                continue
+            busy[s] = False
+            q = queues[s]
+            if q:
+                begin(q.popleft() - base, s, tau)
+            if s < last:
+                seq += 1
+                push(heap, (tau + sig[i], STAGE_READY, seq, eid, s + 1))
+                continue
+            # the step's outputs: stamp them, then the next identical step is scheduled and launched at once
+            u = group[i]
+            pool, book = u.pool, u.book
+            pool.E_done = pool.E
+            if stamped[i]:
+                if book.main_count:
+                    book.vals.append(tau - book.main_stamp)
+                    book.wts.append(book.main_count)
+                book.main_stamp = tau
+            else:
+                book.stamp(book.new_group(), tau, True)
+                stamped[i] = True
+            L[i] -= 1
+            j[i] += 1
+            u.kv.take(pool.allocs_next())
+            pool.E += 1
+            u.now = tau
+            Recorder.kv(tau, u)
+            B = Bs[i]
+            d0 = A[i][0] + Bc[i][0] * j[i]
+            bs_time += B * d0
+            bs_weight += d0
+            ser_bs.extend((tau, d0, B))
+            if iter_log is not None:
+                iter_log.append((r, u.vid, tau, d0, 1, 0, B))
+            if busy[0]:
+                queues[0].append(eid)
+            else:
+                begin(i, 0, tau)
+        if not done:
+            return
+        self.replayed += done
+        # commit: the replayed events' stage work, the stage clocks, and the pending events in the heap
+        rec.bs_time += bs_time
+        rec.bs_weight += bs_weight
+        for u in act:
+            i = u.eid - base
+            shape = u.it_shape
+            assert shape is not None
+            B, S, mc = Bs[i], shape.decode_ctx_sum, shape.max_ctx
+            if j[i]:
+                u.it_shape = BatchShape(B, B, B, S + j[i] * B, 0.0, False, mc + j[i])
+            for s in range(pp):
+                j0, cnt, total = acct_j[i][s], acct_n[i][s], acct_t[i][s]
+                if not cnt:
+                    continue
+                sc, st = clocks[s], stages[s]
+                sc.busy_s += total
+                b0 = BatchShape(B, B, B, S + j0 * B, 0.0, False, mc + j0)
+                d = A[i][s] + Bc[i][s] * j0
+                if cnt == 1:
+                    account(sc, st, b0, d)
+                else:  # energy and work are affine over the steps (StageCost contract): the trapezoid is exact
+                    m = cnt - 1
+                    bm = BatchShape(B, B, B, S + (j0 + m) * B, 0.0, False, mc + j0 + m)
+                    e_j, fl, by = sc.energy_j, sc.flops, sc.bytes
+                    account(sc, st, b0, d)
+                    account(sc, st, bm, d + Bc[i][s] * m)
+                    sc.energy_j = e_j + (sc.energy_j - e_j) * cnt / 2
+                    sc.flops = fl + (sc.flops - fl) * cnt / 2
+                    sc.bytes = by + (sc.bytes - by) * cnt / 2
+            u.ev = None
+        for s, sc in enumerate(clocks):
+            sc.busy = busy[s]
+            sc.queue.clear()
+            sc.queue.extend(queues[s])
+        self.cancelled.update(ev[2] for ev in old)
+        for tau, kind, _, eid, s in sorted(heap, key=lambda ev: ev[2]):
+            self.engines[eid].ev = self._push(tau, kind, eid, s)
+        if self.debug:
+            for u in act:
+                self._check(u)
 
     # ========================================================================================= results
     def _result(self) -> SimResult:

@@ -54,11 +54,13 @@ class EngineState:
     """State of one engine (a replica, or one of its ``pp`` virtual engines): queues, KV, decode pool."""
 
     __slots__ = (
+        "arrived",
         "async_",
         "book",
         "cache",
         "cfg",
         "eid",
+        "ev",
         "events",
         "held",
         "host",
@@ -116,6 +118,10 @@ class EngineState:
         self.it_shape: BatchShape | None = None
         self.it_steps = 1
         self.pending: _Pending | None = None
+        #: pp > 1: the heap entry of its pending stage event (None while queued at a stage or idle)
+        self.ev: tuple | None = None
+        #: a request joined its waiting queue since its last iteration was scheduled
+        self.arrived = False
         self.to_leave: list[Request] = []
         self.now = 0.0
         self.kv_t = 0.0
@@ -130,7 +136,7 @@ class EngineState:
         self.stamp_next = self.async_ and cfg.metrics_stamp == "next-iteration"
         self.host = getattr(spec.cost.stages[0], "host_time", None)
         #: runs of identical decode steps may be executed at once (set by the simulation: skip-ahead on, pp = 1,
-        #: no speculation)
+        #: no speculation; pipelined replicas skip ahead as a whole, see ``Simulation._pipe_run``)
         self.skippable = False
         # speculative decoding: P(at least i drafts accepted), i = 1..k, and the draft pass cost fraction
         sp = cfg.speculative
