@@ -141,6 +141,11 @@ class CapacityResult:
         }
 
 
+#: the start of the error for a capacity search without an SLO; the fix follows (load_specs(slo=) or --slo)
+NO_SLO = ("capacity is measured against an SLO and none was given: a rate passes when the simulated latencies meet "
+          "it; give one, e.g. ")
+
+
 def _positive(name: str, value: Any, example: str, cli_example: str, *, below_one: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0 \
             or (below_one and value >= 1):
@@ -177,9 +182,8 @@ def capacity(specs: Specs, plan: Plan | Deployment, *, precision: float = 0.02, 
     """
     check_simulate_args(specs, plan, seed=seed, fn="capacity")
     if specs.slo.is_empty:
-        raise SpecError("capacity is measured against an SLO and none was given: a rate passes when the simulated "
-                        "latencies meet it; give one, e.g. load_specs(..., slo='ttft=200ms,tpot=50ms') "
-                        "(apex-opt capacity --slo ttft=200ms,tpot=50ms)")
+        # capacity() takes the SLO from the specs; the CLI refuses a missing --slo itself, with the flag
+        raise SpecError(NO_SLO + "load_specs(..., slo='ttft=200ms,tpot=50ms')", option="slo")
     precision = _positive("precision", precision, "0.02", "2%", below_one=True)
     if max_rate is not None:
         max_rate = _positive("max_rate", max_rate, "50", "50rps")
@@ -299,4 +303,4 @@ def _infeasible(specs: Specs, plan: Plan | Deployment, trials: list[Trial], rate
         "relax the SLO, or give the plan more GPUs per replica (tp/pp), a faster GPU or fp8 weights")
 
 
-__all__ = ["MAX_SIMULATIONS", "CapacityResult", "TargetCost", "Trial", "capacity"]
+__all__ = ["MAX_SIMULATIONS", "NO_SLO", "CapacityResult", "TargetCost", "Trial", "capacity"]

@@ -67,11 +67,13 @@ def read_structured(path: Path) -> Any:
 class Registry(Generic[T]):
     """Named entries of one kind, filled lazily from a loader (the built-in catalog) and by :meth:`register`."""
 
-    def __init__(self, kind: str, loader: Callable[[], dict[str, T]], hint: str = "") -> None:
+    def __init__(self, kind: str, loader: Callable[[], dict[str, T]], hint: str = "",
+                 options: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._loader = loader
         self._entries: dict[str, T] | None = None
         self._hint = hint
+        self._options = options  # the options ``hint`` names with placeholders
 
     def _all(self) -> dict[str, T]:
         if self._entries is None:
@@ -98,7 +100,7 @@ class Registry(Generic[T]):
         lowered = {k.lower(): k for k in entries}
         if name.lower() in lowered:
             return entries[lowered[name.lower()]]
-        raise UnknownNameError(self.kind, name, entries, self._hint)
+        raise UnknownNameError(self.kind, name, entries, self._hint, option=self._options or None)
 
     def names(self) -> list[str]:
         return sorted(self._all())
@@ -143,7 +145,8 @@ _GPU_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,79}")
 CLUSTERS: Registry[ClusterSpec] = Registry(
     "cluster",
     lambda: _load_dir("clusters", lambda p, d: ClusterSpec.parse(d, source=p, kind="cluster")),
-    "Or pass a cluster YAML file, or the quick form --gpu NAME --nodes N --gpus-per-node M.",
+    "Or pass a cluster YAML file, or the quick form {gpu=}NAME {nodes=}N {gpus_per_node=}M.",
+    ("cluster", "gpu", "nodes", "gpus_per_node"),
 )
 ENGINES: Registry[EngineSpec] = Registry(
     "engine", lambda: _load_dir("engines", lambda p, d: EngineSpec.parse(d, source=p, kind="engine"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Self
 
 #: longest echo of a user's value in a message (a path to a large file must not print the file)
 ECHO_LIMIT = 80
@@ -59,14 +60,65 @@ def spell_option(name: str, form: str = "python", *, value: bool = False) -> str
     return name + "=" if value else name
 
 
+def _placeholders(name: str) -> tuple[str, ...]:
+    return "{" + name + "=}", "{" + name + "=True}", "{" + name + "}"
+
+
+def fill_options(text: str, options: Iterable[str], form: str = "python") -> str:
+    """``text`` with the placeholders of ``options`` spelled for ``form`` (``"python"`` or ``"cli"``).
+
+    ``{top_k=}`` comes before a value (``top_k=``, ``--top-k ``), ``{top_k}`` names the option alone and
+    ``{use_all_gpus=True}`` turns a switch on (``use_all_gpus=True`` in Python, the flag ``--use-all-gpus`` on the
+    command line). Placeholders of other names stay as written.
+
+    >>> fill_options("drop {use_all_gpus=True} or raise {top_k}", ("use_all_gpus", "top_k"), "cli")
+    'drop --use-all-gpus or raise --top-k'
+    """
+    for name in options:
+        value, switch, alone = _placeholders(name)
+        text = text.replace(value, spell_option(name, form, value=True))
+        text = text.replace(switch, spell_option(name, form) if form == "cli" else name + "=True")
+        text = text.replace(alone, spell_option(name, form))
+    return text
+
+
+def options_named(text: str, names: Iterable[str]) -> tuple[str, ...]:
+    """The names of ``names`` whose placeholders (:func:`fill_options`) occur in ``text``, in the order given.
+
+    >>> options_named("e.g. {slo=}tpot=20ms ({use_all_gpus=True})", ("top_k", "slo", "use_all_gpus"))
+    ('slo', 'use_all_gpus')
+    """
+    return tuple(n for n in dict.fromkeys(names) if any(p in text for p in _placeholders(n)))
+
+
+class Message(str):
+    """Message text that carries the options its placeholders name, for text composed in one place and raised in
+    another: ``InfeasibleError(Message(text, ("slo",)))`` takes ``options`` from it as if given ``option=``.
+
+    >>> str(InfeasibleError(Message("relax {slo=}tpot=20ms", ("slo",))))
+    'relax slo=tpot=20ms'
+    """
+
+    options: tuple[str, ...]
+
+    def __new__(cls, text: str, options: str | Iterable[str] = ()) -> Self:
+        self = super().__new__(cls, text)
+        self.options = (options,) if isinstance(options, str) else tuple(options)
+        return self
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return Message, (str(self), self.options)
+
+
 class ApexOptError(Exception):
     """Base class of every error apex-opt raises on purpose.
 
     An error about a parameter may carry ``option``, the parameter's Python keyword (e.g. ``"top_k"``, or a
-    tuple of them), and write its message with placeholders the renderer fills in: ``{top_k=}`` before a value
-    and ``{top_k}`` alone. ``str(exc)`` (and :meth:`render`) gives the Python form, ``top_k=0``; the CLI shows
-    ``render("cli")``, ``--top-k 0`` (:func:`spell_option`). Only the names in ``options`` are replaced, so a
-    brace in an echoed value stays as it is.
+    tuple of them), and write its message with placeholders the renderer fills in: ``{top_k=}`` before a value,
+    ``{top_k}`` alone and ``{use_all_gpus=True}`` for a switch turned on (:func:`fill_options`); a
+    :class:`Message` as the text brings its own options. ``str(exc)`` (and :meth:`render`) gives the Python form,
+    ``top_k=0``; the CLI shows ``render("cli")``, ``--top-k 0`` (:func:`spell_option`). Only the names in
+    ``options`` are replaced, so a brace in an echoed value stays as it is.
 
     >>> e = SpecError("{top_k=}0: must be at least 1; write e.g. {top_k=}3", option="top_k")
     >>> str(e), e.render("cli"), e.option
@@ -81,6 +133,8 @@ class ApexOptError(Exception):
         super().__init__(*args)
         if option is not None:
             self.options = (option,) if isinstance(option, str) else tuple(option)
+        elif args and isinstance(args[0], Message):  # text composed elsewhere that names its own options
+            self.options = args[0].options
 
     @property
     def option(self) -> str | None:
@@ -89,11 +143,7 @@ class ApexOptError(Exception):
 
     def render(self, form: str = "python") -> str:
         """The message with its options spelled for ``form``: ``"python"`` (keywords) or ``"cli"`` (flags)."""
-        text = super().__str__()
-        for name in self.options:
-            text = text.replace("{" + name + "=}", spell_option(name, form, value=True))
-            text = text.replace("{" + name + "}", spell_option(name, form))
-        return text
+        return fill_options(super().__str__(), self.options, form)
 
     def __str__(self) -> str:
         return self.render()
@@ -106,10 +156,12 @@ class SpecError(ApexOptError, ValueError):
 class UnknownNameError(SpecError, KeyError):
     """A catalog name (model, GPU, cluster, engine, workload) does not exist.
 
-    The message lists the closest known names.
+    The message lists the closest known names; ``hint`` may name options with placeholders (``{gpu=}NAME``) of
+    ``option``, as any :class:`ApexOptError`.
     """
 
-    def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = "") -> None:
+    def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = "", *,
+                 option: str | tuple[str, ...] | None = None) -> None:
         known = sorted(known)
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
         if not close:
@@ -123,13 +175,16 @@ class UnknownNameError(SpecError, KeyError):
         msg += f" Known {kind}s: {', '.join(known)}." if len(known) <= 12 else f" See 'apex-opt catalog {kind}s'."
         if hint:
             msg += " " + hint
-        super().__init__(msg)
+        super().__init__(msg, option=option)
         self.kind = kind
         self.name = name
         self.close_matches = close
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+    def render(self, form: str = "python") -> str:
+        return fill_options(str(self.args[0]), self.options, form)  # KeyError's own str would quote the message
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class TraceError(SpecError):
@@ -168,11 +223,14 @@ __all__ = [
     "ConstraintError",
     "DoesNotFitError",
     "InfeasibleError",
+    "Message",
     "SimulationError",
     "SolverError",
     "SpecError",
     "TraceError",
     "UnknownNameError",
+    "fill_options",
+    "options_named",
     "shorten",
     "spell_option",
 ]

@@ -29,32 +29,17 @@ def search(problem: ax.Problem) -> ax.PlanSet:
     verified: list = []
     rejected: list = []
     exhausted = False
-    refined = None
-    aggregated = problem.aggregated
-    optimizer = problem.optimizer() if aggregated else None
+    refined: list = []
     infeasible = None  # no single plan at all: the disaggregated or mixed searches may still find some
-    while aggregated and len(verified) < problem.top_k and not problem.simulation_budget_spent:
-        batch = []
-        while len(batch) < problem.top_k - len(verified):
-            try:
-                proposal = optimizer.next()  # raises InfeasibleError (with the conflicting labels) if none exists
-            except ax.InfeasibleError as exc:
-                infeasible, proposal = exc, None
-            if proposal is None:
-                exhausted = True
-                break
-            batch.append(proposal)
-        if not batch:
-            break
-        if refined is None:
-            refined = batch[0].plan
-            batch += problem.siblings(batch[0])[:REFINE]
-        entries = problem.verify(batch)
-        for entry in entries:
-            (verified if entry.verified else rejected).append(entry)
-        optimizer.observe(entries)  # a shape that missed its SLO: its plans with fewer replicas are cut too
-        if exhausted:
-            break
+    if problem.aggregated:
+        def refine(first):  # the best proposal's variants simulate in parallel with it
+            refined.append(first.plan)
+            return problem.siblings(first)[:REFINE]
+
+        try:
+            exhausted = _verify_best(problem, problem.optimizer(), verified, rejected, refine)
+        except ax.InfeasibleError as exc:  # raised with the conflicting labels when no single plan exists
+            infeasible, exhausted = exc, True
     for extra in (problem.disaggregated(), problem.heterogeneous()):
         if extra is not None:
             _verify_best(problem, extra, verified, rejected)
@@ -62,27 +47,37 @@ def search(problem: ax.Problem) -> ax.PlanSet:
         raise infeasible
     if verified and not problem.simulation_budget_spent:
         winner = problem.rank(verified)[0]
-        if winner.plan != refined:
+        if winner.plan not in refined:
             variants = problem.siblings(winner)[: min(REFINE, problem.max_simulations - problem.simulations)]
             for entry in problem.verify(variants):
                 (verified if entry.verified else rejected).append(entry)
     return problem.result(verified, rejected, solver="cpsat", exhausted=exhausted)
 
 
-def _verify_best(problem: ax.Problem, optimizer, verified: list, rejected: list) -> None:
-    """Simulate the best proposals of a further search (disaggregated, mixed-GPU) until top_k of them verify."""
+def _verify_best(problem: ax.Problem, proposer: ax.planner.Proposer, verified: list, rejected: list,
+                 refine=None) -> bool:
+    """Simulate a search's best proposals, in rounds, until ``top_k`` of them verify; returns whether the search
+    ran out of proposals. ``refine(first)`` adds plans to the first round."""
     found = 0
     while found < problem.top_k and not problem.simulation_budget_spent:
         batch = []
         done = False
         while len(batch) < problem.top_k - found:
-            proposal = optimizer.next()
+            proposal = proposer.next()
             if proposal is None:
                 done = True
                 break
             batch.append(proposal)
-        for entry in problem.verify(batch):
+        if not batch:
+            return True
+        if refine is not None:
+            batch += refine(batch[0])
+            refine = None
+        entries = problem.verify(batch)
+        for entry in entries:
             (verified if entry.verified else rejected).append(entry)
             found += entry.verified
+        proposer.observe(entries)  # a shape that missed its SLO: its plans with fewer replicas are cut too
         if done:
-            break
+            return True
+    return False

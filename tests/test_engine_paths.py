@@ -193,5 +193,5 @@ def test_a_mooncake_trace_replays_with_prefix_caching_measured_at_the_client(tmp
 
 def test_an_unknown_attention_backend_is_refused_with_the_known_ones():
     specs = ax.load_specs(workload="synthetic:rate=1rps,requests=3,prompt=100,output=5,seed=0")
-    with pytest.raises(ax.SpecError, match="attention_backend 'magic'.*flash-attn, xformers"):
+    with pytest.raises(ax.SpecError, match="attention_backend='magic'.*flash-attn, xformers"):
         ax.simulate(specs, ax.Plan(gpu=H100, tp=4, attention_backend="magic"))

@@ -229,6 +229,8 @@ FLAG_CASES: list[tuple[str, Callable[[ax.Specs, dict[str, str]], object], str, s
      "no measurements to validate; give --measurements FILE", ""),
     ("calibrate-constants", lambda s, f: _calibrate([RUNS], constants=["eager_launch_s"]),
      "constants='eager_launch_s'", "--fit 'eager_launch_s'", ": not a constant these runs can determine"),
+    ("attention-backend-unknown", lambda s, f: ax.simulate(s, ax.Plan(**PLAN, attention_backend="magic")),
+     "attention_backend='magic'", "--attention-backend 'magic'", " has kernels for; use one of "),
 ]
 
 
@@ -248,17 +250,14 @@ def test_a_message_that_named_a_flag_names_the_keyword_in_python_and_the_flag_on
 
 
 def test_the_disaggregation_only_refusal_names_the_keyword_in_python(specs):
-    from apex_opt.planner import constraint
-
-    @constraint("tp-cap")
-    def tp_cap(v, s):
-        return v.tp <= 4
+    def fewest_tp(v, s):  # a function objective is defined on one plan
+        return v.tp
 
     with pytest.raises(ax.InfeasibleError) as err:
-        ax.solve(specs, constraints=[tp_cap], disaggregation="only", workers=1)
-    assert str(err.value).startswith("disaggregation=only: plan constraints")
+        ax.solve(specs, objective=ax.Minimize(fewest_tp), disaggregation="only", workers=1)
+    assert str(err.value).startswith("disaggregation=only: a function objective")
     assert str(err.value).endswith("Use disaggregation=auto or off.") and err.value.conflict == ("disaggregation",)
-    assert err.value.render("cli").startswith("--disaggregation only: plan constraints")
+    assert err.value.render("cli").startswith("--disaggregation only: a function objective")
     assert err.value.render("cli").endswith("Use --disaggregation auto or off.")
 
 
@@ -297,6 +296,10 @@ CLI_CASES: list[tuple[str, Callable[[dict[str, str]], list[str]], str]] = [
      "Error: --calibration 'nope.yaml': no such file; give the YAML file apex-opt calibrate --out wrote"),
     ("measurements-file", lambda f: ["validate", "--measurements", "nope.json"],
      "Error: --measurements 'nope.json': no such file"),
+    ("cluster-unknown", lambda f: ["solve", "--cluster", "h100y8", "--workload", TINY],
+     "Or pass a cluster YAML file, or the quick form --gpu NAME --nodes N --gpus-per-node M."),
+    ("attention-backend-unknown", lambda f: [*SIMULATE, "--attention-backend", "magic"],
+     "Error: --attention-backend 'magic' is not one vllm-0.6 has kernels for; use one of"),
 ]
 
 
@@ -330,3 +333,113 @@ def test_a_search_cut_by_the_time_limit_says_to_raise_the_keyword(specs, monkeyp
         ax.solve(specs, workers=1)
     assert str(err.value).startswith("CP-SAT ") and str(err.value).endswith("; raise time_limit")
     assert err.value.render("cli").endswith("; raise --time-limit") and err.value.option == "time_limit"
+
+
+# ------------------------------------------------------------------ infeasibility: the fix in the caller's spelling
+# Problem.infeasible composes the message from the built-in constraints' texts and relaxations; they name options
+# with placeholders ({slo=}tpot=20ms), and the text (an errors.Message) brings those options to the InfeasibleError.
+def _infeasible(specs: ax.Specs, **kwargs: object) -> ax.InfeasibleError:
+    with pytest.raises(ax.InfeasibleError) as err:
+        ax.solve(specs, workers=1, **kwargs)
+    return err.value
+
+
+def test_an_infeasible_solve_with_a_tight_slo_suggests_slo_as_a_keyword_in_python():
+    exc = _infeasible(ax.load_specs("llama-3.1-8b", "h100x8", workload=TINY, slo="tpot=1ms"))
+    assert exc.conflict == ("slo.tpot",) and exc.option == "slo"
+    assert "Try relaxing it (e.g. slo=tpot=" in str(exc) and "--" not in str(exc), str(exc)
+    assert "Try relaxing it (e.g. --slo tpot=" in exc.render("cli")
+    assert "{" not in str(exc) and "{" not in exc.render("cli")
+
+
+def test_the_cli_suggests_the_slo_flag_for_the_same_infeasible_solve():
+    result = CliRunner().invoke(cli, [*SOLVE, "--slo", "tpot=1ms"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "Error: no plan for llama-3.1-8b on 8 x h100-sxm-80gb satisfies all constraints."
+    assert lines[-1].startswith("Try relaxing it (e.g. --slo tpot=") and lines[-1].endswith("ms) or adding GPUs.")
+    assert "slo=" not in result.output and "{" not in result.output and "Traceback" not in result.output
+
+
+def test_use_all_gpus_in_an_explanation_reads_as_a_keyword_set_to_true_in_python_and_the_flag_on_the_cli(specs):
+    from apex_opt.planner import constraint
+
+    @constraint("four")
+    def four(v, s):
+        return v.gpus <= 4
+
+    exc = _infeasible(specs, use_all_gpus=True, constraints=[four])
+    assert exc.conflict == ("gpus", "four") and exc.options == ("use_all_gpus",)
+    assert "[gpus]            use all 8 GPUs of the cluster (use_all_gpus=True)" in str(exc)
+    assert "(e.g. drop use_all_gpus=True)" in str(exc) and "--" not in str(exc)
+    assert "[gpus]            use all 8 GPUs of the cluster (--use-all-gpus)" in exc.render("cli")
+    assert "(e.g. drop --use-all-gpus)" in exc.render("cli")
+
+
+def test_every_built_in_constraint_names_its_options_with_placeholders():
+    from apex_opt.errors import fill_options
+    from apex_opt.planner.constraints import OPTIONS, builtin_constraints
+    from apex_opt.planner.space import SearchOptions, build_space
+
+    slo = "ttft=1ms,tpot=1ms,e2e=1ms"
+    for options in (SearchOptions(use_all_gpus=True), SearchOptions(kv_dtype="fp8", quantization="fp8")):
+        space = build_space(ax.load_specs("llama-3.1-8b", "h100x8", workload=TINY, slo=slo), options)
+        for c in builtin_constraints(space):
+            relax = c.relax(space) if callable(c.relax) else c.relax
+            for text in (c.describe(space), relax or ""):
+                python, flags = fill_options(text, OPTIONS), fill_options(text, OPTIONS, "cli")
+                assert "--" not in python and "{" not in python and "{" not in flags, (c.label, text)
+
+
+def test_a_memory_fix_names_quantization_and_kv_dtype_in_the_callers_spelling():
+    from types import SimpleNamespace as NS
+
+    from apex_opt.errors import fill_options
+    from apex_opt.planner.constraints import OPTIONS, memory_fix
+
+    h100 = NS(name="h100", memory=80 * 2**30)
+    fix = memory_fix(405_000_000_000, h100, 4, "none", "bf16")
+    assert fill_options(fix, OPTIONS).startswith("quantization=int4: the weights then need")
+    assert fill_options(fix, OPTIONS, "cli").startswith("--quantization int4: the weights then need")
+    assert fill_options(memory_fix(8_000_000_000, h100, 1, "fp8", "bf16"), OPTIONS, "cli") == "--kv-dtype fp8"
+
+
+def test_a_switch_reads_name_equals_true_in_python_and_the_bare_flag_on_the_cli():
+    exc = ax.InfeasibleError("relax {tp_across_nodes=True} or {slo=}tpot=20ms", option=("tp_across_nodes", "slo"))
+    assert str(exc) == "relax tp_across_nodes=True or slo=tpot=20ms"
+    assert exc.render("cli") == "relax --tp-across-nodes or --slo tpot=20ms"
+
+
+def test_a_message_composed_elsewhere_brings_its_options_to_the_error_and_across_processes():
+    from apex_opt.errors import Message
+
+    exc = ax.InfeasibleError(Message("e.g. {slo=}tpot=20ms", ("slo",)), ("slo.tpot",))
+    assert exc.option == "slo" and str(exc) == "e.g. slo=tpot=20ms" and exc.render("cli") == "e.g. --slo tpot=20ms"
+    back = pickle.loads(pickle.dumps(exc))
+    assert back.options == ("slo",) and back.render("cli") == "e.g. --slo tpot=20ms" and back.conflict == ("slo.tpot",)
+    given = ax.InfeasibleError(Message("{slo=}x {seed=}1", ("slo",)), option="seed")  # option= wins
+    assert str(given) == "{slo=}x seed=1"
+
+
+def test_capacity_without_an_slo_says_load_specs_in_python_and_the_flag_on_the_cli(specs):
+    import dataclasses
+
+    from apex_opt.schema.slo import SLO
+
+    with pytest.raises(SpecError) as err:
+        ax.capacity(dataclasses.replace(specs, slo=SLO()), ax.Plan(**PLAN))
+    assert str(err.value).endswith("give one, e.g. load_specs(..., slo='ttft=200ms,tpot=50ms')")
+    assert "--" not in str(err.value) and err.value.option == "slo"
+    result = CliRunner().invoke(cli, ["capacity", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb",
+                                      "--workload", TINY])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert said.endswith("give one, e.g. --slo ttft=200ms,tpot=50ms") and "load_specs" not in said
+
+
+def test_an_unknown_cluster_offers_the_quick_form_as_keywords_in_python():
+    with pytest.raises(ax.UnknownNameError) as err:
+        ax.load_specs(cluster="h100y8")
+    assert str(err.value).endswith("Or pass a cluster YAML file, or the quick form gpu=NAME nodes=N gpus_per_node=M.")
+    assert err.value.render("cli").endswith("the quick form --gpu NAME --nodes N --gpus-per-node M.")
+    assert err.value.option == "cluster" and err.value.close_matches[0] == "h100x8"

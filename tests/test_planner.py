@@ -133,7 +133,8 @@ def test_an_impossible_tpot_names_slo_tpot_alone():
     assert lines[0] == "no plan for llama-3.1-70b on 8 x h100-sxm-80gb satisfies all constraints."
     assert lines[1] == "This constraint alone rules out every plan:"
     assert lines[2] == "  [slo.tpot]        TPOT <= 1ms at the workload's expected batch"
-    assert lines[3].startswith("Try relaxing it (e.g. --slo tpot=") and lines[3].endswith("ms) or adding GPUs.")
+    assert lines[3].startswith("Try relaxing it (e.g. slo=tpot=") and lines[3].endswith("ms) or adding GPUs.")
+    assert err.value.option == "slo" and "(e.g. --slo tpot=" in err.value.render("cli")
 
 
 def test_a_model_too_big_for_the_cluster_names_memory_and_suggests_fp8():
@@ -142,7 +143,7 @@ def test_a_model_too_big_for_the_cluster_names_memory_and_suggests_fp8():
         planner.solve(specs, workers=1)
     assert err.value.conflict == ("memory",)
     assert "[memory]          weights + KV cache fit in 80 GiB per GPU" in str(err.value)
-    assert "--quantization fp8" in str(err.value)
+    assert "quantization=fp8" in str(err.value) and "--quantization fp8" in err.value.render("cli")
     # allowing fp8 weights makes it fit
     result = planner.solve(specs, quantization="fp8", workers=1, top_k=1)
     assert result.best.plan.weight_dtype == "fp8"
@@ -198,8 +199,9 @@ def test_user_constraints_restrict_every_returned_plan(small):
 
     result = planner.solve(small, constraints=[two_per_replica, no_pipeline, not_applicable], workers=1)
     assert result.plans
-    for p in result.plans:
-        assert p.plan.tp == 2 and p.plan.pp == 1
+    for p in result.plans:  # a disaggregated pair holds each of its plans to them
+        for plan in getattr(p.plan, "plans", (p.plan,)):
+            assert plan.tp == 2 and plan.pp == 1
 
 
 def test_constraints_see_latency_estimates_in_milliseconds(small):
@@ -469,4 +471,4 @@ def test_an_slo_relaxation_is_never_the_bound_already_in_force():
                specs=NS(slo=NS(tpot=0.050, ttft=None)))
     assert _suggest(space, "tpot") is None  # 30 ms plans exist: the 50 ms bound is not what rules them out
     space.specs.slo.tpot = 0.010
-    assert _suggest(space, "tpot") == "--slo tpot=50ms"
+    assert _suggest(space, "tpot") == "{slo=}tpot=50ms"  # slo=tpot=50ms in Python, --slo tpot=50ms on the CLI

@@ -79,15 +79,64 @@ def test_off_searches_aggregated_plans_only(specs):
     assert not any("disaggregated" in n for n in result.notes)
 
 
-def test_plan_constraints_leave_disaggregation_out_with_a_note_or_an_error(specs):
-    @planner.constraint("tp-cap")
-    def tp_cap(v, s):
-        return v.tp <= 4
+@planner.constraint("tp-1")
+def tp_1(v, s):
+    """One GPU per tensor-parallel group."""
+    return v.tp <= 1
 
-    result = planner.solve(specs, constraints=[tp_cap], top_k=1, workers=1)
-    assert any("disaggregated plans not searched" in n and "PlanVars" in n for n in result.notes)
-    with pytest.raises(InfeasibleError, match="disaggregation=only: plan constraints"):
-        planner.solve(specs, constraints=[tp_cap], disaggregation="only", workers=1)
+
+@planner.constraint("decode-tp2")
+def decode_tp2(v, s):
+    return v.decode.tp >= 2
+
+
+@planner.constraint("prefill-one-replica")
+def prefill_one_replica(v, s):
+    return v.prefill.dp == 1
+
+
+def test_a_plan_constraint_holds_for_both_roles_of_every_pair(specs):
+    result = planner.solve(specs, constraints=[tp_1], disaggregation="only", top_k=2, workers=1)
+    assert result.plans
+    for p in result.plans:
+        assert [q.tp for q in p.plan.plans] == [1, 1]
+
+
+def test_a_constraint_on_one_role_binds_that_role_only(specs):
+    result = planner.solve(specs, constraints=[decode_tp2, prefill_one_replica], disaggregation="only", top_k=2,
+                           workers=1)
+    assert result.plans
+    for p in result.plans:
+        prefill, decode = p.plan.plans
+        assert decode.tp >= 2 and prefill.dp == 1
+    assert any(p.plan.plans[0].tp == 1 for p in result.plans)  # the prefill side may stay narrow
+
+
+def test_the_deployments_gpus_and_latencies_are_what_a_pair_constraint_reads(specs):
+    @planner.constraint("three-gpus")
+    def three_gpus(v, s):
+        return [v.gpus == 3, v.tpot_ms <= 12, v.ttft_ms <= 200]
+
+    result = planner.solve(specs, constraints=[three_gpus], disaggregation="only", top_k=1, workers=1)
+    best = result.best
+    assert best.plan.gpus == 3
+    assert best.predicted["tpot_mean_s"] <= 0.012 and best.predicted["ttft_mean_s"] <= 0.2
+
+
+def test_user_constraints_that_rule_out_every_pair_are_named_with_what_fits_without_each(specs):
+    with pytest.raises(InfeasibleError) as err:
+        planner.solve(specs, constraints=[tp_1, decode_tp2], disaggregation="only", workers=1)
+    text = str(err.value)
+    assert "These constraints together rule out every pair:" in text
+    assert "[tp-1]" in text and "One GPU per tensor-parallel group" in text and "[decode-tp2]" in text
+    assert "without [tp-1]: 1P1D" in text and "without [decode-tp2]: 1P1D" in text
+    assert {"tp-1", "decode-tp2"} <= set(err.value.conflict)
+
+
+def test_a_constraint_the_pair_search_can_read_keeps_disaggregation_in_auto(specs):
+    result = planner.solve(specs, constraints=[tp_1], top_k=1, workers=1)
+    assert not any("disaggregated plans not searched" in n for n in result.notes)
+    assert any(isinstance(p.plan, Deployment) for p in [*result.plans, *result.rejected])
 
 
 def test_an_impossible_slo_for_every_pair_is_refused_with_the_bounds_named():

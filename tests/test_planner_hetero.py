@@ -78,6 +78,46 @@ def test_an_infeasible_mixed_gpu_search_names_its_labelled_constraints():
     assert "without [slo.tpot]: " in text and "without [load]: " in text
 
 
+@planner.constraint("tp-2")
+def tp_2(v, s):
+    return v.tp == 2
+
+
+def test_a_plan_constraint_holds_for_every_kind_a_mix_uses(mixed):
+    result = planner.solve(mixed, constraints=[tp_2], use_all_gpus=True, disaggregation="off", top_k=2, workers=1)
+    assert result.plans
+    for p in result.plans:
+        assert isinstance(p.plan, Deployment) and [q.tp for q in p.plan.plans] == [2] * len(p.plan.plans)
+
+
+def test_a_kind_a_mix_leaves_unused_is_not_held_to_a_plan_constraint(mixed):
+    """Eight tp1 replicas within 8 GPUs fit on one kind only; the kind left out (its row "nothing here": no tp, no
+    dp) must not be held to the constraint, or no mix would be left."""
+    @planner.constraint("eight-single-gpu-replicas")
+    def eight_single_gpu_replicas(v, s):
+        return [v.tp == 1, v.dp == 8, v.gpus <= 8]
+
+    problem = Problem(mixed, constraints=[eight_single_gpu_replicas], options=SearchOptions(disaggregation="off"),
+                      workers=1)
+    search = problem.heterogeneous()
+    assert search is not None
+    proposal = search.next()
+    assert proposal is not None
+    assert [(q.tp, q.dp) for q in proposal.plan.plans] == [(1, 8)]
+
+
+def test_a_field_the_mixed_search_does_not_price_leaves_it_out_with_a_note(mixed):
+    @planner.constraint("energy-cap")
+    def energy_cap(v, s):
+        return v.energy_per_token <= 10**9
+
+    problem = Problem(mixed, constraints=[energy_cap], options=SearchOptions(disaggregation="off"), workers=1)
+    assert problem.heterogeneous() is None
+    note = " ".join(problem.extra_notes)
+    assert "mixed-GPU plans not searched: constraint 'energy-cap' reads v.energy_per_token" in note
+    assert "it prices gpus" in note
+
+
 def _trays_and_a_node(domain):
     """4 GB200 trays of 4 GPUs beside one 8-GPU H100 node; ``domain``: the cluster's nvlink_domain (None: unset)."""
     spec = {"name": "gb200x16-h100x8", "network": {"bandwidth_per_gpu": "400Gb/s"},

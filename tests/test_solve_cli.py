@@ -110,7 +110,8 @@ def test_constraint_packs_load_from_solvers_packs():
     assert code == 0, out
     data = json.loads(out)
     assert data["problem"]["constraints"] == ["no-pipeline", "single-node"]
-    assert all(p["pp"] == 1 and p["gpus"] == 8 for p in data["plans"])
+    for p in data["plans"]:  # single plans, and each instance of a disaggregated pair
+        assert p["gpus"] == 8 and all(i["pp"] == 1 for i in p.get("instances", [p]))
 
 
 def test_simulated_constraint_packs_cut_plans(monkeypatch):

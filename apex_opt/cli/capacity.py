@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..calibration.profile import resolve_profile
-from ..capacity import MAX_SIMULATIONS
+from ..capacity import MAX_SIMULATIONS, NO_SLO
 from ..capacity import capacity as run
 from ..errors import SpecError
 from ..schema.plan import Plan
@@ -65,6 +65,8 @@ def capacity(ctx: click.Context, slo: SLO | None, precision: float, target_rate:
         --workload synthetic:rate=4rps,requests=200,prompt=1024,output=128,seed=0
     """
     specs, plan = build_deployment(ctx, slo=slo, **deployment)
+    if specs.slo.is_empty:  # the library's message names load_specs(slo=); here the fix is the flag
+        raise SpecError(NO_SLO + "{slo=}ttft=200ms,tpot=50ms", option="slo")
     specs = dataclasses.replace(specs, calibration=resolve_profile(calibration))
     if prefix_caching is not None:
         specs = with_engine_settings(specs, prefix_caching=prefix_caching)

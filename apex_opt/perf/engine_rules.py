@@ -42,9 +42,9 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
     """Apply ``engine``'s defaults and automatic switches to ``plan``."""
     known = engine.eager_kernels.backends()
     if plan.attention_backend is not None and plan.attention_backend not in known:
-        raise SpecError(f"attention_backend '{plan.attention_backend}' is not one {engine.name} has kernels for; "
-                        f"use one of {', '.join(known)} (--attention-backend), or leave it out for the default "
-                        f"({engine.eager_kernels.attention_backend})")
+        raise SpecError(f"{{attention_backend=}}'{plan.attention_backend}' is not one {engine.name} has kernels "
+                        f"for; use one of {', '.join(known)}, or leave it out for the default "
+                        f"({engine.eager_kernels.attention_backend})", option="attention_backend")
     s = engine.scheduler
     if plan.max_model_len is not None and plan.max_model_len > model.max_position_embeddings:
         raise SpecError(f"{{max_model_len=}}{plan.max_model_len} exceeds the context limit of {model.name} "

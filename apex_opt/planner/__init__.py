@@ -2,7 +2,8 @@
 
 The public names (re-exported by :mod:`apex_opt`): :func:`solve`, :func:`constraint`, :class:`PlanVars`,
 :class:`PlanSet`, :class:`RankedPlan`, :func:`Minimize`, :func:`Maximize`, :class:`Problem` (what search
-strategies in ``solvers/`` receive), :func:`load_constraints`, :class:`SearchOptions`.
+strategies in ``solvers/`` receive; its searches are :class:`Proposer` objects), :func:`load_constraints`,
+:class:`SearchOptions`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from .constraints import Constraint, constraint, load_constraints
 from .model import PlanVars
 from .objectives import OBJECTIVE_NAMES, Maximize, Minimize, Objective
 from .result import PlanSet, RankedPlan, SolveStats
-from .solve import Problem, Proposal, register_solver, solve, solver_names
+from .solve import Problem, Proposal, Proposer, register_solver, solve, solver_names
 from .space import SearchOptions
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "PlanVars",
     "Problem",
     "Proposal",
+    "Proposer",
     "RankedPlan",
     "SearchOptions",
     "SolveStats",

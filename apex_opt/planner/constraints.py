@@ -52,7 +52,8 @@ class Constraint:
     on: Kind = "plan"
     description: str | Callable[..., str] | None = None
     builtin: bool = False
-    #: how to relax it, for infeasibility messages (built-ins only): a callable (space) -> str or a string
+    #: how to relax it, for infeasibility messages (built-ins only): a callable (space) -> str or a string; it and
+    #: ``description`` name options with placeholders (``{slo=}tpot=20ms``) of :data:`OPTIONS`
     relax: str | Callable[..., str | None] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -301,6 +302,10 @@ def _slo_time(seconds: float) -> str:
     return format_time(seconds).replace(".0ms", "ms").replace(".0us", "us")
 
 
+#: the parameters (``solve``/``load_specs`` keywords) the built-ins' texts and relaxations name with placeholders
+#: (``{slo=}tpot=20ms``: ``slo=tpot=20ms`` in Python, ``--slo tpot=20ms`` on the command line), the fix first
+OPTIONS = ("slo", "quantization", "kv_dtype", "tp_across_nodes", "use_all_gpus")
+
 #: bytes per weight of each --quantization choice, best first
 _WEIGHT_BYTES = (("none", 2.0), ("fp8", 1.0), ("int4", 0.5))
 
@@ -313,12 +318,15 @@ def memory_fix(params: int, gpu: Any, gpus: int, quantization: str, kv_dtype: st
     of each format against what the GPUs hold (``gpu_memory_utilization`` 0.9 of each GPU less ~1.5 GiB for context
     and buffers), a format only where it would leave a fifth for the KV cache, else the GPUs each format needs.
 
+    The text names the options with placeholders (``{quantization=}int4``: ``quantization=int4`` in Python,
+    ``--quantization int4`` on the command line; :func:`apex_opt.errors.fill_options`).
+
     >>> from types import SimpleNamespace as NS
     >>> print(memory_fix(405_000_000_000, NS(name="l40s", memory=48 * 2**30), 2, "none", "bf16"))
     more GPUs: the weights alone need 754 GiB in bf16 (377 GiB in fp8, 189 GiB in int4), 2 x l40s hold 83 GiB; \
-that takes at least 23 l40s in bf16, 12 with --quantization fp8, 6 with --quantization int4
+that takes at least 23 l40s in bf16, 12 with {quantization=}fp8, 6 with {quantization=}int4
     >>> print(memory_fix(405_000_000_000, NS(name="h100", memory=80 * 2**30), 4, "none", "bf16"))
-    --quantization int4: the weights then need 189 GiB of the 282 GiB the GPUs hold
+    {quantization=}int4: the weights then need 189 GiB of the 282 GiB the GPUs hold
     """
     usable = max(gpu.memory * 0.9 - 1.5 * 2**30, 1.0)
     sizes = [(q, params * b) for q, b in _WEIGHT_BYTES]
@@ -326,14 +334,14 @@ that takes at least 23 l40s in bf16, 12 with --quantization fp8, 6 with --quanti
     current = sizes[in_force][1]
     if current <= usable * gpus:
         if in_force == 0:
-            return "--quantization fp8"
-        return "--kv-dtype fp8" if kv_dtype == "bf16" else "more GPUs"
+            return "{quantization=}fp8"
+        return "{kv_dtype=}fp8" if kv_dtype == "bf16" else "more GPUs"
     for q, w in sizes[in_force + 1:]:
         if w <= 0.8 * usable * gpus:
-            return f"--quantization {q}: the weights then need {_gib(w)} of the {_gib(usable * gpus)} the GPUs hold"
+            return f"{{quantization=}}{q}: the weights then need {_gib(w)} of the {_gib(usable * gpus)} the GPUs hold"
     need = [(q, max(1, math.ceil(w / (0.8 * usable)))) for q, w in sizes]
     formats = ", ".join(f"{_gib(w)} in {q}" for q, w in sizes[1:])
-    counts = ", ".join(f"{n} with --quantization {q}" for q, n in need[1:])
+    counts = ", ".join(f"{n} with {{quantization=}}{q}" for q, n in need[1:])
     return (f"more GPUs: the weights alone need {_gib(sizes[0][1])} in bf16 ({formats}), {gpus} x {gpu.name} hold "
             f"{_gib(usable * gpus)}; that takes at least {need[0][1]} {gpu.name} in bf16, {counts}")
 
@@ -362,10 +370,10 @@ def builtin_constraints(space: Any) -> list[Constraint]:
 
     def gpus_text(sp: Any) -> str:
         if sp.options.use_all_gpus:
-            return f"use all {sp.total_gpus} GPUs of the cluster (--use-all-gpus)"
+            return f"use all {sp.total_gpus} GPUs of the cluster ({{use_all_gpus=True}})"
         return f"use at most the cluster's {sp.total_gpus} GPUs"
 
-    @_builtin("gpus", gpus_text, lambda sp: "drop --use-all-gpus" if sp.options.use_all_gpus else "add GPUs")
+    @_builtin("gpus", gpus_text, lambda sp: "drop {use_all_gpus=True}" if sp.options.use_all_gpus else "add GPUs")
     def gpus(v: Any, s: Any) -> Any:
         return v.gpus == v.space.total_gpus if v.space.options.use_all_gpus else v.gpus <= v.space.total_gpus
 
@@ -380,7 +388,7 @@ def builtin_constraints(space: Any) -> list[Constraint]:
     if not opts.tp_across_nodes:
         @_builtin("placement.tp",
                   lambda sp: f"each tensor-parallel group inside one NVLink domain ({sp.domain_gpus} GPUs)",
-                  "--tp-across-nodes")
+                  "{tp_across_nodes=True}")
         def placement_tp(v: Any, s: Any) -> Any:
             return v.tp_nodes == 1
 
@@ -396,9 +404,9 @@ def builtin_constraints(space: Any) -> list[Constraint]:
             usable = max(gpu.memory * 0.9 - 1.5 * 2**30, 1.0) * sp.total_gpus
             weights = sp.specs.model.total_params * q.bytes_per_weight  # a lower bound: 16-bit parts count less
             if weights <= 0.8 * usable and sp.options.kv_dtype == "bf16":
-                return "--kv-dtype fp8"
+                return "{kv_dtype=}fp8"
             return (f"more GPUs: the {q.method} checkpoint's weights need at least {_gib(weights)} as stored, "
-                    f"{sp.total_gpus} x {gpu.name} hold {_gib(usable)} (--quantization does not apply to it)")
+                    f"{sp.total_gpus} x {gpu.name} hold {_gib(usable)} ({{quantization}} does not apply to it)")
         return memory_fix(sp.specs.model.total_params, sp.estimator.gpu, sp.total_gpus, sp.options.quantization,
                           sp.options.kv_dtype)
 
@@ -437,7 +445,7 @@ def builtin_constraints(space: Any) -> list[Constraint]:
         mean_out = max(round(space.stats.mean_output) - 1, 0)
 
         @_builtin("slo.e2e", lambda sp: f"TTFT + mean output x TPOT <= {_slo_time(sp.specs.slo.e2e)}",
-                  lambda sp: f"--slo e2e={_slo_time(2 * sp.specs.slo.e2e)}")
+                  lambda sp: f"{{slo=}}e2e={_slo_time(2 * sp.specs.slo.e2e)}")
         def slo_e2e(v: Any, s: Any) -> Any:
             return v.ttft_ns + mean_out * v.tpot_ns <= e2e_ns
 
@@ -467,12 +475,12 @@ def _suggest(space: Any, metric: str) -> str | None:
         value = (e.ttft_tail_s if metric == "ttft" else e.tpot_s) / space.options.slo_slack
         best = min(best, value)
     if not math.isfinite(best):
-        return f"a looser --slo {metric}"
+        return f"a looser {{slo}} {metric}"
     nice = _round_up(best * 1.05)
     bound = getattr(space.specs.slo, metric, None)
     if bound is not None and nice <= bound:
         return None
-    return f"--slo {metric}={_slo_time(nice)}"
+    return f"{{slo=}}{metric}={_slo_time(nice)}"
 
 
 def _round_up(seconds: float) -> float:

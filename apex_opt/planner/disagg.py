@@ -11,7 +11,9 @@ The role tables (:class:`RoleRow`, every shape x engine limits x replica count t
 heads evenly and keeps its tensor-parallel groups inside a node) are two index variables of one CP-SAT model
 (:class:`DisaggModel`), with labelled constraints: ``gpus`` (both roles together within the cluster),
 ``slo.ttft`` (prefill), ``slo.tpot`` (decode), ``capacity.prefill`` and ``capacity.decode`` (each role carries
-the arrival rate with the headroom), ``formats`` (one weight and KV format on both sides). On a cluster of several
+the arrival rate with the headroom), ``formats`` (one weight and KV format on both sides), and the user's plan
+constraints, each on both roles (:mod:`apex_opt.planner.table`: ``v.tp`` is each side's, ``v.decode.tp`` the
+decode side's, ``v.gpus`` the pair's). On a cluster of several
 GPU kinds each role may run on any kind: every kind has its own rows, priced on its own GPU, and each row names
 the *partner* kind the other role runs on (its KV transfer is priced over the link between the two); the model
 then adds ``pairing`` (the rows' kinds and partners agree) and ``gpus.<kind>`` (both roles' GPUs on a kind within
@@ -29,8 +31,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 from ortools.sat.python import cp_model
 
@@ -40,12 +44,12 @@ from ..perf.replica import check_divisibility
 from ..schema.plan import Deployment, Plan
 from ..topology.graph import Topology
 from ..units import format_time
+from .constraints import Constraint
 from .estimates import Estimator, Menu, RoleEstimate, ShapeKey
 from .explain import side_infeasible_message
 from .model import SideLabels, solve_once
 from .objectives import Objective
 from .space import (
-    DTYPE_BITS,
     PlanSpace,
     _budgets,
     _ep_choices,
@@ -57,6 +61,7 @@ from .space import (
     tp_placed,
     weight_dtypes,
 )
+from .table import REPLICA_FIELDS, DeploymentVars, Table, add_constraints, lower, replica_fields, upper
 
 ROLES = ("prefill", "decode")
 DISAGGREGATION = ("off", "auto", "only")
@@ -76,6 +81,12 @@ class RoleRow:
     est: RoleEstimate
     gpu: str  # the GPU kind this role runs on
     partner: str  # the GPU kind of the other role, whose link the KV transfer was priced over
+
+    @cached_property
+    def fields(self) -> dict[str, int]:
+        """The row's decisions in the plan tables' vocabulary (:func:`~apex_opt.planner.table.replica_fields`)."""
+        return replica_fields(self.key, pp=self.pp, dp=self.dp, max_num_seqs=self.menu.max_num_seqs,
+                              budget=self.menu.budget)
 
     def plan(self, gpu: str, engine: str) -> Plan:
         extra = dict(self.menu.plan_fields(), dp=self.dp, pp=self.pp, role=self.role)
@@ -205,37 +216,42 @@ def _transfer_s(space: PlanSpace, key: ShapeKey, pp: int, src: _Kind, dst: _Kind
 
 
 class DisaggModel:
-    """CP-SAT over (prefill row, decode row) pairs; :meth:`next` yields pairs best first (see the module docstring)."""
+    """CP-SAT over (prefill row, decode row) pairs; :meth:`next` yields pairs best first (see the module docstring).
 
-    def __init__(self, space: PlanSpace, dspace: DisaggSpace, objective: Objective, *, seed: int = 0,
-                 time_limit: float | None = None, explain: bool = False) -> None:
+    ``constraints`` are the user's plan constraints: each holds for both roles (:mod:`apex_opt.planner.table`).
+    """
+
+    def __init__(self, space: PlanSpace, dspace: DisaggSpace, objective: Objective, *,
+                 constraints: Sequence[Constraint] = (), seed: int = 0, time_limit: float | None = None,
+                 explain: bool = False) -> None:
         if not dspace.prefill or not dspace.decode:
             raise SolverError("no disaggregated plan: a role has no replica shape that fits")
         self.space, self.dspace, self.objective = space, dspace, objective
+        self.constraints = tuple(constraints)
         self.seed, self.time_limit = seed, time_limit
         m = self.model = cp_model.CpModel()
         self.labels = SideLabels(m, explain=explain, seed=seed, time_limit=time_limit)
         add = self.labels.add
         P, D = dspace.prefill, dspace.decode
-        self.ip = m.new_int_var(0, len(P) - 1, "prefill")
-        self.id = m.new_int_var(0, len(D) - 1, "decode")
+        fields = _role_fields(space.specs.model.num_layers)
+        self.prefill = Table(m, "prefill", P, fields)
+        self.decode = Table(m, "decode", D, fields)
+        self.ip, self.id = self.prefill.index, self.decode.index
         opts, slo, rate = space.options, space.specs.slo, space.stats.rate
 
         def col(name: str, rows: list[RoleRow], index: cp_model.IntVar,
                 fn: Callable[..., float]) -> cp_model.IntVar:  # fn(row); some bind a loop variable by default
-            values = [int(fn(r)) for r in rows]
-            var = m.new_int_var(min(values), max(values), name)
-            m.add_element(index, values, var)
-            return var
+            table = self.prefill if index is self.ip else self.decode
+            return table.column_of(name, [int(fn(r)) for r in rows])
 
-        gp = col("gpus_p", P, self.ip, lambda r: r.est.gpus)
-        gd = col("gpus_d", D, self.id, lambda r: r.est.gpus)
+        gp = self.prefill.column("gpus")
+        gd = self.decode.column("gpus")
         self.all_gpus = sum(dspace.kinds.values())
         self.gpus = m.new_int_var(2, 2 * self.all_gpus, "gpus")
         m.add(self.gpus == gp + gd)
         if opts.use_all_gpus:
             add("gpus", self.gpus == self.all_gpus, f"both roles together use every GPU of the cluster "
-                f"({self.all_gpus}, --use-all-gpus)")
+                f"({self.all_gpus}: every GPU was asked for)")
         else:
             add("gpus", self.gpus <= self.all_gpus, f"both roles together within the cluster's {self.all_gpus} GPUs")
         self.price: cp_model.LinearExpr | None = None
@@ -255,10 +271,9 @@ class DisaggModel:
             cents = {k: round(space.specs.gpus[k].price_per_hour * 100) for k in names}
             self.price = (col("price_p", P, self.ip, lambda r: cents[r.gpu] * r.est.gpus)
                           + col("price_d", D, self.id, lambda r: cents[r.gpu] * r.est.gpus))
-        for name, bits in (("weight", "weight_dtype"), ("kv", "kv_dtype")):
-            a = col(f"{name}_bits_p", P, self.ip, lambda r, b=bits: DTYPE_BITS[getattr(r.key, b)])
-            b_ = col(f"{name}_bits_d", D, self.id, lambda r, b=bits: DTYPE_BITS[getattr(r.key, b)])
-            add("formats", a == b_, "one weight format and one KV format on both roles (the KV cache moves as is)")
+        for name in ("weight_bits", "kv_bits"):
+            add("formats", self.prefill.column(name) == self.decode.column(name),
+                "one weight format and one KV format on both roles (the KV cache moves as is)")
         ns = 1e9
         self.ttft = col("ttft_ns", P, self.ip, lambda r: _int(r.est.ttft_s * ns))
         tail = col("ttft_tail_ns", P, self.ip, lambda r: _int(r.est.ttft_tail_s * ns))
@@ -283,7 +298,61 @@ class DisaggModel:
         e_d = col("energy_d", D, self.id, lambda r: _int(r.est.energy_per_token_j * 1e6))
         self.energy = e_p + e_d
         self.cuts = 0
+        self._add_user_constraints(tail, e_p, e_d)
         self._objective()
+
+    def _add_user_constraints(self, tail: cp_model.IntVar, e_p: cp_model.IntVar, e_d: cp_model.IntVar) -> None:
+        """The user's plan constraints, on each role with the pair's predictions (:mod:`apex_opt.planner.table`)."""
+        if not self.constraints:
+            return
+        m, space = self.model, self.space
+        st = space.stats
+        tok_rate = st.rate * st.mean_output
+
+        def total(name: str, parts: list[Any]) -> cp_model.IntVar:
+            out = m.new_int_var(sum(lower(p) for p in parts), sum(upper(p) for p in parts), name)
+            m.add(out == sum(parts))
+            return out
+
+        def least(name: str, parts: list[Any]) -> cp_model.IntVar:
+            out = m.new_int_var(min(lower(p) for p in parts), min(upper(p) for p in parts), name)
+            m.add_min_equality(out, parts)
+            return out
+
+        def usd(r: RoleRow) -> int:  # milli-USD per million output tokens this role's GPUs cost
+            return _int(r.est.gpus * space.specs.gpus[r.gpu].price_per_hour / 3600.0 / tok_rate * 1e9)
+
+        def tokens(r: RoleRow) -> int:  # milli-tokens/s this role sustains
+            return _int(r.est.capacity_rps * st.mean_output * 1e3)
+
+        def goodput_per_gpu() -> cp_model.IntVar:  # micro-requests/s per GPU: min(rate, capacity) x attainment
+            served = least("served", [self.cap_p, self.cap_d, m.new_constant(math.ceil(st.rate * 1e6))])
+            num = m.new_int_var(0, upper(served) * 10**6, "goodput_x_ppm")
+            m.add_multiplication_equality(num, [served, self.att])
+            den = m.new_int_var(2 * 10**6, 2 * self.all_gpus * 10**6, "gpus_x_ppm")
+            m.add(den == 10**6 * self.gpus)
+            out = m.new_int_var(0, upper(served), "goodput_per_gpu")
+            m.add_division_equality(out, num, den)
+            return out
+
+        deployment: dict[str, Any] = {
+            "gpus": self.gpus, "ttft_ns": self.ttft, "ttft_tail_ns": tail, "tpot_ns": self.tpot,
+            "capacity": lambda: least("capacity", [self.cap_p, self.cap_d]),
+            "throughput": lambda: least("throughput", [self.prefill.column_of("tokens_p", [tokens(r) for r in
+                                                                                            self.dspace.prefill]),
+                                                       self.decode.column_of("tokens_d", [tokens(r) for r in
+                                                                                          self.dspace.decode])]),
+            "energy_per_token": lambda: total("energy_per_token", [e_p, e_d]),
+            "cost_per_mtok": lambda: total("cost_per_mtok", [
+                self.prefill.column_of("cost_p", [usd(r) for r in self.dspace.prefill]),
+                self.decode.column_of("cost_d", [usd(r) for r in self.dspace.decode])]),
+            "goodput_per_gpu": goodput_per_gpu,
+        }
+        roles: dict[str, DeploymentVars] = {}
+        for role, table in (("prefill", self.prefill), ("decode", self.decode)):
+            roles[role] = DeploymentVars(table, deployment, space=space, what="disaggregated", max_pp=MAX_ROLE_PP,
+                                         roles=roles)
+        add_constraints(self.labels, self.constraints, list(roles.values()), space)
 
     def _objective(self) -> None:
         m = self.model
@@ -329,7 +398,8 @@ class DisaggModel:
         among them on a mixed cluster) and, for each, the pair the search would choose without it.
         ``("", ())`` when some pair meets every label. A model built with ``explain=True`` is explained as it
         stands (with any constraint added to it since); otherwise a fresh one is built."""
-        probe = self if self.labels.explain else DisaggModel(self.space, self.dspace, self.objective, seed=self.seed,
+        probe = self if self.labels.explain else DisaggModel(self.space, self.dspace, self.objective,
+                                                             constraints=self.constraints, seed=self.seed,
                                                              time_limit=self.time_limit, explain=True)
         what = "disaggregated plan"
         labels = probe.labels.conflict(what, drop_first=("capacity", "slo"), keep_last=("gpus", "pairing"))
@@ -345,6 +415,23 @@ class DisaggModel:
         return (f"{deployment(self.space, p, d).label}: {p.est.gpus + d.est.gpus} GPUs ({kinds}), TTFT "
                 f"{format_time(p.est.ttft_tail_s)}, TPOT {format_time(d.est.tpot_s)}, "
                 f"{min(p.est.capacity_rps, d.est.capacity_rps):.3g} req/s")
+
+
+def _role_fields(num_layers: int) -> dict[str, Callable[[RoleRow], int]]:
+    """The columns a role table reads from its rows: the replica's decisions, its GPUs and its layer split."""
+    def field(name: str) -> Callable[[RoleRow], int]:
+        return lambda r: r.fields[name]
+
+    def layers(i: int) -> Callable[[RoleRow], int]:
+        def on(r: RoleRow) -> int:
+            split = list(r.est.split) if r.pp > 1 else [num_layers]
+            return split[i] if i < len(split) else 0
+        return on
+
+    fields = {name: field(name) for name in REPLICA_FIELDS}
+    fields["gpus"] = lambda r: r.est.gpus
+    fields.update({f"layers{i}": layers(i) for i in range(MAX_ROLE_PP)})
+    return fields
 
 
 def _layout(r: RoleRow) -> tuple:

@@ -6,15 +6,18 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import Message, options_named
 from ..units import format_time
-from .constraints import Constraint
+from .constraints import OPTIONS, Constraint
 from .objectives import METRICS, Objective, _close, predicted_value, simulated_value
 
 
 def infeasible_message(space: Any, conflict: Sequence[Constraint], *, hard_only: bool = False) -> str:
     """The error text of an infeasible problem, cvxpy style: what, which constraints, how to relax.
 
-    ::
+    A :class:`~apex_opt.errors.Message` naming the options it mentions (the suggested fix's first), so that an
+    :class:`~apex_opt.errors.InfeasibleError` of it reads ``slo=tpot=20ms`` in Python and, as below, ``--slo
+    tpot=20ms`` on the command line::
 
         no plan for llama-3.1-70b on 8 x h100-sxm-80gb satisfies all constraints.
         These constraints together rule out every plan:
@@ -34,7 +37,8 @@ def infeasible_message(space: Any, conflict: Sequence[Constraint], *, hard_only:
     hint = _hint(space, conflict)
     more = "" if "GPU" in hint else " or adding GPUs"
     lines.append(f"Try relaxing {'one of them' if len(conflict) > 1 else 'it'} (e.g. {hint}){more}.")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    return Message(text, dict.fromkeys(options_named(hint, OPTIONS) + options_named(text, OPTIONS)))
 
 
 def side_infeasible_message(what: str, conflict: Sequence[tuple[str, str]],
@@ -75,7 +79,7 @@ def _hint(space: Any, conflict: Sequence[Constraint]) -> str:
     user = [c for c in conflict if not c.builtin]
     if user:
         return f"remove or loosen [{user[0].label}] ({user[0].location})"
-    return "a looser --slo"
+    return "a looser {slo}"
 
 
 # ------------------------------------------------------------------------------------------- formatting

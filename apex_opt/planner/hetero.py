@@ -15,7 +15,8 @@ router sends each replica a share of the traffic proportional to its weight (its
 * a CP-SAT model picks, per kind, one row (shape x replica count, or nothing) and one grid level: the total
   weight carries the rate at that level (``W >= rate / phi``, so the real load is at most the level's), each
   used kind's replicas meet the TTFT and TPOT bounds at that level, the capacities add up to the rate with the
-  headroom, and each kind's GPUs bound its replica count;
+  headroom, and each kind's GPUs bound its replica count; the user's plan constraints hold for every kind the mix
+  uses (:mod:`apex_opt.planner.table`);
 * the objective is the problem's primary metric (GPUs, their price, capacity, energy, or the worst kind's TPOT or
   TTFT), then fewer GPUs.
 
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ortools.sat.python import cp_model
 
@@ -38,6 +41,7 @@ from ..schema.plan import Deployment, Plan
 from ..simulate import router_weight
 from ..topology.graph import Topology
 from ..units import format_time
+from .constraints import Constraint
 from .estimates import ConfigEstimate, Estimator, Menu, ShapeKey
 from .explain import side_infeasible_message
 from .model import SideLabels, solve_once
@@ -46,12 +50,14 @@ from .space import (
     PlanSpace,
     _ep_choices,
     _powers_of_two,
+    _tp_nodes,
     dp_values,
     group_cluster,
     kv_dtypes,
     tp_placed,
     weight_dtypes,
 )
+from .table import REPLICA_FIELDS, DeploymentVars, Table, add_constraints, lower, replica_fields, upper
 
 LEVELS = 16
 MAX_PP = 2
@@ -157,13 +163,19 @@ class Mix:
 
 
 class HeteroModel:
-    """CP-SAT over one row per GPU kind and a load level (see the module docstring)."""
+    """CP-SAT over one row per GPU kind and a load level (see the module docstring).
 
-    def __init__(self, space: PlanSpace, hspace: HeteroSpace, objective: Objective, *, seed: int = 0,
-                 time_limit: float | None = None, explain: bool = False) -> None:
+    ``constraints`` are the user's plan constraints: each holds for every kind's plan the mix uses
+    (:mod:`apex_opt.planner.table`).
+    """
+
+    def __init__(self, space: PlanSpace, hspace: HeteroSpace, objective: Objective, *,
+                 constraints: Sequence[Constraint] = (), seed: int = 0, time_limit: float | None = None,
+                 explain: bool = False) -> None:
         if not any(k.shapes for k in hspace.kinds):
             raise SolverError("no GPU kind of the cluster holds a replica of the model")
         self.space, self.hspace, self.objective = space, hspace, objective
+        self.constraints = tuple(constraints)
         self.seed, self.time_limit = seed, time_limit
         m = self.model = cp_model.CpModel()
         self.labels = SideLabels(m, explain=explain, seed=seed, time_limit=time_limit)
@@ -176,9 +188,11 @@ class HeteroModel:
         m.add_element(self.level, need_w, w_need)
         self.rows: list[list[tuple[int, int] | None]] = []  # per kind: (shape index, dp) or None
         self.index: list[cp_model.IntVar] = []
+        self.tables: list[Table] = []
         weights, caps, gpus, prices, idles = [], [], [], [], []
         tpots: list[cp_model.IntVar] = []
         ttfts: list[cp_model.IntVar] = []
+        means: list[cp_model.IntVar] = []
         ns = 1e9
         for k, kind in enumerate(hspace.kinds):
             rows: list[tuple[int, int] | None] = [None]
@@ -188,30 +202,33 @@ class HeteroModel:
                     if tp_placed(shape.key.tp, shape.pp, dp, kind.domain_gpus, opts):
                         rows.append((s, dp))
             self.rows.append(rows)
-            idx = m.new_int_var(0, len(rows) - 1, f"row_{kind.gpu}")
+            table = Table(m, f"row_{kind.gpu}", rows, _kind_fields(kind, space))
+            self.tables.append(table)
+            idx = table.index
             self.index.append(idx)
 
             sh = kind.shapes
-            weights.append(self._column(f"weight_{kind.gpu}", idx, [0 if r is None else round(
+            weights.append(table.column_of("weight", [0 if r is None else round(
                 r[1] * sh[r[0]].weight * 1000) for r in rows]))
-            caps.append(self._column(f"capacity_{kind.gpu}", idx, [0 if r is None else round(
+            caps.append(table.column_of("capacity", [0 if r is None else round(
                 r[1] * sh[r[0]].capacity_rps * 1e6) for r in rows]))
-            gpus.append(self._column(f"gpus_{kind.gpu}", idx, [0 if r is None else r[1] * sh[r[0]].key.tp * sh[r[0]].pp
-                                                              for r in rows]))
+            gpus.append(table.column("gpus"))
             gpu_spec = space.specs.gpus[kind.gpu]
             prices.append(gpu_spec.price_per_hour)
             idles.append(gpu_spec.power.idle)
             # per (row, level): the replica's TPOT and long-prompt TTFT at that load (0 for "nothing here")
-            flat_tpot, flat_ttft, flat_fit = [], [], []
+            flat_tpot, flat_ttft, flat_mean, flat_fit = [], [], [], []
             for r in rows:
                 for lv in range(R):
                     e = None if r is None else kind.shapes[r[0]].levels[lv]
                     flat_tpot.append(0 if e is None else _int(e.tpot_s * ns))
                     flat_ttft.append(0 if e is None else _int(e.ttft_tail_s * ns))
+                    flat_mean.append(0 if e is None else _int(e.ttft_s * ns))
                     flat_fit.append(1 if e is None or (e.fits and e.stable) else 0)
             at = m.new_int_var(0, len(rows) * R - 1, f"row_level_{kind.gpu}")
             m.add(at == idx * R + self.level)
-            for name, flat, out in (("tpot", flat_tpot, tpots), ("ttft", flat_ttft, ttfts)):
+            for name, flat, out in (("tpot", flat_tpot, tpots), ("ttft", flat_ttft, ttfts),
+                                    ("ttft_mean", flat_mean, means)):
                 var = m.new_int_var(min(flat), max(flat), f"{name}_{kind.gpu}")
                 m.add_element(at, flat, var)
                 out.append(var)
@@ -232,16 +249,50 @@ class HeteroModel:
         self.gpus = sum(gpus)
         if opts.use_all_gpus:
             total = sum(k.gpus for k in hspace.kinds)
-            add("gpus", self.gpus == total, f"use every GPU of the cluster ({total}, --use-all-gpus)")
+            add("gpus", self.gpus == total, f"use every GPU of the cluster ({total}: every GPU was asked for)")
         self._gpus_k, self._caps, self._tpots, self._ttfts = gpus, caps, tpots, ttfts
         self._prices = [round(p * 100) for p in prices]  # cents per GPU-hour
         self._idles = [round(w) for w in idles]
+        self._add_user_constraints(means, prices)
         self._objective()
 
-    def _column(self, name: str, index: cp_model.IntVar, values: list[int]) -> cp_model.IntVar:
-        var = self.model.new_int_var(min(values), max(values), name)
-        self.model.add_element(index, values, var)
-        return var
+    def _add_user_constraints(self, means: list[cp_model.IntVar], prices: list[float]) -> None:
+        """The user's plan constraints, on every kind's plan the mix uses, with the mix's predictions (the worst
+        used kind's TTFT and TPOT at the chosen load level; :mod:`apex_opt.planner.table`)."""
+        if not self.constraints:
+            return
+        m, space, st = self.model, self.space, self.space.stats
+        tok_rate = st.rate * st.mean_output
+
+        def worst(name: str, parts: list[cp_model.IntVar]) -> cp_model.IntVar:
+            out = m.new_int_var(0, max(upper(p) for p in parts), name)
+            m.add_max_equality(out, parts)
+            return out
+
+        def total(name: str, parts: list[Any]) -> cp_model.IntVar:
+            out = m.new_int_var(sum(lower(p) for p in parts), sum(upper(p) for p in parts), name)
+            m.add(out == sum(parts))
+            return out
+
+        def cost(k: int, table: Table) -> cp_model.IntVar:  # milli-USD per million output tokens on kind k
+            return table.column_of("cost", [0 if r is None else _int(
+                r[1] * self.hspace.kinds[k].shapes[r[0]].key.tp * self.hspace.kinds[k].shapes[r[0]].pp
+                * prices[k] / 3600.0 / tok_rate * 1e9) for r in self.rows[k]])
+
+        deployment: dict[str, Any] = {
+            "gpus": lambda: total("gpus_all", self._gpus_k),
+            "ttft_ns": lambda: worst("ttft_ns", means),
+            "ttft_tail_ns": lambda: worst("ttft_tail_ns", self._ttfts),
+            "tpot_ns": lambda: worst("tpot_ns", self._tpots),
+            "capacity": lambda: total("capacity", self._caps),
+            "throughput": lambda: total("throughput", [table.column_of("tokens", [0 if r is None else _int(
+                r[1] * self.hspace.kinds[k].shapes[r[0]].capacity_rps * st.mean_output * 1e3)
+                for r in self.rows[k]]) for k, table in enumerate(self.tables)]),
+            "cost_per_mtok": lambda: total("cost_per_mtok", [cost(k, t) for k, t in enumerate(self.tables)]),
+        }
+        views = [DeploymentVars(table, deployment, space=space, what="mixed-GPU", max_pp=MAX_PP)
+                 for table in self.tables]
+        add_constraints(self.labels, self.constraints, views, space)
 
     def _objective(self) -> None:
         m = self.model
@@ -288,7 +339,8 @@ class HeteroModel:
     def explain(self) -> tuple[str, tuple[str, ...]]:
         """Why no mix exists: a minimal set of labelled constraints in conflict and, for each, the mix the search
         would choose without it (as :meth:`apex_opt.planner.disagg.DisaggModel.explain`)."""
-        probe = self if self.labels.explain else HeteroModel(self.space, self.hspace, self.objective, seed=self.seed,
+        probe = self if self.labels.explain else HeteroModel(self.space, self.hspace, self.objective,
+                                                             constraints=self.constraints, seed=self.seed,
                                                              time_limit=self.time_limit, explain=True)
         what = "mixed-GPU plan"
         labels = probe.labels.conflict(what, drop_first=("capacity", "load", "slo"),
@@ -298,6 +350,33 @@ class HeteroModel:
         fits = probe.labels.relaxations(labels, what, probe._describe)
         return side_infeasible_message("mixed-GPU plan", [(n, probe.labels.text[n]) for n in labels], fits), \
             tuple(labels)
+
+
+def _kind_fields(kind: KindTable, space: PlanSpace) -> dict[str, Callable[[tuple[int, int]], int]]:
+    """The columns of one kind's table (rows: shape index and replica count): the replica's decisions, its GPUs
+    and its layer split, in the plan tables' vocabulary (:func:`~apex_opt.planner.table.replica_fields`)."""
+    seqs = space.specs.engine.scheduler.max_num_seqs
+    L = space.specs.model.num_layers
+
+    def decisions(r: tuple[int, int]) -> dict[str, int]:
+        shape = kind.shapes[r[0]]
+        return replica_fields(shape.key, pp=shape.pp, dp=r[1], max_num_seqs=seqs, budget=None,
+                              tp_nodes=_tp_nodes(shape.key.tp, shape.pp, r[1], kind.domain_gpus))
+
+    def field(name: str) -> Callable[[tuple[int, int]], int]:
+        return lambda r: decisions(r)[name]
+
+    def layers(i: int) -> Callable[[tuple[int, int]], int]:
+        def on(r: tuple[int, int]) -> int:
+            shape = kind.shapes[r[0]]
+            split = list(shape.levels[-1].split) if shape.pp > 1 else [L]
+            return split[i] if i < len(split) else 0
+        return on
+
+    fields = {name: field(name) for name in REPLICA_FIELDS}
+    fields["gpus"] = lambda r: r[1] * kind.shapes[r[0]].key.tp * kind.shapes[r[0]].pp
+    fields.update({f"layers{i}": layers(i) for i in range(MAX_PP)})
+    return fields
 
 
 def _int(x: float) -> int:

@@ -47,7 +47,10 @@ from ..errors import ConstraintError, SolverError
 from ..specs import Specs
 from .constraints import Constraint, plan_expressions
 from .objectives import TIE_TOLERANCE, Objective, precision_penalty
-from .space import DTYPE_BITS, Candidate, PlanSpace, scale
+from .space import Candidate, PlanSpace, scale
+from .table import lower as _lo
+from .table import replica_fields
+from .table import upper as _hi
 
 #: solver units of the scaled quantities (value in SI = int * unit)
 UNITS = {
@@ -94,6 +97,11 @@ class PlanVars:
     ``v.product('tp', 'pp')`` is an IntVar equal to the product (``add_multiplication_equality``): CP-SAT takes
     linear expressions only, so write ``v.product('tp', 'pp') <= 8``, not ``v.tp * v.pp <= 8``.
     ``v.space`` is the :class:`~apex_opt.planner.space.PlanSpace` (read-only context).
+
+    The same constraint applies to the disaggregated and mixed-GPU searches, called once per plan of a deployment
+    with a :class:`~apex_opt.planner.table.DeploymentVars` of the same fields (the plan's own decisions, the
+    deployment's predictions); ``v.prefill`` and ``v.decode`` name a side of a disaggregated pair, and are this
+    plan here.
     """
 
     FIELDS = (*_COLUMNS, "tpot_ns", "ttft_us", "tpot_us", "ttft_ms", "tpot_ms", "ttft_tail_us", "ttft_tail_ms")
@@ -114,6 +122,16 @@ class PlanVars:
         var = self._owner._field(name)
         object.__setattr__(self, name, var)
         return var
+
+    @property
+    def prefill(self) -> PlanVars:
+        """The plan that prefills: this one (``v.prefill.tp`` reads a disaggregated pair's prefill side)."""
+        return self
+
+    @property
+    def decode(self) -> PlanVars:
+        """The plan that decodes: this one (``v.decode.tp`` reads a disaggregated pair's decode side)."""
+        return self
 
     def product(self, *names: str) -> cp_model.IntVar:
         """An IntVar equal to the product of the named fields, e.g. ``v.product('tp', 'pp')``."""
@@ -598,14 +616,19 @@ class SideLabels:
         self.literals: dict[str, cp_model.IntVar] = {}
         self.text: dict[str, str] = {}  # label -> one line for explanations
 
-    def add(self, label: str, expr: Any, text: str) -> None:
+    def add(self, label: str, expr: Any, text: str, enforce: Any = None) -> None:
+        """Add ``expr`` under ``label`` (``text``: its line in explanations); ``enforce``: a literal it holds under
+        (a plan that may be absent from the deployment)."""
         ct = self.model.add(expr)
         self.text.setdefault(label, text)
+        lits = [] if enforce is None else [enforce]
         if self.explain:
             lit = self.literals.get(label)
             if lit is None:
                 lit = self.literals[label] = self.model.new_bool_var(f"[{label}]")
-            ct.only_enforce_if(lit)
+            lits.append(lit)
+        if lits:
+            ct.only_enforce_if(lits)
 
     def solve(self, labels: Sequence[str], what: str) -> cp_model.CpSolver | None:
         """The solver holding the model's optimum with only ``labels`` enforced, or None when that is infeasible."""
@@ -710,15 +733,6 @@ def function_objective(objective: Objective, v: PlanVars, specs: Specs) -> Any:
     return expr
 
 
-def _lo(var: Any) -> int:
-    return int(next(iter(var.proto.domain)))
-
-
-def _hi(var: Any) -> int:
-    """Upper bound of a variable (the proto's repeated field does not support negative indexing)."""
-    return int(list(var.proto.domain)[-1])
-
-
 def _bounds(expr: Any) -> tuple[int, int]:
     """Lower and upper bound of a linear expression from its variables' domains."""
     if isinstance(expr, int):
@@ -744,18 +758,9 @@ def _row(c: Candidate, space: PlanSpace) -> dict[str, Any]:
     P = space.max_pp
     key = c.key
     row: dict[str, Any] = {
-        "tp": key.tp,
-        "pp": c.pp,
-        "dp": c.dp,
-        "ep": key.ep,
-        "moe_tp": key.moe_tp or 0,
-        "dp_attention": 1 if key.wide_dp > 1 else 0,
+        **replica_fields(key, pp=c.pp, dp=c.dp, max_num_seqs=c.menu.max_num_seqs, budget=c.menu.budget,
+                         tp_nodes=c.tp_nodes),
         "gpus": c.gpus,
-        "max_num_seqs": c.menu.max_num_seqs,
-        "budget": c.menu.budget or 0,
-        "weight_bits": DTYPE_BITS[key.weight_dtype],
-        "kv_bits": DTYPE_BITS[key.kv_dtype],
-        "tp_nodes": c.tp_nodes,
         "divisible": 1 if c.divisible else 0,
         "penalty": penalty(c, space.specs.engine.scheduler.max_num_seqs),
     }

@@ -31,11 +31,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..bounds import PLUGIN_SEARCH_TIME_LIMIT_S, user_code_time_limit
 from ..calibration.profile import applying_calibration
-from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, shorten
+from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, options_named, shorten
 from ..executors import check_executor
 from ..perf.provenance import calibration_notes, calibration_sources
 from ..perf.replica import build_replica
@@ -43,7 +43,7 @@ from ..resources import find_resource
 from ..schema.plan import Deployment, Plan, with_speculative
 from ..schema.speculative import SpeculativeConfig, parse_speculative_option
 from ..specs import Specs, with_engine_settings
-from .constraints import Constraint, builtin_constraints, check_simulated, normalize, split_kinds
+from .constraints import OPTIONS, Constraint, builtin_constraints, check_simulated, normalize, split_kinds
 from .disagg import DisaggModel, build_disagg_space
 from .disagg import deployment as disagg_deployment
 from .disagg import predicted as disagg_predicted
@@ -58,6 +58,7 @@ from .objectives import Objective, _close, objective_function, predicted_value, 
 from .result import PlanSet, RankedPlan, SolveStats
 from .sampling import VERIFY_REQUESTS
 from .space import Candidate, PlanSpace, SearchOptions, build_space
+from .table import FieldNotModelled
 from .verify import Verifier
 
 #: built-in labels that hold for the deployment itself; the rest are analytical estimates
@@ -75,8 +76,22 @@ class Proposal:
     source: str = ""
 
 
+class Proposer(Protocol):
+    """What every search of a problem offers a strategy: proposals best first, and what it learns from their
+    simulations. :class:`Optimizer` (single plans) and :class:`FurtherSearch` (disaggregated pairs, mixed-GPU plans)
+    are the two; a strategy drives them with one loop (``solvers/cpsat.py``)."""
+
+    def next(self) -> Proposal | None:
+        """The best proposal not made before, or None when none is left."""
+        ...
+
+    def observe(self, entries: Sequence[RankedPlan]) -> int:
+        """Learn from simulated proposals; returns how many candidates that ruled out."""
+        ...
+
+
 class Optimizer:
-    """CP-SAT search over a problem's space: :meth:`next` yields plans best first.
+    """CP-SAT search over a problem's space: :meth:`next` yields plans best first (a :class:`Proposer`).
 
     The solver works on the most promising candidates first. Candidates are ordered by a lower bound of the
     objective's levels (exact for every level read from the tables; for TPOT as the primary, the slower of the
@@ -187,8 +202,8 @@ class Optimizer:
 
 
 class FurtherSearch:
-    """A CP-SAT search beside the main one (disaggregated pairs, mixed-GPU plans): :meth:`next` yields
-    :class:`Proposal` objects best first, with a note (or, when ``refuse`` is set, an
+    """A CP-SAT search beside the main one (disaggregated pairs, mixed-GPU plans), a :class:`Proposer`: :meth:`next`
+    yields :class:`Proposal` objects best first, with a note (or, when ``refuse`` is set, an
     :class:`~apex_opt.errors.InfeasibleError`) when its model holds no plan at all."""
 
     def __init__(self, problem: Problem, model: Any, propose: Callable[[Any], Proposal], empty: str,
@@ -211,12 +226,18 @@ class FurtherSearch:
                 why, labels = self.model.explain() if hasattr(self.model, "explain") else ("", ())
                 message = f"{self.empty}\n{why}" if why else self.empty
                 if self.refuse:
-                    raise InfeasibleError(f"{self.refuse}: {message}", ("disaggregation", *labels),
-                                          option="disaggregation")
+                    text = f"{self.refuse}: {message}"
+                    raise InfeasibleError(text, ("disaggregation", *labels),
+                                          option=("disaggregation", *options_named(text, OPTIONS)))
                 self.problem.extra_notes.append(message)
             return None
         self.count += 1
         return self.propose(found)
+
+    def observe(self, entries: Sequence[RankedPlan]) -> int:
+        """Nothing to learn: each proposal's own layout is already cut, and a deployment of several plans has no
+        replica ladder to cut (returns 0)."""
+        return 0
 
 
 class Problem:
@@ -414,17 +435,24 @@ class Problem:
             plan = Plan(**{**plan.model_dump(), "max_num_seqs": None})
         return Proposal(plan, _predicted(est, plan.gpus), None, source)
 
-    @cached_property
+    @property
     def aggregated(self) -> bool:
         """Whether single plans on one GPU kind are searched (not with ``disaggregation="only"``, nor when every
         GPU of a mixed cluster must be used: one kind cannot)."""
-        if self.options.disaggregation == "only":
-            return False
-        if self.specs.cluster.is_heterogeneous and self.options.use_all_gpus:
-            self.extra_notes.append("--use-all-gpus on a mixed cluster: only mixed-GPU plans and disaggregated "
-                                    "pairs across the kinds can use every GPU")
-            return False
-        return True
+        return self.options.disaggregation != "only" and not self._every_gpu_of_mixed_cluster
+
+    @property
+    def _every_gpu_of_mixed_cluster(self) -> bool:
+        return self.specs.cluster.is_heterogeneous and self.options.use_all_gpus
+
+    @property
+    def notes(self) -> list[str]:
+        """What the searches so far have to say (which ran, which were left out and why)."""
+        head = []
+        if self._every_gpu_of_mixed_cluster and self.options.disaggregation != "only":
+            head.append("every GPU of a mixed cluster asked for: only mixed-GPU plans and disaggregated pairs across "
+                        "the kinds can use them all")
+        return head + self.extra_notes
 
     def disaggregated(self) -> FurtherSearch | None:
         """CP-SAT over prefill/decode (xPyD) pairs, or None (with a note in the result) when they are not searched.
@@ -444,13 +472,18 @@ class Problem:
                                     f"decode replica sets ({dspace.build_time_s:.1f} s to estimate)")
             if dspace.prefill and dspace.decode:
                 sp = self.space
-                model = DisaggModel(sp, dspace, self.objective, seed=self.seed, time_limit=self.time_limit)
+                try:
+                    model = DisaggModel(sp, dspace, self.objective, constraints=self.constraints, seed=self.seed,
+                                        time_limit=self.time_limit)
+                except FieldNotModelled as exc:
+                    self._not_modelled("disaggregated", exc, mode == "only")
+                    return None
                 return FurtherSearch(
                     self, model, lambda pair: Proposal(disagg_deployment(sp, *pair), disagg_predicted(sp, *pair), None,
                                                        source="cpsat:disaggregated"),
                     "disaggregated plans: no prefill/decode pair meets the analytical bounds together: GPUs, prefill "
-                    "TTFT (slo.ttft), decode TPOT (slo.tpot) and both roles' capacity for the arrival rate; loosen "
-                    "the SLO or add GPUs", refuse="{disaggregation=}only" if mode == "only" else "")
+                    "TTFT (slo.ttft), decode TPOT (slo.tpot), both roles' capacity for the arrival rate"
+                    f"{self._and_user_constraints}; loosen the SLO or add GPUs", refuse="{disaggregation=}only" if mode == "only" else "")
             why = "no prefill or no decode replica shape fits memory inside one node"
         if mode == "only":
             raise InfeasibleError(f"{{disaggregation=}}only: {why}. Use {{disaggregation=}}auto or off.",
@@ -458,11 +491,22 @@ class Problem:
         self.extra_notes.append(f"disaggregated plans not searched: {why}")
         return None
 
+    @property
+    def _and_user_constraints(self) -> str:
+        return " and the plan constraints" if self.constraints else ""
+
+    def _not_modelled(self, what: str, exc: FieldNotModelled, refuse: bool) -> None:
+        """Leave a search out (or refuse, for ``disaggregation="only"``) whose model cannot price a field a user
+        constraint reads."""
+        why = f"constraint '{exc.label}' reads {exc}"
+        if refuse:
+            raise InfeasibleError(f"{{disaggregation=}}only: {why}. Write the constraint on the fields that search "
+                                  "prices, or use {disaggregation=}auto or off.", ("disaggregation", exc.label),
+                                  option="disaggregation")
+        self.extra_notes.append(f"{what} plans not searched: {why}")
+
     def _single_plan_rules(self, what: str) -> str:
         """Why user rules keep ``what`` plans (several plans at once) out of the search, or ""."""
-        if self.constraints:
-            return (f"plan constraints (PlanVars) describe one plan; {what} plans are searched without user plan "
-                    "constraints only")
         if self.objective.metric is None:
             return f"a function objective is defined on one plan's PlanVars; {what} plans need a metric objective"
         return ""
@@ -482,12 +526,17 @@ class Problem:
                                     f"({hspace.build_time_s:.1f} s to estimate)")
             if any(k.shapes for k in hspace.kinds):
                 sp = self.space
-                model = HeteroModel(sp, hspace, self.objective, seed=self.seed, time_limit=self.time_limit)
+                try:
+                    model = HeteroModel(sp, hspace, self.objective, constraints=self.constraints, seed=self.seed,
+                                        time_limit=self.time_limit)
+                except FieldNotModelled as exc:
+                    self._not_modelled("mixed-GPU", exc, False)
+                    return None
                 return FurtherSearch(
                     self, model, lambda mix: Proposal(hetero_deployment(sp, mix), hetero_predicted(sp, hspace, mix),
                                                       None, source="cpsat:mixed-gpus"),
                     "mixed-GPU plans: no combination of the GPU kinds meets the TTFT and TPOT bounds and carries the "
-                    "arrival rate")
+                    f"arrival rate{self._and_user_constraints}")
             why = "no GPU kind holds a replica of the model"
         self.extra_notes.append(f"mixed-GPU plans not searched: {why}")
         return None
@@ -585,7 +634,7 @@ class Problem:
         """Rank ``verified`` by the objective on simulated metrics and package a :class:`PlanSet`."""
         keep = self.top_k if keep is None else keep
         if not verified and not rejected and not self.aggregated:
-            raise InfeasibleError("no plan meets the analytical bounds: " + "; ".join(self.extra_notes),
+            raise InfeasibleError("no plan meets the analytical bounds: " + "; ".join(self.notes),
                                   ("disaggregation" if self.options.disaggregation == "only" else "gpus",))
         ranked = rank_plans(self.objective, list(verified), self.specs.engine.scheduler.max_num_seqs)
         seen: set[tuple] = set()
@@ -606,7 +655,7 @@ class Problem:
         stats = self.stats(len(verified), len(rejected))
         explanation = why_best(ranked, self.objective, simulated=stats.plans_simulated,
                                candidates=stats.candidates)
-        notes = list(self.space.notes) + self.extra_notes
+        notes = list(self.space.notes) + self.notes
         if self.options.disaggregation != "off" and not self._disagg_asked and solver != "cpsat":
             notes.append(f"disaggregated plans are searched by the cpsat solver; the {solver} solver planned "
                          "aggregated ones only")
@@ -989,4 +1038,4 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     return result
 
 
-__all__ = ["FurtherSearch", "Optimizer", "Problem", "Proposal", "get_solver", "register_solver", "solve", "solver_names"]
+__all__ = ["FurtherSearch", "Optimizer", "Problem", "Proposal", "Proposer", "get_solver", "register_solver", "solve", "solver_names"]
