@@ -20,7 +20,13 @@ from apex_opt.planner.disagg import build_disagg_space
 from apex_opt.planner.estimates import Menu, ShapeKey
 from apex_opt.planner.space import build_space
 from apex_opt.schema.plan import Deployment
+from apex_opt.schema.plan import Plan as _Plan
+from apex_opt.simulate import simulate
 from apex_opt.specs import load_specs
+
+def ax_plan(**fields):
+    return _Plan(gpu="h100-sxm-80gb", **fields)
+
 
 LONG_PROMPTS = "synthetic:rate=6rps,requests=150,prompt=2048,output=96,seed=4"
 
@@ -174,3 +180,19 @@ def test_no_aggregated_plan_does_not_stop_the_disaggregated_search(specs, monkey
     assert isinstance(result.best.plan, Deployment) and result.best.plan.disaggregated
     with pytest.raises(InfeasibleError, match="no single plan"):
         planner.solve(specs, disaggregation="off", top_k=1, workers=1)
+
+
+@pytest.mark.parametrize("pp", [1, 2])
+def test_a_prefill_replicas_capacity_is_where_its_bottleneck_stage_saturates_in_simulation(pp):
+    """Pipeline stages work on different prompts at once, but every prompt passes the slowest stage: a pipelined
+    prefill replica carries what that stage carries (it was priced at pp times that, twice too much at pp = 2)."""
+    base = load_specs("llama-3.1-70b", gpu="h100-sxm-80gb", nodes=2, gpus_per_node=8, slo=None,
+                      workload="synthetic:rate=1rps,requests=100,prompt=2048,output=64,seed=0")
+    capacity = build_space(base).estimator.estimate_role("prefill", ShapeKey(4, 1, None, "bf16", "bf16"),
+                                                          Menu(256, None), pp, 1).capacity_rps
+    pair = Deployment(plans=(ax_plan(tp=4, pp=pp, role="prefill"), ax_plan(tp=8, role="decode")))
+    for share, saturated in ((0.8, False), (1.25, True)):
+        specs = load_specs("llama-3.1-70b", gpu="h100-sxm-80gb", nodes=2, gpus_per_node=8, slo=None,
+                           workload=f"synthetic:rate={share * capacity:.3f}rps,requests=600,prompt=2048,output=64,"
+                                    "seed=0")
+        assert simulate(specs, pair).summary()["saturated"] is saturated, (share, capacity)

@@ -610,8 +610,10 @@ class Estimator:
         nan = math.nan
         if role == "prefill":
             mean_p = max(round(st.mean_prompt), 1)
+            # `busy`: the bottleneck stage's seconds per prompt; stages work on different prompts at once, but
+            # every prompt passes the bottleneck stage, so it alone bounds the rate (1 / busy per replica)
             busy = self._prefill(sc, split, mean_p, 0, chunked, budget)[1]
-            rho = min(lam * busy / pp, 0.999)
+            rho = min(lam * busy, 0.999)
             wait = rho / (2 * (1.0 - rho)) * busy
             lat = {p: self._prefill(sc, split, p, 0, chunked, budget)[0] for p in {st.long_prompt, *st.prompt_deciles}}
             ttft = wait + sum(lat[p] for p in st.prompt_deciles) / len(st.prompt_deciles)
@@ -620,7 +622,7 @@ class Estimator:
             e_pre = sc.energy_dynamic(prefill_shape(mean_p, 0, 0, 0.0))
             return RoleEstimate(
                 role, split, _fits(split, max_layers), self.kv_capacity(sc, menu, split), kv_needed,
-                capacity_rps=dp * pp / max(busy, 1e-12), ttft_s=ttft, ttft_tail_s=wait + lat[st.long_prompt],
+                capacity_rps=dp / max(busy, 1e-12), ttft_s=ttft, ttft_tail_s=wait + lat[st.long_prompt],
                 tpot_s=nan, attainment=self._ttft_share(sc, split, wait, 0, chunked, budget), batch=rho,
                 energy_per_token_j=idle + e_pre / max(st.mean_output, 1e-9), gpus=gpus)
         if role != "decode":
