@@ -24,7 +24,8 @@ from apex_opt.schema.plan import Plan as _Plan
 from apex_opt.simulate import simulate
 from apex_opt.specs import load_specs
 
-def ax_plan(**fields):
+
+def h100_plan(**fields):
     return _Plan(gpu="h100-sxm-80gb", **fields)
 
 
@@ -190,7 +191,7 @@ def test_a_prefill_replicas_capacity_is_where_its_bottleneck_stage_saturates_in_
                       workload="synthetic:rate=1rps,requests=100,prompt=2048,output=64,seed=0")
     capacity = build_space(base).estimator.estimate_role("prefill", ShapeKey(4, 1, None, "bf16", "bf16"),
                                                           Menu(256, None), pp, 1).capacity_rps
-    pair = Deployment(plans=(ax_plan(tp=4, pp=pp, role="prefill"), ax_plan(tp=8, role="decode")))
+    pair = Deployment(plans=(h100_plan(tp=4, pp=pp, role="prefill"), h100_plan(tp=8, role="decode")))
     for share, saturated in ((0.8, False), (1.25, True)):
         specs = load_specs("llama-3.1-70b", gpu="h100-sxm-80gb", nodes=2, gpus_per_node=8, slo=None,
                            workload=f"synthetic:rate={share * capacity:.3f}rps,requests=600,prompt=2048,output=64,"
