@@ -39,7 +39,7 @@ from .config import ReplicaSpec
 from .cost import BatchShape
 from .engine_state import EngineState
 from .metrics import SimResult
-from .recorder import Recorder
+from .recorder import Recorder, SLOWatch
 from .router import make_router
 from .state import Request
 
@@ -63,6 +63,7 @@ class Core(Protocol):
     next_k: int  # the next arrival not yet seen
     heap: list[tuple]  # pending events (t, kind, seq, a, b)
     rec: Recorder
+    watch: SLOWatch | None  # with cut_early and an SLO: decides when the run stops (its cut_at once it has)
 
     def push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
         """Schedule an event of ``kind`` at ``t`` with arguments ``a``, ``b``."""
