@@ -408,10 +408,15 @@ def test_ctrl_c_stops_a_cp_sat_search_at_once():
     solver.parameters.max_time_in_seconds = 30
     solver.parameters.num_workers = 1
     solver.parameters.catch_sigint_signal = False
-    threading.Timer(0.3, _thread.interrupt_main).start()
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        interruptible_solve(solver, model)
+    # a shell starts background jobs with SIGINT ignored, and interrupt_main does nothing then: handle it here
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            interruptible_solve(solver, model)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 5  # not the 30 s time limit
 
 

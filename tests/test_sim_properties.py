@@ -188,20 +188,22 @@ def test_skip_ahead_identical_on_long_runs_with_preemption():
     assert on.iterations is not None and max(it[4] for it in on.iterations) > 50  # long skips happened
 
 
+class EagerPast300(LinearStageCost):
+    """A stage whose decode steps leave their CUDA graphs (4 ms more) once a context passes 300 tokens."""
+
+    def iteration_time(self, b):
+        eager = 0.004 if (not b.has_prefill and b.max_ctx > 300) else 0.0
+        return super().iteration_time(b) + eager
+
+    def decode_coeffs(self, num_decodes, max_ctx=0):
+        c0, c1 = super().decode_coeffs(num_decodes)
+        return c0 + (0.004 if max_ctx > 300 else 0.0), c1
+
+
 def test_skip_ahead_respects_cost_breakpoints():
     """A cost regime change at a context length (vLLM's 8192-token CUDA-graph limit) is never skipped over."""
-
-    class Graphs(LinearStageCost):
-        def iteration_time(self, b):
-            eager = 0.004 if (not b.has_prefill and b.max_ctx > 300) else 0.0
-            return super().iteration_time(b) + eager
-
-        def decode_coeffs(self, num_decodes, max_ctx=0):
-            c0, c1 = super().decode_coeffs(num_decodes)
-            return c0 + (0.004 if max_ctx > 300 else 0.0), c1
-
     w = _long_decode_workload(30, 5)
-    stage = Graphs(a=0.0137, c=1.3e-7, ctx_breakpoints=(300,))
+    stage = EagerPast300(a=0.0137, c=1.3e-7, ctx_breakpoints=(300,))
     reps = [ReplicaSpec(StaticReplicaCost((stage,)), SchedulerConfig.vllm_v0(num_kv_blocks=5000,
                                                                              max_model_len=131072))]
     _, on = run(w, reps, "round-robin", skip=True)

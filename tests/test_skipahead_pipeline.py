@@ -17,7 +17,7 @@ import apex_opt as ax
 from apex_opt.sim import FAMILIES, LinearStageCost, ReplicaSpec, SchedulerConfig, StaticReplicaCost
 from apex_opt.sim.engine import Simulation
 from apex_opt.workload import Workload
-from tests.test_sim_properties import assert_same
+from tests.test_sim_properties import EagerPast300, assert_same
 
 
 def _workload(n: int, rate: float, prompt: tuple[int, int], output: tuple[int, int], seed: int) -> Workload:
@@ -95,17 +95,9 @@ def test_long_outputs_on_a_pipelined_replica_skip_thousands_of_rounds_exactly():
 
 
 def test_cost_breakpoints_are_never_skipped_over_on_a_pipelined_replica():
-    class Graphs(LinearStageCost):
-        def iteration_time(self, b):
-            eager = 0.004 if (not b.has_prefill and b.max_ctx > 300) else 0.0
-            return super().iteration_time(b) + eager
-
-        def decode_coeffs(self, num_decodes, max_ctx=0):
-            c0, c1 = super().decode_coeffs(num_decodes)
-            return c0 + (0.004 if max_ctx > 300 else 0.0), c1
-
     w = _workload(30, 0.5, (20, 200), (100, 500), seed=5)
-    stages = (Graphs(a=0.0137, c=1.3e-7, ctx_breakpoints=(300,)), Graphs(a=0.0091, c=1.3e-7, ctx_breakpoints=(300,)))
+    stages = (EagerPast300(a=0.0137, c=1.3e-7, ctx_breakpoints=(300,)),
+              EagerPast300(a=0.0091, c=1.3e-7, ctx_breakpoints=(300,)))
     _same_with_and_without_skip([ReplicaSpec(StaticReplicaCost(stages), _vllm(2, 5000))], w)
 
 

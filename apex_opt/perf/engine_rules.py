@@ -15,7 +15,7 @@ from ..schema.engine import EngineSpec
 from ..schema.gpu import GPUSpec
 from ..schema.model import ModelSpec
 from ..schema.plan import Plan
-from ..sim.config import SchedulerConfig
+from ..sim.config import BEHAVIOURS, SchedulerConfig
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,8 @@ def scheduler_config(settings: EngineSettings, num_kv_blocks: int, *, max_runnin
     e = settings.engine
     knobs = e.scheduler
     stamp = e.metrics_stamp if settings.async_output else "forward"
+    # the family's engine behaviour (apex_opt.sim.config.BEHAVIOURS) with the spec's scheduler.behaviour overrides
+    behaviour = BEHAVIOURS[settings.family].with_(**knobs.behaviour.changes())
     if settings.family == "sglang":
         return SchedulerConfig.sglang(
             num_kv_blocks * settings.block_size,
@@ -153,6 +155,7 @@ def scheduler_config(settings: EngineSettings, num_kv_blocks: int, *, max_runnin
             prefix_caching=knobs.prefix_caching,
             speculative=speculative,
             policy=knobs.policy,
+            behaviour=behaviour,
         )
     budget = settings.max_num_batched_tokens
     return SchedulerConfig(
@@ -169,6 +172,7 @@ def scheduler_config(settings: EngineSettings, num_kv_blocks: int, *, max_runnin
         prefix_caching=knobs.prefix_caching,
         speculative=speculative,
         policy=knobs.policy,
+        behaviour=behaviour,
     )
 
 

@@ -15,6 +15,34 @@ from .base import Spec
 Family = Literal["vllm-v0", "vllm-v1", "sglang"]
 
 
+class PrefixCacheBehaviour(Spec):
+    """Overrides of the family's prefix-cache rules (``apex_opt.sim.config.PrefixCacheRules``); ``None``: the
+    family's."""
+
+    dedupe: bool | None = None
+    insert_at_schedule: bool | None = None
+    decode_insert: bool | None = None
+    partial_evict: bool | None = None
+
+
+class BehaviourOverrides(Spec):
+    """Overrides of the family's engine behaviour (``apex_opt.sim.config.EngineBehaviour``, defaults in
+    ``apex_opt.sim.config.BEHAVIOURS``); ``None``: the family's."""
+
+    batched_tokens_cover_seqs: bool | None = None
+    clip_reserved_new_tokens: bool | None = None
+    whole_prompt_blocks_at_schedule: bool | None = None
+    prefix_cache: PrefixCacheBehaviour = PrefixCacheBehaviour()
+
+    def changes(self) -> dict[str, Any]:
+        """The rules set here (``prefix_cache``: a dict of its set fields), for ``EngineBehaviour.with_``."""
+        out: dict[str, Any] = {k: v for k, v in self.model_dump(exclude={"prefix_cache"}).items() if v is not None}
+        pc = {k: v for k, v in self.prefix_cache.model_dump().items() if v is not None}
+        if pc:
+            out["prefix_cache"] = pc
+        return out
+
+
 class SchedulerKnobs(Spec):
     chunked_prefill: Literal["auto", "on", "off"] = "auto"
     #: vLLM 0.6: chunked prefill switches itself on when max_model_len exceeds this
@@ -40,6 +68,8 @@ class SchedulerKnobs(Spec):
     #: the simulator's scheduling policy, by the name it is registered under (apex_opt.sim.policies.
     #: register_policy); empty: the policy of the engine's family (vllm-v0, vllm-v1, sglang)
     policy: str = ""
+    #: engine behaviour rules that differ from the family's (apex_opt.sim.config.BEHAVIOURS); unset: the family's
+    behaviour: BehaviourOverrides = BehaviourOverrides()
 
 
 class MemoryKnobs(Spec):

@@ -13,6 +13,7 @@ fill in each engine's defaults.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -23,6 +24,82 @@ Family = Literal["vllm-v0", "vllm-v1", "sglang"]
 FAMILIES: tuple[str, ...] = ("vllm-v0", "vllm-v1", "sglang")
 Role = Literal["both", "prefill", "decode"]
 ROLES: tuple[str, ...] = ("both", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class PrefixCacheRules:
+    """How an engine's prefix cache (:mod:`apex_opt.sim.prefix_cache`) keeps blocks; the module docstring and
+    ``../shared/docs/engines.md`` (sections 3 and 4, prefix caching and the radix cache) give the sources.
+
+    Attributes
+    ----------
+    dedupe:
+        When a request computes content another request already inserted, free its duplicate blocks (SGLang
+        ``cache_unfinished_req``); ``False``: keep them private (vLLM).
+    insert_at_schedule:
+        Computed prompt blocks join the tree when the step is scheduled (vLLM ``mark_blocks_as_computed`` /
+        V1 ``cache_blocks``); ``False``: after the forward pass (SGLang).
+    decode_insert:
+        On a recompute preemption keep the decode blocks cached too (vLLM frees them in reverse order with their
+        hashes); ``False``: only the prompt stays in the tree (SGLang ``retract_decode``).
+    partial_evict:
+        Evict block by block from the tail of a leaf (vLLM's evictor); ``False``: whole leaves (SGLang).
+    """
+
+    dedupe: bool
+    insert_at_schedule: bool
+    decode_insert: bool
+    partial_evict: bool
+
+
+@dataclass(frozen=True)
+class EngineBehaviour:
+    """Engine rules the simulator follows apart from the scheduling policy; each family's are in
+    :data:`BEHAVIOURS` (the one table) and a :class:`SchedulerConfig` may override them (``behaviour=``).
+
+    Attributes
+    ----------
+    batched_tokens_cover_seqs:
+        ``max_num_batched_tokens`` must be at least ``max_num_seqs`` (vLLM's ``SchedulerConfig`` check; the
+        budget of ``../shared/docs/engines.md`` 1.2/1.3 covers one token per running sequence).
+    clip_reserved_new_tokens:
+        Admission reserves at most ``clip_max_new_tokens`` future tokens per running request (SGLang's
+        ``PrefillAdder``: ``min(max_new - generated, 4096)``, engines.md 4, "Admission"): the decode pool keeps that
+        clipped reservation sum.
+    whole_prompt_blocks_at_schedule:
+        A prompt's KV blocks are all allocated when it is first scheduled (vLLM 0.6 ``can_allocate`` for the whole
+        prompt, engines.md 1.2/1.3), not chunk by chunk (V1: incrementally, engines.md 3). The scheduling policy
+        does the allocation; the simulator's debug invariants check it.
+    prefix_cache:
+        The prefix cache's rules (:class:`PrefixCacheRules`).
+    """
+
+    batched_tokens_cover_seqs: bool
+    clip_reserved_new_tokens: bool
+    whole_prompt_blocks_at_schedule: bool
+    prefix_cache: PrefixCacheRules
+
+    def with_(self, **changes: Any) -> EngineBehaviour:
+        """A copy with some rules changed; ``prefix_cache`` may be given as a dict of its fields to change."""
+        pc = changes.get("prefix_cache")
+        if isinstance(pc, Mapping):
+            changes["prefix_cache"] = replace(self.prefix_cache, **pc)
+        return replace(self, **changes)
+
+
+_VLLM_PREFIX_CACHE = PrefixCacheRules(dedupe=False, insert_at_schedule=True, decode_insert=True, partial_evict=True)
+
+#: each scheduler family's engine behaviour (the one place it is declared; ``SchedulerConfig.behaviour``)
+BEHAVIOURS: dict[str, EngineBehaviour] = {
+    "vllm-v0": EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
+                               whole_prompt_blocks_at_schedule=True, prefix_cache=_VLLM_PREFIX_CACHE),
+    "vllm-v1": EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
+                               whole_prompt_blocks_at_schedule=False, prefix_cache=_VLLM_PREFIX_CACHE),
+    "sglang": EngineBehaviour(batched_tokens_cover_seqs=False, clip_reserved_new_tokens=True,
+                              whole_prompt_blocks_at_schedule=False,
+                              prefix_cache=PrefixCacheRules(dedupe=True, insert_at_schedule=False,
+                                                            decode_insert=False, partial_evict=False)),
+}
 
 
 @dataclass(frozen=True)
@@ -75,8 +152,11 @@ class SchedulerConfig:
         of them (``docs/simulator.md``, "Speculative decoding").
     policy:
         Name of the scheduling policy in :data:`apex_opt.sim.policies.POLICIES` (``register_policy``); empty:
-        the one registered under ``family``. The family still selects the engine's other rules (the KV block
-        accounting, the length limits), so a registered variant usually subclasses its family's policy.
+        the one registered under ``family``. The family's other rules come from ``behaviour`` (the KV block
+        accounting and the like), so a registered variant usually subclasses its family's policy.
+    behaviour:
+        The engine's rules outside the policy (:class:`EngineBehaviour`); not given (``None``): the family's,
+        ``BEHAVIOURS[family]``, filled in at construction. The simulator reads these, never ``family``.
     """
 
     family: Family
@@ -105,6 +185,8 @@ class SchedulerConfig:
     speculative: Any = None
     #: scheduling policy by registered name; "": the family's own (``apex_opt.sim.policies.make_policy``)
     policy: str = ""
+    #: engine rules outside the policy; None (the default): the family's, ``BEHAVIOURS[family]``, set at post-init
+    behaviour: EngineBehaviour = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         def bad(field: str, value: Any, fix: str) -> SpecError:
@@ -112,13 +194,17 @@ class SchedulerConfig:
 
         if self.family not in FAMILIES:
             raise bad("family", self.family, f"is not a scheduler family; use one of {', '.join(FAMILIES)}")
+        if self.behaviour is None:
+            object.__setattr__(self, "behaviour", BEHAVIOURS[self.family])
+        elif not isinstance(self.behaviour, EngineBehaviour):
+            raise bad("behaviour", self.behaviour, "must be an EngineBehaviour or None (the family's)")
         for name in ("num_kv_blocks", "max_model_len", "max_num_batched_tokens", "max_num_seqs", "block_size",
                      "max_prefill_tokens", "new_token_ratio_decay_steps", "clip_max_new_tokens",
                      "retract_decode_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, value, "must be a positive integer")
-        if self.family != "sglang" and self.max_num_batched_tokens < self.max_num_seqs:
+        if self.behaviour.batched_tokens_cover_seqs and self.max_num_batched_tokens < self.max_num_seqs:
             raise bad("max_num_batched_tokens", self.max_num_batched_tokens,
                       f"must be >= max_num_seqs ({self.max_num_seqs}), as vLLM requires")
         if not 0.0 <= self.watermark < 1.0:
@@ -186,7 +272,10 @@ class SchedulerConfig:
         return cls(**kw)
 
     def with_(self, **changes: Any) -> SchedulerConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). A new ``family`` brings its own behaviour unless
+        ``behaviour`` is given or this one's was overridden."""
+        if "family" in changes and "behaviour" not in changes and self.behaviour == BEHAVIOURS[self.family]:
+            changes["behaviour"] = None
         return replace(self, **changes)
 
     # ------------------------------------------------------------------------------------------ derived
@@ -240,4 +329,5 @@ class ReplicaSpec:
         return int(g) if g else self.pp
 
 
-__all__ = ["FAMILIES", "ROLES", "Family", "ReplicaSpec", "Role", "SchedulerConfig"]
+__all__ = ["BEHAVIOURS", "FAMILIES", "ROLES", "EngineBehaviour", "Family", "PrefixCacheRules", "ReplicaSpec", "Role",
+           "SchedulerConfig"]

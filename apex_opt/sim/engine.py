@@ -188,7 +188,7 @@ class Simulation:
                 e.skippable = self.skip and pp == 1 and e.spec is None
                 if self.segments is not None and spec.config.prefix_caching:
                     e.kv = CachedKV(blocks, spec.config.block_size)
-                    e.cache = PrefixCache(e.kv, spec.config.family)
+                    e.cache = PrefixCache(e.kv, spec.config.behaviour.prefix_cache)
                 self.engines.append(e)
                 group.append(e)
             self.rep_engines.append(group)
@@ -472,7 +472,7 @@ class Simulation:
         assert all(pool.generated(m) <= m.cap for m in pool.members.values())
         book = e.book
         assert book.main_count + sum(c for _, c in book.fresh.values()) == len(pool), "ITL book out of sync"
-        if e.cfg.family == "vllm-v0":
+        if e.cfg.behaviour.whole_prompt_blocks_at_schedule:
             assert all(r.blocks == kv.blocks_for(r.target) for r in e.prefilling.values())
         if pool.clip:
             brute = sum(min(max(m.cap - pool.generated(m), 0), pool.clip) for m in pool.members.values())

@@ -109,7 +109,7 @@ class EngineState:
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}
         self.prefilling: dict[int, Request] = {}
-        self.pool = DecodePool(cfg.block_size, cfg.clip_max_new_tokens if cfg.family == "sglang" else 0)
+        self.pool = DecodePool(cfg.block_size, cfg.clip_max_new_tokens if cfg.behaviour.clip_reserved_new_tokens else 0)
         self.book = SampleBook(*books)
         self.in_flight = False
         self.wake_pending = False

@@ -48,6 +48,7 @@ import heapq
 from bisect import bisect_right
 from typing import Any
 
+from .config import BEHAVIOURS, PrefixCacheRules
 from .state import KVCache
 
 
@@ -96,30 +97,28 @@ class CachedKV(KVCache):
             cache.evict(cache.evictable - self.free)
 
 
-#: engine behaviour per scheduler family: (free duplicates on insert, insert when scheduled (else when computed),
-#: keep decode blocks cached on preemption, evict block by block (else whole leaves))
-_FAMILY = {
-    "vllm-v0": (False, True, True, True),
-    "vllm-v1": (False, True, True, True),
-    "sglang": (True, False, False, False),
-}
-
-
 class PrefixCache:
     """The radix tree of one engine's KV pool (see the module docstring).
 
-    ``kv`` must be a :class:`CachedKV`; the cache registers itself with it. Counters: ``evictable`` (blocks of
+    ``kv`` must be a :class:`CachedKV`; the cache registers itself with it. ``rules`` are the engine's
+    (:class:`~apex_opt.sim.config.PrefixCacheRules`, ``SchedulerConfig.behaviour.prefix_cache``); a family name
+    stands for that family's (``BEHAVIOURS[family].prefix_cache``). Counters: ``evictable`` (blocks of
     unreferenced nodes, part of ``kv.free``) and ``locked`` (blocks of referenced nodes, held).
     """
 
     __slots__ = ("B", "_clock", "_hkey", "at_schedule", "decode_insert", "dedupe", "evictable", "heap", "kv",
                  "locked", "partial_evict", "root")
 
-    def __init__(self, kv: CachedKV, family: str) -> None:
+    def __init__(self, kv: CachedKV, rules: PrefixCacheRules | str) -> None:
         self.kv = kv
         kv.cache = self
         self.B = kv.block_size
-        self.dedupe, self.at_schedule, self.decode_insert, self.partial_evict = _FAMILY[family]
+        if isinstance(rules, str):
+            rules = BEHAVIOURS[rules].prefix_cache
+        self.dedupe = rules.dedupe
+        self.at_schedule = rules.insert_at_schedule
+        self.decode_insert = rules.decode_insert
+        self.partial_evict = rules.partial_evict
         self.root = Node(None, None, 0, 0, 0, 0)
         self.root.ref = 1
         self.evictable = 0
