@@ -9,7 +9,10 @@ The front doors, in pipeline order:
 * :func:`compare` simulates several plans on one workload, side by side (:class:`Comparison`);
 * :func:`sweep` runs a grid of rates, SLOs, GPU kinds, models or engine settings, one row per point;
 * :func:`solve` searches the plan space and returns verified plans (:class:`PlanSet`), with
-  :func:`constraint` for user constraints.
+  :func:`constraint` for user constraints;
+* ``register_model``, ``register_gpu``, ``register_engine``, ``register_cluster``, ``register_solver``,
+  ``register_policy`` and ``register_measurement_format`` extend the registries (:mod:`apex_opt.plugins`, which
+  also runs installed packages' ``apex_opt.plugins`` entry points).
 
 >>> import apex_opt as ax
 >>> specs = ax.load_specs("llama-3.1-8b", "h100x8", workload="synthetic:rate=4rps,requests=40,prompt=256,output=32")
@@ -48,6 +51,16 @@ from .planner import (
     constraint,
     load_constraints,
     solve,
+)
+from .plugins import (
+    load_plugins,
+    register_cluster,
+    register_engine,
+    register_gpu,
+    register_measurement_format,
+    register_model,
+    register_policy,
+    register_solver,
 )
 from .schema.plan import Deployment, Plan
 from .schema.slo import SLO, parse_slo
@@ -133,9 +146,17 @@ __all__ = [
     "constraint",
     "estimate",
     "load_constraints",
+    "load_plugins",
     "load_specs",
     "load_workload",
     "parse_slo",
+    "register_cluster",
+    "register_engine",
+    "register_gpu",
+    "register_measurement_format",
+    "register_model",
+    "register_policy",
+    "register_solver",
     "simulate",
     "solve",
     "sweep",

@@ -26,6 +26,7 @@ import yaml
 from . import hub
 from .bounds import load_yaml
 from .errors import SpecError, UnknownNameError, shorten
+from .plugins import load_plugins
 from .resources import resource_dir
 from .schema.cluster import ClusterSpec
 from .schema.engine import EngineSpec
@@ -84,7 +85,8 @@ class Registry(Generic[T]):
         """Add an entry; a name that exists already raises :class:`SpecError`."""
         entries = self._all()
         if name in entries:
-            raise SpecError(f"a {self.kind} named '{name}' is already registered; choose another name")
+            article = "an" if self.kind[:1].lower() in "aeiou" else "a"
+            raise SpecError(f"{article} {self.kind} named '{name}' is already registered; choose another name")
         entries[name] = entry
 
     def unregister(self, name: str) -> None:
@@ -94,23 +96,35 @@ class Registry(Generic[T]):
         if not isinstance(name, str):
             raise SpecError(f"a {self.kind} name must be a string, got {type(name).__name__} {shorten(name)}; "
                             f"see 'apex-opt catalog {self.kind.lower()}s' for the names")
+        found = self._find(name)
+        if found is None and load_plugins():  # a name the catalog lacks: installed plug-ins may register it
+            found = self._find(name)
+        if found is None:
+            raise UnknownNameError(self.kind, name, self._all(), self._hint, option=self._options or None)
+        return found
+
+    def _find(self, name: str) -> T | None:
+        """The entry of ``name``, matched exactly, else ignoring case; None when there is none."""
         entries = self._all()
         if name in entries:
             return entries[name]
         lowered = {k.lower(): k for k in entries}
-        if name.lower() in lowered:
-            return entries[lowered[name.lower()]]
-        raise UnknownNameError(self.kind, name, entries, self._hint, option=self._options or None)
+        return entries[lowered[name.lower()]] if name.lower() in lowered else None
 
     def names(self) -> list[str]:
+        """Every registered name, sorted, installed plug-ins' included (:mod:`apex_opt.plugins`)."""
+        load_plugins()
         return sorted(self._all())
 
     def __iter__(self) -> Iterator[T]:
+        load_plugins()
         entries = self._all()
         return iter(entries[k] for k in sorted(entries))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._all()
+        if name in self._all():
+            return True
+        return bool(load_plugins()) and name in self._all()
 
 
 def _load_dir(sub: str, build: Callable[[Path, Any], Any], suffixes: tuple[str, ...] = (".yaml", ".yml")) -> dict:
@@ -141,6 +155,8 @@ GPUS: Registry[GPUSpec] = Registry(
 #: GPUs read from files in this process, by name; a later file with the same name replaces an earlier one.
 #: Specs carry their GPU specs (``Specs.gpus``), so worker processes never need this table.
 _FILE_GPUS: dict[str, GPUSpec] = {}
+#: engines read from files (load_engine_file), by name: plans name their engine, and a later lookup finds it
+_FILE_ENGINES: dict[str, EngineSpec] = {}
 _GPU_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,79}")
 CLUSTERS: Registry[ClusterSpec] = Registry(
     "cluster",
@@ -256,9 +272,50 @@ def load_gpu_file(path: str | Path, *, option: str | None = None) -> GPUSpec:
     return spec
 
 
-def get_engine(name: str) -> EngineSpec:
-    """A catalog engine by name (vllm-0.6, vllm-v1, sglang-0.4)."""
-    return ENGINES.get(name)
+def get_engine(ref: str) -> EngineSpec:
+    """A catalog engine by name (vllm-0.6, vllm-v1, sglang-0.4), an engine YAML file by path (the fields of
+    ``specs/engines/*.yaml``), or an engine read from a file earlier, by its name."""
+    if _looks_like_path(ref):
+        return load_engine_file(ref)
+    try:
+        return ENGINES.get(ref)
+    except UnknownNameError:
+        if ref in _FILE_ENGINES:
+            return _FILE_ENGINES[ref]
+        raise
+
+
+def engine_name(ref: str) -> str:
+    """The name plans give the engine of ``--engine ref``: a file's ``name`` (the file is read and checked), else
+    ``ref``."""
+    return load_engine_file(ref).name if _looks_like_path(ref) else ref
+
+
+def load_engine_file(path: str | Path) -> EngineSpec:
+    """An engine spec from a YAML file with the fields of ``specs/engines/*.yaml``; its ``name`` names it in plans.
+
+    Start from a copy of a catalog engine's file and change what differs (its ``family`` picks the scheduler, its
+    ``scheduler.behaviour`` the rules that differ from the family's). The name may not be a catalog engine's
+    unless the file is that engine's too.
+    """
+    path = Path(path)
+    if not _is_file(path):
+        raise SpecError(f"{{engine=}}{shorten(str(path))}: no such file; give a catalog engine name (apex-opt catalog "
+                        "engines) or the path of an engine YAML file (a copy of one in specs/engines/)",
+                        option="engine")
+    spec = EngineSpec.parse(read_structured(path), source=path, kind="engine")
+    if not _GPU_NAME.fullmatch(spec.name):
+        raise SpecError(f"{path}: name: {shorten(spec.name)} is not a usable engine name; use 1-80 letters, digits, "
+                        "'.', '_', '+' or '-', starting with a letter or digit, e.g. name: vllm-v1-site")
+    clash = {n.lower(): n for n in ENGINES.names()}.get(spec.name.lower())
+    if clash is not None:
+        if spec == ENGINES.get(clash):
+            return ENGINES.get(clash)
+        raise SpecError(f"{path}: name: '{spec.name}' is the catalog engine {clash}, with different settings; give "
+                        f"the file's engine a name of its own, e.g. name: {spec.name}-custom, or use {{engine=}}{clash} "
+                        "for the catalog one", option="engine")
+    _FILE_ENGINES[spec.name] = spec
+    return spec
 
 
 def get_cluster(ref: str) -> ClusterSpec:

@@ -16,6 +16,7 @@ Metric names (the registry in :mod:`apex_opt.metrics`, docs/metrics.md) are read
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -78,9 +79,10 @@ def cost_per_mtok(d: Mapping[str, Any] | None) -> float:
 def _figure(width: float, height: float) -> Figure:
     try:
         from matplotlib.figure import Figure
-    except ImportError:  # a dependency of apex-opt; say how to get it back if an environment lacks it
+    except ImportError:  # the optional "plot" extra
         raise SpecError("plots need matplotlib, which is not installed in this environment; "
-                        "pip install 'matplotlib>=3.8' (a dependency of apex-opt)") from None
+                        "pip install 'apex-opt[plot]' (or 'matplotlib>=3.8'); the results are complete without "
+                        "the picture") from None
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
@@ -98,6 +100,9 @@ def check_path(path: str | Path) -> Path:
         raise SpecError(f"plot file {shorten(str(path))} is not a .png; give a name such as plan.png")
     if not path.parent.is_dir():
         raise SpecError(f"cannot write plot {shorten(str(path))}: folder {shorten(str(path.parent))} does not exist")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SpecError(f"plot file {shorten(str(path))}: plots need matplotlib, which is not installed in this "
+                        "environment; pip install 'apex-opt[plot]' (or 'matplotlib>=3.8'), or leave out the plot")
     return path
 
 

@@ -95,6 +95,7 @@ def _run_point(job: dict[str, Any]) -> dict[str, Any]:
         if "rate" in point:
             specs = dataclasses.replace(specs, workload=specs.workload.with_rate(row["rate_req_s"]))
         if fields is not None:
+            fields["engine"] = specs.engine.name  # an engine file's name, not its path
             if problem["gpu"] is not None or fields.get("gpu") not in specs.gpus:
                 fields["gpu"] = specs.cluster.gpu  # the point's GPU kind
             plan = Plan.parse({k: v for k, v in fields.items() if v is not None}, source="sweep plan", kind="plan")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from apex_opt.catalog import get_engine, get_gpu, get_model
 from apex_opt.errors import SpecError
-from apex_opt.perf.engine_rules import resolve_engine, scheduler_config
+from apex_opt.perf.engine_rules import check_limits, resolve_engine, scheduler_config
 from apex_opt.schema.engine import EngineSpec
 from apex_opt.schema.plan import Plan
 from apex_opt.sim import LinearStageCost, ReplicaSpec, SchedulerConfig, StaticReplicaCost
@@ -39,9 +40,11 @@ def simulate(cfg: SchedulerConfig, prompts: list[int], outputs: list[int], segme
 def test_each_familys_behaviour_is_what_the_table_says() -> None:
     assert set(BEHAVIOURS) == set(FAMILIES)
     assert BEHAVIOURS["vllm-v0"] == EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
-                                                    whole_prompt_blocks_at_schedule=True, prefix_cache=VLLM_CACHE)
+                                                    whole_prompt_blocks_at_schedule=True, prefix_cache=VLLM_CACHE,
+                                                    budget_raised_to_seqs=True, unchunked_budget_covers_model_len=True)
     assert BEHAVIOURS["vllm-v1"] == EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
-                                                    whole_prompt_blocks_at_schedule=False, prefix_cache=VLLM_CACHE)
+                                                    whole_prompt_blocks_at_schedule=False, prefix_cache=VLLM_CACHE,
+                                                    unchunked_budget_covers_model_len=True)
     assert BEHAVIOURS["sglang"] == EngineBehaviour(batched_tokens_cover_seqs=False, clip_reserved_new_tokens=True,
                                                    whole_prompt_blocks_at_schedule=False, prefix_cache=SGLANG_CACHE)
 
@@ -113,6 +116,38 @@ def test_an_engine_spec_may_override_a_behaviour_under_scheduler() -> None:
     assert stock.behaviour == BEHAVIOURS["vllm-v1"]
     assert cfg.behaviour == BEHAVIOURS["vllm-v1"].with_(clip_reserved_new_tokens=True, prefix_cache={"dedupe": True})
     assert cfg.family == "vllm-v1" and cfg.with_(behaviour=None) == stock.with_(behaviour=None)
+
+
+def _with_behaviour(engine: str, **rules: object) -> EngineSpec:
+    data = get_engine(engine).model_dump()
+    data["scheduler"]["behaviour"] = rules
+    return EngineSpec.parse({**data, "name": f"{engine}-custom"}, source="test", kind="engine")
+
+
+def test_the_engine_limit_checks_follow_the_engines_declared_rules_not_its_family() -> None:
+    model, h100 = get_model("llama-3.1-8b"), get_gpu("h100-sxm-80gb")
+    low = Plan(gpu="h100-sxm-80gb", engine="vllm-v1", max_num_batched_tokens=64, max_num_seqs=128)
+    kw = {"budget": 64, "max_seqs": 128, "chunked": True, "max_model_len": 4096}
+    with pytest.raises(SpecError, match="below max_num_seqs 128"):
+        check_limits(get_engine("vllm-v1"), low, model, h100, **kw)
+    check_limits(_with_behaviour("vllm-v1", batched_tokens_cover_seqs=False), low, model, h100, **kw)
+    unchunked = {**kw, "budget": 2048, "max_seqs": 64, "chunked": False}
+    short = low.model_copy(update={"max_num_batched_tokens": 2048, "max_num_seqs": 64})
+    with pytest.raises(SpecError, match="below max_model_len 4096 with chunked prefill off"):
+        check_limits(get_engine("vllm-v1"), short, model, h100, **unchunked)
+    check_limits(_with_behaviour("vllm-v1", unchunked_budget_covers_model_len=False), short, model, h100, **unchunked)
+    check_limits(get_engine("sglang-0.4"), short.model_copy(update={"engine": "sglang-0.4"}), model, h100, **unchunked)
+
+
+def test_only_an_engine_that_raises_a_low_budget_itself_gets_it_raised_to_max_num_seqs() -> None:
+    model, h100 = get_model("llama-3.1-8b"), get_gpu("h100-sxm-80gb")
+    plan = Plan(gpu="h100-sxm-80gb", engine="vllm-0.6", max_num_seqs=256, max_num_batched_tokens=256)
+    stock = resolve_engine(get_engine("vllm-0.6"), plan, model, h100)
+    kept = resolve_engine(_with_behaviour("vllm-0.6", budget_raised_to_seqs=False), plan, model, h100)
+    low = {"max_num_batched_tokens": 128}
+    assert scheduler_config(dataclasses.replace(stock, **low), 1000).max_num_batched_tokens == 256
+    with pytest.raises(SpecError, match="must be >= max_num_seqs"):  # not raised: vLLM's own check refuses it
+        scheduler_config(dataclasses.replace(kept, **low), 1000)
 
 
 def test_no_simulator_module_tests_the_family_name_except_to_validate_it_and_look_up_its_policy() -> None:

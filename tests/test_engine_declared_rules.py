@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 import apex_opt as ax
 from apex_opt.catalog import get_engine, get_gpu, get_model
-from apex_opt.perf.engine_rules import resolve_engine
+from apex_opt.perf.engine_rules import resolve_engine, scheduler_config
 from apex_opt.planner.space import _ep_choices
 from apex_opt.schema.engine import FAMILY_RULES, EngineSpec
 from apex_opt.schema.plan import Plan
 
-RULES = ("ep_whole_tp_group", "dp_attention", "small_gpu", "graph_batch_within_max_num_seqs")
+RULES = ("ep_whole_tp_group", "dp_attention", "small_gpu", "graph_batch_within_max_num_seqs",
+         "async_output_needs_graphs", "default_seqs_within_budget")
 
 
 def custom(name: str, **rules: object) -> EngineSpec:
@@ -54,3 +57,34 @@ def test_a_declared_cuda_graph_rule_changes_the_largest_captured_batch():
     assert resolve_engine(custom("vllm-0.6"), plan, model, h100).graph_max_batch == 64  # vLLM 0.6: min(256, 64)
     free = custom("vllm-0.6", graph_batch_within_max_num_seqs=False)
     assert resolve_engine(free, plan, model, h100).graph_max_batch == 256
+
+
+def test_vllm_v1_picks_its_small_defaults_on_an_a100_whatever_its_memory():
+    model, a100 = get_model("llama-3.1-8b"), get_gpu("a100-sxm-80gb")  # 80 GiB, not under 70 GiB
+    plan = Plan(gpu="a100-sxm-80gb", engine="vllm-v1")
+    on_a100 = resolve_engine(custom("vllm-v1"), plan, model, a100)
+    assert (on_a100.max_num_batched_tokens, on_a100.max_num_seqs) == (2048, 256)
+    by_memory = custom("vllm-v1", small_gpu={"below": "70GiB", "chunked_budget": 2048, "max_num_seqs": 256})
+    assert resolve_engine(by_memory, plan, model, a100).max_num_batched_tokens == 8192
+
+
+def test_vllm_v1_lowers_its_default_sequence_limit_to_a_smaller_token_budget_and_keeps_a_set_one():
+    model, h100 = get_model("llama-3.1-8b"), get_gpu("h100-sxm-80gb")
+    small_budget = Plan(gpu="h100-sxm-80gb", engine="vllm-v1", max_num_batched_tokens=512)
+    assert resolve_engine(custom("vllm-v1"), small_budget, model, h100).max_num_seqs == 512
+    assert resolve_engine(custom("vllm-v1"), small_budget.model_copy(update={"max_num_seqs": 128}), model,
+                          h100).max_num_seqs == 128
+    strict = custom("vllm-v1", default_seqs_within_budget=False)
+    with pytest.raises(ax.SpecError, match="below max_num_seqs 1024"):  # 1024 sequences, 512 tokens: refused
+        resolve_engine(strict, small_budget, model, h100)
+
+
+def test_vllm_06_runs_without_async_output_processing_when_cuda_graphs_are_off():
+    model, h100 = get_model("llama-3.1-8b"), get_gpu("h100-sxm-80gb")
+    graphs = resolve_engine(custom("vllm-0.6"), Plan(gpu="h100-sxm-80gb"), model, h100)
+    eager = resolve_engine(custom("vllm-0.6"), Plan(gpu="h100-sxm-80gb", cuda_graphs=False), model, h100)
+    assert graphs.async_output and not eager.async_output
+    assert scheduler_config(eager, 1000).metrics_stamp == "forward"  # tokens stamped after their forward
+    kept = resolve_engine(custom("vllm-0.6", async_output_needs_graphs=False), Plan(gpu="h100-sxm-80gb",
+                                                                                   cuda_graphs=False), model, h100)
+    assert kept.async_output

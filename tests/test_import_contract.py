@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "apex_opt"
 
 #: lowest first; every top-level module or subpackage of apex_opt is in exactly one layer
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "units", "bounds", "_version", "resources", "executors"),
+    ("errors", "units", "bounds", "_version", "resources", "executors", "plugins"),
     ("schema", "metrics"),
     ("ir", "topology", "workload", "measurements", "hub", "catalog", "calibration"),
     ("sim",),

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import apex_opt as ax
 from apex_opt.capacity import MAX_SIMULATIONS
 from apex_opt.cli.main import cli
-from apex_opt.plots import plot_capacity, plot_solve, plot_sweep
+from apex_opt.plots import check_path, plot_capacity, plot_solve, plot_sweep
 
 WORKLOAD = "synthetic:rate=4rps,requests=60,prompt=512,output=64,seed=0"
 SLO = "ttft=200ms,tpot=30ms"
@@ -109,7 +109,7 @@ def test_without_matplotlib_every_plot_says_how_to_install_it(monkeypatch, solve
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import matplotlib.figure now raises ImportError
     for draw in (lambda p: plot_solve(solved, p), lambda p: plot_capacity(searched, p),
                  lambda p: plot_sweep(ROWS, p, x="rate_req_s", y=["tpot_p99_s"])):
-        with pytest.raises(ax.SpecError, match=r"plots need matplotlib.*pip install 'matplotlib>=3.8'"):
+        with pytest.raises(ax.SpecError, match=r"plots need matplotlib.*pip install 'apex-opt\[plot\]'"):
             draw(tmp_path / "x.png")
 
 
@@ -138,3 +138,12 @@ def test_the_accessors_read_registered_metric_names():
 def test_a_bad_plot_path_fails_before_the_solve_with_the_message():
     out = CliRunner().invoke(cli, ["solve", "--model", "llama-3.1-8b", "--plot", "plans.svg"])
     assert out.exit_code == 2 and "plot file 'plans.svg' is not a .png" in out.output
+
+
+def test_without_matplotlib_the_plot_path_is_refused_before_any_work(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(ax.SpecError, match=r"plots need matplotlib.*pip install 'apex-opt\[plot\]'"):
+        check_path(tmp_path / "x.png")

@@ -35,7 +35,7 @@ def estimate(model: str, gpu: str, tp: int, pp: int, dp: int, ep: int, dp_attent
     model_spec = get_model(model)
     gpu_spec = get_gpu(gpu)
     engine_spec = get_engine(engine)
-    plan = Plan.parse({"gpu": gpu_name(gpu), "engine": engine, "tp": tp, "pp": pp, "dp": dp, "ep": ep,
+    plan = Plan.parse({"gpu": gpu_name(gpu), "engine": engine_spec.name, "tp": tp, "pp": pp, "dp": dp, "ep": ep,
                        "dp_attention": dp_attention, "layers_per_stage": parse_layers(layers_per_stage),
                        "weight_dtype": weight_dtype, "kv_dtype": kv_dtype}, source="command line", kind="plan")
     with active(resolve_profile(calibration)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 import textwrap
@@ -22,9 +23,37 @@ def cap_echoes(message: str) -> str:
                   "characters)", message)
 
 
+#: command name -> the module of apex_opt.cli defining it (a function of the same name); imported when the
+#: command runs or is listed, so a command pays only for its own imports (``apex-opt solve`` not for sweep's)
+COMMANDS: dict[str, str] = {name: name for name in ("calibrate", "capacity", "catalog", "compare", "estimate",
+                                                     "simulate", "solve", "sweep", "validate")}
+
+
 class ApexGroup(click.Group):
     """A click group that turns :class:`ApexOptError` into a one-paragraph message and exit code 2, and Ctrl-C
-    into "Interrupted." and exit code 130 (click's own handling would print "Aborted!" and exit 1)."""
+    into "Interrupted." and exit code 130 (click's own handling would print "Aborted!" and exit 1). Its commands
+    are :data:`COMMANDS`, each imported when first needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | {n for n in COMMANDS if self._lazy(n) is not None})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._lazy(cmd_name)
+
+    def _lazy(self, name: str) -> click.Command | None:
+        """The command ``name`` from its module (added to the group), or None when this build lacks it."""
+        if name not in COMMANDS:
+            return None
+        module_name = f"apex_opt.cli.{COMMANDS[name]}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a command whose module is not part of this build
+            if exc.name != module_name:
+                raise
+            return None
+        command: click.Command = getattr(module, name)
+        self.add_command(command, name)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -57,23 +86,6 @@ def cli() -> None:
     apex-opt estimate --model llama-3.1-70b --gpu h100-sxm-80gb --tp 8 --batch 32 --context 1024
     apex-opt catalog models
     """
-
-
-def _register_commands() -> None:
-    from . import catalog as catalog_cmd
-
-    cli.add_command(catalog_cmd.catalog)
-    for module_name in ("calibrate", "capacity", "compare", "estimate", "simulate", "solve", "sweep", "validate"):
-        try:
-            module = __import__(f"apex_opt.cli.{module_name}", fromlist=[module_name])
-        except ModuleNotFoundError as exc:  # a command whose module is not part of this build
-            if exc.name != f"apex_opt.cli.{module_name}":
-                raise
-            continue
-        cli.add_command(getattr(module, module_name))
-
-
-_register_commands()
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ def plan_options(func: Callable) -> Callable:
         click.option("--weight-dtype", type=click.Choice(["bf16", "fp16", "fp8", "int8", "int4", "fp4"]), default="bf16",
                      show_default=True),
         click.option("--kv-dtype", type=click.Choice(["bf16", "fp16", "fp8"]), default="bf16", show_default=True),
-        click.option("--engine", default="vllm-0.6", show_default=True, help="vllm-0.6 | vllm-v1 | sglang-0.4"),
+        click.option("--engine", default="vllm-0.6", show_default=True, help="vllm-0.6 | vllm-v1 | sglang-0.4, or an engine YAML file"),
     ]
     for option in reversed(options):
         func = option(func)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..calibration.profile import resolve_profile
-from ..catalog import gpu_name
+from ..catalog import engine_name, gpu_name
 from ..errors import SpecError, shorten
 from ..perf.provenance import calibration_notes, calibration_sources
 from ..schema.plan import Deployment, Plan, with_speculative
@@ -205,6 +205,7 @@ def build_deployment(ctx: click.Context, *, model: str, gpu: str, cluster: str |
     """The specs and the plan (or disaggregated Deployment) that the :func:`deployment_options` name; the quick-form
     cluster is sized to the plan. SpecError on contradictory options."""
     gpu_file, gpu = gpu, gpu_name(gpu)  # --gpu FILE.yaml: plans name the GPU by the file's name
+    engine_file, engine = engine, engine_name(engine)  # --engine FILE.yaml: likewise
     common: dict[str, Any] = {
         "gpu": gpu, "engine": engine, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
         "chunked_prefill": chunked_prefill, "max_num_batched_tokens": max_num_batched_tokens,
@@ -234,12 +235,12 @@ def build_deployment(ctx: click.Context, *, model: str, gpu: str, cluster: str |
     if cluster is None:
         per_node = gpus_per_node or 8
         nodes = nodes or max(1, -(-plan.gpus // per_node))
-        specs = load_specs(model, gpu=gpu_file, nodes=nodes, gpus_per_node=per_node, engine=engine, workload=workload,
+        specs = load_specs(model, gpu=gpu_file, nodes=nodes, gpus_per_node=per_node, engine=engine_file, workload=workload,
                            slo=slo or SLO())
     else:
         if nodes is not None or gpus_per_node is not None:
             raise SpecError("--nodes/--gpus-per-node describe a quick-form cluster; drop them or --cluster")
-        specs = load_specs(model, cluster, engine=engine, workload=workload, slo=slo or SLO())
+        specs = load_specs(model, cluster, engine=engine_file, workload=workload, slo=slo or SLO())
         gpu_given = ctx.get_parameter_source("gpu") not in (click.core.ParameterSource.DEFAULT,
                                                             click.core.ParameterSource.DEFAULT_MAP, None)
         if gpu_given and gpu not in specs.gpus:

@@ -73,7 +73,7 @@ class VerifyRequests(click.ParamType):
 @click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, help="quick cluster form")
 @click.option("--workload", default=DEFAULT_WORKLOAD, show_default=True,
               help="catalog name, trace file or synthetic:... expression")
-@click.option("--engine", default=DEFAULT_ENGINE, show_default=True, help="vllm-0.6 | vllm-v1 | sglang-0.4")
+@click.option("--engine", default=DEFAULT_ENGINE, show_default=True, help="vllm-0.6 | vllm-v1 | sglang-0.4, or an engine YAML file")
 @click.option("--slo", type=SLOType(), default=DEFAULT_SLO, show_default=True,
               help="e.g. ttft=200ms,tpot=50ms or ttft.p99=1s,tpot.p90=60ms,attainment=95%")
 @click.option("--objective", type=click.Choice(list(OBJECTIVE_NAMES)), default="goodput-per-gpu", show_default=True,

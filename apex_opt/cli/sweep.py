@@ -140,8 +140,8 @@ def plot_rows(rows: list[dict[str, Any]], path: Path, axes: list[str], x: str | 
     except ModuleNotFoundError as exc:
         if exc.name not in ("apex_opt.plots", "matplotlib"):
             raise
-        raise SpecError(f"--plot {shorten(str(path))}: plotting needs "
-                        f"{'matplotlib (pip install matplotlib)' if exc.name == 'matplotlib' else 'apex_opt.plots'}"
+        missing = "matplotlib (pip install 'apex-opt[plot]')" if exc.name == "matplotlib" else "apex_opt.plots"
+        raise SpecError(f"--plot {shorten(str(path))}: plotting needs {missing}"
                         ", which is not installed; the rows are complete without it (use --out)") from None
     varied = [a for a in axes if len({repr(r.get(a)) for r in rows}) > 1] or axes
     x = x or ("rate_req_s" if "rate_req_s" in varied else varied[0])
@@ -160,7 +160,7 @@ def plot_rows(rows: list[dict[str, Any]], path: Path, axes: list[str], x: str | 
               help="an SLO point, e.g. ttft=200ms,tpot=50ms; repeat for more")
 @click.option("--gpu", "gpus", multiple=True, metavar="NAME,...", help="GPU kinds, e.g. h100-sxm-80gb,a100-sxm-80gb")
 @click.option("--model", "models", multiple=True, metavar="NAME,...", help="models [default: llama-3.1-70b]")
-@click.option("--engine", "engines", multiple=True, metavar="NAME,...", help="engines [default: vllm-0.6]")
+@click.option("--engine", "engines", multiple=True, metavar="NAME,...", help="engines: catalog names or engine YAML files [default: vllm-0.6]")
 @click.option("--workload", "workloads", multiple=True, metavar="WORKLOAD",
               help="catalog name, trace or synthetic:... expression [default: lmsys]; repeat for more")
 @click.option("--vary", "varied", multiple=True, metavar="KEY=V,V,...",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError, shorten
+from ..plugins import load_plugins
 
 #: canonical metric names (latencies in ms, throughput in requests or tokens per second), in display order
 METRICS: tuple[str, ...] = (
@@ -116,6 +117,8 @@ def read_measurements(path: str | Path, format: str | None = None) -> list[Measu
         raise SpecError(f"{{measurements=}}{shorten(str(path))}: no such file", option="measurements")
     if format is not None:
         if format not in READERS:
+            load_plugins()  # installed plug-ins may register it (apex_opt.plugins)
+        if format not in READERS:
             raise SpecError(f"measurement format {shorten(format)}: unknown; formats: {', '.join(READERS)}")
         return READERS[format].read(path)
     content: Any = None
@@ -126,6 +129,10 @@ def read_measurements(path: str | Path, format: str | None = None) -> list[Measu
     for fmt in READERS.values():
         if fmt.detect(path, content):
             return fmt.read(path)
+    if load_plugins():  # none of the built-in formats: an installed plug-in's may be
+        for fmt in READERS.values():
+            if fmt.detect(path, content):
+                return fmt.read(path)
     raise SpecError(
         f"{{measurements=}}{shorten(str(path))}: not a measurement format apex-opt reads; formats: "
         + "; ".join(f"{f.name} ({f.description})" for f in READERS.values()), option="measurements")

@@ -15,7 +15,7 @@ from ..schema.engine import EngineSpec
 from ..schema.gpu import GPUSpec
 from ..schema.model import ModelSpec
 from ..schema.plan import Plan
-from ..sim.config import BEHAVIOURS, SchedulerConfig
+from ..sim.config import BEHAVIOURS, EngineBehaviour, SchedulerConfig
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
         chunked = s.chunked_prefill == "on"
     budget_default = s.chunked_budget
     max_seqs_default = s.max_num_seqs
-    small = engine.small_gpu  # vLLM V1 under 70 GiB, SGLang 0.4 under 25 GB pick smaller defaults
-    if small is not None and gpu.memory < small.below:
+    small = engine.small_gpu  # vLLM V1 under 70 GiB or on an A100, SGLang 0.4 under 25 GB pick smaller defaults
+    if small is not None and (gpu.memory < small.below or any(n in gpu.name.lower() for n in small.names)):
         budget_default = small.chunked_budget or budget_default
         max_seqs_default = small.max_num_seqs or max_seqs_default
     if plan.max_num_batched_tokens is not None:
@@ -72,6 +72,8 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
     else:
         budget = max(max_model_len, s.unchunked_budget_floor)
     max_seqs = plan.max_num_seqs or max_seqs_default
+    if plan.max_num_seqs is None and engine.default_seqs_within_budget:
+        max_seqs = min(max_seqs, budget)  # vLLM V1 lowers its default to the token budget
     check_limits(engine, plan, model, gpu, budget=budget, max_seqs=max_seqs, chunked=chunked,
                  max_model_len=max_model_len)
     util = plan.gpu_memory_utilization
@@ -103,7 +105,8 @@ def resolve_engine(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpe
         cuda_graphs=graphs,
         graph_max_batch=graph_max_batch,
         graph_max_context=engine.cuda_graphs.max_context,
-        async_output=engine.async_output and plan.pp == 1,
+        # vLLM 0.6 turns async output processing off with pipeline parallelism and under --enforce-eager
+        async_output=engine.async_output and plan.pp == 1 and (graphs or not engine.async_output_needs_graphs),
     )
 
 
@@ -135,8 +138,7 @@ def scheduler_config(settings: EngineSettings, num_kv_blocks: int, *, max_runnin
     e = settings.engine
     knobs = e.scheduler
     stamp = e.metrics_stamp if settings.async_output else "forward"
-    # the family's engine behaviour (apex_opt.sim.config.BEHAVIOURS) with the spec's scheduler.behaviour overrides
-    behaviour = BEHAVIOURS[settings.family].with_(**knobs.behaviour.changes())
+    behaviour = engine_behaviour(e)
     if settings.family == "sglang":
         return SchedulerConfig.sglang(
             num_kv_blocks * settings.block_size,
@@ -163,7 +165,7 @@ def scheduler_config(settings: EngineSettings, num_kv_blocks: int, *, max_runnin
         num_kv_blocks=num_kv_blocks,
         max_model_len=settings.max_model_len,
         chunked_prefill=settings.chunked_prefill,
-        max_num_batched_tokens=max(budget, settings.max_num_seqs) if settings.family == "vllm-v0" else budget,
+        max_num_batched_tokens=max(budget, settings.max_num_seqs) if behaviour.budget_raised_to_seqs else budget,
         max_num_seqs=settings.max_num_seqs,
         block_size=settings.block_size,
         watermark=knobs.watermark,
@@ -174,6 +176,12 @@ def scheduler_config(settings: EngineSettings, num_kv_blocks: int, *, max_runnin
         policy=knobs.policy,
         behaviour=behaviour,
     )
+
+
+def engine_behaviour(engine: EngineSpec) -> EngineBehaviour:
+    """The engine's behaviour rules: its family's (``apex_opt.sim.config.BEHAVIOURS``) with the spec's
+    ``scheduler.behaviour`` overrides."""
+    return BEHAVIOURS[engine.family].with_(**engine.scheduler.behaviour.changes())
 
 
 def check_limits(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpec, *, budget: int, max_seqs: int,
@@ -196,12 +204,13 @@ def check_limits(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpec,
                         f"({engine.scheduler.block_size} tokens), so no prompt block could be scheduled; use at "
                         f"least {max(engine.scheduler.block_size, max_seqs)} (default: the engine's)",
                         option="max_num_batched_tokens")
-    if engine.family in ("vllm-v0", "vllm-v1") and b < max_seqs:
+    rules = engine_behaviour(engine)
+    if rules.batched_tokens_cover_seqs and b < max_seqs:
         raise SpecError(f"{{max_num_batched_tokens=}}{b} is below max_num_seqs {max_seqs}: {engine.name} refuses "
                         f"a token budget smaller than the sequences it may batch (each running sequence needs a "
                         f"token per step); use at least {max_seqs}, or lower {{max_num_seqs}}",
                         option=("max_num_batched_tokens", "max_num_seqs"))
-    if engine.family in ("vllm-v0", "vllm-v1") and not chunked and b < max_model_len:
+    if rules.unchunked_budget_covers_model_len and not chunked and b < max_model_len:
         raise SpecError(f"{{max_num_batched_tokens=}}{b} is below max_model_len {max_model_len} with chunked prefill "
                         f"off: {engine.name} refuses it (the longest prompt could never be scheduled); turn on "
                         f"{{chunked_prefill}}, raise the budget to {max_model_len}, or lower {{max_model_len}}",

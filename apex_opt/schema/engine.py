@@ -32,6 +32,8 @@ class BehaviourOverrides(Spec):
     batched_tokens_cover_seqs: bool | None = None
     clip_reserved_new_tokens: bool | None = None
     whole_prompt_blocks_at_schedule: bool | None = None
+    budget_raised_to_seqs: bool | None = None
+    unchunked_budget_covers_model_len: bool | None = None
     prefix_cache: PrefixCacheBehaviour = PrefixCacheBehaviour()
 
     def changes(self) -> dict[str, Any]:
@@ -152,26 +154,33 @@ class SmallGPUDefaults(Spec):
                                        "(vLLM V1, SGLang 0.4: 2048); None: scheduler.chunked_budget")
     max_num_seqs: int | None = Field(default=None, ge=1, description="sequence limit (vLLM V1: 256); None: "
                                      "scheduler.max_num_seqs")
+    names: tuple[str, ...] = Field(default=(), description="GPU name fragments (lower case) that get these "
+                                   "defaults whatever their memory (vLLM V1: 'a100', whose large budget lowers "
+                                   "throughput upstream; _set_default_args)")
 
 
 #: the engine rules a spec that leaves them out gets from its family: what each family's engines do (the
 #: fields of :class:`EngineSpec` say which source rule each one is)
 FAMILY_RULES: dict[str, dict[str, Any]] = {
     "vllm-v0": {"ep_whole_tp_group": True, "dp_attention": False, "small_gpu": None,
-                "graph_batch_within_max_num_seqs": True},
+                "graph_batch_within_max_num_seqs": True, "async_output_needs_graphs": True,
+                "default_seqs_within_budget": False},
     "vllm-v1": {"ep_whole_tp_group": True, "dp_attention": True,
-                "small_gpu": {"below": 70 * 2**30, "chunked_budget": 2048, "max_num_seqs": 256},
-                "graph_batch_within_max_num_seqs": False},
+                "small_gpu": {"below": 70 * 2**30, "chunked_budget": 2048, "max_num_seqs": 256, "names": ("a100",)},
+                "graph_batch_within_max_num_seqs": False, "async_output_needs_graphs": False,
+                "default_seqs_within_budget": True},
     "sglang": {"ep_whole_tp_group": False, "dp_attention": True, "small_gpu": {"below": 25e9, "chunked_budget": 2048},
-               "graph_batch_within_max_num_seqs": False},
+               "graph_batch_within_max_num_seqs": False, "async_output_needs_graphs": False,
+               "default_seqs_within_budget": False},
 }
 
 
 class EngineSpec(Spec):
     """One serving engine and version with its defaults.
 
-    The engine rules ``ep_whole_tp_group``, ``dp_attention``, ``small_gpu`` and ``graph_batch_within_max_num_seqs``
-    default to what the engine's ``family`` does (:data:`FAMILY_RULES`); a spec may declare its own.
+    The engine rules ``ep_whole_tp_group``, ``dp_attention``, ``small_gpu``, ``graph_batch_within_max_num_seqs``,
+    ``async_output_needs_graphs`` and ``default_seqs_within_budget`` default to what the engine's ``family`` does
+    (:data:`FAMILY_RULES`); a spec may declare its own.
 
     >>> from apex_opt.catalog import get_engine
     >>> e = get_engine("vllm-0.6")
@@ -212,6 +221,14 @@ class EngineSpec(Spec):
                                                   "min(cuda_graphs.max_batch, max_num_seqs) (vLLM 0.6 "
                                                   "_get_max_graph_batch_size); false: up to cuda_graphs.max_batch. "
                                                   "Default: the family's (true for vLLM 0.6)")
+    async_output_needs_graphs: bool = Field(default=False, description="async output processing is switched off "
+                                            "when CUDA graphs are (vLLM 0.6 ModelConfig.verify_async_output_proc "
+                                            "under --enforce-eager): outputs are stamped after the forward. Default: "
+                                            "the family's (true for vLLM 0.6)")
+    default_seqs_within_budget: bool = Field(default=False, description="a default max_num_seqs is lowered to the "
+                                             "token budget (vLLM V1 _set_default_args: min(max_num_seqs, "
+                                             "max_num_batched_tokens) when the user set no max_num_seqs). Default: "
+                                             "the family's (true for vLLM V1)")
 
     @model_validator(mode="before")
     @classmethod

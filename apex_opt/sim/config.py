@@ -29,7 +29,7 @@ ROLES: tuple[str, ...] = ("both", "prefill", "decode")
 @dataclass(frozen=True)
 class PrefixCacheRules:
     """How an engine's prefix cache (:mod:`apex_opt.sim.prefix_cache`) keeps blocks; the module docstring and
-    ``../shared/docs/engines.md`` (sections 3 and 4, prefix caching and the radix cache) give the sources.
+    ``docs/engines.md`` (sections 3 and 4, prefix caching and the radix cache) give the sources.
 
     Attributes
     ----------
@@ -61,7 +61,7 @@ class EngineBehaviour:
     ----------
     batched_tokens_cover_seqs:
         ``max_num_batched_tokens`` must be at least ``max_num_seqs`` (vLLM's ``SchedulerConfig`` check; the
-        budget of ``../shared/docs/engines.md`` 1.2/1.3 covers one token per running sequence).
+        budget of ``docs/engines.md`` 1.2/1.3 covers one token per running sequence).
     clip_reserved_new_tokens:
         Admission reserves at most ``clip_max_new_tokens`` future tokens per running request (SGLang's
         ``PrefillAdder``: ``min(max_new - generated, 4096)``, engines.md 4, "Admission"): the decode pool keeps that
@@ -72,12 +72,21 @@ class EngineBehaviour:
         does the allocation; the simulator's debug invariants check it.
     prefix_cache:
         The prefix cache's rules (:class:`PrefixCacheRules`).
+    budget_raised_to_seqs:
+        The engine raises a ``max_num_batched_tokens`` below ``max_num_seqs`` to it by itself (vLLM 0.6's
+        ``EngineArgs`` with chunked prefill); ``False``: a budget that low is refused (``batched_tokens_cover_seqs``)
+        or allowed.
+    unchunked_budget_covers_model_len:
+        With chunked prefill off, ``max_num_batched_tokens`` must be at least ``max_model_len``, or the longest
+        prompt could never be scheduled (vLLM's ``SchedulerConfig`` check; SGLang has no such check).
     """
 
     batched_tokens_cover_seqs: bool
     clip_reserved_new_tokens: bool
     whole_prompt_blocks_at_schedule: bool
     prefix_cache: PrefixCacheRules
+    budget_raised_to_seqs: bool = False
+    unchunked_budget_covers_model_len: bool = False
 
     def with_(self, **changes: Any) -> EngineBehaviour:
         """A copy with some rules changed; ``prefix_cache`` may be given as a dict of its fields to change."""
@@ -92,9 +101,11 @@ _VLLM_PREFIX_CACHE = PrefixCacheRules(dedupe=False, insert_at_schedule=True, dec
 #: each scheduler family's engine behaviour (the one place it is declared; ``SchedulerConfig.behaviour``)
 BEHAVIOURS: dict[str, EngineBehaviour] = {
     "vllm-v0": EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
-                               whole_prompt_blocks_at_schedule=True, prefix_cache=_VLLM_PREFIX_CACHE),
+                               whole_prompt_blocks_at_schedule=True, prefix_cache=_VLLM_PREFIX_CACHE,
+                               budget_raised_to_seqs=True, unchunked_budget_covers_model_len=True),
     "vllm-v1": EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
-                               whole_prompt_blocks_at_schedule=False, prefix_cache=_VLLM_PREFIX_CACHE),
+                               whole_prompt_blocks_at_schedule=False, prefix_cache=_VLLM_PREFIX_CACHE,
+                               unchunked_budget_covers_model_len=True),
     "sglang": EngineBehaviour(batched_tokens_cover_seqs=False, clip_reserved_new_tokens=True,
                               whole_prompt_blocks_at_schedule=False,
                               prefix_cache=PrefixCacheRules(dedupe=True, insert_at_schedule=False,

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from ..errors import SpecError
+from ..plugins import load_plugins
 from .config import SchedulerConfig
 from .state import Request
 
@@ -601,6 +602,8 @@ def make_policy(cfg: SchedulerConfig, num_blocks: int) -> SchedulerPolicy:
         When no policy is registered under that name; the message lists the registered ones.
     """
     name = cfg.policy or cfg.family
+    if name not in POLICIES:
+        load_plugins()  # installed plug-ins may register it (apex_opt.plugins)
     if name not in POLICIES:
         raise SpecError(f"scheduling policy '{name}' is not registered; use one of {', '.join(sorted(POLICIES))}, "
                         "or register a SchedulerPolicy subclass with @register_policy('<name>')")
