@@ -8,7 +8,10 @@ that missed its SLO, the plans of its shape with fewer replicas: ``Optimizer.obs
 
 With ``disaggregation`` ``auto`` (or ``only``) it then asks ``problem.disaggregated()`` for the best prefill/decode
 (xPyD) deployments the same way, and on a heterogeneous cluster ``problem.heterogeneous()`` for the best mixed-GPU
-ones, and ranks them all with the aggregated plans on the simulated metrics: the verified winner may be any.
+ones, and ranks them all with the aggregated plans on the simulated metrics: the verified winner may be any. Those
+searches first drop what the plans verified so far put out of reach (``problem.gpu_limit``: with ``goodput-per-gpu``
+or ``min-gpus``, a deployment with more GPUs cannot place among the ``top_k`` whatever its simulation says), so
+they simulate only deployments that could change the result.
 
 It also refines the winner: up to ``REFINE`` plans of the winner's layout with other engine limits that the cost
 model predicts within 1% of it on every objective level (``problem.siblings``) are simulated, and the best variant
@@ -42,7 +45,7 @@ def search(problem: ax.Problem) -> ax.PlanSet:
             infeasible, exhausted = exc, True
     for extra in (problem.disaggregated(), problem.heterogeneous()):
         if extra is not None:
-            _verify_best(problem, extra, verified, rejected)
+            _verify_best(problem, extra, verified, rejected, limit_gpus=extra.limit_gpus)
     if infeasible is not None and not verified and not rejected:
         raise infeasible
     if verified and not problem.simulation_budget_spent:
@@ -55,11 +58,14 @@ def search(problem: ax.Problem) -> ax.PlanSet:
 
 
 def _verify_best(problem: ax.Problem, proposer: ax.planner.Proposer, verified: list, rejected: list,
-                 refine=None) -> bool:
+                 refine=None, limit_gpus=None) -> bool:
     """Simulate a search's best proposals, in rounds, until ``top_k`` of them verify; returns whether the search
-    ran out of proposals. ``refine(first)`` adds plans to the first round."""
+    ran out of proposals. ``refine(first)`` adds plans to the first round; ``limit_gpus(most, why)``, before each
+    round, keeps the search from proposing more GPUs than could place among the ``top_k`` verified so far."""
     found = 0
     while found < problem.top_k and not problem.simulation_budget_spent:
+        if limit_gpus is not None and (limit := problem.gpu_limit(verified)) is not None:
+            limit_gpus(*limit)
         batch = []
         done = False
         while len(batch) < problem.top_k - found:

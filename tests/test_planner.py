@@ -472,3 +472,17 @@ def test_an_slo_relaxation_is_never_the_bound_already_in_force():
     assert _suggest(space, "tpot") is None  # 30 ms plans exist: the 50 ms bound is not what rules them out
     space.specs.slo.tpot = 0.010
     assert _suggest(space, "tpot") == "{slo=}tpot=50ms"  # slo=tpot=50ms in Python, --slo tpot=50ms on the CLI
+
+
+def test_solve_takes_search_options_as_keywords_that_change_the_options_object():
+    specs = load_specs("llama-3.1-8b", "h100x8", workload="synthetic:rate=2rps,requests=20,prompt=128,output=16")
+    result = apex_opt.solve(specs, options=SearchOptions(kv_dtype="fp8"), quantization="fp8", workers=1,
+                      disaggregation="off", top_k=1)
+    assert (result.problem["quantization"], result.problem["kv_dtype"]) == ("fp8", "fp8")
+
+
+def test_a_misspelt_search_option_is_refused_with_the_closest_name():
+    specs = load_specs("llama-3.1-8b", "h100x8", workload="synthetic:rate=2rps,requests=20,prompt=128,output=16")
+    with pytest.raises(apex_opt.SpecError, match=r"solve\(quantisation=\.\.\.\): not an option of solve; did you mean "
+                                           r"quantization\?"):
+        apex_opt.solve(specs, quantisation="fp8")

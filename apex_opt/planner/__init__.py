@@ -2,7 +2,8 @@
 
 The public names (re-exported by :mod:`apex_opt`): :func:`solve`, :func:`constraint`, :class:`PlanVars`,
 :class:`PlanSet`, :class:`RankedPlan`, :func:`Minimize`, :func:`Maximize`, :class:`Problem` (what search
-strategies in ``solvers/`` receive; its searches are :class:`Proposer` objects), :func:`load_constraints`,
+strategies in ``solvers/`` receive: a frozen :class:`ProblemStatement` and the state of one run; its searches are
+:class:`Proposer` objects), :func:`load_constraints`,
 :class:`SearchOptions`.
 """
 
@@ -14,6 +15,7 @@ from .objectives import OBJECTIVE_NAMES, Maximize, Minimize, Objective
 from .result import PlanSet, RankedPlan, SolveStats
 from .solve import Problem, Proposal, Proposer, register_solver, solve, solver_names
 from .space import SearchOptions
+from .statement import ProblemStatement
 
 __all__ = [
     "OBJECTIVE_NAMES",
@@ -24,6 +26,7 @@ __all__ = [
     "PlanSet",
     "PlanVars",
     "Problem",
+    "ProblemStatement",
     "Proposal",
     "Proposer",
     "RankedPlan",

@@ -380,6 +380,10 @@ class DisaggModel:
         term = {"energy_per_token": self.energy, "tpot": self.tpot, "ttft": self.ttft}[metric]
         m.minimize(term * width + self.gpus)
 
+    def limit_gpus(self, most: int) -> None:
+        """Propose no plan with more than ``most`` GPUs from now on (one that could not place among the best)."""
+        self.model.add(self.gpus <= most)
+
     def next(self) -> tuple[RoleRow, RoleRow] | None:
         """The best pair not proposed before (None when none is left); its layouts are cut from later solves."""
         solver = solve_once(self.model, seed=self.seed, time_limit=self.time_limit, what="disaggregated plan")

@@ -313,6 +313,10 @@ class HeteroModel:
             return
         m.minimize(primary * width + self.gpus)
 
+    def limit_gpus(self, most: int) -> None:
+        """Propose no plan with more than ``most`` GPUs from now on (one that could not place among the best)."""
+        self.model.add(self.gpus <= most)
+
     def next(self) -> Mix | None:
         """The best mix not proposed before (None when none is left); the same choice is cut from later solves."""
         solver = solve_once(self.model, seed=self.seed, time_limit=self.time_limit, what="mixed-GPU plan")

@@ -29,9 +29,11 @@ also records each metric's solver variable and scale (``v.energy_per_token`` is 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ..errors import SpecError
 
@@ -235,6 +237,76 @@ def rank_plans(objective: Objective, entries: list, default_seqs: int = 256) -> 
     return out
 
 
+def goodput_ceiling(arrival_s: Any, attainment: float) -> float:
+    """The most requests per second that can meet the SLO in any simulation of a workload that meets it.
+
+    A simulation's goodput is its SLO-meeting requests over its makespan, which runs from the first arrival to
+    the last finish, at least to the arrival of the latest of them. A plan that meets the SLO has ``m >=
+    attainment x n`` such requests, the latest of which arrives no earlier than the ``m``-th arrival, so its
+    goodput is at most ``max over m of m / (a[m-1] - a[0])``: the workload alone decides it (about its mean rate).
+
+    >>> goodput_ceiling([0.0, 1.0, 2.0, 3.0, 4.0], 0.9)  # 5 requests over 4 s
+    1.25
+    >>> goodput_ceiling([0.0, 0.0], 0.5)  # two at once: no bound
+    inf
+    """
+    a = np.asarray(arrival_s, dtype=float)
+    n = len(a)
+    if n == 0:
+        return 0.0
+    m = np.arange(max(math.ceil(attainment * n - 1e-9), 1), n + 1)
+    span = a[m - 1] - a[0]
+    with np.errstate(divide="ignore"):
+        rates = np.where(span > 0, m / np.where(span > 0, span, 1.0), np.inf)
+    return float(rates.max())
+
+
+def gpu_limit(objective: Objective, verified: Sequence[Any], keep: int, workload: Any, slo: Any,
+              layout: Callable[[Any], Any]) -> tuple[int, str] | None:
+    """The most GPUs a plan simulated whole may use and still place among the ``keep`` best of the result,
+    given the ``verified`` entries so far: ``(gpus, why)``, or None when the objective gives no such bound.
+
+    Two objectives bound their simulated value by GPUs alone: ``min-gpus`` (the value is the GPU count) and
+    ``goodput-per-gpu`` (at most :func:`goodput_ceiling` over the GPUs). A plan can only enter the first
+    ``keep`` distinct layouts (``layout``) of :func:`rank_plans` if its value comes within the 1% tie tolerance
+    of the ``keep``-th best layout's: every entry better by more than that is ranked before it. So a search
+    need not simulate, or even propose, plans with more GPUs than this: the result would be the same.
+    """
+    metric = objective.metric
+    if metric not in ("gpus", "goodput_per_gpu") or keep < 1:
+        return None
+    if metric == "goodput_per_gpu" and (slo is None or getattr(slo, "is_empty", True)):
+        return None
+    best: dict[Any, float] = {}
+    for e in verified:
+        if not e.verified or not e.simulated:
+            continue
+        value = simulated_value(metric, e.simulated, e.plan.gpus)
+        if not math.isfinite(value):
+            continue
+        key = layout(e.plan)
+        if key not in best or (value > best[key] if objective.sense > 0 else value < best[key]):
+            best[key] = value
+    if len(best) < keep:
+        return None
+    ordered = sorted(best.values(), reverse=objective.sense > 0)
+    kth = ordered[keep - 1]
+    if metric == "gpus":
+        limit = math.floor(kth / (1.0 - TIE_TOLERANCE) + 1e-9)
+        return limit, (f"they cannot place among the {keep} best: the {_ordinal(keep)} verified plan uses {kth:g}")
+    ceiling = goodput_ceiling(workload.arrival_s, slo.attainment)
+    if not (kth > 0 and math.isfinite(ceiling)):
+        return None
+    limit = math.floor(ceiling / (kth * (1.0 - TIE_TOLERANCE)) + 1e-9)
+    return limit, (f"they cannot place among the {keep} best: the workload's arrivals allow at most {ceiling:.3g} "
+                   f"req/s of goodput, {ceiling / (limit + 1):.3g} req/s per GPU on {limit + 1} GPUs, and the "
+                   f"{_ordinal(keep)} verified plan has {kth:.3g}")
+
+
+def _ordinal(n: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
 __all__ = [
     "METRICS",
     "OBJECTIVE_NAMES",
@@ -244,6 +316,8 @@ __all__ = [
     "Metric",
     "Minimize",
     "Objective",
+    "goodput_ceiling",
+    "gpu_limit",
     "objective_function",
     "plan_penalty",
     "predicted_value",

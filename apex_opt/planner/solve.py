@@ -18,17 +18,24 @@ What a strategy uses:
 * ``problem.verify(proposals)``: simulate in parallel, return :class:`RankedPlan` entries marked verified or not;
 * ``problem.rank(entries)``: order entries by the objective on simulated metrics;
 * ``problem.result(verified, rejected, ...)``: rank and package a :class:`PlanSet`.
+
+A problem is a frozen :class:`~apex_opt.planner.statement.ProblemStatement` (``problem.statement``: specs,
+objective, constraints, ``top_k``, ... read as ``problem.specs``, ``problem.top_k``) and a :class:`SearchRun`
+(``problem.run``: the clock, notes, simulator pool and simulation count of this search). The plan space and the
+constraint tables derived from the statement are cached on the problem.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import difflib
 import importlib.util
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,11 +46,12 @@ from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, opti
 from ..executors import check_executor
 from ..perf.provenance import calibration_notes, calibration_sources
 from ..perf.replica import build_replica
+from ..plugins import load_plugins
 from ..resources import find_resource
 from ..schema.plan import Deployment, Plan, with_speculative
 from ..schema.speculative import SpeculativeConfig, parse_speculative_option
 from ..specs import Specs, with_engine_settings
-from .constraints import OPTIONS, Constraint, builtin_constraints, check_simulated, normalize, split_kinds
+from .constraints import OPTIONS, Constraint, builtin_constraints, check_simulated
 from .disagg import DisaggModel, build_disagg_space
 from .disagg import deployment as disagg_deployment
 from .disagg import predicted as disagg_predicted
@@ -52,12 +60,13 @@ from .explain import infeasible_message, why_best
 from .hetero import HeteroModel, build_hetero_space
 from .hetero import deployment as hetero_deployment
 from .hetero import predicted as hetero_predicted
-from .launch import LaunchSettings, engine_flags, launch_settings
+from .launch import LaunchSettings, launch_settings
 from .model import PlanModel, Solution, objective_key
-from .objectives import Objective, _close, objective_function, predicted_value, rank_plans
+from .objectives import Objective, _close, gpu_limit, predicted_value, rank_plans
 from .result import PlanSet, RankedPlan, SolveStats
 from .sampling import VERIFY_REQUESTS
 from .space import Candidate, PlanSpace, SearchOptions, build_space
+from .statement import ProblemStatement, _check_specs
 from .table import FieldNotModelled
 from .verify import Verifier
 
@@ -173,7 +182,7 @@ class Optimizer:
         self._model().cut(layout)
         self.count += 1
         self.seconds += time.perf_counter() - start
-        self.problem.search_seconds += time.perf_counter() - start
+        self.problem.run.search_seconds += time.perf_counter() - start
         return self.problem.proposal_of(sol.index, sol.split, source="cpsat")
 
     def observe(self, entries: Sequence[RankedPlan]) -> int:
@@ -214,14 +223,25 @@ class FurtherSearch:
         self.empty = empty
         self.refuse = refuse
         self.count = 0
+        self.most, self.limited = 0, ""  # the GPU limit (limit_gpus) and why; "": none
+
+    def limit_gpus(self, most: int, why: str) -> None:
+        """Propose nothing with more than ``most`` GPUs from now on, for the reason ``why`` (``Problem.gpu_limit``:
+        such a deployment could not place among the best); the result's notes say so."""
+        self.model.limit_gpus(most)
+        self.most, self.limited = most, why
 
     def next(self) -> Proposal | None:
         """The best choice not proposed before, or None when none is left."""
         start = time.perf_counter()
         found = self.model.next()
-        self.problem.search_seconds += time.perf_counter() - start
+        self.problem.run.search_seconds += time.perf_counter() - start
         if found is None:
-            if self.count == 0:
+            if self.limited:
+                what = self.empty.split(":", 1)[0]
+                self.problem.run.notes.append(f"{what} with more than {self.most} GPUs were not simulated: "
+                                              f"{self.limited}")
+            elif self.count == 0:
                 # the model's own explanation: its labelled constraints in conflict and what would fit without each
                 why, labels = self.model.explain() if hasattr(self.model, "explain") else ("", ())
                 message = f"{self.empty}\n{why}" if why else self.empty
@@ -229,7 +249,7 @@ class FurtherSearch:
                     text = f"{self.refuse}: {message}"
                     raise InfeasibleError(text, ("disaggregation", *labels),
                                           option=("disaggregation", *options_named(text, OPTIONS)))
-                self.problem.extra_notes.append(message)
+                self.problem.run.notes.append(message)
             return None
         self.count += 1
         return self.propose(found)
@@ -240,64 +260,157 @@ class FurtherSearch:
         return 0
 
 
-class Problem:
-    """One planning problem (see the module docstring)."""
+@dataclass
+class SearchRun:
+    """The state of one run of a search over a problem: how its simulations run, what it has done so far.
 
-    def __init__(self, specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iterable[Any] = (),
-                 top_k: int = 3, options: SearchOptions | None = None, max_requests: int | None = None,
-                 seed: int = 0, workers: int = 2, time_limit: float | None = None,
+    Everything that changes while a strategy works (the clock, the search time, the notes, the simulator pool and
+    its count of simulations) lives here, never in the :class:`ProblemStatement`.
+    """
+
+    workers: int = 2
+    executor: str = "local"
+    ray_address: str | None = None
+    simulator: Callable[..., Any] | None = None
+    progress: Callable[[str], None] | None = None
+    simulation_progress: Callable[[int, int], None] | None = None
+    started: float = field(default_factory=time.perf_counter)
+    #: seconds the CP-SAT searches took so far
+    search_seconds: float = 0.0
+    #: what the searches so far had to say (which ran, which were left out and why)
+    notes: list[str] = field(default_factory=list)
+    #: whether a strategy asked for the disaggregated search (a result says when one planned without it)
+    disagg_asked: bool = False
+    #: the simulator pool, started by the first verification
+    verifier: Verifier | None = None
+
+
+class Problem:
+    """One planning problem (see the module docstring): a frozen :class:`ProblemStatement` (``problem.statement``;
+    its fields read as ``problem.specs``, ``problem.top_k``, ...) and the state of one search of it
+    (``problem.run``, a :class:`SearchRun`).
+
+    ``Problem(specs, objective=..., ...)`` builds the statement (:meth:`ProblemStatement.of`);
+    ``Problem(statement, workers=..., progress=...)`` searches one already built.
+    """
+
+    def __init__(self, specs: Specs | ProblemStatement, *, objective: Any = "goodput-per-gpu",
+                 constraints: Iterable[Any] = (), top_k: int = 3, options: SearchOptions | None = None,
+                 max_requests: int | None = None, seed: int = 0, workers: int = 2, time_limit: float | None = None,
                  max_simulations: int | None = None, simulator: Callable[..., Any] | None = None,
                  progress: Callable[[str], None] | None = None,
                  simulation_progress: Callable[[int, int], None] | None = None,
                  speculative: Sequence[SpeculativeConfig | None] = (), executor: str = "local",
                  ray_address: str | None = None, verify_requests: int | None = VERIFY_REQUESTS) -> None:
-        if not isinstance(specs, Specs):
-            raise SpecError(f"Problem(specs={shorten(specs)}): specs must be the Specs that load_specs(...) returns, "
-                            f"not a {type(specs).__name__}; write Problem(ax.load_specs(\"llama-3.1-8b\", \"h100x8\"))")
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise SpecError(f"{{top_k=}}{shorten(top_k)}: must be a whole number of at least 1; write e.g. {{top_k=}}3",
-                            option="top_k")
-        if top_k < 1:
-            raise SpecError(f"{{top_k=}}{top_k}: must be at least 1", option="top_k")
+        if not isinstance(specs, ProblemStatement):
+            _check_specs(specs, "Problem")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise SpecError(f"{{workers=}}{shorten(workers)}: must be a whole number of at least 1 (parallel "
                             "simulation processes; results do not depend on it); write e.g. {workers=}2",
                             option="workers")
         check_executor(executor, ray_address)  # before the search: a missing Ray or a bad address fails now
-        if max_requests is not None:
-            if isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1:
-                raise SpecError(f"{{max_requests=}}{shorten(max_requests)}: must be a whole number of at least 1",
-                                option="max_requests")
-            specs = dataclasses.replace(specs, workload=specs.workload.head(max_requests))
-        if verify_requests is not None and (isinstance(verify_requests, bool) or not isinstance(verify_requests, int)
-                                            or verify_requests < 1):
-            raise SpecError(f"{{verify_requests=}}{shorten(verify_requests)}: must be a whole number of at least 1 "
-                            "(requests a verification simulates at least), or None to simulate every replica; "
-                            f"write e.g. {{verify_requests=}}{VERIFY_REQUESTS}", option="verify_requests")
-        #: a plan's identical replicas are simulated as far as they cover this many requests (None: all of them)
-        self.verify_requests = verify_requests
-        self.specs = specs
-        self.objective: Objective = objective_function(objective)
-        self.constraints, self.sim_constraints = split_kinds(normalize(constraints))
-        self.top_k = top_k
-        self.options = options or SearchOptions()
-        self.seed = seed
-        self.workers = max(1, workers)
-        self.executor = executor
-        self.ray_address = ray_address
-        self.time_limit = time_limit
-        #: speculative decoding settings every proposal is simulated with (None: without); the best per layout wins
-        self.speculative: tuple[SpeculativeConfig | None, ...] = tuple(speculative)
-        self.max_simulations = max_simulations if max_simulations is not None else \
-            (5 * top_k + 5) * max(1, len(self.speculative))
-        self.simulator = simulator
-        self.progress = progress
-        self.simulation_progress = simulation_progress
-        self.started = time.perf_counter()
-        self.search_seconds = 0.0
-        self._verifier: Verifier | None = None
-        self.extra_notes: list[str] = []
-        self._disagg_asked = False
+        inputs = {"objective": objective, "constraints": constraints, "top_k": top_k, "options": options,
+                  "max_requests": max_requests, "seed": seed, "time_limit": time_limit,
+                  "max_simulations": max_simulations, "speculative": speculative, "verify_requests": verify_requests}
+        if isinstance(specs, ProblemStatement):
+            given = [name for name, value in inputs.items() if not _is_default(value, _STATEMENT_DEFAULTS[name])]
+            if given:
+                raise SpecError(f"Problem(statement, {given[0]}=...): the statement already holds "
+                                f"{', '.join(given)}; give them to ProblemStatement.of(...) (or "
+                                "dataclasses.replace the statement)", option=given[0])
+            self.statement = specs
+        else:
+            self.statement = ProblemStatement.of(specs, **inputs)
+        self.run = SearchRun(workers=workers, executor=executor, ray_address=ray_address, simulator=simulator,
+                             progress=progress, simulation_progress=simulation_progress)
+
+    # ------------------------------------------------------------------------------------------- the statement
+    # read-only: a search changes its run, never what the problem is
+    @property
+    def specs(self) -> Specs:
+        return self.statement.specs
+
+    @property
+    def objective(self) -> Objective:
+        return self.statement.objective
+
+    @property
+    def constraints(self) -> tuple[Constraint, ...]:
+        """The constraints on the plan (the CP-SAT model holds them)."""
+        return self.statement.constraints
+
+    @property
+    def sim_constraints(self) -> tuple[Constraint, ...]:
+        """The constraints on simulated metrics."""
+        return self.statement.sim_constraints
+
+    @property
+    def top_k(self) -> int:
+        return self.statement.top_k
+
+    @property
+    def options(self) -> SearchOptions:
+        return self.statement.options
+
+    @property
+    def seed(self) -> int:
+        return self.statement.seed
+
+    @property
+    def speculative(self) -> tuple[SpeculativeConfig | None, ...]:
+        """Speculative decoding settings every proposal is simulated with (None: without)."""
+        return self.statement.speculative
+
+    @property
+    def verify_requests(self) -> int | None:
+        """A plan's identical replicas are simulated as far as they cover this many requests (None: all)."""
+        return self.statement.verify_requests
+
+    @property
+    def max_simulations(self) -> int:
+        return self.statement.simulation_budget
+
+    @property
+    def time_limit(self) -> float | None:
+        return self.statement.time_limit
+
+    # ------------------------------------------------------------------------------------------- the run
+    @property
+    def workers(self) -> int:
+        return self.run.workers
+
+    @property
+    def executor(self) -> str:
+        return self.run.executor
+
+    @property
+    def ray_address(self) -> str | None:
+        return self.run.ray_address
+
+    @property
+    def simulator(self) -> Callable[..., Any] | None:
+        return self.run.simulator
+
+    @property
+    def progress(self) -> Callable[[str], None] | None:
+        return self.run.progress
+
+    @property
+    def simulation_progress(self) -> Callable[[int, int], None] | None:
+        return self.run.simulation_progress
+
+    @property
+    def started(self) -> float:
+        return self.run.started
+
+    @property
+    def search_seconds(self) -> float:
+        return self.run.search_seconds
+
+    @property
+    def extra_notes(self) -> list[str]:
+        """The notes of the searches so far (:attr:`notes` adds what the problem itself implies)."""
+        return self.run.notes
 
     # ------------------------------------------------------------------------------------------- space
     @cached_property
@@ -461,14 +574,14 @@ class Problem:
         Raises :class:`~apex_opt.errors.InfeasibleError` with ``only`` when no pair can be built.
         """
         mode = self.options.disaggregation
-        self._disagg_asked = True
+        self.run.disagg_asked = True
         if mode == "off":
             return None
         why = self._single_plan_rules("disaggregated") or (
             "a disaggregated plan needs at least 2 GPUs" if self.specs.cluster.total_gpus < 2 else "")
         if not why:
             dspace = build_disagg_space(self.space)
-            self.extra_notes.append(f"disaggregated search: {len(dspace.prefill)} prefill x {len(dspace.decode)} "
+            self.run.notes.append(f"disaggregated search: {len(dspace.prefill)} prefill x {len(dspace.decode)} "
                                     f"decode replica sets ({dspace.build_time_s:.1f} s to estimate)")
             if dspace.prefill and dspace.decode:
                 sp = self.space
@@ -488,7 +601,7 @@ class Problem:
         if mode == "only":
             raise InfeasibleError(f"{{disaggregation=}}only: {why}. Use {{disaggregation=}}auto or off.",
                                   ("disaggregation",), option="disaggregation")
-        self.extra_notes.append(f"disaggregated plans not searched: {why}")
+        self.run.notes.append(f"disaggregated plans not searched: {why}")
         return None
 
     @property
@@ -503,7 +616,7 @@ class Problem:
             raise InfeasibleError(f"{{disaggregation=}}only: {why}. Write the constraint on the fields that search "
                                   "prices, or use {disaggregation=}auto or off.", ("disaggregation", exc.label),
                                   option="disaggregation")
-        self.extra_notes.append(f"{what} plans not searched: {why}")
+        self.run.notes.append(f"{what} plans not searched: {why}")
 
     def _single_plan_rules(self, what: str) -> str:
         """Why user rules keep ``what`` plans (several plans at once) out of the search, or ""."""
@@ -522,7 +635,7 @@ class Problem:
         if not why:
             hspace = build_hetero_space(self.space)
             shapes = ", ".join(f"{len(k.shapes)} on {k.gpu}" for k in hspace.kinds)
-            self.extra_notes.append(f"mixed-GPU search: replica shapes {shapes} at {len(hspace.phis)} load levels "
+            self.run.notes.append(f"mixed-GPU search: replica shapes {shapes} at {len(hspace.phis)} load levels "
                                     f"({hspace.build_time_s:.1f} s to estimate)")
             if any(k.shapes for k in hspace.kinds):
                 sp = self.space
@@ -538,7 +651,7 @@ class Problem:
                     "mixed-GPU plans: no combination of the GPU kinds meets the TTFT and TPOT bounds and carries the "
                     f"arrival rate{self._and_user_constraints}")
             why = "no GPU kind holds a replica of the model"
-        self.extra_notes.append(f"mixed-GPU plans not searched: {why}")
+        self.run.notes.append(f"mixed-GPU plans not searched: {why}")
         return None
 
     def siblings(self, entry: RankedPlan | Proposal) -> list[Proposal]:
@@ -572,22 +685,30 @@ class Problem:
         """``entries`` best first by the objective on simulated metrics (ties within 1%; see rank_plans)."""
         return rank_plans(self.objective, list(entries), self.specs.engine.scheduler.max_num_seqs)
 
+    def gpu_limit(self, verified: Sequence[RankedPlan]) -> tuple[int, str] | None:
+        """``(gpus, why)``: a deployment simulated whole with more GPUs than this cannot place among the ``top_k``
+        of the result once ``verified`` are (:func:`~apex_opt.planner.objectives.gpu_limit`); None without such a
+        bound (the objective is not ``goodput-per-gpu`` or ``min-gpus``, or fewer than ``top_k`` layouts verified)."""
+        return gpu_limit(self.objective, verified, self.top_k, self.specs.workload, self.specs.slo, _layout)
+
     def fits(self, proposal: Proposal) -> bool:
         """Whether the plan's replica fits GPU memory with room for the workload's longest request (cost model)."""
         return bool(proposal.predicted.get("fits", False))
 
     @property
     def verifier(self) -> Verifier:
-        if self._verifier is None:
-            self._verifier = Verifier(self.specs, workers=self.workers, seed=self.seed, simulator=self.simulator,
-                                      progress=self.progress, simulation_progress=self.simulation_progress,
-                                      executor=self.executor, ray_address=self.ray_address,
-                                      sample_requests=self.verify_requests)
-        return self._verifier
+        """The run's simulator pool (started on first use)."""
+        run = self.run
+        if run.verifier is None:
+            run.verifier = Verifier(self.specs, workers=run.workers, seed=self.seed, simulator=run.simulator,
+                                    progress=run.progress, simulation_progress=run.simulation_progress,
+                                    executor=run.executor, ray_address=run.ray_address,
+                                    sample_requests=self.verify_requests)
+        return run.verifier
 
     @property
     def simulations(self) -> int:
-        return self.verifier.count if self._verifier is not None else 0
+        return self.verifier.count if self.run.verifier is not None else 0
 
     @property
     def simulation_budget_spent(self) -> bool:
@@ -656,7 +777,7 @@ class Problem:
         explanation = why_best(ranked, self.objective, simulated=stats.plans_simulated,
                                candidates=stats.candidates)
         notes = list(self.space.notes) + self.notes
-        if self.options.disaggregation != "off" and not self._disagg_asked and solver != "cpsat":
+        if self.options.disaggregation != "off" and not self.run.disagg_asked and solver != "cpsat":
             notes.append(f"disaggregated plans are searched by the cpsat solver; the {solver} solver planned "
                          "aggregated ones only")
         if status == "budget":
@@ -714,42 +835,32 @@ class Problem:
             solve_time_s=time.perf_counter() - self.started,
             space_time_s=space.build_time_s,
             search_time_s=self.search_seconds,
-            simulation_time_s=self._verifier.seconds if self._verifier else 0.0,
+            simulation_time_s=self.run.verifier.seconds if self.run.verifier else 0.0,
         )
 
     def describe(self) -> dict[str, Any]:
-        s = self.specs
-        return {
-            "model": s.model.name,
-            "hf_repo": s.model.hf_repo,  # what the launch commands serve ("" for a config.json without one)
-            "num_layers": s.model.num_layers,
-            "cluster": s.cluster.name,
-            "gpu": self.space.gpu_name,
-            "gpus": self.space.total_gpus,
-            "gpus_per_node": self.space.gpus_per_node,
-            "engine": s.engine.name,
-            "engine_flags": engine_flags(s.engine),
-            "workload": s.workload.name,
-            "requests": len(s.workload),
-            "rate_req_s": self.space.stats.rate,
-            "slo": s.slo.describe(),
-            "objective": self.objective.name,
-            "top_k": self.top_k,
-            "constraints": [c.label for c in self.constraints],
-            "simulated_constraints": [c.label for c in self.sim_constraints],
-            "quantization": self.options.quantization,
-            "kv_dtype": self.options.kv_dtype,
-            "use_all_gpus": self.options.use_all_gpus,
-            "seed": self.seed,
-        }
+        """The problem as a result reports it (:meth:`ProblemStatement.describe`)."""
+        return self.statement.describe(self.space)
 
     def close(self) -> None:
-        if self._verifier is not None:
-            self._verifier.close()
+        if self.run.verifier is not None:
+            self.run.verifier.close()
 
     def _say(self, text: str) -> None:
         if self.progress:
             self.progress(text)
+
+
+#: what ``Problem(statement, ...)`` must leave as they are: the statement already holds them
+_STATEMENT_DEFAULTS = {name: p.default for name, p in inspect.signature(ProblemStatement.of).parameters.items()
+                       if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """Whether a keyword of ``Problem`` was left as it is (an empty list counts as the default ``()``)."""
+    if isinstance(value, (list, tuple)) and isinstance(default, tuple):
+        return not value and not default
+    return value is default or value == default
 
 
 def _single_stage(plan: Plan | Deployment) -> bool:
@@ -892,7 +1003,7 @@ def get_solver(solver: str | Callable[[Problem], PlanSet]) -> tuple[str, Callabl
         raise SpecError(f"{{solver=}}{shorten(solver)}: got a value of type {type(solver).__name__}; give a name "
                         "(cpsat, exhaustive, heuristic), a .py file defining search(problem), or such a function",
                         option="solver")
-    if solver in _STRATEGIES:
+    if solver in _STRATEGIES or (not solver.endswith(".py") and load_plugins() and solver in _STRATEGIES):
         return solver, _STRATEGIES[solver]
     path = Path(solver)
     if solver.endswith(".py"):
@@ -931,17 +1042,39 @@ def speculative_candidates(speculative: SpeculativeConfig | str | Sequence[Specu
     return tuple(speculative)
 
 
+def search_options(options: SearchOptions | None, fields: dict[str, Any]) -> SearchOptions:
+    """``options`` (default ``SearchOptions()``) with ``fields`` changed; a name that is not a field of
+    :class:`SearchOptions` raises :class:`SpecError` listing them.
+
+    >>> search_options(None, {"quantization": "fp8"}).quantization
+    'fp8'
+    """
+    known = [f.name for f in dataclasses.fields(SearchOptions)]
+    unknown = [k for k in fields if k not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise SpecError(f"solve({unknown[0]}=...): not an option of solve; {hint}the search options are "
+                        f"{', '.join(known)} (fields of SearchOptions), and solve's own keywords are objective, "
+                        "constraints, top_k, solver, options, max_requests, seed, workers, time_limit, "
+                        "max_simulations, simulator, progress, prefix_caching, simulation_progress, speculative, "
+                        "executor, ray_address and verify_requests")
+    if options is not None and not isinstance(options, SearchOptions):
+        raise SpecError(f"solve(options={shorten(options)}): give a SearchOptions, e.g. "
+                        "ax.SearchOptions(quantization=\"fp8\"), or its fields as keywords")
+    base = options if options is not None else SearchOptions()
+    return dataclasses.replace(base, **fields) if fields else base
+
+
 def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iterable[Any] = (), top_k: int = 3,
-          solver: str | Callable[[Problem], PlanSet] = "cpsat", quantization: str = "none", kv_dtype: str = "bf16",
-          use_all_gpus: bool = False, tp_across_nodes: bool = False, max_requests: int | None = None,
-          seed: int = 0, workers: int = 2, time_limit: float | None = None, max_simulations: int | None = None,
-          options: SearchOptions | None = None, simulator: Callable[..., Any] | None = None,
-          progress: Callable[[str], None] | None = None, disaggregation: str = "auto",
-          prefix_caching: bool | None = None,
+          solver: str | Callable[[Problem], PlanSet] = "cpsat", options: SearchOptions | None = None,
+          max_requests: int | None = None, seed: int = 0, workers: int = 2, time_limit: float | None = None,
+          max_simulations: int | None = None, simulator: Callable[..., Any] | None = None,
+          progress: Callable[[str], None] | None = None, prefix_caching: bool | None = None,
           simulation_progress: Callable[[int, int], None] | None = None,
           speculative: SpeculativeConfig | str | Sequence[SpeculativeConfig | None] | None = None,
           executor: str = "local", ray_address: str | None = None,
-          verify_requests: int | None = VERIFY_REQUESTS) -> PlanSet:
+          verify_requests: int | None = VERIFY_REQUESTS, **search: Any) -> PlanSet:
     """Find the ``top_k`` best deployments of ``specs`` and verify them by simulation.
 
     Parameters
@@ -957,14 +1090,15 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
         How many verified plans to return.
     solver:
         ``"cpsat"`` (default), ``"exhaustive"``, ``"heuristic"``, a ``.py`` file or a ``search(problem)`` function.
-    quantization, kv_dtype:
-        Weight formats allowed besides bf16 (``none``, ``fp8``, ``int4``, ``any``); KV format (``bf16``, ``fp8``,
-        ``any``).
-    use_all_gpus:
-        Use exactly the cluster's GPUs (default: at most).
-    disaggregation:
-        ``auto`` (default: also prefill/decode-disaggregated xPyD plans, ranked with the aggregated ones on
-        simulated metrics, so the planner picks the mode and the ratio), ``off`` or ``only``.
+    options, **search:
+        What the search may choose from (:class:`~apex_opt.planner.space.SearchOptions`), as an object or as its
+        fields given as keywords, which change ``options`` (default: ``SearchOptions()``) field by field:
+        ``quantization`` (weight formats allowed besides bf16: ``none``, ``fp8``, ``int4``, ``any``), ``kv_dtype``
+        (``bf16``, ``fp8``, ``any``), ``use_all_gpus`` (exactly the cluster's GPUs; default: at most),
+        ``tp_across_nodes``, ``disaggregation`` (``auto``, the default: also prefill/decode-disaggregated xPyD
+        plans, ranked with the aggregated ones on simulated metrics, so the planner picks the mode and the ratio;
+        ``off`` or ``only``), ``max_pp``, ``max_num_seqs`` and ``budgets`` (the engine-limit menus), ``slo_slack``,
+        ``headroom``, ``dense_dp``, ``dp_step``. An unknown keyword raises :class:`SpecError` naming the fields.
     max_requests:
         Plan and simulate on the first N requests of the workload only (speed).
     verify_requests:
@@ -1020,8 +1154,7 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     if prefix_caching is not None:
         specs = with_engine_settings(specs, prefix_caching=prefix_caching)
     candidates = speculative_candidates(speculative)
-    opts = options or SearchOptions(quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
-                                    tp_across_nodes=tp_across_nodes, disaggregation=disaggregation)
+    opts = search_options(options, search)
     name, strategy = get_solver(solver)
     problem = Problem(specs, objective=objective, constraints=constraints, top_k=top_k, options=opts,
                       max_requests=max_requests, seed=seed, workers=workers, time_limit=time_limit,
@@ -1038,4 +1171,4 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     return result
 
 
-__all__ = ["FurtherSearch", "Optimizer", "Problem", "Proposal", "Proposer", "get_solver", "register_solver", "solve", "solver_names"]
+__all__ = ["FurtherSearch", "Optimizer", "Problem", "ProblemStatement", "Proposal", "Proposer", "SearchRun", "get_solver", "register_solver", "solve", "solver_names"]
