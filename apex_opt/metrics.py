@@ -216,7 +216,7 @@ _ALL: tuple[Metric, ...] = (
     Metric("cost_per_hour_usd", "USD/h", "price per hour of the plan's GPUs", LOWER, "$/hour", "usd", "cost"),
     Metric("cost_per_mtok_usd", "USD/Mtok", "USD per million output tokens", LOWER, "$/Mtok", "usd", "cost",
            "min-cost", ("cost_per_mtok", 1e-3, "milli-USD"), compare=True),
-    # the aggregates of the reference measurements (data/README.md), in their units: kept for fidelity checks
+    # the aggregates of the reference measurements (data/apex/README.md), in their units: kept for fidelity checks
     Metric("ttft_ms_mean", "ms", "mean TTFT in milliseconds, as the reference data records it (= ttft_mean_s "
            "x 1000)", LOWER, "TTFT mean (ms)", ".3g", "reference"),
     Metric("tpot_ms", "ms", "sum of inter-token gaps / output tokens, in milliseconds (reference data)", LOWER,

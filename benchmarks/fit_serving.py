@@ -18,7 +18,7 @@ Groups (docs/calibration.md section 5):
                 FlashAttention-2 prefill efficiency, on the five vLLM 0.6 rows of data/apex/fidelity_dev.csv
                 (mean TTFT and TPOT, engine side)
     sglang-0.4  the Triton launch cost, on the SGLang row (mean end-to-end latency: its TTFT and TPOT are
-                back-computed estimates, data/README.md)
+                back-computed estimates, data/apex/README.md)
     vllm-v1     V1 host step and per-sequence costs and the H100 FlashAttention-3 decode bandwidth efficiency
                 (at most 0.95 of HBM peak) on the mean TPOT of the six rows of data/vllm_v1/dev_runs.csv; then
                 the client path (API server, output lag) on their mean TTFT (a linear minimax fit)

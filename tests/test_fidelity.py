@@ -1,7 +1,7 @@
 """The simulator reproduces every measured development run within 10% (the calibration's fit, pinned).
 
 APEX runs (vLLM 0.6 and SGLang 0.4, engine-side metrics): mean TTFT and TPOT; for SGLang the end-to-end mean,
-the only exact figure of that row (its TTFT and TPOT were back-computed, data/README.md). vLLM V1 runs
+the only exact figure of that row (its TTFT and TPOT were back-computed, data/apex/README.md). vLLM V1 runs
 (client-side metrics, shared-prefix traffic, prefix caching on): mean TTFT and TPOT of each load stage.
 """
 

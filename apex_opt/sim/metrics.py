@@ -1,7 +1,7 @@
 """Simulation results: per-request records, the summary, SLO attainment and goodput.
 
 Metric semantics follow vLLM 0.6's engine-side metrics (``docs/engines.md`` section 2) and the reference data
-(``data/README.md``):
+(``data/apex/README.md``):
 
 * **TTFT** = first-token stamp - arrival; the stamp is taken when the outputs of the iteration that finished the
   prefill are processed (``SchedulerConfig.metrics_stamp``).
