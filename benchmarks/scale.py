@@ -98,7 +98,8 @@ def _stats(r: dict) -> dict:
     data = r["result"]
     if data is None:
         return {"space_time_s": math.nan, "search_time_s": math.nan, "simulation_time_s": math.nan,
-                "candidates": "-", "simulated": "-", "cut": "-", "best": "infeasible: " + r["outcome"][:60]}
+                "candidates": "-", "simulated": "-", "cut": "-",
+                "best": "infeasible (no plan within the estimated bounds)"}
     st = data["stats"]
     best = data["plans"][0]["label"] if data["plans"] else "none met the SLO"
     return {**st, "candidates": data["candidates"], "simulated": data["plans_simulated"],
@@ -107,9 +108,14 @@ def _stats(r: dict) -> dict:
 
 def _row(name: str, gpus: int, r: dict) -> str:
     st = _stats(r)
-    return (f"| {name} | {gpus} | {r['wall_s']:.1f} | {r['peak_rss'] / 2**20:.0f} | {st['space_time_s']:.1f} | "
-            f"{st['search_time_s']:.2f} | {st['simulation_time_s']:.1f} | {st['candidates']} | "
-            f"{st['simulated']} | {st['cut']} | {st['best']} |")
+
+    def num(value: float, fmt: str) -> str:  # a phase an infeasible run never reached: "-"
+        return format(value, fmt) if math.isfinite(value) else "-"
+
+    return (f"| {name} | {gpus} | {r['wall_s']:.1f} | {r['peak_rss'] / 2**20:.0f} | "
+            f"{num(st['space_time_s'], '.1f')} | {num(st['search_time_s'], '.2f')} | "
+            f"{num(st['simulation_time_s'], '.1f')} | {st['candidates']} | {st['simulated']} | {st['cut']} | "
+            f"{st['best']} |")
 
 
 HEADER = ("| case | GPUs | wall s | peak MiB | space s | search s | simulation s | candidates | simulated | cut "

@@ -16,7 +16,14 @@ so ``u = (F - host - T1) / n0``, ``head = T1 - n1 * u`` and ``send = T0 + T1 - F
 what the first and last stages hold besides their layers: embedding, LM head, activation peak).
 
 The workload enters through :class:`WorkloadStats`: arrival rate, mean prompt and output, the output-weighted
-mean context a decoding sequence holds, the prompt length at the SLO's attainment quantile.
+mean context a decoding sequence holds, the prompt length at the SLO's attainment quantile, and how long the
+arrivals last. The batch a replica runs is the number of its requests in service as a decoding token sees it
+(:meth:`WorkloadStats.concurrency`): Little's ``rate x lifetime`` when the trace lasts much longer than a request
+lives, fewer when requests outlive the trace, which then never reaches the steady batch (10,000 requests at 200
+req/s last 50 s; 1,024 output tokens at 60-90 ms live longer). Capacity is the rate at which the batch a replica
+can hold is in service over that span. On 200 requests at 10 req/s of 512 -> 1,024 tokens on one H100 the estimated
+TPOT is 14.6 ms against 11.8 ms simulated, where the steady batch says about 30 ms
+(``tests/test_finite_trace_estimates.py``).
 
 Pipelined replicas with chunked prefill (:meth:`Estimator._pipe_round`). vLLM 0.6 runs ``pp`` virtual engines,
 each with ``batch / pp`` of the sequences and its own arrivals. An engine's next step starts when its last one
@@ -80,6 +87,33 @@ class WorkloadStats:
     max_request_tokens: int  # longest prompt + output
     #: every prompt length, sorted (the share of requests within a TTFT bound is read off it)
     prompts_sorted: tuple[int, ...] = ()
+    #: seconds from the first arrival to the last (inf: a workload that arrives for ever)
+    duration: float = math.inf
+
+    def concurrency(self, rate: float, lifetime: float) -> float:
+        """Requests in service that a decoding token sees on average, when ``rate`` requests/s arrive over
+        :attr:`duration` seconds and each is served for ``lifetime`` seconds.
+
+        In service at time ``t`` are those arrived in the last ``lifetime`` seconds: the count climbs for
+        ``a = min(duration, lifetime)`` seconds to ``rate * a``, holds until ``b = max(duration, lifetime)``, and falls
+        back to zero in ``a`` more. Tokens come out in proportion to that count, so the count a token sees is its
+        mean weighted by itself, ``rate * a * (1 - a / (3 b))``: Little's ``rate * lifetime`` for a trace that lasts
+        much longer than a request, and less when requests outlive the trace (they pile up only while it
+        arrives; a simulation of the trace never reaches the steady batch).
+
+        >>> stats = WorkloadStats(100, 1.0, 100.0, 100.0, 150.0, 100, (100,), 90.0, 200, duration=10.0)
+        >>> stats.concurrency(1.0, 1.0), round(stats.concurrency(1.0, 30.0), 3)  # 1 - 1/30; 10 x (1 - 10/90)
+        (0.9666666666666667, 8.889)
+        """
+        a, b = min(self.duration, lifetime), max(self.duration, lifetime)
+        if not (a > 0 and math.isfinite(a)):
+            return rate * lifetime if a > 0 else 0.0
+        return rate * a * (1.0 - a / (3.0 * b))
+
+    def rate_for(self, batch: float, lifetime: float) -> float:
+        """The arrival rate at which :meth:`concurrency` is ``batch`` (its inverse in the rate)."""
+        per_rate = self.concurrency(1.0, lifetime)
+        return batch / per_rate if per_rate > 0 else math.inf
 
     def share_at_most(self, prompt: int) -> float:
         """Share of requests whose prompt has at most ``prompt`` tokens."""
@@ -91,9 +125,12 @@ class WorkloadStats:
         if n == 0:
             raise SpecError(f"workload '{workload.name}' has no requests; the planner needs at least one")
         rate = workload.rate
+        span = float(workload.arrival_s[-1] - workload.arrival_s[0]) if n > 1 else 0.0
         if not math.isfinite(rate) or rate <= 0:
             # one request, or all at once: size for the whole trace arriving within a second
             rate = float(max(n, 1))
+        # the arrivals' span as the rate counts it: n requests at `rate` arrive over n / rate seconds
+        duration = n / rate if span > 0 else 1.0
         prompt = workload.prompt_tokens.astype(float)
         output = workload.output_tokens.astype(float)
         occupancy = float(np.sum(output * (prompt + output / 2.0)) / max(np.sum(output), 1.0))
@@ -109,6 +146,7 @@ class WorkloadStats:
             quantile=q,
             max_request_tokens=int((workload.prompt_tokens + workload.output_tokens).max()),
             prompts_sorted=tuple(int(x) for x in np.sort(workload.prompt_tokens)),
+            duration=duration,
         )
 
 
@@ -802,7 +840,7 @@ class Estimator:
             for _ in range(60):
                 pr = self._pipe_round(sc, split, batch, menu.max_num_seqs, budget)
                 prompt_rounds = st.mean_prompt / pr.chunk * pr.chunk_round
-                new = lam * st.mean_output * (pr.tpot + gap)
+                new = st.concurrency(lam, st.mean_output * (pr.tpot + gap))
                 if pr.q >= 1.0 or new > limit:
                     return limit, False, min(pr.q, 0.95), prompt_rounds
                 if abs(new - batch) < 1e-3 * max(batch, 1.0):
@@ -818,7 +856,7 @@ class Estimator:
             if rho >= 0.95:
                 return limit, False, 0.95, busy
             step = self._step(sc, split, n, _busy(batch, pp)) + gap
-            new = lam * st.mean_output * step / (1.0 - rho)
+            new = st.concurrency(lam, st.mean_output * step / (1.0 - rho))
             if new > limit:  # no fixed point below the batch limit: the replica runs full, price it there
                 if prefill:
                     n = _seen(limit, pp, menu.max_num_seqs)
@@ -831,6 +869,31 @@ class Estimator:
                 break
             batch = new
         return batch, True, rho, busy
+
+    def _rate_in_service(self, batch: float, decode_s: float, busy_share: float) -> float:
+        """The arrival rate at which ``batch`` requests are in service (:meth:`WorkloadStats.concurrency`), each
+        decoding for ``decode_s`` seconds stretched by the prefill work ``rate x busy_share`` takes from its steps.
+
+        Little's law solves ``batch = rate x decode_s / (1 - rate x busy_share)`` in closed form; when requests
+        outlive the trace fewer are in service at a rate, so the rate is higher, found by bisection up to the rate
+        the prefill work saturates the steps (``rate x busy_share = 0.95``)."""
+        st = self.stats
+        rate = batch / (decode_s + batch * busy_share)  # the steady state
+        if st.concurrency(1.0, decode_s / max(1.0 - rate * busy_share, 0.05)) >= 0.999 * decode_s / max(
+                1.0 - rate * busy_share, 0.05):
+            return rate  # a trace much longer than a request: Little's law within 0.1%
+        if busy_share <= 0:
+            return st.rate_for(batch, decode_s)
+        lo, hi = rate, 0.95 / busy_share
+        if st.concurrency(hi, decode_s / 0.05) < batch:
+            return hi  # the prompts' work saturates the steps before that many are in service
+        for _ in range(24):
+            mid = 0.5 * (lo + hi)
+            if st.concurrency(mid, decode_s / (1.0 - mid * busy_share)) < batch:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def _capacity(self, sc: ShapeCost, split: tuple[int, ...], menu: Menu, kv_tokens: int, chunked: bool,
                   budget: int, slo_tpot: float, *, prefill: bool = True, gap: float = 0.0) -> float:
@@ -854,14 +917,14 @@ class Estimator:
                 pr = self._pipe_round(sc, split, batch, menu.max_num_seqs, budget)
                 if pr.q >= 1.0 or pr.tpot + gap > slo_tpot:
                     break
-                best = max(best, batch / (st.mean_output * (pr.tpot + gap)))
+                best = max(best, st.rate_for(batch, st.mean_output * (pr.tpot + gap)))
                 continue
             n = max(batch / pp, 1.0) if pp > 1 else batch
             step = self._step(sc, split, n, _busy(batch, pp)) + gap
             busy = self._prefill(sc, split, max(round(st.mean_prompt), 1), round(n) if chunked else 0,
                                  chunked, budget)[1] if prefill else 0.0
             busy_share = busy / pp if pp > 1 else busy
-            rate = batch / (st.mean_output * step + batch * busy_share)
+            rate = self._rate_in_service(batch, st.mean_output * step, busy_share)
             rho = rate * busy_share
             if step / max(1.0 - rho, 1e-3) > slo_tpot:
                 break
