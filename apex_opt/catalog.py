@@ -34,6 +34,7 @@ from .schema.gpu import GPUSpec
 from .schema.model import ModelSpec, model_from_hf_config
 
 T = TypeVar("T")
+S = TypeVar("S", GPUSpec, EngineSpec)
 
 
 def specs_dir() -> Path:
@@ -226,14 +227,7 @@ def model_for_repo(repo_id: str) -> ModelSpec | None:
 
 def get_gpu(ref: str) -> GPUSpec:
     """A catalog GPU by name, a GPU YAML file by path, or a GPU read from a file earlier, by its name."""
-    if _looks_like_path(ref):
-        return load_gpu_file(ref)
-    try:
-        return GPUS.get(ref)
-    except UnknownNameError:
-        if ref in _FILE_GPUS:
-            return _FILE_GPUS[ref]
-        raise
+    return _by_name_or_file(ref, GPUS, _FILE_GPUS, load_gpu_file)
 
 
 def gpu_name(ref: str) -> str:
@@ -255,34 +249,48 @@ def load_gpu_file(path: str | Path, *, option: str | None = None) -> GPUSpec:
                         "gpus) or the path of a GPU YAML file (see docs/examples/gpu-custom.yaml)",
                         option="gpu" if option is None else None)
     spec = GPUSpec.parse(read_structured(path), source=path, kind="GPU")
+    return _named_file_spec(path, spec, GPUS, _FILE_GPUS, "gpu", "h100-site-250w", "figures")
+
+
+def _by_name_or_file(ref: str, registry: Registry[S], files: dict[str, S], load: Callable[[str], S]) -> S:
+    """``ref`` as a file path (``load`` reads it), a registered name, or the name of a file read earlier."""
+    if _looks_like_path(ref):
+        return load(ref)
+    try:
+        return registry.get(ref)
+    except UnknownNameError:
+        if ref in files:
+            return files[ref]
+        raise
+
+
+def _named_file_spec(path: Path, spec: S, registry: Registry[S], files: dict[str, S], option: str,
+                     example: str, contents: str = "settings") -> S:
+    """``spec``, read from ``path``, kept in ``files`` under its name once the name is checked: usable in plans, and
+    not a catalog entry's unless the file is that entry (then the catalog's own is returned)."""
+    kind = registry.kind
     if not _GPU_NAME.fullmatch(spec.name):
-        raise SpecError(f"{path}: name: {shorten(spec.name)} is not a usable GPU name; use 1-80 letters, digits, "
-                        "'.', '_', '+' or '-', starting with a letter or digit, e.g. name: h100-site-250w")
-    clash = {n.lower(): n for n in GPUS.names()}.get(spec.name.lower())
+        raise SpecError(f"{path}: name: {shorten(spec.name)} is not a usable {kind} name; use 1-80 letters, digits, "
+                        f"'.', '_', '+' or '-', starting with a letter or digit, e.g. name: {example}")
+    clash = {n.lower(): n for n in registry.names()}.get(spec.name.lower())
     if clash is not None:
-        catalog_gpu = GPUS.get(clash)
-        if spec == catalog_gpu:
-            return catalog_gpu
-        differ = [f for f in GPUSpec.model_fields if getattr(spec, f) != getattr(catalog_gpu, f) and f not in ("sources", "name")]
+        entry = registry.get(clash)
+        if spec == entry:
+            return entry
+        differ = [f for f in type(spec).model_fields if getattr(spec, f) != getattr(entry, f)
+                  and f not in ("sources", "name")]
         what = f" (its {', '.join(differ[:3])} differ{'s' if len(differ) == 1 else ''})" if differ else ""
-        raise SpecError(f"{path}: name: '{spec.name}' is the catalog GPU {clash}, with different figures{what}; "
-                        f"give the file's GPU a name of its own, e.g. name: {spec.name}-custom, or use {{gpu=}}"
-                        f"{clash} for the catalog one", option="gpu")
-    _FILE_GPUS[spec.name] = spec
+        raise SpecError(f"{path}: name: '{spec.name}' is the catalog {kind} {clash}, with different {contents}{what}; "
+                        f"give the file's {kind} a name of its own, e.g. name: {spec.name}-custom, or use "
+                        f"{{{option}=}}{clash} for the catalog one", option=option)
+    files[spec.name] = spec
     return spec
 
 
 def get_engine(ref: str) -> EngineSpec:
     """A catalog engine by name (vllm-0.6, vllm-v1, sglang-0.4), an engine YAML file by path (the fields of
     ``specs/engines/*.yaml``), or an engine read from a file earlier, by its name."""
-    if _looks_like_path(ref):
-        return load_engine_file(ref)
-    try:
-        return ENGINES.get(ref)
-    except UnknownNameError:
-        if ref in _FILE_ENGINES:
-            return _FILE_ENGINES[ref]
-        raise
+    return _by_name_or_file(ref, ENGINES, _FILE_ENGINES, load_engine_file)
 
 
 def engine_name(ref: str) -> str:
@@ -304,18 +312,7 @@ def load_engine_file(path: str | Path) -> EngineSpec:
                         "engines) or the path of an engine YAML file (a copy of one in specs/engines/)",
                         option="engine")
     spec = EngineSpec.parse(read_structured(path), source=path, kind="engine")
-    if not _GPU_NAME.fullmatch(spec.name):
-        raise SpecError(f"{path}: name: {shorten(spec.name)} is not a usable engine name; use 1-80 letters, digits, "
-                        "'.', '_', '+' or '-', starting with a letter or digit, e.g. name: vllm-v1-site")
-    clash = {n.lower(): n for n in ENGINES.names()}.get(spec.name.lower())
-    if clash is not None:
-        if spec == ENGINES.get(clash):
-            return ENGINES.get(clash)
-        raise SpecError(f"{path}: name: '{spec.name}' is the catalog engine {clash}, with different settings; give "
-                        f"the file's engine a name of its own, e.g. name: {spec.name}-custom, or use {{engine=}}{clash} "
-                        "for the catalog one", option="engine")
-    _FILE_ENGINES[spec.name] = spec
-    return spec
+    return _named_file_spec(path, spec, ENGINES, _FILE_ENGINES, "engine", "vllm-v1-site")
 
 
 def get_cluster(ref: str) -> ClusterSpec:

@@ -17,6 +17,19 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 
 
+def run_cli(*args: str) -> tuple[int, str]:
+    """``apex-opt ARGS`` in this process: (exit code, output); an exception the CLI did not turn into a message
+    is raised, so a traceback fails the test instead of passing as a non-zero exit."""
+    from click.testing import CliRunner
+
+    from apex_opt.cli.main import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
     parser.addoption("--update-golden", action="store_true", default=False,

@@ -10,20 +10,12 @@ import json
 from pathlib import Path
 
 import yaml
-from click.testing import CliRunner
 
 import apex_opt as ax
 from apex_opt.catalog import get_engine, specs_dir
-from apex_opt.cli.main import cli
+from tests.conftest import run_cli as run
 
 FAST = ["--max-requests", "60"]
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def engine_file(folder: Path, name: str, **scheduler: object) -> Path:

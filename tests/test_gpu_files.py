@@ -12,24 +12,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 import apex_opt as ax
 from apex_opt.catalog import GPUS, specs_dir
-from apex_opt.cli.main import cli
 from apex_opt.errors import SpecError
 from apex_opt.perf.gemm import MEASURED_ARCHITECTURES, calibration_dir, choose_calibration
+from tests.conftest import run_cli as run
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "docs" / "examples" / "gpu-custom.yaml"
 FAST = ["--max-requests", "60"]
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def gpu_file(folder: Path, name: str, **changes: object) -> Path:

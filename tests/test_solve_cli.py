@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import apex_opt
 from apex_opt import planner
 from apex_opt.cli.main import cli
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--max-requests", "120", "--workers", "1"]
@@ -27,10 +28,7 @@ def facade(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, ["solve", *args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
+    return run_cli("solve", *args)
 
 
 def test_no_options_runs_the_built_in_example_and_prints_a_verified_plan():
