@@ -116,3 +116,15 @@ def test_two_problems_sharing_one_statement_run_independently(specs):
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("seed", -1, r"seed=-1: must be a whole number of at least 0"),
+    ("time_limit", 0, r"time_limit=0: must be a finite number of seconds above 0"),
+])
+def test_a_problem_refuses_a_bad_seed_or_time_limit_as_solve_does(field, value, message):
+    specs = ax.load_specs("llama-3.1-8b", "h100x8", workload="synthetic:rate=2rps,requests=20,prompt=128,output=16")
+    with pytest.raises(ax.SpecError, match=message):
+        Problem(specs, **{field: value})
+    with pytest.raises(ax.SpecError, match=message):
+        ax.solve(specs, **{field: value})

@@ -66,7 +66,7 @@ from .objectives import Objective, _close, gpu_limit, predicted_value, rank_plan
 from .result import PlanSet, RankedPlan, SolveStats
 from .sampling import VERIFY_REQUESTS
 from .space import Candidate, PlanSpace, SearchOptions, build_space
-from .statement import ProblemStatement, _check_specs
+from .statement import ProblemStatement, _check_specs, check_seed, check_time_limit
 from .table import FieldNotModelled
 from .verify import Verifier
 
@@ -1144,13 +1144,8 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     if not isinstance(specs, Specs):
         raise SpecError(f"solve(specs={shorten(specs)}): specs must be the Specs that load_specs(...) returns, not a "
                         f"{type(specs).__name__}; write ax.solve(ax.load_specs(\"llama-3.1-8b\", \"h100x8\"))")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SpecError(f"{{seed=}}{shorten(seed)}: must be a whole number of at least 0 (it seeds the simulator and "
-                        "the solver); write e.g. {seed=}0", option="seed")
-    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
-                                   or not math.isfinite(time_limit) or time_limit <= 0):
-        raise SpecError(f"{{time_limit=}}{shorten(time_limit)}: must be a finite number of seconds above 0; write "
-                        "e.g. {time_limit=}30", option="time_limit")
+    check_seed(seed)  # before the solver plug-in is loaded (the statement checks them again)
+    check_time_limit(time_limit)
     if prefix_caching is not None:
         specs = with_engine_settings(specs, prefix_caching=prefix_caching)
     candidates = speculative_candidates(speculative)

@@ -16,6 +16,7 @@ a field raises, so a run cannot change a statement, and problems sharing one sea
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
@@ -56,6 +57,8 @@ class ProblemStatement:
     def __post_init__(self) -> None:
         _check_specs(self.specs, "ProblemStatement")
         _check_top_k(self.top_k)
+        check_seed(self.seed)
+        check_time_limit(self.time_limit)
         _check_verify_requests(self.verify_requests)
         plan, simulated = split_kinds(normalize([*self.constraints, *self.sim_constraints]))
         speculative = tuple(self.speculative)
@@ -138,6 +141,21 @@ def _check_top_k(top_k: object) -> None:
                         option="top_k")
     if top_k < 1:
         raise SpecError(f"{{top_k=}}{top_k}: must be at least 1", option="top_k")
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a seed that is not a whole number of at least 0."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SpecError(f"{{seed=}}{shorten(seed)}: must be a whole number of at least 0 (it seeds the simulator and "
+                        "the solver); write e.g. {seed=}0", option="seed")
+
+
+def check_time_limit(time_limit: object) -> None:
+    """Refuse a CP-SAT time limit that is not a finite number of seconds above 0 (None: no limit)."""
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                   or not math.isfinite(time_limit) or time_limit <= 0):
+        raise SpecError(f"{{time_limit=}}{shorten(time_limit)}: must be a finite number of seconds above 0; write "
+                        "e.g. {time_limit=}30", option="time_limit")
 
 
 def _check_verify_requests(verify_requests: object) -> None:
