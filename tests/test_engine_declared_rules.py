@@ -46,7 +46,10 @@ def test_declared_expert_parallel_rules_change_the_layouts_the_planner_searches(
         return _ep_choices(specs, 4, 8)
 
     sglang = layouts(custom("sglang-0.4"))
-    assert (2, 2, 1) in sglang and (8, 1, 2) in sglang  # any ep dividing tp, and wide EP over 2 x 4 GPUs
+    assert (2, 2, 1) not in sglang and (4, 1, 1) in sglang  # --enable-ep-moe: experts over the whole TP group
+    assert (8, 1, 2) in sglang  # and wide EP over 2 x 4 GPUs
+    any_ep = layouts(custom("sglang-0.4", ep_whole_tp_group=False))
+    assert (2, 2, 1) in any_ep  # an engine that runs any ep dividing tp
     whole = layouts(custom("sglang-0.4", ep_whole_tp_group=True, dp_attention=False))
     assert whole == [(1, None, 1), (4, 1, 1)]  # as vLLM 0.6: experts over the whole TP group only
 

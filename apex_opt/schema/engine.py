@@ -169,7 +169,7 @@ FAMILY_RULES: dict[str, dict[str, Any]] = {
                 "small_gpu": {"below": 70 * 2**30, "chunked_budget": 2048, "max_num_seqs": 256, "names": ("a100",)},
                 "graph_batch_within_max_num_seqs": False, "async_output_needs_graphs": False,
                 "default_seqs_within_budget": True},
-    "sglang": {"ep_whole_tp_group": False, "dp_attention": True, "small_gpu": {"below": 25e9, "chunked_budget": 2048},
+    "sglang": {"ep_whole_tp_group": True, "dp_attention": True, "small_gpu": {"below": 25e9, "chunked_budget": 2048},
                "graph_batch_within_max_num_seqs": False, "async_output_needs_graphs": False,
                "default_seqs_within_budget": False},
 }
@@ -207,8 +207,9 @@ class EngineSpec(Spec):
     max_step_gap: Seconds = 0.0
     sources: dict[str, str] = Field(default_factory=dict)
     ep_whole_tp_group: bool = Field(default=False, description="expert parallelism only over the whole TP group, "
-                                    "ep == tp (vLLM's --enable-expert-parallel); false: any ep dividing tp (SGLang "
-                                    "0.4 --ep-size). Default: the family's (true for vLLM, false for SGLang)")
+                                    "ep == tp (vLLM's --enable-expert-parallel; SGLang 0.4's --enable-ep-moe, which "
+                                    "sets ep_size = tp_size in ServerArgs.__post_init__); false: any ep dividing tp. "
+                                    "Default: the family's (true for vLLM and SGLang 0.4)")
     dp_attention: bool = Field(default=False, description="attention data parallel with the experts over tp x dp "
                                "ranks, the wide-EP layouts the planner may choose (SGLang --enable-dp-attention, "
                                "vLLM V1 --data-parallel-size with expert parallelism). Default: the family's (true "
