@@ -158,7 +158,8 @@ GPUS: Registry[GPUSpec] = Registry(
 _FILE_GPUS: dict[str, GPUSpec] = {}
 #: engines read from files (load_engine_file), by name: plans name their engine, and a later lookup finds it
 _FILE_ENGINES: dict[str, EngineSpec] = {}
-_GPU_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,79}")
+#: a name a GPU or engine read from a file may take (it names them in plans and launch lines)
+_SPEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,79}")
 CLUSTERS: Registry[ClusterSpec] = Registry(
     "cluster",
     lambda: _load_dir("clusters", lambda p, d: ClusterSpec.parse(d, source=p, kind="cluster")),
@@ -269,7 +270,7 @@ def _named_file_spec(path: Path, spec: S, registry: Registry[S], files: dict[str
     """``spec``, read from ``path``, kept in ``files`` under its name once the name is checked: usable in plans, and
     not a catalog entry's unless the file is that entry (then the catalog's own is returned)."""
     kind = registry.kind
-    if not _GPU_NAME.fullmatch(spec.name):
+    if not _SPEC_NAME.fullmatch(spec.name):
         raise SpecError(f"{path}: name: {shorten(spec.name)} is not a usable {kind} name; use 1-80 letters, digits, "
                         f"'.', '_', '+' or '-', starting with a letter or digit, e.g. name: {example}")
     clash = {n.lower(): n for n in registry.names()}.get(spec.name.lower())

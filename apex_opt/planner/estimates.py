@@ -879,8 +879,8 @@ class Estimator:
         the prefill work saturates the steps (``rate x busy_share = 0.95``)."""
         st = self.stats
         rate = batch / (decode_s + batch * busy_share)  # the steady state
-        if st.concurrency(1.0, decode_s / max(1.0 - rate * busy_share, 0.05)) >= 0.999 * decode_s / max(
-                1.0 - rate * busy_share, 0.05):
+        lifetime = decode_s / max(1.0 - rate * busy_share, 0.05)
+        if st.concurrency(1.0, lifetime) >= 0.999 * lifetime:
             return rate  # a trace much longer than a request: Little's law within 0.1%
         if busy_share <= 0:
             return st.rate_for(batch, decode_s)

@@ -215,12 +215,13 @@ class FurtherSearch:
     yields :class:`Proposal` objects best first, with a note (or, when ``refuse`` is set, an
     :class:`~apex_opt.errors.InfeasibleError`) when its model holds no plan at all."""
 
-    def __init__(self, problem: Problem, model: Any, propose: Callable[[Any], Proposal], empty: str,
+    def __init__(self, problem: Problem, model: Any, propose: Callable[[Any], Proposal], what: str, empty: str,
                  refuse: str = "") -> None:
         self.problem = problem
         self.model = model
         self.propose = propose
-        self.empty = empty
+        self.what = what  # what it proposes, for notes ("disaggregated plans")
+        self.empty = f"{what}: {empty}"
         self.refuse = refuse
         self.count = 0
         self.most, self.limited = 0, ""  # the GPU limit (limit_gpus) and why; "": none
@@ -238,8 +239,7 @@ class FurtherSearch:
         self.problem.run.search_seconds += time.perf_counter() - start
         if found is None:
             if self.limited:
-                what = self.empty.split(":", 1)[0]
-                self.problem.run.notes.append(f"{what} with more than {self.most} GPUs were not simulated: "
+                self.problem.run.notes.append(f"{self.what} with more than {self.most} GPUs were not simulated: "
                                               f"{self.limited}")
             elif self.count == 0:
                 # the model's own explanation: its labelled constraints in conflict and what would fit without each
@@ -594,7 +594,7 @@ class Problem:
                 return FurtherSearch(
                     self, model, lambda pair: Proposal(disagg_deployment(sp, *pair), disagg_predicted(sp, *pair), None,
                                                        source="cpsat:disaggregated"),
-                    "disaggregated plans: no prefill/decode pair meets the analytical bounds together: GPUs, prefill "
+                    "disaggregated plans", "no prefill/decode pair meets the analytical bounds together: GPUs, prefill "
                     "TTFT (slo.ttft), decode TPOT (slo.tpot), both roles' capacity for the arrival rate"
                     f"{self._and_user_constraints}; loosen the SLO or add GPUs", refuse="{disaggregation=}only" if mode == "only" else "")
             why = "no prefill or no decode replica shape fits memory inside one node"
@@ -648,7 +648,7 @@ class Problem:
                 return FurtherSearch(
                     self, model, lambda mix: Proposal(hetero_deployment(sp, mix), hetero_predicted(sp, hspace, mix),
                                                       None, source="cpsat:mixed-gpus"),
-                    "mixed-GPU plans: no combination of the GPU kinds meets the TTFT and TPOT bounds and carries the "
+                    "mixed-GPU plans", "no combination of the GPU kinds meets the TTFT and TPOT bounds and carries the "
                     f"arrival rate{self._and_user_constraints}")
             why = "no GPU kind holds a replica of the model"
         self.run.notes.append(f"mixed-GPU plans not searched: {why}")
