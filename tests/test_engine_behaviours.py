@@ -40,11 +40,9 @@ def simulate(cfg: SchedulerConfig, prompts: list[int], outputs: list[int], segme
 def test_each_familys_behaviour_is_what_the_table_says() -> None:
     assert set(BEHAVIOURS) == set(FAMILIES)
     assert BEHAVIOURS["vllm-v0"] == EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
-                                                    whole_prompt_blocks_at_schedule=True, prefix_cache=VLLM_CACHE,
-                                                    budget_raised_to_seqs=True, unchunked_budget_covers_model_len=True)
+                                                    whole_prompt_blocks_at_schedule=True, prefix_cache=VLLM_CACHE)
     assert BEHAVIOURS["vllm-v1"] == EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
-                                                    whole_prompt_blocks_at_schedule=False, prefix_cache=VLLM_CACHE,
-                                                    unchunked_budget_covers_model_len=True)
+                                                    whole_prompt_blocks_at_schedule=False, prefix_cache=VLLM_CACHE)
     assert BEHAVIOURS["sglang"] == EngineBehaviour(batched_tokens_cover_seqs=False, clip_reserved_new_tokens=True,
                                                    whole_prompt_blocks_at_schedule=False, prefix_cache=SGLANG_CACHE)
 
@@ -119,9 +117,16 @@ def test_an_engine_spec_may_override_a_behaviour_under_scheduler() -> None:
 
 
 def _with_behaviour(engine: str, **rules: object) -> EngineSpec:
+    """A copy of a catalog engine whose simulator rules (``scheduler.behaviour``) differ as given."""
     data = get_engine(engine).model_dump()
     data["scheduler"]["behaviour"] = rules
     return EngineSpec.parse({**data, "name": f"{engine}-custom"}, source="test", kind="engine")
+
+
+def _with_rules(engine: str, **rules: object) -> EngineSpec:
+    """A copy of a catalog engine whose settings rules (the spec's own fields, ``FAMILY_RULES``) differ as given."""
+    return EngineSpec.parse({**get_engine(engine).model_dump(), "name": f"{engine}-custom", **rules}, source="test",
+                            kind="engine")
 
 
 def test_the_engine_limit_checks_follow_the_engines_declared_rules_not_its_family() -> None:
@@ -135,7 +140,7 @@ def test_the_engine_limit_checks_follow_the_engines_declared_rules_not_its_famil
     short = low.model_copy(update={"max_num_batched_tokens": 2048, "max_num_seqs": 64})
     with pytest.raises(SpecError, match="below max_model_len 4096 with chunked prefill off"):
         check_limits(get_engine("vllm-v1"), short, model, h100, **unchunked)
-    check_limits(_with_behaviour("vllm-v1", unchunked_budget_covers_model_len=False), short, model, h100, **unchunked)
+    check_limits(_with_rules("vllm-v1", unchunked_budget_covers_model_len=False), short, model, h100, **unchunked)
     check_limits(get_engine("sglang-0.4"), short.model_copy(update={"engine": "sglang-0.4"}), model, h100, **unchunked)
 
 
@@ -143,7 +148,7 @@ def test_only_an_engine_that_raises_a_low_budget_itself_gets_it_raised_to_max_nu
     model, h100 = get_model("llama-3.1-8b"), get_gpu("h100-sxm-80gb")
     plan = Plan(gpu="h100-sxm-80gb", engine="vllm-0.6", max_num_seqs=256, max_num_batched_tokens=256)
     stock = resolve_engine(get_engine("vllm-0.6"), plan, model, h100)
-    kept = resolve_engine(_with_behaviour("vllm-0.6", budget_raised_to_seqs=False), plan, model, h100)
+    kept = resolve_engine(_with_rules("vllm-0.6", budget_raised_to_seqs=False), plan, model, h100)
     low = {"max_num_batched_tokens": 128}
     assert scheduler_config(dataclasses.replace(stock, **low), 1000).max_num_batched_tokens == 256
     with pytest.raises(SpecError, match="must be >= max_num_seqs"):  # not raised: vLLM's own check refuses it

@@ -12,7 +12,8 @@ from apex_opt.schema.engine import FAMILY_RULES, EngineSpec
 from apex_opt.schema.plan import Plan
 
 RULES = ("ep_whole_tp_group", "dp_attention", "small_gpu", "graph_batch_within_max_num_seqs",
-         "async_output_needs_graphs", "default_seqs_within_budget")
+         "async_output_needs_graphs", "default_seqs_within_budget", "budget_raised_to_seqs",
+         "unchunked_budget_covers_model_len")
 
 
 def custom(name: str, **rules: object) -> EngineSpec:

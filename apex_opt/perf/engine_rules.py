@@ -165,7 +165,7 @@ def scheduler_config(settings: EngineSettings, num_kv_blocks: int, *, max_runnin
         num_kv_blocks=num_kv_blocks,
         max_model_len=settings.max_model_len,
         chunked_prefill=settings.chunked_prefill,
-        max_num_batched_tokens=max(budget, settings.max_num_seqs) if behaviour.budget_raised_to_seqs else budget,
+        max_num_batched_tokens=max(budget, settings.max_num_seqs) if e.budget_raised_to_seqs else budget,
         max_num_seqs=settings.max_num_seqs,
         block_size=settings.block_size,
         watermark=knobs.watermark,
@@ -204,13 +204,12 @@ def check_limits(engine: EngineSpec, plan: Plan, model: ModelSpec, gpu: GPUSpec,
                         f"({engine.scheduler.block_size} tokens), so no prompt block could be scheduled; use at "
                         f"least {max(engine.scheduler.block_size, max_seqs)} (default: the engine's)",
                         option="max_num_batched_tokens")
-    rules = engine_behaviour(engine)
-    if rules.batched_tokens_cover_seqs and b < max_seqs:
+    if engine_behaviour(engine).batched_tokens_cover_seqs and b < max_seqs:
         raise SpecError(f"{{max_num_batched_tokens=}}{b} is below max_num_seqs {max_seqs}: {engine.name} refuses "
                         f"a token budget smaller than the sequences it may batch (each running sequence needs a "
                         f"token per step); use at least {max_seqs}, or lower {{max_num_seqs}}",
                         option=("max_num_batched_tokens", "max_num_seqs"))
-    if rules.unchunked_budget_covers_model_len and not chunked and b < max_model_len:
+    if engine.unchunked_budget_covers_model_len and not chunked and b < max_model_len:
         raise SpecError(f"{{max_num_batched_tokens=}}{b} is below max_model_len {max_model_len} with chunked prefill "
                         f"off: {engine.name} refuses it (the longest prompt could never be scheduled); turn on "
                         f"{{chunked_prefill}}, raise the budget to {max_model_len}, or lower {{max_model_len}}",

@@ -32,8 +32,6 @@ class BehaviourOverrides(Spec):
     batched_tokens_cover_seqs: bool | None = None
     clip_reserved_new_tokens: bool | None = None
     whole_prompt_blocks_at_schedule: bool | None = None
-    budget_raised_to_seqs: bool | None = None
-    unchunked_budget_covers_model_len: bool | None = None
     prefix_cache: PrefixCacheBehaviour = PrefixCacheBehaviour()
 
     def changes(self) -> dict[str, Any]:
@@ -164,14 +162,17 @@ class SmallGPUDefaults(Spec):
 FAMILY_RULES: dict[str, dict[str, Any]] = {
     "vllm-v0": {"ep_whole_tp_group": True, "dp_attention": False, "small_gpu": None,
                 "graph_batch_within_max_num_seqs": True, "async_output_needs_graphs": True,
-                "default_seqs_within_budget": False},
+                "default_seqs_within_budget": False, "budget_raised_to_seqs": True,
+                "unchunked_budget_covers_model_len": True},
     "vllm-v1": {"ep_whole_tp_group": True, "dp_attention": True,
                 "small_gpu": {"below": 70 * 2**30, "chunked_budget": 2048, "max_num_seqs": 256, "names": ("a100",)},
                 "graph_batch_within_max_num_seqs": False, "async_output_needs_graphs": False,
-                "default_seqs_within_budget": True},
+                "default_seqs_within_budget": True, "budget_raised_to_seqs": False,
+                "unchunked_budget_covers_model_len": True},
     "sglang": {"ep_whole_tp_group": True, "dp_attention": True, "small_gpu": {"below": 25e9, "chunked_budget": 2048},
                "graph_batch_within_max_num_seqs": False, "async_output_needs_graphs": False,
-               "default_seqs_within_budget": False},
+               "default_seqs_within_budget": False, "budget_raised_to_seqs": False,
+               "unchunked_budget_covers_model_len": False},
 }
 
 
@@ -179,8 +180,9 @@ class EngineSpec(Spec):
     """One serving engine and version with its defaults.
 
     The engine rules ``ep_whole_tp_group``, ``dp_attention``, ``small_gpu``, ``graph_batch_within_max_num_seqs``,
-    ``async_output_needs_graphs`` and ``default_seqs_within_budget`` default to what the engine's ``family`` does
-    (:data:`FAMILY_RULES`); a spec may declare its own.
+    ``async_output_needs_graphs``, ``default_seqs_within_budget``, ``budget_raised_to_seqs`` and
+    ``unchunked_budget_covers_model_len`` default to what the engine's ``family`` does (:data:`FAMILY_RULES`); a spec
+    may declare its own. (The rules the simulator itself follows are ``scheduler.behaviour``.)
 
     >>> from apex_opt.catalog import get_engine
     >>> e = get_engine("vllm-0.6")
@@ -230,6 +232,15 @@ class EngineSpec(Spec):
                                              "token budget (vLLM V1 _set_default_args: min(max_num_seqs, "
                                              "max_num_batched_tokens) when the user set no max_num_seqs). Default: "
                                              "the family's (true for vLLM V1)")
+    budget_raised_to_seqs: bool = Field(default=False, description="a max_num_batched_tokens below max_num_seqs is "
+                                        "raised to it by the engine itself (vLLM 0.6 EngineArgs with chunked "
+                                        "prefill); false: refused when batched tokens must cover the sequences, "
+                                        "else kept. Default: the family's (true for vLLM 0.6)")
+    unchunked_budget_covers_model_len: bool = Field(default=False, description="with chunked prefill off, "
+                                                    "max_num_batched_tokens must be at least max_model_len, or the "
+                                                    "longest prompt could never be scheduled (vLLM's "
+                                                    "SchedulerConfig check). Default: the family's (true for vLLM, "
+                                                    "false for SGLang)")
 
     @model_validator(mode="before")
     @classmethod

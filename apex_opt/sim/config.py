@@ -72,21 +72,15 @@ class EngineBehaviour:
         does the allocation; the simulator's debug invariants check it.
     prefix_cache:
         The prefix cache's rules (:class:`PrefixCacheRules`).
-    budget_raised_to_seqs:
-        The engine raises a ``max_num_batched_tokens`` below ``max_num_seqs`` to it by itself (vLLM 0.6's
-        ``EngineArgs`` with chunked prefill); ``False``: a budget that low is refused (``batched_tokens_cover_seqs``)
-        or allowed.
-    unchunked_budget_covers_model_len:
-        With chunked prefill off, ``max_num_batched_tokens`` must be at least ``max_model_len``, or the longest
-        prompt could never be scheduled (vLLM's ``SchedulerConfig`` check; SGLang has no such check).
+
+    How an engine resolves its settings before they reach the simulator (its defaults, the limits it refuses at
+    start-up) are fields of its spec instead (:class:`~apex_opt.schema.engine.EngineSpec`, ``FAMILY_RULES``).
     """
 
     batched_tokens_cover_seqs: bool
     clip_reserved_new_tokens: bool
     whole_prompt_blocks_at_schedule: bool
     prefix_cache: PrefixCacheRules
-    budget_raised_to_seqs: bool = False
-    unchunked_budget_covers_model_len: bool = False
 
     def with_(self, **changes: Any) -> EngineBehaviour:
         """A copy with some rules changed; ``prefix_cache`` may be given as a dict of its fields to change."""
@@ -101,11 +95,9 @@ _VLLM_PREFIX_CACHE = PrefixCacheRules(dedupe=False, insert_at_schedule=True, dec
 #: each scheduler family's engine behaviour (the one place it is declared; ``SchedulerConfig.behaviour``)
 BEHAVIOURS: dict[str, EngineBehaviour] = {
     "vllm-v0": EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
-                               whole_prompt_blocks_at_schedule=True, prefix_cache=_VLLM_PREFIX_CACHE,
-                               budget_raised_to_seqs=True, unchunked_budget_covers_model_len=True),
+                               whole_prompt_blocks_at_schedule=True, prefix_cache=_VLLM_PREFIX_CACHE),
     "vllm-v1": EngineBehaviour(batched_tokens_cover_seqs=True, clip_reserved_new_tokens=False,
-                               whole_prompt_blocks_at_schedule=False, prefix_cache=_VLLM_PREFIX_CACHE,
-                               unchunked_budget_covers_model_len=True),
+                               whole_prompt_blocks_at_schedule=False, prefix_cache=_VLLM_PREFIX_CACHE),
     "sglang": EngineBehaviour(batched_tokens_cover_seqs=False, clip_reserved_new_tokens=True,
                               whole_prompt_blocks_at_schedule=False,
                               prefix_cache=PrefixCacheRules(dedupe=True, insert_at_schedule=False,
