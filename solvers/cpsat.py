@@ -13,10 +13,11 @@ searches first drop what the plans verified so far put out of reach (``problem.g
 or ``min-gpus``, a deployment with more GPUs cannot place among the ``top_k`` whatever its simulation says), so
 they simulate only deployments that could change the result.
 
-It also refines the winner: up to ``REFINE`` plans of the winner's layout with other engine limits that the cost
-model predicts within 1% of it on every objective level (``problem.siblings``) are simulated, and the best variant
-is kept; only the simulator can rank such plans. The first round already includes those of the solver's best
-proposal, so that they simulate in parallel with it.
+It also refines the winner's layout, once: up to ``REFINE`` plans of that layout with other engine limits that the
+cost model predicts within 1% of the winner on every objective level (``problem.siblings``) are simulated, and the
+best variant is kept; only the simulator can rank such plans. The first round already includes those of the
+solver's best proposal, so that they simulate in parallel with it; when the winner is of that layout (the best
+proposal or one of its variants), its layout has been refined and nothing more is simulated.
 
 Written against the public API only: ``problem`` is an ``apex_opt.Problem``.
 """
@@ -32,11 +33,12 @@ def search(problem: ax.Problem) -> ax.PlanSet:
     verified: list = []
     rejected: list = []
     exhausted = False
-    refined: list = []
+    refined: set[int] = set()  # the candidate rows of the layout already refined
     infeasible = None  # no single plan at all: the disaggregated or mixed searches may still find some
     if problem.aggregated:
         def refine(first):  # the best proposal's variants simulate in parallel with it
-            refined.append(first.plan)
+            if first.index is not None:
+                refined.update(problem.space_layout(first.index))
             return problem.siblings(first)[:REFINE]
 
         try:
@@ -50,7 +52,7 @@ def search(problem: ax.Problem) -> ax.PlanSet:
         raise infeasible
     if verified and not problem.simulation_budget_spent:
         winner = problem.rank(verified)[0]
-        if winner.plan not in refined:
+        if winner.index is not None and winner.index not in refined:
             variants = problem.siblings(winner)[: min(REFINE, problem.max_simulations - problem.simulations)]
             for entry in problem.verify(variants):
                 (verified if entry.verified else rejected).append(entry)

@@ -41,7 +41,7 @@ The parameters are fitted by ``benchmarks/fit_calibration.py`` and loaded from
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,6 +52,7 @@ __all__ = [
     "CustomAllReduceParams",
     "FabricParams",
     "bus_factor",
+    "collective_curve",
     "collective_time",
     "custom_allreduce_applies",
     "load_collective_params",
@@ -132,10 +133,15 @@ class FabricParams:
 
     def efficiency(self, kind: str, n: int, chunk_bytes: float) -> float:
         """Fraction of the link bandwidth reached by ``kind`` over ``n`` ranks moving ``chunk_bytes`` per step."""
+        return self.ramp(kind, n)(chunk_bytes)
+
+    def ramp(self, kind: str, n: int) -> Callable[[float], float]:
+        """:meth:`efficiency` of ``kind`` over ``n`` ranks as a function of the bytes moved per step."""
         eff = dict(self.bw_eff)
         base = eff.get(kind, eff.get("all_reduce", min(eff.values()) if eff else 0.5))
-        ramp = 1.0 / (1.0 + (self.ramp_bytes / max(chunk_bytes, 1.0)) ** self.ramp_exp)
-        return base / (1.0 + self.small_n_penalty / max(n, 1)) * ramp
+        top = base / (1.0 + self.small_n_penalty / max(n, 1))
+        ramp_bytes, ramp_exp = self.ramp_bytes, self.ramp_exp
+        return lambda chunk_bytes: top * (1.0 / (1.0 + (ramp_bytes / max(chunk_bytes, 1.0)) ** ramp_exp))
 
     def latency(self, kind: str, n: int) -> float:
         return self.latency_s + self.latency_step_s * ring_steps(kind, n)
@@ -270,42 +276,99 @@ def collective_time(
     True
     """
     kind = _kind(kind)
-    if n < 1 or nodes < 1 or n % nodes:
-        raise ValueError(f"a group of {n} GPUs cannot span {nodes} nodes evenly")
+    _check_group(n, nodes)
     if n == 1 or nbytes <= 0:
         return 0.0
+    return collective_curve(kind, n, nodes=nodes, intra_bw=intra_bw, inter_bw=inter_bw, params=params,
+                            custom_allreduce=custom_allreduce, intra_fabric=intra_fabric)(nbytes)
+
+
+def _check_group(n: int, nodes: int) -> None:
+    if n < 1 or nodes < 1 or n % nodes:
+        raise ValueError(f"a group of {n} GPUs cannot span {nodes} nodes evenly")
+
+
+def collective_curve(
+    kind: str,
+    n: int,
+    *,
+    nodes: int = 1,
+    intra_bw: float,
+    inter_bw: float | None,
+    params: CollectiveParams,
+    custom_allreduce: bool = False,
+    intra_fabric: str = "nvlink",
+) -> Callable[[float], float]:
+    """:func:`collective_time` of one group on one link as a function of the buffer size in bytes.
+
+    What does not depend on the size (aliases, the fabric's fit, latency, bus factor, the efficiency before its
+    ramp) is worked out once; the function returned does the same arithmetic in the same order, so its values
+    equal :func:`collective_time`'s to the last bit. A step model tabulates one collective at thousands of sizes.
+    Raises the errors of :func:`collective_time` that do not depend on the size, at once.
+
+    >>> p = load_collective_params("h100-sxm-80gb")
+    >>> curve = collective_curve("all_gather", 8, intra_bw=450e9, inter_bw=None, params=p)
+    >>> curve(2**20) == collective_time("all_gather", 2**20, 8, intra_bw=450e9, inter_bw=None, params=p)
+    True
+    """
+    kind = _kind(kind)
+    _check_group(n, nodes)
+    if n == 1:
+        return lambda nbytes: 0.0
     if kind == "send_recv" and n != 2:
         raise ValueError(f"send_recv is between 2 GPUs (got n={n})")
     g = n // nodes
     if nodes == 1:
-        if custom_allreduce and kind == "all_reduce" and params.custom_allreduce is not None \
-                and custom_allreduce_applies(nbytes, n, nodes=1, intra_fabric=intra_fabric):
-            return _custom_allreduce_time(nbytes, n, intra_bw, params.custom_allreduce)
+        custom = params.custom_allreduce
+        if not (custom_allreduce and kind == "all_reduce" and custom is not None
+                and custom_allreduce_applies(0.0, n, nodes=1, intra_fabric=intra_fabric)):
+            custom = None  # the custom kernel never runs here; where it may, it runs up to CUSTOM_AR_MAX_BYTES
         fab = params.fabric(intra_fabric)
-        bw = intra_bw * fab.efficiency(kind, n, _chunk(kind, nbytes, n))
-        return fab.latency(kind, n) + bus_factor(kind, n) * nbytes / bw
+        ramp = fab.ramp(kind, n)
+        latency, bus = fab.latency(kind, n), bus_factor(kind, n)
+
+        def one_node(nbytes: float) -> float:
+            if nbytes <= 0:
+                return 0.0
+            if custom is not None and nbytes <= CUSTOM_AR_MAX_BYTES:
+                return _custom_allreduce_time(nbytes, n, intra_bw, custom)
+            bw = intra_bw * ramp(_chunk(kind, nbytes, n))
+            return latency + bus * nbytes / bw
+
+        return one_node
 
     if inter_bw is None or inter_bw <= 0:
         raise ValueError(f"a {kind} over {nodes} nodes needs the per-GPU network bandwidth (inter_bw)")
     net = params.fabric("network")
-    bn = inter_bw * net.efficiency(kind, nodes, _chunk(kind, nbytes, n))
+    net_ramp = net.ramp(kind, nodes)
     rails = g ** net.rail_exp
-    t_intra = 0.0
-    if g > 1:
-        # a group link described only as "network" still has an intra-node part: NVLink by default
-        fab = params.fabric("nvlink" if _fabric_name(intra_fabric) == "network" else intra_fabric)
-        bi = intra_bw * fab.efficiency(kind, g, _chunk(kind, nbytes, n))
-        if kind == "alltoall":
-            t_intra = (g - 1) / n * nbytes / bi
-        elif kind != "send_recv":
-            t_intra = bus_factor(kind, g) * nbytes / bi
-    if kind == "send_recv":
-        t_inter = nbytes / bn
-    elif kind == "alltoall":
-        t_inter = (n - g) / n * nbytes / (bn * rails / g)
-    else:
-        t_inter = bus_factor(kind, nodes) * nbytes / (bn * rails)
-    return net.latency(kind, n) + max(t_intra, t_inter)
+    net_latency = net.latency(kind, n)
+    # a group link described only as "network" still has an intra-node part: NVLink by default
+    intra_ramp = params.fabric("nvlink" if _fabric_name(intra_fabric) == "network" else intra_fabric).ramp(kind, g) \
+        if g > 1 else None
+    bus_g, bus_nodes = bus_factor(kind, g), bus_factor(kind, nodes)
+
+    def across_nodes(nbytes: float) -> float:
+        if nbytes <= 0:
+            return 0.0
+        chunk = _chunk(kind, nbytes, n)
+        bn = inter_bw * net_ramp(chunk)
+        t_intra = 0.0
+        if intra_ramp is not None:
+            bi = intra_bw * intra_ramp(chunk)
+            if kind == "alltoall":
+                t_intra = (g - 1) / n * nbytes / bi
+            elif kind != "send_recv":
+                t_intra = bus_g * nbytes / bi
+        if kind == "send_recv":
+            t_inter = nbytes / bn
+        elif kind == "alltoall":
+            t_inter = (n - g) / n * nbytes / (bn * rails / g)
+        else:
+            t_inter = bus_nodes * nbytes / (bn * rails)
+        return net_latency + max(t_intra, t_inter)
+
+    return across_nodes
 
 
 def load_collective_params(gpu_name: str, architecture: str = "") -> CollectiveParams:

@@ -24,6 +24,7 @@ to skip ahead in closed form.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -38,7 +39,13 @@ from ..schema.model import ModelSpec
 from ..schema.plan import Plan
 from ..sim.cost import BatchShape
 from ..topology.graph import GroupLink
-from .collectives import collective_time, custom_allreduce_applies, load_collective_params
+from .collectives import (
+    CUSTOM_AR_MAX_BYTES,
+    collective_curve,
+    collective_time,
+    custom_allreduce_applies,
+    load_collective_params,
+)
 from .engine_rules import EngineSettings
 from .gemm import elementwise_time, gemm_time, load_gemm_efficiency
 from .weights import ONLINE_BYTES, WeightFormat, math_dtype, weight_formats
@@ -166,6 +173,7 @@ class StageCost:
         self._decode_cache: dict[tuple[int, int], tuple[float, float]] = {}
         self._head_cache: dict[int, float] = {}
         self._comm_memo: dict[tuple, dict[float, float]] = {}
+        self._comm_curves: dict[tuple, Callable[[float], float]] = {}
         self._last_shape: BatchShape | None = None
         self._last_time = 0.0
 
@@ -260,17 +268,21 @@ class StageCost:
         launched from the host); inside a CUDA graph the buffer is registered and nothing is launched, so such a
         call is ``custom_allreduce_graph_saving_s`` shorter (``serving.yaml``, ``docs/calibration.md`` section 5).
         """
-        memo = self._comm_memo.setdefault((kind, size, link, custom), {})
-        saving = self._graph_saving if graph and custom else 0.0
+        key = (kind, size, link, custom)
+        memo = self._comm_memo.setdefault(key, {})
+        curve = self._comm_curves.get(key)
+        if curve is None:
+            curve = self._comm_curves[key] = collective_curve(
+                kind, size, nodes=link.domains, intra_bw=link.intra_bandwidth, inter_bw=link.inter_bandwidth,
+                params=self._coll, intra_fabric=_fabric(link), custom_allreduce=custom)
+        saving = self._graph_saving if graph and custom and \
+            custom_allreduce_applies(0.0, size, nodes=link.nodes, intra_fabric=_fabric(link)) else 0.0
         out = np.empty_like(nbytes, dtype=float)
         for i, nb in enumerate(nbytes.tolist()):
             t = memo.get(nb)
             if t is None:
-                t = memo[nb] = collective_time(kind, nb, size, nodes=link.domains, intra_bw=link.intra_bandwidth,
-                                               inter_bw=link.inter_bandwidth, params=self._coll,
-                                               intra_fabric=_fabric(link), custom_allreduce=custom and nb <= 8 * 2**20)
-            if saving and nb <= 8 * 2**20 and custom_allreduce_applies(nb, size, nodes=link.nodes,
-                                                                         intra_fabric=_fabric(link)):
+                t = memo[nb] = curve(nb)
+            if saving and nb <= CUSTOM_AR_MAX_BYTES:
                 t = max(t - saving, 0.5 * t)
             out[i] = t
         return out
