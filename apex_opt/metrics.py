@@ -10,7 +10,10 @@ Every key has a unit suffix, so a name reads as its unit: ``_s`` seconds, ``_req
 tokens. Counts start with ``num_``; fractions (``slo_attainment``, ``mfu``) are in [0, 1].
 
 The planner's CP-SAT model works on integers: :attr:`Metric.solver` says which ``PlanVars`` field holds a
-metric and at what scale (e.g. ``energy_per_output_token_j`` is ``v.energy_per_token`` in microjoules).
+metric and at what scale (e.g. ``energy_per_output_token_j`` is ``v.energy_per_token`` in microjoules). The
+planner's objectives (:mod:`apex_opt.planner.objectives`) are read from here: :attr:`Metric.objective` is the
+``--objective`` name, :attr:`Metric.sense` its direction and :attr:`Metric.solver` the variable it optimises, and
+``Objective.metric`` is the registered name.
 
 Names used before this registry (``goodput_rps``, ``energy_per_token_j``, ``cost``, ...) are listed as
 :attr:`Metric.formerly`. They stay readable for one release, through :class:`MetricValues` (the dicts

@@ -14,7 +14,7 @@ import apex_opt as ax
 from apex_opt.cli.main import cli
 from apex_opt.metrics import FORMERLY, HIGHER, LOWER, METRICS, MetricValues, markdown
 from apex_opt.planner.model import UNITS
-from apex_opt.planner.objectives import OBJECTIVE_NAMES, PREDICTED_KEY
+from apex_opt.planner.objectives import OBJECTIVE_NAMES, objective_function
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = "synthetic:rate=4rps,requests=20,prompt=256,output=32,seed=0"
@@ -62,19 +62,22 @@ def test_every_metric_name_ends_with_its_unit_and_says_which_way_is_better():
 
 
 def test_each_objective_optimises_one_registered_metric_at_the_planners_scale():
-    for objective, planner_metric in OBJECTIVE_NAMES.items():
-        m = next(m for m in METRICS.values() if m.objective == objective)
-        assert m.name == PREDICTED_KEY[planner_metric]
-        assert m.sense == ax.Minimize(planner_metric).sense if objective.startswith("min-") else m.sense == HIGHER
+    for objective, name in OBJECTIVE_NAMES.items():
+        m = METRICS[name]
+        assert m.objective == objective and m.solver is not None
+        assert objective_function(objective).metric == name
+        assert objective_function(objective).sense == m.sense == (LOWER if objective.startswith("min-") else HIGHER)
+    assert set(OBJECTIVE_NAMES) == {m.objective for m in METRICS.values() if m.objective}
     scale = {m.solver[0]: m.solver[1] for m in METRICS.values() if m.solver}
     assert scale["energy_per_token"] == UNITS["energy"] == 1e-6  # the planner counts microjoules
     assert scale["cost_per_mtok"] == UNITS["cost"] and scale["goodput_per_gpu"] == UNITS["rate"]
     assert scale["throughput"] == UNITS["throughput"] and scale["tpot_ns"] == UNITS["time"]
 
 
-def test_an_objective_can_be_named_by_its_registered_metric():
-    assert ax.Minimize("energy_per_output_token_j").metric == "energy_per_token"
-    assert ax.Maximize("goodput_per_gpu_req_s").metric == "goodput_per_gpu"
+def test_an_objective_is_named_by_its_registered_metric():
+    assert ax.Minimize("energy_per_output_token_j").metric == "energy_per_output_token_j"
+    assert ax.Maximize("goodput_per_gpu_req_s").metric == "goodput_per_gpu_req_s"
+    assert ax.Minimize("energy_per_output_token_j").tie_breaks == ("tpot_mean_s", "ttft_mean_s")
 
 
 # -------------------------------------------------------------------------------------- the commands agree

@@ -359,25 +359,25 @@ class DisaggModel:
         metric = self.objective.levels[0][0]
         assert metric is not None  # a function objective is refused before this search (_single_plan_rules)
         width = 2 * self.all_gpus + 1
-        if metric == "cost_per_mtok" and self.price is not None:  # GPU kinds differ in price
+        if metric == "cost_per_mtok_usd" and self.price is not None:  # GPU kinds differ in price
             m.minimize(self.price * width + self.gpus)
             return
-        if metric in ("gpus", "cost_per_mtok"):
+        if metric in ("gpus", "cost_per_mtok_usd"):
             m.minimize(self.gpus)
             return
-        if metric == "goodput_per_gpu":
+        if metric == "goodput_per_gpu_req_s":
             q = m.new_int_var(0, 10**9, "goodput_per_gpu")
             num = m.new_int_var(0, 10**9, "attainment_x1000")
             m.add(num == 1000 * self.att)
             m.add_division_equality(q, num, self.gpus)
             m.minimize(-q * width + self.gpus)
             return
-        if metric == "throughput":
+        if metric == "throughput_output_tok_s":
             low = m.new_int_var(0, 2**50, "capacity")
             m.add_min_equality(low, [self.cap_p, self.cap_d])
             m.minimize(-low * width + self.gpus)
             return
-        term = {"energy_per_token": self.energy, "tpot": self.tpot, "ttft": self.ttft}[metric]
+        term = {"energy_per_output_token_j": self.energy, "tpot_mean_s": self.tpot, "ttft_mean_s": self.ttft}[metric]
         m.minimize(term * width + self.gpus)
 
     def limit_gpus(self, most: int) -> None:

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import Message, options_named
+from ..metrics import METRICS
 from ..units import format_time
 from .constraints import OPTIONS, Constraint
-from .objectives import METRICS, Objective, _close, predicted_value, simulated_value
+from .objectives import Objective, _close, predicted_value, simulated_value
 
 
 def infeasible_message(space: Any, conflict: Sequence[Constraint], *, hard_only: bool = False) -> str:
@@ -84,21 +85,19 @@ def _hint(space: Any, conflict: Sequence[Constraint]) -> str:
 
 # ------------------------------------------------------------------------------------------- formatting
 def format_metric(metric: str, value: float) -> str:
+    """``value`` of a registered metric with its unit, for a sentence (``0.5 req/s per GPU``, ``$0.31/Mtok``,
+    ``12.0ms``): the registry's table format (:meth:`apex_opt.metrics.Metric.format`) and unit."""
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
         return "-"
-    if metric == "goodput_per_gpu":
-        return f"{value:.3g} req/s per GPU"
-    if metric == "throughput":
-        return f"{value:,.0f} tok/s"
-    if metric == "gpus":
-        return f"{value:.0f} GPUs"
-    if metric == "energy_per_token":
-        return f"{value:.3g} J/token"
-    if metric == "cost_per_mtok":
-        return f"${value:,.2f}/Mtok"
-    if metric in ("tpot", "ttft"):
-        return format_time(value)
-    return f"{value:.3g}"
+    m = METRICS.get(metric)
+    if m is None:
+        return f"{value:.3g}"
+    text = m.format(value)
+    if m.fmt == "time":
+        return text
+    if m.fmt == "usd":
+        return text + m.unit.removeprefix("USD")  # $0.31/Mtok, $1.20/h
+    return f"{text} {m.unit}"
 
 
 def _value(entry: Any, metric: str) -> float:

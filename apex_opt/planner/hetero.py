@@ -298,15 +298,15 @@ class HeteroModel:
         m = self.model
         metric = self.objective.levels[0][0]
         width = 2 * sum(k.gpus for k in self.hspace.kinds) + 1
-        if metric == "cost_per_mtok":
+        if metric == "cost_per_mtok_usd":
             primary = sum(p * g for p, g in zip(self._prices, self._gpus_k))
-        elif metric == "energy_per_token":
+        elif metric == "energy_per_output_token_j":
             primary = sum(w * g for w, g in zip(self._idles, self._gpus_k))  # the idle draw dominates at SLO loads
-        elif metric == "throughput":
+        elif metric == "throughput_output_tok_s":
             primary = -sum(self._caps)
-        elif metric in ("tpot", "ttft"):
+        elif metric in ("tpot_mean_s", "ttft_mean_s"):
             worst = m.new_int_var(0, 2**50, f"worst_{metric}")
-            m.add_max_equality(worst, self._tpots if metric == "tpot" else self._ttfts)
+            m.add_max_equality(worst, self._tpots if metric == "tpot_mean_s" else self._ttfts)
             primary = worst
         else:  # goodput per GPU, GPUs: every plan here meets the SLO bounds at the rate, so fewer GPUs win
             m.minimize(self.gpus)

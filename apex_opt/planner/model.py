@@ -44,6 +44,7 @@ from typing import Any
 from ortools.sat.python import cp_model
 
 from ..errors import ConstraintError, SolverError
+from ..metrics import METRICS
 from ..specs import Specs
 from .constraints import Constraint, plan_expressions
 from .objectives import TIE_TOLERANCE, Objective, precision_penalty
@@ -64,10 +65,21 @@ _BIG = 10**13
 _COLUMNS = ("tp", "pp", "dp", "ep", "moe_tp", "dp_attention", "gpus", "max_num_seqs", "budget", "weight_bits", "kv_bits", "tp_nodes",
             "ttft_ns", "ttft_tail_ns", "goodput_per_gpu", "throughput", "energy_per_token", "cost_per_mtok",
             "capacity")
-#: metric -> table column (TPOT depends on the layer split: not a column)
-_METRIC_COLUMN = {"goodput_per_gpu": "goodput_per_gpu", "throughput": "throughput", "gpus": "gpus",
-                  "energy_per_token": "energy_per_token", "cost_per_mtok": "cost_per_mtok", "ttft": "ttft_ns",
-                  "ttft_max": "ttft_max_ns"}
+#: the implicit level after the tie breaks: the predicted TTFT of the trace's longest prompt
+_TTFT_MAX = "ttft_max"
+#: the objective metric whose table column depends on the layer split (read at each row's canonical split)
+_TPOT = "tpot_mean_s"
+
+
+def _column(metric: str) -> str:
+    """The table column of an objective level: the registry metric's ``PlanVars`` field (:mod:`apex_opt.metrics`,
+    ``solver``), or ``ttft_max_ns`` for the implicit longest-prompt level."""
+    if metric == _TTFT_MAX:
+        return "ttft_max_ns"
+    solver = METRICS[metric].solver
+    if solver is None:  # pragma: no cover - Minimize/Maximize accept modelled metrics only
+        raise SolverError(f"metric '{metric}' has no planner variable")
+    return solver[0]
 
 
 class PlanVars:
@@ -437,13 +449,13 @@ class PlanModel:
         key = (metric, sense, bucket)
         if key in self._ranks:
             return self._ranks[key]
-        column = "tpot_ns" if metric == "tpot" else _METRIC_COLUMN[metric]
+        column = _column(metric)
         values = [r[column] for r in self._rows]
         if bucket:
             values = [_bucket(x) for x in values]
         distinct = sorted(set(values), reverse=sense > 0)
         where = {x: k for k, x in enumerate(distinct)}
-        name = f"rank_{metric}_{'max' if sense > 0 else 'min'}{'_1pct' if bucket else ''}"
+        name = f"rank_{column}_{'max' if sense > 0 else 'min'}{'_1pct' if bucket else ''}"
         self._ranks[key] = (self._column(name, [where[x] for x in values]), len(distinct) - 1)
         return self._ranks[key]
 
@@ -453,7 +465,7 @@ class PlanModel:
             expr = function_objective(objective, self.v, self.specs)
             lo, hi = _bounds(expr)
             return (-expr, -hi, -lo) if sense > 0 else (expr, lo, hi)
-        if metric == "tpot" and primary:
+        if metric == _TPOT and primary:
             var = self.v.tpot_us
             lo, hi = _lo(var), _hi(var)
             return (-var, -hi, -lo) if sense > 0 else (var, lo, hi)
@@ -470,7 +482,7 @@ class PlanModel:
         terms = [self._term(metric, sense, objective, k == 0) for k, (metric, sense) in enumerate(objective.levels)]
         # implicit levels: the longest prompt's TTFT (a chunked-prefill budget that serves the trace's tail
         # better), then full precision and the engine's default limits, then balanced pipeline stages
-        tail_rank, tail_top = self._rank("ttft_max", -1, bucket=True)
+        tail_rank, tail_top = self._rank(_TTFT_MAX, -1, bucket=True)
         terms.append((tail_rank, 0, tail_top))
         values = [r["penalty"] for r in self._rows]
         terms.append((self._column("penalty", values), min(values), max(values)))
@@ -696,10 +708,10 @@ def objective_key(row: dict[str, Any], objective: Objective, num_layers: int,
     for k, (metric, sense) in enumerate(objective.levels):
         if metric is None:
             return None
-        if metric == "tpot" and k == 0:
+        if metric == _TPOT and k == 0:
             x = -(-_tpot_ns(row, num_layers, split) // 1000)
         else:
-            x = row["tpot_ns" if metric == "tpot" else _METRIC_COLUMN[metric]]
+            x = row[_column(metric)]
             if k > 0:
                 x = _bucket(x)
         key.append(-x if sense > 0 else x)

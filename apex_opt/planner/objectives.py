@@ -1,7 +1,7 @@
 """Objectives: what "best" means, predicted (CP-SAT, scaled ints) and simulated (the verified ranking).
 
 ===================  ========================================  =============================  ====================
-``--objective``      optimises                                 simulated as                   ties broken by
+``--objective``      optimises                                 metric                         ties broken by
 ===================  ========================================  =============================  ====================
 ``goodput-per-gpu``  SLO-meeting requests/s per GPU (default)  ``goodput_per_gpu_req_s``      min-tpot, min-ttft
 ``throughput``       sustainable output tokens/s               ``throughput_output_tok_s``    min-tpot, min-ttft
@@ -12,23 +12,32 @@
 ``min-ttft``         mean time to first token                  ``ttft_mean_s``                min-tpot, min-energy
 ===================  ========================================  =============================  ====================
 
+Every objective optimises one metric of the registry (:mod:`apex_opt.metrics`, ``docs/metrics.md``) and is named
+as it is there: the entry's ``objective`` is the ``--objective`` name, its ``sense`` says which way is better, and
+its ``solver`` gives the ``PlanVars`` field and scale the CP-SAT model optimises (``energy_per_output_token_j`` is
+``v.energy_per_token``, in microjoules). :attr:`Objective.metric`, :attr:`Objective.tie_breaks` and the levels of
+:attr:`Objective.levels` are registry names, which are also the keys of ``RankedPlan.predicted`` and
+``RankedPlan.simulated``.
+
 The documented tie-break order is ``min-tpot, min-ttft, min-energy``: an objective is followed by the first two of
 these that differ from it; after them, always, full-precision weights and KV and the engine's default limits are
 preferred. CP-SAT optimises the levels lexicographically through one weighted sum with provably dominating weights
 (:meth:`apex_opt.planner.model.PlanModel.objective_expr`); the verified ranking compares the simulated values in
 the same order, counting values within 1% of the best as ties (:func:`rank_plans`).
 
-The "simulated as" names are those of the metric registry (:mod:`apex_opt.metrics`, ``docs/metrics.md``), which
-also records each metric's solver variable and scale (``v.energy_per_token`` is in microjoules).
-
-``Minimize(metric)``, ``Maximize(metric)`` take a metric name (``"cost_per_mtok"``, or a registry name such as
-``"cost_per_mtok_usd"``) or a function
-``(v, s) -> linear expression`` for objectives of your own; such plans are ranked by the solver's order.
+``Minimize(metric)``, ``Maximize(metric)`` take a registry name of a metric the planner models (one with a
+``solver`` entry, such as ``"cost_per_mtok_usd"``) or a function ``(v, s) -> linear expression`` for objectives of
+your own; such plans are ranked by the solver's order. An earlier spelling the registry lists
+(:data:`apex_opt.metrics.FORMERLY`, e.g. ``"goodput_per_gpu"``) is accepted with a ``DeprecationWarning``, like
+everywhere else; other names are refused with the registry name to use (``"cost_per_mtok"`` is the planner
+variable ``v.cost_per_mtok``, in milli-USD: name the metric ``"cost_per_mtok_usd"``).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,48 +45,22 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
+from ..metrics import METRICS, canonical_name
 
-
-@dataclass(frozen=True)
-class Metric:
-    """One quantity the planner can optimise."""
-
-    name: str  # key used in PlanVars and predicted/simulated dicts
-    sense: int  # +1: more is better, -1: less is better
-    var: str  # PlanVars attribute holding the scaled prediction
-    sim_key: str | None  # SimResult.summary() key (None: derived)
-    label: str  # for reports
-
-
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric("goodput_per_gpu", +1, "goodput_per_gpu", None, "goodput per GPU"),
-        Metric("throughput", +1, "throughput", "throughput_output_tok_s", "throughput"),
-        Metric("gpus", -1, "gpus", None, "GPUs"),
-        Metric("energy_per_token", -1, "energy_per_token", "energy_per_output_token_j", "energy per token"),
-        Metric("cost_per_mtok", -1, "cost_per_mtok", "cost_per_mtok_usd", "cost per million tokens"),
-        Metric("tpot", -1, "tpot_ns", "tpot_mean_s", "TPOT"),
-        Metric("ttft", -1, "ttft_ns", "ttft_mean_s", "TTFT"),
-    )
-}
-
-#: --objective NAME -> metric
+#: the ``--objective`` names, in the order help texts and errors list them (the default first)
+_LISTED = ("goodput-per-gpu", "throughput", "min-gpus", "min-energy", "min-cost", "min-tpot", "min-ttft")
+#: ``--objective`` NAME -> the registry name of the metric it optimises (read from the registry's ``objective``)
 OBJECTIVE_NAMES: dict[str, str] = {
-    "goodput-per-gpu": "goodput_per_gpu",
-    "throughput": "throughput",
-    "min-gpus": "gpus",
-    "min-energy": "energy_per_token",
-    "min-cost": "cost_per_mtok",
-    "min-tpot": "tpot",
-    "min-ttft": "ttft",
-}
-TIE_BREAK_ORDER = ("tpot", "ttft", "energy_per_token")
-#: metric -> its name in the metric registry (:mod:`apex_opt.metrics`): the key of the predicted and simulated
-#: dicts (SI units) of a RankedPlan
-PREDICTED_KEY = {"goodput_per_gpu": "goodput_per_gpu_req_s", "throughput": "throughput_output_tok_s",
-                 "gpus": "gpus", "energy_per_token": "energy_per_output_token_j", "cost_per_mtok": "cost_per_mtok_usd",
-                 "tpot": "tpot_mean_s", "ttft": "ttft_mean_s"}
+    name: next(m.name for m in METRICS.values() if m.objective == name) for name in _LISTED}
+if set(OBJECTIVE_NAMES) != {m.objective for m in METRICS.values() if m.objective} or any(
+        METRICS[k].solver is None for k in OBJECTIVE_NAMES.values()):  # pragma: no cover - a registry edit
+    raise RuntimeError("apex_opt.planner.objectives: every registered objective needs a listed name and a solver "
+                       "variable")
+#: the documented tie breaks, in order (registry names): min-tpot, min-ttft, min-energy
+TIE_BREAK_ORDER = tuple(OBJECTIVE_NAMES[name] for name in ("min-tpot", "min-ttft", "min-energy"))
+#: the registry metrics the planner can optimise: those with a ``PlanVars`` field (``solver``), objectives first
+_MODELLED = (*OBJECTIVE_NAMES.values(),
+             *(m.name for m in METRICS.values() if m.solver is not None and m.name not in OBJECTIVE_NAMES.values()))
 
 
 def precision_penalty(weight_dtype: str, kv_dtype: str, custom_budget: bool, custom_seqs: bool) -> int:
@@ -96,7 +79,8 @@ def plan_penalty(plan: Any, default_seqs: int = 256) -> int:
 
 
 def predicted_value(metric: str, predicted: dict) -> float:
-    return float(predicted.get(PREDICTED_KEY[metric], math.nan))
+    """The predicted value of ``metric`` (a registry name; SI units) from a ``RankedPlan.predicted`` dict."""
+    return float(predicted.get(metric, math.nan))
 
 
 @dataclass(frozen=True)
@@ -127,18 +111,43 @@ def _tie_breaks(metric: str | None) -> tuple[str, ...]:
 
 
 def _metric_name(metric: str) -> str:
-    key = metric.strip().lower().replace("-", "_")
-    aliases = {"energy": "energy_per_token", "cost": "cost_per_mtok", "goodput": "goodput_per_gpu",
-               "tpot_ms": "tpot", "ttft_ms": "ttft", "energy_per_token_j": "energy_per_token"}
-    aliases |= {registered: metric for metric, registered in PREDICTED_KEY.items()}  # registry names
-    key = aliases.get(key, key)
-    if key not in METRICS:
-        raise SpecError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)}")
-    return key
+    """The registry name of a metric the planner can optimise. An earlier spelling warns and is accepted until the
+    next release: the registry's (:data:`apex_opt.metrics.FORMERLY`), or the planner's own name from before the
+    registry (the ``PlanVars`` field or the ``--objective`` name without ``min-``: ``"cost_per_mtok"``)."""
+    key = metric.strip()
+    name = canonical_name(key)
+    if name not in _MODELLED:
+        name = _planner_spelling(key) or name
+    if name in _MODELLED:
+        if name != key:
+            warnings.warn(f"metric '{key}' is now named '{name}' (see docs/metrics.md); the old name is accepted "
+                          "until the next release", DeprecationWarning, stacklevel=3)
+        return name
+    listed = ", ".join(_MODELLED)
+    if name in METRICS:
+        raise SpecError(f"metric '{key}' is not modelled by the planner (it has no PlanVars variable); an objective "
+                        f"optimises one of {listed}, or a function (v, s) -> expression")
+    close = difflib.get_close_matches(key.lower().replace("-", "_"), _MODELLED, n=1, cutoff=0.6)
+    if close:
+        raise SpecError(f"unknown metric '{key}': did you mean '{close[0]}' (its registry name, docs/metrics.md), "
+                        f"or the objective '{METRICS[close[0]].objective}'?")
+    raise SpecError(f"unknown metric '{key}'; use one of {listed} (docs/metrics.md)")
+
+
+def _planner_spelling(key: str) -> str | None:
+    """The modelled metric the planner called ``key`` before the registry: its ``PlanVars`` field (without
+    ``_ns``) or its ``--objective`` name without ``min-`` (``energy_per_token``, ``tpot``, ``goodput_per_gpu``)."""
+    k = key.lower().replace("-", "_")
+    for name in _MODELLED:
+        m = METRICS[name]
+        var = m.solver[0] if m.solver else ""
+        if k in {var, var.removesuffix("_ns"), (m.objective or "").replace("-", "_").removeprefix("min_")}:
+            return name
+    return None
 
 
 def Minimize(metric: str | Callable[..., Any]) -> Objective:
-    """Minimise a metric (``"cost_per_mtok"``, ``"tpot"``, ...) or a function ``(v, s) -> linear expression``."""
+    """Minimise a metric (``"cost_per_mtok_usd"``, ``"tpot_mean_s"``, ...) or a function ``(v, s) -> linear expression``."""
     if callable(metric):
         return Objective(f"minimize {getattr(metric, '__name__', 'expression')}", -1, None, metric,
                          _tie_breaks(None))
@@ -147,7 +156,7 @@ def Minimize(metric: str | Callable[..., Any]) -> Objective:
 
 
 def Maximize(metric: str | Callable[..., Any]) -> Objective:
-    """Maximise a metric (``"goodput_per_gpu"``, ``"throughput"``) or a function ``(v, s) -> expression``."""
+    """Maximise a metric (``"goodput_per_gpu_req_s"``, ``"throughput_output_tok_s"``) or a function ``(v, s) -> expression``."""
     if callable(metric):
         return Objective(f"maximize {getattr(metric, '__name__', 'expression')}", +1, None, metric,
                          _tie_breaks(None))
@@ -176,13 +185,15 @@ def objective_function(objective: str | Objective | Callable[..., Any] | None) -
 
 # ------------------------------------------------------------------------------------------- values
 def simulated_value(metric: str, summary: dict, gpus: int) -> float:
-    """The simulated value of ``metric`` (SI units) from a ``SimResult.summary()`` dict."""
-    if metric == "goodput_per_gpu":
+    """The simulated value of ``metric`` (a registry name; SI units) from a ``SimResult.summary()`` dict.
+
+    ``gpus`` and ``goodput_per_gpu_req_s`` are the plan's: its GPU count, and the goodput over it.
+    """
+    if metric == "goodput_per_gpu_req_s":
         return float(summary.get("goodput_req_s", math.nan)) / max(gpus, 1)
     if metric == "gpus":
         return float(gpus)
-    key = METRICS[metric].sim_key
-    return float(summary.get(key, math.nan)) if key else math.nan
+    return float(summary.get(metric, math.nan))
 
 
 def _sig(x: float, digits: int = 3) -> float:
@@ -273,9 +284,9 @@ def gpu_limit(objective: Objective, verified: Sequence[Any], keep: int, workload
     need not simulate, or even propose, plans with more GPUs than this: the result would be the same.
     """
     metric = objective.metric
-    if metric not in ("gpus", "goodput_per_gpu") or keep < 1:
+    if metric not in ("gpus", "goodput_per_gpu_req_s") or keep < 1:
         return None
-    if metric == "goodput_per_gpu" and (slo is None or getattr(slo, "is_empty", True)):
+    if metric == "goodput_per_gpu_req_s" and (slo is None or getattr(slo, "is_empty", True)):
         return None
     best: dict[Any, float] = {}
     for e in verified:
@@ -308,12 +319,9 @@ def _ordinal(n: int) -> str:
 
 
 __all__ = [
-    "METRICS",
     "OBJECTIVE_NAMES",
-    "PREDICTED_KEY",
     "TIE_BREAK_ORDER",
     "Maximize",
-    "Metric",
     "Minimize",
     "Objective",
     "goodput_ceiling",
