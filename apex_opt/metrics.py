@@ -129,7 +129,7 @@ _ALL: tuple[Metric, ...] = (
     Metric("per_replica_capacity_req_s", "req/s", "capacity divided by the plan's data-parallel replicas", HIGHER,
            "capacity/replica", ".3g", "throughput"),
     Metric("slo_attainment", "fraction", "share of all requests that met every latency bound of the SLO", HIGHER,
-           "SLO attainment", "percent", "slo", compare=True),
+           "SLO attainment", "percent", "slo", formerly=("attainment",), compare=True),
     Metric("slo_ttft_value_s", "s", "the TTFT statistic the SLO bounds (e.g. the p90 for ttft.p90=...)", LOWER,
            "SLO TTFT", "time", "slo"),
     Metric("slo_tpot_value_s", "s", "the TPOT statistic the SLO bounds", LOWER, "SLO TPOT", "time", "slo"),
@@ -228,6 +228,23 @@ _ALL: tuple[Metric, ...] = (
            LOWER, "ITL (ms)", ".3g", "reference"),
     Metric("e2e_s_mean", "s", "mean e2e latency (= e2e_mean_s), as the reference data names it", LOWER,
            "e2e mean", "time", "reference"),
+    # what only the planner's cost model states (solve's ``predicted``: apex_opt.planner.prediction.Prediction)
+    Metric("ttft_tail_s", "s", "TTFT of the workload's long prompt (its length at the SLO's attainment quantile) "
+           "after the mean wait", LOWER, "TTFT tail", "time", "prediction"),
+    Metric("batch", "sequences", "sequences in service at once in one replica (Little's law over a request's "
+           "lifetime and the trace's span)", NEITHER, "batch", ".1f", "prediction"),
+    Metric("kv_tokens", "tokens", "KV cache capacity of one replica", NEITHER, "KV tokens", ",d", "prediction"),
+    Metric("kv_needed", "tokens", "KV cache the workload's longest request needs", NEITHER, "KV needed", ",d",
+           "prediction"),
+    Metric("fits", "bool", "a replica fits GPU memory with room for the workload's longest request", HIGHER,
+           "fits", "", "prediction"),
+    Metric("memory_headroom_bytes", "bytes", "free memory per GPU once the engine is up (after weights, reserves, "
+           "the KV cache and CUDA graphs), on the tightest pipeline stage", NEITHER, "free after KV", ",.0f",
+           "prediction"),
+    Metric("weights_per_gpu_bytes", "bytes", "weight bytes per GPU on the heaviest pipeline stage", NEITHER,
+           "weights/GPU", ",.0f", "prediction"),
+    Metric("prefill_utilisation", "fraction", "disaggregated: share of the time a prefill replica is busy",
+           NEITHER, "prefill busy", "percent", "prediction"),
 )
 
 #: every registered metric by name, in reference-page order
@@ -249,6 +266,7 @@ FORMERLY: dict[str, str] = {old: m.name for m in _ALL for old in m.formerly}
 GROUPS = {"latency": "Latency", "throughput": "Throughput and capacity", "slo": "SLO", "load": "Load",
           "counts": "Counts", "hardware": "Hardware", "cost": "GPUs, energy and cost",
           "disagg": "Disaggregated serving",
+          "prediction": "Predictions only (the planner's cost model)",
           "reference": "Reference aggregates (the units of the measured data, for fidelity checks only)"}
 
 if len(METRICS) != len(_ALL) or set(FORMERLY) & set(METRICS):  # pragma: no cover - a registry typo
@@ -260,7 +278,8 @@ def canonical_name(key: str) -> str:
     return FORMERLY.get(key, key)
 
 
-def _warn(old: str, new: str) -> None:
+def warn_renamed(old: str, new: str) -> None:
+    """Warn that metric ``old`` was read under its earlier spelling (for the caller of the function calling this)."""
     warnings.warn(f"metric '{old}' is now named '{new}' (see docs/metrics.md); the old name is readable until the "
                   "next release", DeprecationWarning, stacklevel=3)
 
@@ -282,7 +301,7 @@ class MetricValues(dict):
         new = FORMERLY.get(key)
         if new is None or not dict.__contains__(self, new):
             raise KeyError(key)
-        _warn(key, new)
+        warn_renamed(key, new)
         return dict.__getitem__(self, new)
 
     def get(self, key: str, default: Any = None) -> Any:  # dict.get skips __missing__
@@ -290,7 +309,7 @@ class MetricValues(dict):
             return dict.__getitem__(self, key)
         new = FORMERLY.get(key)
         if new is not None and dict.__contains__(self, new):
-            _warn(key, new)
+            warn_renamed(key, new)
             return dict.__getitem__(self, new)
         return default
 
@@ -373,4 +392,4 @@ def markdown() -> str:
 
 
 __all__ = ["CLUSTER_MAXIMA", "FORMERLY", "HIGHER", "LOWER", "METRICS", "NEITHER", "Metric", "MetricValues", "canonical_name",
-           "compared", "markdown", "renamed", "with_derived"]
+           "compared", "markdown", "renamed", "warn_renamed", "with_derived"]

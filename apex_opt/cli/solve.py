@@ -296,7 +296,7 @@ def render_table(result: PlanSet) -> None:
             _num(s.get("throughput_output_tok_s"), ",.0f"),
             _num(s.get("energy_per_output_token_j"), ".3g"),
             "$" + _num(s.get("cost_per_mtok_usd"), ",.2f"),
-            format_bytes(pred["memory_headroom_bytes"]) if "memory_headroom_bytes" in pred else "-",
+            format_bytes(pred.memory_headroom_bytes) if pred.memory_headroom_bytes is not None else "-",
         ])
     title = (f"{prob.get('model')} on {prob.get('gpus')} x {prob.get('gpu')}, {prob.get('workload')} "
              f"({prob.get('requests')} requests, {prob.get('rate_req_s', 0):.3g} req/s), SLO {prob.get('slo')}, "

@@ -49,6 +49,7 @@ from .estimates import Estimator, Menu, RoleEstimate, ShapeKey
 from .explain import side_infeasible_message
 from .model import SideLabels, solve_once
 from .objectives import Objective
+from .prediction import Prediction
 from .space import (
     PlanSpace,
     _budgets,
@@ -451,8 +452,8 @@ def deployment(space: PlanSpace, p: RoleRow, d: RoleRow) -> Deployment:
     return Deployment(plans=(p.plan(p.gpu, engine), d.plan(d.gpu, engine)))
 
 
-def predicted(space: PlanSpace, p: RoleRow, d: RoleRow) -> dict:
-    """The pair's predictions, in the keys of an aggregated plan's (``RankedPlan.predicted``)."""
+def predicted(space: PlanSpace, p: RoleRow, d: RoleRow) -> Prediction:
+    """The pair's predictions (as an aggregated plan's, with the prefill role's utilisation)."""
     st = space.stats
     gpus = p.est.gpus + d.est.gpus
     capacity = min(p.est.capacity_rps, d.est.capacity_rps)
@@ -460,24 +461,24 @@ def predicted(space: PlanSpace, p: RoleRow, d: RoleRow) -> dict:
     goodput = min(st.rate, capacity) * attainment
     tok_rate = st.rate * st.mean_output
     price = sum(r.est.gpus * space.specs.gpus[r.gpu].price_per_hour for r in (p, d))
-    return {
-        "ttft_mean_s": p.est.ttft_s,
-        "ttft_tail_s": p.est.ttft_tail_s,
-        "tpot_mean_s": d.est.tpot_s,
-        "attainment": attainment,
-        "goodput_req_s": goodput,
-        "goodput_per_gpu_req_s": goodput / gpus,
-        "capacity_req_s": capacity,
-        "throughput_output_tok_s": capacity * st.mean_output,
-        "energy_per_output_token_j": p.est.energy_per_token_j + d.est.energy_per_token_j,
-        "cost_per_mtok_usd": price / 3600.0 / tok_rate * 1e6,
-        "batch": d.est.batch,
-        "kv_tokens": d.est.kv_tokens,
-        "kv_needed": d.est.kv_needed,
-        "fits": True,
-        "gpus": gpus,
-        "prefill_utilisation": p.est.batch,
-    }
+    return Prediction(
+        fits=True,
+        gpus=gpus,
+        ttft_mean_s=p.est.ttft_s,
+        ttft_tail_s=p.est.ttft_tail_s,
+        tpot_mean_s=d.est.tpot_s,
+        slo_attainment=attainment,
+        goodput_req_s=goodput,
+        goodput_per_gpu_req_s=goodput / gpus,
+        capacity_req_s=capacity,
+        throughput_output_tok_s=capacity * st.mean_output,
+        energy_per_output_token_j=p.est.energy_per_token_j + d.est.energy_per_token_j,
+        cost_per_mtok_usd=price / 3600.0 / tok_rate * 1e6,
+        batch=d.est.batch,
+        kv_tokens=d.est.kv_tokens,
+        kv_needed=d.est.kv_needed,
+        prefill_utilisation=p.est.batch,
+    )
 
 
 __all__ = ["DISAGGREGATION", "DisaggModel", "DisaggSpace", "RoleRow", "build_disagg_space", "deployment",

@@ -46,6 +46,7 @@ from .estimates import ConfigEstimate, Estimator, Menu, ShapeKey
 from .explain import side_infeasible_message
 from .model import SideLabels, solve_once
 from .objectives import Objective
+from .prediction import Prediction
 from .space import (
     PlanSpace,
     _ep_choices,
@@ -393,8 +394,8 @@ def deployment(space: PlanSpace, mix: Mix) -> Deployment:
     return Deployment(plans=tuple(plans))
 
 
-def predicted(space: PlanSpace, hspace: HeteroSpace, mix: Mix) -> dict:
-    """The mix's predictions (traffic shares by router weight), in the keys of an aggregated plan's."""
+def predicted(space: PlanSpace, hspace: HeteroSpace, mix: Mix) -> Prediction:
+    """The mix's predictions (as an aggregated plan's, with the traffic shares by router weight)."""
     st = space.stats
     used = [p for p in mix.parts if p]
     total_w = sum(shape.weight * dp for shape, dp in used)
@@ -418,21 +419,21 @@ def predicted(space: PlanSpace, hspace: HeteroSpace, mix: Mix) -> dict:
                                   - s.key.tp * s.pp * space.specs.gpus[s.gpu].power.idle / tok_rate)
                   for s, _ in used)
     price = sum(dp * s.key.tp * s.pp * space.specs.gpus[s.gpu].price_per_hour for s, dp in used)
-    return {
-        "ttft_mean_s": mean("ttft_s"),
-        "ttft_tail_s": max(ests[id(s)].ttft_tail_s for s, _ in used),
-        "tpot_mean_s": mean("tpot_s"),
-        "attainment": attainment,
-        "goodput_req_s": goodput,
-        "goodput_per_gpu_req_s": goodput / gpus,
-        "capacity_req_s": capacity,
-        "throughput_output_tok_s": capacity * st.mean_output,
-        "energy_per_output_token_j": idle + max(dynamic, 0.0),
-        "cost_per_mtok_usd": price / 3600.0 / tok_rate * 1e6,
-        "fits": True,
-        "gpus": gpus,
-        "traffic_shares": {f"{s.gpu}": round(share[id(s)], 4) for s, _ in used},
-    }
+    return Prediction(
+        fits=True,
+        gpus=gpus,
+        ttft_mean_s=mean("ttft_s"),
+        ttft_tail_s=max(ests[id(s)].ttft_tail_s for s, _ in used),
+        tpot_mean_s=mean("tpot_s"),
+        slo_attainment=attainment,
+        goodput_req_s=goodput,
+        goodput_per_gpu_req_s=goodput / gpus,
+        capacity_req_s=capacity,
+        throughput_output_tok_s=capacity * st.mean_output,
+        energy_per_output_token_j=idle + max(dynamic, 0.0),
+        cost_per_mtok_usd=price / 3600.0 / tok_rate * 1e6,
+        traffic_shares={f"{s.gpu}": round(share[id(s)], 4) for s, _ in used},
+    )
 
 
 __all__ = ["HeteroModel", "HeteroSpace", "KindShape", "KindTable", "Mix", "build_hetero_space", "deployment",

@@ -38,7 +38,7 @@ from __future__ import annotations
 import difflib
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,9 +78,10 @@ def plan_penalty(plan: Any, default_seqs: int = 256) -> int:
                              plan.max_num_seqs is not None and plan.max_num_seqs != default_seqs)
 
 
-def predicted_value(metric: str, predicted: dict) -> float:
-    """The predicted value of ``metric`` (a registry name; SI units) from a ``RankedPlan.predicted`` dict."""
-    return float(predicted.get(metric, math.nan))
+def predicted_value(metric: str, predicted: Mapping[str, Any]) -> float:
+    """The predicted value of ``metric`` (a registry name; SI units) from a ``RankedPlan.predicted``; NaN if absent."""
+    value = predicted.get(metric)
+    return math.nan if value is None else float(value)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from ..metrics import MetricValues, renamed
 from ..schema.plan import Deployment, Plan
 from .launch import LaunchSettings, launch_commands
 from .objectives import Objective
+from .prediction import Prediction
 
 
 @dataclass(frozen=True)
@@ -18,20 +19,17 @@ class RankedPlan:
     """One plan with the cost model's predictions and (when simulated) the simulator's measurements.
 
     Metric keys are named as in the metric registry (:mod:`apex_opt.metrics`, ``docs/metrics.md``), in SI units.
-    ``predicted``: ``ttft_mean_s``, ``ttft_tail_s``, ``tpot_mean_s``, ``goodput_req_s``,
-    ``goodput_per_gpu_req_s``, ``capacity_req_s``, ``throughput_output_tok_s``, ``energy_per_output_token_j``,
-    ``cost_per_mtok_usd``, ``batch`` (expected concurrent sequences per replica), ``kv_tokens``,
-    ``memory_headroom_bytes`` (free memory per GPU after weights, reserves, KV cache and CUDA graphs, on the
-    tightest pipeline stage).
+    ``predicted``: the cost model's :class:`~apex_opt.planner.prediction.Prediction` (``tpot_mean_s``,
+    ``slo_attainment``, ``goodput_per_gpu_req_s``, ``kv_tokens``, ``memory_headroom_bytes``, ...; a mapping given
+    here is read into one).
     ``simulated``: the simulation summary (``SimResult.summary()`` keys, with ``gpus``,
-    ``goodput_per_gpu_req_s`` and ``cost_per_mtok_usd``), or None.
-    Both are :class:`~apex_opt.metrics.MetricValues`: the earlier names (``goodput_rps``, ``tpot_s``, ...) stay
-    readable for one release.
+    ``goodput_per_gpu_req_s`` and ``cost_per_mtok_usd``) as :class:`~apex_opt.metrics.MetricValues`, or None.
+    Both keep the earlier names (``goodput_rps``, ``tpot_s``, ``attainment``, ...) readable for one release.
     ``verified``: simulated, meets the SLO and every simulated-result constraint.
     """
 
     plan: Plan | Deployment  # a Deployment: a disaggregated (xPyD) plan
-    predicted: dict[str, Any]
+    predicted: Prediction
     simulated: dict[str, Any] | None = None
     verified: bool = False
     notes: tuple[str, ...] = ()
@@ -42,7 +40,7 @@ class RankedPlan:
     launch_settings: LaunchSettings | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "predicted", MetricValues(renamed(self.predicted)))
+        object.__setattr__(self, "predicted", Prediction.of(self.predicted))
         if self.simulated is not None and not isinstance(self.simulated, MetricValues):
             object.__setattr__(self, "simulated", MetricValues(renamed(self.simulated)))
 

@@ -63,6 +63,7 @@ from .hetero import predicted as hetero_predicted
 from .launch import LaunchSettings, launch_settings
 from .model import PlanModel, Solution, objective_key
 from .objectives import Objective, _close, gpu_limit, predicted_value, rank_plans
+from .prediction import Prediction
 from .result import PlanSet, RankedPlan, SolveStats
 from .sampling import VERIFY_REQUESTS
 from .space import Candidate, PlanSpace, SearchOptions, build_space
@@ -80,7 +81,7 @@ class Proposal:
     """A plan a strategy wants verified, with the cost model's predictions."""
 
     plan: Plan | Deployment
-    predicted: dict[str, Any]
+    predicted: Prediction
     index: int | None = None  # candidate index in the plan space (None: a plan from outside it)
     source: str = ""
 
@@ -693,7 +694,7 @@ class Problem:
 
     def fits(self, proposal: Proposal) -> bool:
         """Whether the plan's replica fits GPU memory with room for the workload's longest request (cost model)."""
-        return bool(proposal.predicted.get("fits", False))
+        return proposal.predicted.fits
 
     @property
     def verifier(self) -> Verifier:
@@ -800,23 +801,21 @@ class Problem:
         return launch_settings(self.specs.model, self.specs.gpus[p.plan.gpu], p.plan, self.specs.engine,
                                topology=self.space.topology)
 
-    def _with_memory(self, p: RankedPlan) -> dict[str, Any]:
+    def _with_memory(self, p: RankedPlan) -> Prediction:
         """Add the memory model's exact headroom and KV capacity for a reported plan."""
-        predicted = dict(p.predicted)
         if isinstance(p.plan, Deployment):
-            return predicted
+            return p.predicted
         try:
             replica = build_replica(self.specs.model, self.specs.gpus[p.plan.gpu], p.plan, self.specs.engine,
                                     topology=self.space.topology)
         except Exception:  # noqa: BLE001 - a report detail must not fail the solve
-            return predicted
+            return p.predicted
         # free memory per GPU once the engine is up: after weights, reserves, the KV cache, the CUDA context and the
         # CUDA-graph pool, on the tightest stage (the engine sizes the KV cache to fill its budget, so this is
         # about (1 - gpu_memory_utilization) of the GPU less the graphs)
-        predicted["memory_headroom_bytes"] = min(s.headroom - s.graphs for s in replica.memory.stages)
-        predicted["kv_tokens"] = replica.memory.kv_tokens
-        predicted["weights_per_gpu_bytes"] = replica.memory.weights_per_gpu
-        return predicted
+        return p.predicted.replace(memory_headroom_bytes=min(s.headroom - s.graphs for s in replica.memory.stages),
+                                   kv_tokens=replica.memory.kv_tokens,
+                                   weights_per_gpu_bytes=replica.memory.weights_per_gpu)
 
     def stats(self, verified: int = 0, cut: int = 0) -> SolveStats:
         space = self.space
@@ -873,26 +872,26 @@ def _layout(plan: Plan | Deployment) -> tuple:
     return (plan.dp, plan.pp, plan.tp, plan.ep, plan.expert_tp, plan.weight_dtype, plan.kv_dtype)
 
 
-def _predicted(est: Any, gpus: int) -> dict[str, Any]:
+def _predicted(est: Any, gpus: int) -> Prediction:
     if est is None:
-        return {"fits": False}
-    return {
-        "ttft_mean_s": est.ttft_s,
-        "ttft_tail_s": est.ttft_tail_s,
-        "tpot_mean_s": est.tpot_s,
-        "attainment": est.attainment,
-        "goodput_req_s": est.goodput_rps,
-        "goodput_per_gpu_req_s": est.goodput_rps / gpus,
-        "capacity_req_s": est.capacity_rps,
-        "throughput_output_tok_s": est.throughput_tok_s,
-        "energy_per_output_token_j": est.energy_per_token_j,
-        "cost_per_mtok_usd": est.cost_per_mtok_usd,
-        "batch": est.batch,
-        "kv_tokens": est.kv_tokens,
-        "kv_needed": est.kv_needed,
-        "fits": est.fits,
-        "gpus": gpus,
-    }
+        return Prediction(fits=False)
+    return Prediction(
+        fits=est.fits,
+        gpus=gpus,
+        ttft_mean_s=est.ttft_s,
+        ttft_tail_s=est.ttft_tail_s,
+        tpot_mean_s=est.tpot_s,
+        slo_attainment=est.attainment,
+        goodput_req_s=est.goodput_rps,
+        goodput_per_gpu_req_s=est.goodput_rps / gpus,
+        capacity_req_s=est.capacity_rps,
+        throughput_output_tok_s=est.throughput_tok_s,
+        energy_per_output_token_j=est.energy_per_token_j,
+        cost_per_mtok_usd=est.cost_per_mtok_usd,
+        batch=est.batch,
+        kv_tokens=est.kv_tokens,
+        kv_needed=est.kv_needed,
+    )
 
 
 def _slo_miss(m: dict[str, Any], slo: Any) -> str:
