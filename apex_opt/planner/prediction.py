@@ -1,6 +1,6 @@
 """What the planner's cost model predicts for a plan: one typed record, named as the metric registry names it.
 
-Every proposal a search makes (:class:`apex_opt.planner.solve.Proposal`) and every plan it returns
+Every proposal a search makes (:class:`apex_opt.planner.search.Proposal`) and every plan it returns
 (:class:`apex_opt.planner.result.RankedPlan`) carries a :class:`Prediction`. Its fields are registered metrics
 (:mod:`apex_opt.metrics`, ``docs/metrics.md``) in SI units, so a predicted value and the simulated one share a
 name (``tpot_mean_s``, ``slo_attainment``, ...); what only the cost model states (``ttft_tail_s``, ``kv_tokens``,

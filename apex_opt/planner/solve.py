@@ -23,35 +23,36 @@ A problem is a frozen :class:`~apex_opt.planner.statement.ProblemStatement` (``p
 objective, constraints, ``top_k``, ... read as ``problem.specs``, ``problem.top_k``) and a :class:`SearchRun`
 (``problem.run``: the clock, notes, simulator pool and simulation count of this search). The plan space and the
 constraint tables derived from the statement are cached on the problem.
+
+Beside this module: :mod:`apex_opt.planner.search` holds the searches a strategy drives (:class:`Proposal`,
+:class:`Proposer`, :class:`Optimizer`, :class:`FurtherSearch`), :mod:`apex_opt.planner.run` the state of one run
+(:class:`SearchRun`), and :mod:`apex_opt.planner.strategies` the strategy registry and the loading of
+``solvers/*.py`` (:func:`register_solver`, :func:`get_solver`, :func:`solver_names`); their names are importable
+from here as well.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import difflib
-import importlib.util
 import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..bounds import PLUGIN_SEARCH_TIME_LIMIT_S, user_code_time_limit
 from ..calibration.profile import applying_calibration
-from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, options_named, shorten
+from ..errors import ApexOptError, InfeasibleError, SolverError, SpecError, shorten
 from ..executors import check_executor
 from ..perf.provenance import calibration_notes, calibration_sources
 from ..perf.replica import build_replica
-from ..plugins import load_plugins
-from ..resources import find_resource
 from ..schema.plan import Deployment, Plan, with_speculative
 from ..schema.speculative import SpeculativeConfig, parse_speculative_option
 from ..specs import Specs, with_engine_settings
-from .constraints import OPTIONS, Constraint, builtin_constraints, check_simulated
+from .constraints import Constraint, builtin_constraints, check_simulated
 from .disagg import DisaggModel, build_disagg_space
 from .disagg import deployment as disagg_deployment
 from .disagg import predicted as disagg_predicted
@@ -61,229 +62,31 @@ from .hetero import HeteroModel, build_hetero_space
 from .hetero import deployment as hetero_deployment
 from .hetero import predicted as hetero_predicted
 from .launch import LaunchSettings, launch_settings
-from .model import PlanModel, Solution, objective_key
+from .model import PlanModel
 from .objectives import Objective, _close, gpu_limit, predicted_value, rank_plans
 from .prediction import Prediction
 from .result import PlanSet, RankedPlan, SolveStats
+from .run import SearchRun
 from .sampling import VERIFY_REQUESTS
+from .search import FurtherSearch, Optimizer, Proposal, Proposer, _predicted
 from .space import Candidate, PlanSpace, SearchOptions, build_space
 from .statement import ProblemStatement, _check_specs, check_seed, check_time_limit
+from .strategies import (
+    _STRATEGIES,  # noqa: F401 - re-exported: the registry, read here by tests and older importers
+    _load_strategy,  # noqa: F401 - re-exported
+    _plugin_failure,
+    _plugin_site,
+    get_solver,
+    register_solver,
+    solver_names,
+    solvers_dir,
+)
 from .table import FieldNotModelled
 from .verify import Verifier
 
 #: built-in labels that hold for the deployment itself; the rest are analytical estimates
 HARD_LABELS = ("gpus", "divisibility", "placement.tp", "memory")
 ESTIMATE_LABELS = ("slo.ttft", "slo.tpot", "slo.e2e", "capacity")
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A plan a strategy wants verified, with the cost model's predictions."""
-
-    plan: Plan | Deployment
-    predicted: Prediction
-    index: int | None = None  # candidate index in the plan space (None: a plan from outside it)
-    source: str = ""
-
-
-class Proposer(Protocol):
-    """What every search of a problem offers a strategy: proposals best first, and what it learns from their
-    simulations. :class:`Optimizer` (single plans) and :class:`FurtherSearch` (disaggregated pairs, mixed-GPU plans)
-    are the two; a strategy drives them with one loop (``solvers/cpsat.py``)."""
-
-    def next(self) -> Proposal | None:
-        """The best proposal not made before, or None when none is left."""
-        ...
-
-    def observe(self, entries: Sequence[RankedPlan]) -> int:
-        """Learn from simulated proposals; returns how many candidates that ruled out."""
-        ...
-
-
-class Optimizer:
-    """CP-SAT search over a problem's space: :meth:`next` yields plans best first (a :class:`Proposer`).
-
-    The solver works on the most promising candidates first. Candidates are ordered by a lower bound of the
-    objective's levels (exact for every level read from the tables; for TPOT as the primary, the slower of the
-    whole pipeline's time and the mean stage's), and CP-SAT solves over a prefix of that order: the first
-    ``first_rows`` candidates and every candidate tied with the last of them. A solution is the optimum of the
-    whole space once every candidate whose bound does not exceed the solution's own levels lies in the prefix;
-    until then the prefix doubles and CP-SAT solves again. A prefix with no feasible plan also doubles. On a
-    large cluster this keeps the element tables CP-SAT expands to a few hundred rows instead of thousands,
-    with the same answer (a function objective, whose levels have no bound, searches every candidate at once).
-    """
-
-    def __init__(self, problem: Problem, *, first_rows: int = 128) -> None:
-        self.problem = problem
-        self.count = 0
-        self.seconds = 0.0
-        self.cuts: list[int] = []
-        # candidates failing a split-independent constraint are never searched (PlanModel.table_labels)
-        rows = problem.search_rows
-        checker = problem._checker
-        L = problem.specs.model.num_layers
-        keys = {i: objective_key(checker.row(i), problem.objective, L) for i in rows}
-        bounds = {i: k for i, k in keys.items() if k is not None}
-        self.keys: list[tuple[int, ...]] | None
-        if len(bounds) < len(keys):
-            self.order, self.keys = rows, None
-            self.size = len(rows)
-        else:
-            self.order = sorted(rows, key=lambda i: (bounds[i], i))
-            self.keys = [bounds[i] for i in self.order]
-            self.size = self._through_ties(min(first_rows, len(rows)))
-        self.model: PlanModel | None = None
-
-    def _through_ties(self, n: int) -> int:
-        """``n`` extended over every candidate whose bound equals the ``n``-th's."""
-        if self.keys is None or n <= 0 or n >= len(self.order):
-            return min(max(n, 0), len(self.order))
-        return bisect.bisect_right(self.keys, self.keys[n - 1])
-
-    def _model(self) -> PlanModel:
-        if self.model is None or len(self.model.rows) != self.size:
-            p = self.problem
-            self.model = PlanModel(p.space, p.all_constraints, seed=p.seed, time_limit=p.time_limit,
-                                   rows=self.order[: self.size])
-            self.model.cut(self.cuts)
-        return self.model
-
-    def _best(self) -> Solution | None:
-        """The optimum over the whole space, growing the searched prefix until it is proven (class docstring)."""
-        p = self.problem
-        while True:
-            model = self._model()
-            sol = model.best(p.objective, p.remaining_time())
-            if self.keys is None or self.size >= len(self.order):
-                return sol
-            if sol is None:
-                self.size = self._through_ties(2 * self.size)
-                continue
-            row = model.row(sol.index)
-            actual = objective_key(row, p.objective, p.specs.model.num_layers, sol.split)
-            assert actual is not None  # only a function objective has no key, and then self.keys is None
-            covered = bisect.bisect_right(self.keys, actual)
-            if covered <= self.size:
-                return sol
-            self.size = self._through_ties(max(covered, 2 * self.size))
-
-    def next(self) -> Proposal | None:
-        """The best plan not proposed before (None when none is left); its layout is cut from later solves."""
-        start = time.perf_counter()
-        if not self.order:
-            raise self.problem.infeasible()
-        sol = self._best()
-        if sol is None:
-            self.seconds += time.perf_counter() - start
-            if self.count == 0:
-                raise self.problem.infeasible()
-            return None
-        layout = self.problem.space_layout(sol.index)
-        self.cuts.extend(layout)
-        self._model().cut(layout)
-        self.count += 1
-        self.seconds += time.perf_counter() - start
-        self.problem.run.search_seconds += time.perf_counter() - start
-        return self.problem.proposal_of(sol.index, sol.split, source="cpsat")
-
-    def observe(self, entries: Sequence[RankedPlan]) -> int:
-        """Learn from simulated proposals: one that missed its SLO in simulation rules out the plans of its shape
-        and engine limits with fewer replicas (each of them carries more of the load per replica), which are cut
-        from later solves. Returns how many candidates were cut.
-
-        Fewer identical replicas behind the same router give each one a larger share of the same arrivals, so
-        latencies can only grow; without this cut the search would walk down the replica ladder of a shape that
-        is too slow, one simulation per rung (on Kimi-K2 at 200 req/s, 21 simulations of the same few shapes).
-        """
-        space = self.problem.space
-        cut: list[int] = []
-        for entry in entries:
-            metrics = entry.simulated or {}
-            if entry.verified or entry.index is None or metrics.get("slo_met", True):
-                continue
-            c = space.candidates[entry.index]
-            cut += [d.index for d in space.candidates
-                    if d.key == c.key and d.pp == c.pp and d.menu == c.menu and d.dp < c.dp]
-        if cut:
-            self.cuts.extend(cut)
-            if self.model is not None:
-                self.model.cut(cut)
-        return len(cut)
-
-
-class FurtherSearch:
-    """A CP-SAT search beside the main one (disaggregated pairs, mixed-GPU plans), a :class:`Proposer`: :meth:`next`
-    yields :class:`Proposal` objects best first, with a note (or, when ``refuse`` is set, an
-    :class:`~apex_opt.errors.InfeasibleError`) when its model holds no plan at all."""
-
-    def __init__(self, problem: Problem, model: Any, propose: Callable[[Any], Proposal], what: str, empty: str,
-                 refuse: str = "") -> None:
-        self.problem = problem
-        self.model = model
-        self.propose = propose
-        self.what = what  # what it proposes, for notes ("disaggregated plans")
-        self.empty = f"{what}: {empty}"
-        self.refuse = refuse
-        self.count = 0
-        self.most, self.limited = 0, ""  # the GPU limit (limit_gpus) and why; "": none
-
-    def limit_gpus(self, most: int, why: str) -> None:
-        """Propose nothing with more than ``most`` GPUs from now on, for the reason ``why`` (``Problem.gpu_limit``:
-        such a deployment could not place among the best); the result's notes say so."""
-        self.model.limit_gpus(most)
-        self.most, self.limited = most, why
-
-    def next(self) -> Proposal | None:
-        """The best choice not proposed before, or None when none is left."""
-        start = time.perf_counter()
-        found = self.model.next()
-        self.problem.run.search_seconds += time.perf_counter() - start
-        if found is None:
-            if self.limited:
-                self.problem.run.notes.append(f"{self.what} with more than {self.most} GPUs were not simulated: "
-                                              f"{self.limited}")
-            elif self.count == 0:
-                # the model's own explanation: its labelled constraints in conflict and what would fit without each
-                why, labels = self.model.explain() if hasattr(self.model, "explain") else ("", ())
-                message = f"{self.empty}\n{why}" if why else self.empty
-                if self.refuse:
-                    text = f"{self.refuse}: {message}"
-                    raise InfeasibleError(text, ("disaggregation", *labels),
-                                          option=("disaggregation", *options_named(text, OPTIONS)))
-                self.problem.run.notes.append(message)
-            return None
-        self.count += 1
-        return self.propose(found)
-
-    def observe(self, entries: Sequence[RankedPlan]) -> int:
-        """Nothing to learn: each proposal's own layout is already cut, and a deployment of several plans has no
-        replica ladder to cut (returns 0)."""
-        return 0
-
-
-@dataclass
-class SearchRun:
-    """The state of one run of a search over a problem: how its simulations run, what it has done so far.
-
-    Everything that changes while a strategy works (the clock, the search time, the notes, the simulator pool and
-    its count of simulations) lives here, never in the :class:`ProblemStatement`.
-    """
-
-    workers: int = 2
-    executor: str = "local"
-    ray_address: str | None = None
-    simulator: Callable[..., Any] | None = None
-    progress: Callable[[str], None] | None = None
-    simulation_progress: Callable[[int, int], None] | None = None
-    started: float = field(default_factory=time.perf_counter)
-    #: seconds the CP-SAT searches took so far
-    search_seconds: float = 0.0
-    #: what the searches so far had to say (which ran, which were left out and why)
-    notes: list[str] = field(default_factory=list)
-    #: whether a strategy asked for the disaggregated search (a result says when one planned without it)
-    disagg_asked: bool = False
-    #: the simulator pool, started by the first verification
-    verifier: Verifier | None = None
 
 
 class Problem:
@@ -872,28 +675,6 @@ def _layout(plan: Plan | Deployment) -> tuple:
     return (plan.dp, plan.pp, plan.tp, plan.ep, plan.expert_tp, plan.weight_dtype, plan.kv_dtype)
 
 
-def _predicted(est: Any, gpus: int) -> Prediction:
-    if est is None:
-        return Prediction(fits=False)
-    return Prediction(
-        fits=est.fits,
-        gpus=gpus,
-        ttft_mean_s=est.ttft_s,
-        ttft_tail_s=est.ttft_tail_s,
-        tpot_mean_s=est.tpot_s,
-        slo_attainment=est.attainment,
-        goodput_req_s=est.goodput_rps,
-        goodput_per_gpu_req_s=est.goodput_rps / gpus,
-        capacity_req_s=est.capacity_rps,
-        throughput_output_tok_s=est.throughput_tok_s,
-        energy_per_output_token_j=est.energy_per_token_j,
-        cost_per_mtok_usd=est.cost_per_mtok_usd,
-        batch=est.batch,
-        kv_tokens=est.kv_tokens,
-        kv_needed=est.kv_needed,
-    )
-
-
 def _slo_miss(m: dict[str, Any], slo: Any) -> str:
     from ..units import format_time
 
@@ -915,64 +696,6 @@ def _slo_miss(m: dict[str, Any], slo: Any) -> str:
     return "SLO missed in simulation: " + ("; ".join(parts) if parts else "slo_met is false")
 
 
-# ------------------------------------------------------------------------------------------- strategies
-_STRATEGIES: dict[str, Callable[[Problem], PlanSet]] = {}
-
-
-def register_solver(name: str, search: Callable[[Problem], PlanSet]) -> None:
-    """Register a search strategy under ``name`` (``solve(solver=name)``, ``--solver name``)."""
-    if name in _STRATEGIES and _STRATEGIES[name] is not search:
-        raise SpecError(f"a solver named '{name}' is already registered; choose another name")
-    _STRATEGIES[name] = search
-
-
-def solvers_dir() -> Path | None:
-    """The folder of the bundled strategies: ``apex_opt/_solvers`` (wheel) or ``<repo>/solvers`` (checkout);
-    ``None`` when neither is there (:func:`apex_opt.resources.find_resource`)."""
-    return find_resource("solvers")
-
-
-def solver_names() -> list[str]:
-    folder = solvers_dir()
-    found = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")} if folder else set()
-    return sorted(found | set(_STRATEGIES))
-
-
-def _load_strategy(path: Path) -> Callable[[Problem], PlanSet]:
-    name = f"apex_opt_solver_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SpecError(f"{{solver=}}{path}: not a Python file", option="solver")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise SpecError(f"{{solver=}}{path}:{exc.lineno}: syntax error: {exc.msg}; fix the file",
-                        option="solver") from None
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plug-in's own failure becomes a message
-        raise SolverError(f"{{solver=}}{path}: loading the plug-in failed at {_plugin_site(exc, path)}: "
-                          f"{_plugin_failure(exc)}; fix the file", option="solver") from None
-    search = getattr(module, "search", None)
-    if not callable(search):
-        raise SpecError(f"{{solver=}}{path}: the file defines no function search(problem)", option="solver")
-    return search
-
-
-def _plugin_failure(exc: BaseException) -> str:
-    if isinstance(exc, SystemExit):
-        return f"it called sys.exit({shorten(exc.code)}) (a plug-in returns its result; it must not exit)"
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
-def _plugin_site(exc: BaseException, path: Path | None = None) -> str:
-    """``file:line`` of the innermost frame in the plug-in's file (or the innermost frame)."""
-    import traceback
-
-    frames = traceback.extract_tb(exc.__traceback__)
-    mine = [f for f in frames if path is not None and Path(f.filename) == Path(path)] or frames[-1:]
-    return f"{Path(mine[-1].filename).name}:{mine[-1].lineno}" if mine else str(path or "?")
-
-
 def _run_plugin(name: str, strategy: Callable[[Problem], PlanSet], problem: Problem) -> PlanSet:
     """Call a user's ``search(problem)``; what it raises (or a sys.exit) becomes a :class:`SolverError`."""
     path = getattr(getattr(strategy, "__code__", None), "co_filename", None)
@@ -992,34 +715,6 @@ def _run_plugin(name: str, strategy: Callable[[Problem], PlanSet], problem: Prob
                           f"{shorten(result)}, not a PlanSet; end search() with return problem.result(verified, rejected)",
                           option="solver")
     return result
-
-
-def get_solver(solver: str | Callable[[Problem], PlanSet]) -> tuple[str, Callable[[Problem], PlanSet]]:
-    """(name, strategy) from a registered name, a bundled ``solvers/<name>.py``, a ``.py`` path or a function."""
-    if callable(solver):
-        return getattr(solver, "__name__", "custom"), solver
-    if not isinstance(solver, str):
-        raise SpecError(f"{{solver=}}{shorten(solver)}: got a value of type {type(solver).__name__}; give a name "
-                        "(cpsat, exhaustive, heuristic), a .py file defining search(problem), or such a function",
-                        option="solver")
-    if solver in _STRATEGIES or (not solver.endswith(".py") and load_plugins() and solver in _STRATEGIES):
-        return solver, _STRATEGIES[solver]
-    path = Path(solver)
-    if solver.endswith(".py"):
-        if not path.is_file():
-            raise SpecError(f"{{solver=}}{solver}: no such file", option="solver")
-        return path.stem, _load_strategy(path)
-    folder = solvers_dir()
-    if folder is not None and (folder / f"{solver}.py").is_file():
-        search = _load_strategy(folder / f"{solver}.py")
-        _STRATEGIES[solver] = search
-        return solver, search
-    names = solver_names()
-    if not names:
-        raise SpecError(f"{{solver=}}{solver}: the bundled strategies (solvers/) are not installed next to apex_opt; "
-                        "pass a .py file defining search(problem)", option="solver")
-    raise SpecError(f"{{solver=}}'{solver}' is unknown; use one of {', '.join(names)} or a .py file", option="solver")
-
 
 @applying_calibration
 def speculative_candidates(speculative: SpeculativeConfig | str | Sequence[SpeculativeConfig | None] | None,
@@ -1165,4 +860,5 @@ def solve(specs: Specs, *, objective: Any = "goodput-per-gpu", constraints: Iter
     return result
 
 
-__all__ = ["FurtherSearch", "Optimizer", "Problem", "ProblemStatement", "Proposal", "Proposer", "SearchRun", "get_solver", "register_solver", "solve", "solver_names"]
+__all__ = ["FurtherSearch", "Optimizer", "Problem", "ProblemStatement", "Proposal", "Proposer", "SearchRun", "get_solver",
+           "register_solver", "search_options", "solve", "solver_names", "solvers_dir", "speculative_candidates"]

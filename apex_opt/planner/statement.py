@@ -5,7 +5,7 @@ A statement holds the specs (model, cluster, engine, workload, SLO), the objecti
 on simulated metrics, ``top_k``, the search options, the seed, the speculative settings, the requests a verification
 simulates, the simulation budget and the CP-SAT time limit. Nothing else: how the simulations run (workers,
 executor), progress callbacks and the state of a run (its clock, simulations, notes) belong to the
-:class:`~apex_opt.planner.solve.Problem` searching it, in its :class:`~apex_opt.planner.solve.SearchRun`. Assigning
+:class:`~apex_opt.planner.solve.Problem` searching it, in its :class:`~apex_opt.planner.run.SearchRun`. Assigning
 a field raises, so a run cannot change a statement, and problems sharing one search independently.
 
 ``ProblemStatement.of(specs, objective="throughput", constraints=["rules.py"], max_requests=500, ...)`` takes what
