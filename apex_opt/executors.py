@@ -203,6 +203,32 @@ def _unreachable(address: str, why: str) -> ExecutorError:
                          option="ray_address")
 
 
+@contextmanager
+def sigint_held() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block is done, then deliver it (KeyboardInterrupt): a Ray instance interrupted
+    while it starts leaves processes (GCS, raylet, agents) that ``ray.shutdown`` does not know of, and Ray's agents
+    outlive this process. A second Ctrl-C is not held (Ray's start-up may hang): it interrupts the block at once.
+    Only the main thread receives signals; elsewhere the block runs as it is."""
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+
+    try:
+        previous = signal.signal(signal.SIGINT, hold)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        if held and sys.exc_info()[0] is None:
+            signal.raise_signal(signal.SIGINT)  # to the handler it was meant for (none if SIGINT was ignored)
+
+
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
     """Ray task body for a callable that is not a plain function."""
     return fn(*args)
@@ -286,12 +312,14 @@ class RayExecutor:
             return ray
         quiet = {"log_to_driver": False, "ignore_reinit_error": True, "logging_level": logging.WARNING}
         if self.address is None:
-            try:
-                ray.init(address="local", num_cpus=self.workers, include_dashboard=False, **quiet)
-            except (RuntimeError, ConnectionError, OSError) as exc:
-                raise ExecutorError(f"{{executor=}}'ray': could not start a Ray instance on this machine: {exc}; "
-                                    "use {executor=}'local', or give the address of a running cluster with "
-                                    "{ray_address=}'HOST:6379'", option=("executor", "ray_address")) from None
+            with sigint_held():  # Ctrl-C while Ray starts: raised once it runs, so that terminate() stops it
+                try:
+                    ray.init(address="local", num_cpus=self.workers, include_dashboard=False, **quiet)
+                except (RuntimeError, ConnectionError, OSError) as exc:
+                    raise ExecutorError(f"{{executor=}}'ray': could not start a Ray instance on this machine: "
+                                        f"{exc}; use {{executor=}}'local', or give the address of a running cluster "
+                                        "with {ray_address=}'HOST:6379'", option=("executor", "ray_address")) from None
+                self._started = self._connected = True  # before a Ctrl-C held back is raised
         else:
             self._probe()
             try:

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from apex_opt.cli import main as cli_main
+from tests.conftest import descendants
 
 CONSOLE = [sys.executable, "-c", "from apex_opt.cli.main import main; main()"]
 
@@ -68,14 +69,16 @@ def test_atexit_handlers_run_before_the_process_ends(tmp_path) -> None:
     assert marker.read_text() == "yes"
 
 
-@pytest.mark.skipif(os.name != "posix", reason="process groups and SIGINT are POSIX")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
 def test_ctrl_c_during_a_solve_exits_130_and_leaves_no_worker_behind() -> None:
     # a shell starts background jobs with SIGINT ignored, and a child inherits that: the program handles it itself
     program = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " + CONSOLE[-1]
     proc = subprocess.Popen([sys.executable, "-c", program, "solve", "--workers", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        time.sleep(1.5)  # imports done, the search or its simulations under way
+        deadline = time.monotonic() + 60
+        while not descendants(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # until its simulator pool has started: the command is running, past its imports
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
         _, err = proc.communicate(timeout=30)
     finally:
