@@ -13,7 +13,7 @@ from apex_opt.schema.plan import Plan
 
 RULES = ("ep_whole_tp_group", "dp_attention", "small_gpu", "graph_batch_within_max_num_seqs",
          "async_output_needs_graphs", "default_seqs_within_budget", "budget_raised_to_seqs",
-         "unchunked_budget_covers_model_len")
+         "unchunked_budget_covers_model_len", "prefill_chunks_with_decodes")
 
 
 def custom(name: str, **rules: object) -> EngineSpec:
@@ -92,3 +92,18 @@ def test_vllm_06_runs_without_async_output_processing_when_cuda_graphs_are_off()
     kept = resolve_engine(custom("vllm-0.6", async_output_needs_graphs=False), Plan(gpu="h100-sxm-80gb",
                                                                                    cuda_graphs=False), model, h100)
     assert kept.async_output
+
+
+def test_a_declared_prefill_chunk_rule_changes_how_the_planner_prices_prompts_against_decodes():
+    """SGLang 0.4 runs a prompt's chunk as an extend batch of its own, and the decodes wait for it; an engine whose
+    chunks ride in the decodes' steps (vLLM's chunked prefill, SGLang's --enable-mixed-chunk) adds less per chunk."""
+    workload = "synthetic:rate=4rps,requests=400,prompt=2048,output=256,seed=0"
+
+    def tpot(engine: EngineSpec) -> float:
+        specs = ax.load_specs("llama-3.1-8b", gpu="h100-sxm-80gb", nodes=1, gpus_per_node=1, engine=engine,
+                              workload=workload, slo="ttft=2s,tpot=100ms")
+        return ax.Problem(specs).proposal(tp=1, budget=512).predicted.tpot_mean_s
+
+    separate, mixed = tpot(custom("sglang-0.4")), tpot(custom("sglang-0.4", prefill_chunks_with_decodes=True))
+    assert get_engine("sglang-0.4").prefill_chunks_with_decodes is False
+    assert mixed < separate

@@ -40,12 +40,22 @@ Llama-3.1-70B tp4/tp2 pp2 and 47% high on 8B tp2 pp2. Now every pipelined row th
 5% on TPOT, and within 2% with ``--engine vllm-v1`` (``python benchmarks/pipeline_estimates.py``, table in
 ``docs/scale.md``). Pipelined plans without chunked prefill and disaggregated decode replicas keep the step
 formula of :meth:`Estimator._step`.
+
+Attainment (:meth:`Estimator._tpot_share`). The SLO counts a request as met when its *own* TPOT is within the
+bound, and requests do not all decode at the mean: those of a short trace's plateau see more requests in service
+than the token-weighted mean, and those whose lives see more prompts arrive (or that have few tokens to average
+them over) see more prefill work in their steps. The share is read off the load profile of the trace, the Poisson
+count of the prompts arriving during a life and of the requests sharing the steps, and the output-length deciles;
+every term is the cost model's step (round) formula or the workload's. It replaced "every request at the mean
+TPOT", which estimated 100% for Kimi-K2 ``tp4 pp4`` plans whose simulations kept 51-58% of the requests within
+the bound (``tests/test_attainment_estimate.py``, ``docs/planner.md``).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -89,6 +99,8 @@ class WorkloadStats:
     prompts_sorted: tuple[int, ...] = ()
     #: seconds from the first arrival to the last (inf: a workload that arrives for ever)
     duration: float = math.inf
+    #: output lengths at the 5th, 15th, ..., 95th percentiles (the TPOT share averages over them; empty: the mean)
+    output_deciles: tuple[int, ...] = ()
 
     def concurrency(self, rate: float, lifetime: float) -> float:
         """Requests in service that a decoding token sees on average, when ``rate`` requests/s arrive over
@@ -147,6 +159,7 @@ class WorkloadStats:
             max_request_tokens=int((workload.prompt_tokens + workload.output_tokens).max()),
             prompts_sorted=tuple(int(x) for x in np.sort(workload.prompt_tokens)),
             duration=duration,
+            output_deciles=tuple(max(round(workload.percentile("output", p)), 1) for p in range(5, 100, 10)),
         )
 
 
@@ -380,6 +393,30 @@ class PipeRound:
     chunk_round: float  # mean round in which the engine's own micro-batch carries prompt tokens
 
 
+@dataclass(frozen=True)
+class TpotSpread:
+    """What spreads the per-request TPOT of one candidate around its mean (:meth:`Estimator._tpot_share`)."""
+
+    rate: float  # requests/s reaching one replica
+    limit: float  # most sequences a replica (all its virtual engines) runs at once
+    #: variance of the prompts' delay per token over one token (s^2): over ``n`` tokens it is this ``/ n``
+    prefill_var: float
+    #: mean TPOT (s) with this many requests in service, while prompts arrive at ``rate`` (True) or after the
+    #: last arrival (False: decode steps only)
+    curve: Callable[[float, bool], float]
+
+
+#: arrival times and points of a request's life the TPOT share averages over (:meth:`Estimator._tpot_share`)
+_ARRIVAL_POINTS = 48
+_LIFE_POINTS = 12
+#: batches at which the TPOT curve is evaluated between the lightest and the busiest request's load
+_CURVE_POINTS = 4
+#: most fixed-point iterations of the plateau's per-token time and the load it makes (:meth:`Estimator._tpot_share`)
+_LIFE_ITERATIONS = 6
+#: standard deviations of a request's own TPOT below the bound at which its share counts as 1 (Phi(-4) = 3e-5)
+_SHARE_Z = 4.0
+
+
 @dataclass
 class ConfigEstimate:
     """Predictions for one candidate plan (replica shape x dp), in SI units."""
@@ -433,6 +470,9 @@ class Estimator:
             self.client_delay = float(self.client.delay(stats.long_prompt))
         self._shapes: dict[ShapeKey, ShapeCost] = {}
         self._prefills: dict[tuple, tuple[float, float]] = {}
+        prompts = np.asarray(stats.prompts_sorted, dtype=float)
+        #: squared coefficient of variation of the prompt lengths (the spread of one prompt's prefill work)
+        self._prompt_cv2 = float(prompts.var() / prompts.mean() ** 2) if len(prompts) and prompts.mean() > 0 else 0.0
 
     def shape(self, key: ShapeKey) -> ShapeCost:
         sc = self._shapes.get(key)
@@ -496,7 +536,7 @@ class Estimator:
                           max_ctx=math.ceil(max(prompt, ctx)))
 
     def _pipe_round(self, sc: ShapeCost, split: tuple[int, ...], batch: float, limit: int,
-                    budget: int) -> PipeRound:
+                    budget: int, arrivals: float | None = None) -> PipeRound:
         """The rounds of a pipelined replica with chunked prefill decoding ``batch`` sequences (:class:`PipeRound`).
 
         vLLM 0.6 runs ``pp`` virtual engines, each with ``batch / pp`` of the sequences; a virtual engine's next
@@ -511,11 +551,14 @@ class Estimator:
         micro-batches of that stage's time), and an engine's own micro-batch passes every stage in turn (the
         sum of its stage times). The mean over ``k`` is the TPOT; the max of the means would miss the rounds
         in which the chunks pile onto the bottleneck. ``q >= 1``: the engines cannot take in the prompts.
+        ``arrivals`` overrides Little's prompts per engine and round (a batch away from the steady state:
+        :meth:`_spread`).
         """
         pp = len(split)
         n = _seen(batch, pp, limit)
         cap = max(budget - n, 1.0)
-        arrivals = batch / max(self.stats.mean_output, 1.0) / pp  # prompts reaching an engine per round
+        if arrivals is None:
+            arrivals = batch / max(self.stats.mean_output, 1.0) / pp  # prompts reaching an engine per round
         # a step takes in what arrived in the last round (Poisson: a step with any prompt holds
         # arrivals / (1 - exp(-arrivals)) of them), at most `cap` tokens; a backlog is cut into full chunks
         held = self.stats.mean_prompt * arrivals / max(-math.expm1(-arrivals), 1e-12)
@@ -550,21 +593,23 @@ class Estimator:
         """(latency, extra busy time) of prefilling ``prompt`` tokens while ``decodes`` sequences decode.
 
         The extra busy time is what the prompt adds to the iterations it rides in (chunked prefill) or the time
-        of its own prefill iterations (prefill-first schedulers), on the bottleneck stage.
+        of its own prefill iterations (prefill-first schedulers, and SGLang, whose chunks of ``budget`` tokens run
+        as extend batches of their own: the decodes wait for each whole chunk step), on the bottleneck stage.
         """
         key = (sc.key, split, prompt, decodes, chunked, budget)
         cached = self._prefills.get(key)
         if cached is not None:
             return cached
         ctx = self.stats.ctx_occupancy
-        chunk = max(min(budget - (decodes if chunked else 0), prompt), 1) if chunked else max(prompt, 1)
+        mixed = chunked and self.engine.prefill_chunks_with_decodes  # the chunks ride in the decodes' steps
+        chunk = max(min(budget - (decodes if mixed else 0), prompt), 1) if chunked else max(prompt, 1)
         latency = 0.0
         busy = 0.0
         done = 0
-        base = sc.stage_times(decode_shape(decodes, ctx), split) if (chunked and decodes) else [0.0] * len(split)
+        base = sc.stage_times(decode_shape(decodes, ctx), split) if (mixed and decodes) else [0.0] * len(split)
         while done < prompt:
             c = min(chunk, prompt - done)
-            b = prefill_shape(c, done, decodes if chunked else 0, ctx)
+            b = prefill_shape(c, done, decodes if mixed else 0, ctx)
             times = sc.stage_times(b, split)
             latency += sum(times)
             busy += max(t - t0 for t, t0 in zip(times, base))
@@ -671,7 +716,9 @@ class Estimator:
         ttft = wait + sum(prefill[p] for p in st.prompt_deciles) / len(st.prompt_deciles)
 
         capacity = dp * self._capacity(sc, cur, menu, kv_tokens, chunked, budget, slo_tpot)
-        attainment = self._attainment(sc, cur, wait, max(decodes, 0), chunked, budget, tpot, pr)
+        spread = (self._spread(sc, cur, menu, lam, chunked, budget, max(decodes, 0), step, tpot, rho, pr, kv_tokens)
+                  if self.slo.tpot is not None else None)
+        attainment = self._attainment(sc, cur, wait, max(decodes, 0), chunked, budget, tpot, pr, spread)
         goodput = min(st.rate, capacity) * attainment
         # energy: idle draw of every GPU of the plan + dynamic energy of the work the workload brings
         gpus = dp * pp * key.tp
@@ -722,14 +769,59 @@ class Estimator:
         )
 
     def _attainment(self, sc: ShapeCost, split: tuple[int, ...], wait: float, decodes: int, chunked: bool,
-                    budget: int, tpot: float, rounds: PipeRound | None = None) -> float:
+                    budget: int, tpot: float, rounds: PipeRound | None = None,
+                    spread: TpotSpread | None = None) -> float:
         """Predicted share of requests meeting the per-request TTFT and TPOT bounds of the SLO.
 
         TTFT: every prompt up to the longest one whose prefill (after the mean wait) ends within the bound
-        (binary search; prefill time grows with the prompt). TPOT: all requests decode at the predicted TPOT;
-        the share falls linearly from 1 to 0 as it goes from the bound to 10% over it.
+        (binary search; prefill time grows with the prompt). TPOT: the share of requests whose own TPOT is
+        within the bound, from the spread of per-request TPOT (:meth:`_tpot_share`).
         """
-        return self._ttft_share(sc, split, wait, decodes, chunked, budget, rounds) * self._tpot_share(tpot)
+        return self._ttft_share(sc, split, wait, decodes, chunked, budget, rounds) * self._tpot_share(tpot, spread)
+
+    def _spread(self, sc: ShapeCost, split: tuple[int, ...], menu: Menu, lam: float, chunked: bool, budget: int,
+                decodes: int, step: float, tpot: float, rho: float, rounds: PipeRound | None,
+                kv_tokens: int = 0) -> TpotSpread:
+        """The spread of per-request TPOT of a candidate (:class:`TpotSpread`, :meth:`_tpot_share`).
+
+        The mean TPOT at a batch away from the estimate's is the same formula at that batch with the prompts
+        still arriving at the arrival rate (the rate, not the batch, sets the prefill load): pipelined with
+        chunked prefill, the round ``T`` of :meth:`_pipe_round` taking in ``rate x T / pp`` prompts per engine
+        (one step of that fixed point from Little's); otherwise the decode step stretched by the same
+        ``1 / (1 - rho)``. After the last arrival the steps decode only. The prompts' delay per token is
+        ``tpot`` less the TPOT without prompts (a chunk in the steps or rounds, or a whole prefill stalling the
+        decodes); its variance over ``n`` tokens is ``prefill_var / n`` (:meth:`_tpot_share`). No more requests
+        decode at once than the batch limits and the KV cache (``kv_tokens`` at the mean context) hold: the
+        others wait for a place (TTFT).
+        """
+        pp = len(split)
+        limit = menu.max_num_seqs
+        if rounds is not None:
+            bare = self._pipe_round(sc, split, self._batch_of(lam, tpot), limit, budget, 0.0).tpot
+
+            def curve(batch: float, arriving: bool) -> float:
+                # the prompts reach an engine at the arrival rate, whatever the batch: a round of length T takes
+                # in rate x T / pp of them (one step of the fixed point from Little's, exact at the steady batch)
+                if not arriving:
+                    return self._pipe_round(sc, split, batch, limit, budget, 0.0).tpot
+                guess = self._pipe_round(sc, split, batch, limit, budget).tpot
+                return self._pipe_round(sc, split, batch, limit, budget, lam * guess / pp).tpot
+        else:
+            bare = step
+            stretch = 1.0 / max(1.0 - rho, 1e-3)
+
+            def curve(batch: float, arriving: bool) -> float:
+                decode = self._step(sc, split, _seen(batch, pp, limit), _busy(batch, pp))
+                return decode * stretch if arriving else decode
+        delay = max(tpot - bare, 0.0)  # the prompts' delay per token
+        per_token = lam * tpot  # prompts arriving per token
+        var = delay**2 * (1.0 + self._prompt_cv2) / per_token if per_token > 0 else 0.0
+        held = kv_tokens / max(self.stats.ctx_occupancy, 1.0) if kv_tokens > 0 else math.inf
+        return TpotSpread(rate=lam, limit=max(min(float(limit * pp), held), 1.0), prefill_var=var, curve=curve)
+
+    def _batch_of(self, lam: float, tpot: float) -> float:
+        """Requests in service at ``lam`` requests/s decoding at ``tpot`` (:meth:`WorkloadStats.concurrency`)."""
+        return max(self.stats.concurrency(lam, self.stats.mean_output * tpot), 1.0)
 
     def _latency(self, sc: ShapeCost, split: tuple[int, ...], prompt: int, decodes: int, chunked: bool,
                  budget: int, rounds: PipeRound | None = None) -> float:
@@ -759,10 +851,118 @@ class Estimator:
                 hi = mid
         return st.share_at_most(lo)
 
-    def _tpot_share(self, tpot: float) -> float:
-        if self.slo.tpot is None or tpot <= self.slo.tpot:
+    def _tpot_share(self, tpot: float, spread: TpotSpread | None = None) -> float:
+        """Predicted share of requests whose own TPOT is within the SLO's bound.
+
+        A request's TPOT is the sum of the steps (rounds, when pipelined) it decodes through, over its
+        ``n = output - 1`` gaps. Three things spread it around the mean ``tpot`` (:class:`TpotSpread`):
+
+        * **The trace's load profile.** The number of requests in service climbs while the trace's first
+          requests arrive, holds, and falls after the last arrival (:meth:`WorkloadStats.concurrency`, whose
+          token-weighted mean the estimate's batch is): ``N(s) = rate x mean over outputs o of
+          (min(s, duration) - max(0, s - o x T))+``. A request arriving at ``t`` with ``o`` output tokens
+          decodes at the mean, over its life ``[t, t + o x T]``, of the TPOT at ``N(s)`` (``spread.curve``: the
+          step or round formula of the mean TPOT, with the prompts arriving at the arrival rate, or none after
+          the last arrival). The plateau's requests decode slower than the mean and live longer, which raises
+          the plateau: ``T`` is the fixed point of the curve at the busiest load (at the last arrival). A trace
+          that arrives for ever has the plateau only.
+        * **The prompts that arrive during its life.** Each prompt's prefill delays the decodes by ``c`` (a
+          chunk in the steps, or a whole prefill step that stalls them); the prompts arriving during ``n``
+          tokens are Poisson, ``a = rate x tpot`` per token, and ``a x c`` is the mean delay per token
+          (``tpot`` less the TPOT with no prompts). Their count and lengths spread the request's TPOT by a
+          variance ``(a c)^2 (1 + cv^2) / (a n)``, ``cv`` the prompt lengths' coefficient of variation: the
+          binomial of mixed and pure steps, counted per prompt (a prompt's chunks come together).
+        * **The requests it shares the steps with.** Their count is Poisson about the load (variance ``N``);
+          over a life ``r`` times the mean one its time average keeps a share ``1 - r/3`` (``r <= 1``) or
+          ``(1 - 1/(3r)) / r`` of that variance, and the TPOT follows with the curve's slope ``dT/dN``.
+
+        Both fluctuations feed back: a request decoding slower stays longer and loads the others, so their
+        standard deviation is amplified by ``1 / (1 - N dT/dN / T)`` (the elasticity of the curve). The share
+        is ``Phi((bound - TPOT(t, o)) / sd(o))`` averaged over arrival times uniform over the trace and the
+        output-length deciles. Every term is the cost model's or the workload's; nothing is fitted. Without
+        ``spread`` (disaggregated decode replicas) every request decodes at ``tpot``: the share falls
+        linearly from 1 to 0 as it goes from the bound to 10% over it.
+        """
+        bound = self.slo.tpot
+        if bound is None:
             return 1.0
-        return max(0.0, 1.0 - (tpot - self.slo.tpot) / (0.1 * self.slo.tpot))
+        if spread is None or tpot > bound * self.slo_slack:
+            # (also a plan the [slo.tpot] constraint refuses: not worth pricing its spread)
+            if tpot <= bound:
+                return 1.0
+            return max(0.0, 1.0 - (tpot - bound) / (0.1 * bound))
+        st = self.stats
+        outs = np.asarray(st.output_deciles or (max(round(st.mean_output), 1),), dtype=float)
+        gaps = np.maximum(outs - 1.0, 1.0)
+        ratio = outs / max(float(outs.mean()), 1.0)
+        kept = np.where(ratio <= 1.0, 1.0 - ratio / 3.0, (1.0 - 1.0 / (3.0 * ratio)) / ratio)
+        duration = st.duration
+        finite = math.isfinite(duration) and duration > 0
+
+        def busiest(per_token: float) -> float:
+            """Most requests in service at once (at the last arrival), each decoding for ``o x per_token`` s."""
+            alive = np.minimum(outs * per_token, duration) if finite else outs * per_token
+            return min(max(spread.rate * float(alive.mean()), 1.0), spread.limit)
+
+        def deviation(load: float, at: float, slope: float) -> np.ndarray:
+            """Standard deviation of a request's TPOT per output decile at ``load`` in service, TPOT ``at``."""
+            slope = max(slope, 0.0)
+            gain = 1.0 / max(1.0 - load * slope / max(at, 1e-12), 0.1)
+            var = spread.prefill_var / gaps + slope**2 * load * kept
+            return gain * np.sqrt(var)
+
+        heavy = busiest(max(bound, 1.05 * tpot))  # (a load above the mean's: the curve's slope needs two points)
+        at_heavy = spread.curve(heavy, True)
+        base_load = busiest(max(tpot, 1e-9))
+        slope = (at_heavy - tpot) / (heavy - base_load) if heavy > base_load else 0.0
+        spread_max = _SHARE_Z * float(deviation(heavy, at_heavy, slope).max())
+        if tpot + spread_max <= bound and at_heavy + spread_max <= bound:
+            # requests decoding at the bound would load the replica less than it takes to reach it: the fixed
+            # point below lies under the bound, and so does every request's TPOT with its slow tail
+            return 1.0
+        # the requests of the plateau decode slower than the mean, live longer, and so raise the plateau:
+        # the per-token time their lives are priced at is the fixed point of the curve at the busiest load
+        per_token = max(tpot, 1e-9)
+        for _ in range(_LIFE_ITERATIONS):
+            nxt = max(spread.curve(busiest(per_token), True), tpot)
+            done = abs(nxt - per_token) <= 2e-3 * per_token
+            per_token = nxt
+            if done:
+                break
+        top_load = busiest(per_token)
+        if per_token + _SHARE_Z * float(deviation(top_load, per_token, slope).max()) <= bound:
+            return 1.0  # even the busiest request's slow tail is within the bound
+        life = outs * per_token  # seconds each output decile decodes for
+
+        def in_service(s: np.ndarray) -> np.ndarray:
+            """Requests in service at times ``s`` (the trapezoid of :meth:`WorkloadStats.concurrency`)."""
+            s = s[..., None]
+            alive = np.minimum(s, duration) - np.maximum(s - life, 0.0)
+            return spread.rate * np.clip(alive, 0.0, None).mean(axis=-1)
+
+        if finite:
+            ts = (np.arange(_ARRIVAL_POINTS) + 0.5) / _ARRIVAL_POINTS * duration
+            frac = (np.arange(_LIFE_POINTS) + 0.5) / _LIFE_POINTS
+            # points[t, o, k]: the k-th point of the life of a request arriving at ts[t] with outs[o] tokens
+            points = ts[:, None, None] + life[None, :, None] * frac[None, None, :]
+            load = np.clip(in_service(points), 1.0, spread.limit)
+            arriving = points < duration
+        else:
+            load = np.full((1, len(outs), 1), busiest(per_token))
+            arriving = np.ones_like(load, dtype=bool)
+        peak = max(float(load.max()), top_load)
+        lo = float(load.min())
+        xs = np.linspace(lo, peak, _CURVE_POINTS) if peak > lo * (1 + 1e-6) else np.array([0.9 * peak, peak])
+        on = np.array([spread.curve(float(x), True) for x in xs[:-1]] + [per_token])
+        off = np.array([spread.curve(float(x), False) for x in xs]) if not arriving.all() else on
+        # a request's TPOT: the mean of the step (round) times over its life
+        times = np.where(arriving, np.interp(load, xs, on), np.interp(load, xs, off)).mean(axis=-1)
+        seen = load.mean(axis=-1)
+        slope = float((on[-1] - on[-2]) / (xs[-1] - xs[-2]))
+        sd = deviation(peak, float(on[-1]), slope)[None, :] * np.sqrt(np.clip(seen / peak, 0.0, 1.0))
+        z = (bound - times) / np.maximum(sd, 1e-12)
+        share = 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+        return float(share.mean())
 
     # ------------------------------------------------------------------------------------------- disaggregated roles
     def estimate_role(self, role: str, key: ShapeKey, menu: Menu, pp: int, dp: int,
