@@ -41,6 +41,7 @@ The parameters are fitted by ``benchmarks/fit_calibration.py`` and loaded from
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -279,8 +280,16 @@ def collective_time(
     _check_group(n, nodes)
     if n == 1 or nbytes <= 0:
         return 0.0
+    return _curve(kind, n, nodes, intra_bw, inter_bw, params, custom_allreduce, intra_fabric)(nbytes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _curve(kind: str, n: int, nodes: int, intra_bw: float, inter_bw: float | None, params: CollectiveParams,
+           custom_allreduce: bool, intra_fabric: str) -> Callable[[float], float]:
+    """:func:`collective_curve`, kept for the groups and links a run asks about again (a simulation prices the same
+    KV transfer or pipeline send at every step)."""
     return collective_curve(kind, n, nodes=nodes, intra_bw=intra_bw, inter_bw=inter_bw, params=params,
-                            custom_allreduce=custom_allreduce, intra_fabric=intra_fabric)(nbytes)
+                            custom_allreduce=custom_allreduce, intra_fabric=intra_fabric)
 
 
 def _check_group(n: int, nodes: int) -> None:

@@ -170,6 +170,8 @@ class StageCost:
         self._flop_table: np.ndarray | None = None
         self._byte_table: np.ndarray | None = None
         self._cap = 0
+        self._tokens = np.zeros(0)
+        self._eager_gpu = np.zeros(0)
         self._decode_cache: dict[tuple[int, int], tuple[float, float]] = {}
         self._head_cache: dict[int, float] = {}
         self._comm_memo: dict[tuple, dict[float, float]] = {}
@@ -293,10 +295,32 @@ class StageCost:
         return float(entry.get("custom_allreduce_graph_saving_s", 0.0))
 
     def _build(self, cap: int) -> None:
-        """Tabulate the token-linear part for T in [0, cap] (exact up to _EXACT, then a grid)."""
+        """Tabulate the token-linear part for T in [0, cap] (exact up to _EXACT, then a grid).
+
+        A larger ``cap`` extends the tables: the token points of a smaller one are a prefix of a larger one's, and
+        each point's value depends on that point alone, so only the new points are computed.
+        """
         exact = np.arange(0, min(cap, _EXACT) + 1, dtype=float)
         grid = np.arange(_EXACT + _GRID, cap + _GRID, _GRID, dtype=float) if cap > _EXACT else np.zeros(0)
         tokens = np.concatenate([exact, grid])
+        done = len(self._tokens) if self._cap else 0
+        graph, eager, eager_gpu, flops, nbytes = self._tabulate(tokens[done:])
+        if done == 0:
+            graph[0] = eager[0] = eager_gpu[0] = flops[0] = nbytes[0] = 0.0
+        else:
+            graph, eager, eager_gpu, flops, nbytes = (
+                np.concatenate([old, more]) for old, more in
+                zip((self._tables[True], self._tables[False], self._eager_gpu, self._flop_table, self._byte_table),
+                    (graph, eager, eager_gpu, flops, nbytes)))
+        self._tokens = tokens
+        self._tables = {True: graph, False: eager}
+        self._eager_gpu = eager_gpu
+        self._flop_table = flops
+        self._byte_table = nbytes
+        self._cap = cap
+
+    def _tabulate(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(graph time, eager time, eager GPU time, FLOPs, bytes) of the token-linear part at each of ``tokens``."""
         t_tokens = np.maximum(tokens, 1.0)
         graph = np.zeros_like(tokens)
         flops = np.zeros_like(tokens)
@@ -324,16 +348,9 @@ class StageCost:
         # a forward pass takes the longer of its GPU time and its host launch time
         launch = cuda * float(self._host.get("eager_launch_s", 8e-6)) + \
             triton * float(self._host.get("triton_launch_s", self._host.get("eager_launch_s", 8e-6)))
-        eager = np.maximum(eager_gpu, launch)
         self.kernels = cuda + triton
         self.launch_s = launch
-        graph[0] = eager[0] = eager_gpu[0] = flops[0] = nbytes[0] = 0.0
-        self._tokens = tokens
-        self._tables = {True: graph, False: eager}
-        self._eager_gpu = eager_gpu
-        self._flop_table = flops
-        self._byte_table = nbytes
-        self._cap = cap
+        return graph, np.maximum(eager_gpu, launch), eager_gpu, flops, nbytes
 
     # ---------------------------------------------------------------------------------------- eager kernels
     @cached_property
@@ -379,10 +396,9 @@ class StageCost:
     def _send_time(self, tokens: np.ndarray) -> np.ndarray:
         """Sending ``tokens`` tokens' activations to the next pipeline stage."""
         link = self.links["pp"]
-        return np.array([collective_time("send_recv", float(n) * self.layout.send_bytes_per_token, 2,
-                                         nodes=link.domains, intra_bw=link.intra_bandwidth,
-                                         inter_bw=link.inter_bandwidth, params=self._coll,
-                                         intra_fabric=_fabric(link)) for n in tokens])
+        send = collective_curve("send_recv", 2, nodes=link.domains, intra_bw=link.intra_bandwidth,
+                                inter_bw=link.inter_bandwidth, params=self._coll, intra_fabric=_fabric(link))
+        return np.array([send(float(n) * self.layout.send_bytes_per_token) for n in tokens])
 
     def linear_time(self, tokens: int, graph: bool) -> float:
         """GPU time of the token-linear operators (and their collectives) for ``tokens`` tokens."""
