@@ -77,8 +77,11 @@ def test_ctrl_c_during_a_solve_exits_130_and_leaves_no_worker_behind() -> None:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while not descendants(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # until its simulator pool has started: the command is running, past its imports
+        # until its simulator pool has started (forked workers, with the parent's command line): the command is
+        # running, past its imports (which may start short-lived helpers of their own, such as ldconfig)
+        while proc.poll() is None and time.monotonic() < deadline and \
+                not any("apex_opt.cli.main" in cmd for cmd in descendants(proc.pid).values()):
+            time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
         _, err = proc.communicate(timeout=30)
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import gc
 import importlib
-import logging
 import os
 import re
 import sys
@@ -112,8 +111,8 @@ def exit_now(code: int | str | None) -> None:
 
     By then the command has written its output and closed its files and worker pools; what is left is freeing
     every object of a solved problem (CP-SAT, pandas, pydantic), which took 0.2-0.3 s after the default
-    ``apex-opt solve`` (``docs/planner.md``). So: flush the standard streams and logging, run the ``atexit``
-    handlers (Ray's shutdown among them), and leave. Threads other than daemons still running (never the case
+    ``apex-opt solve`` (``docs/planner.md``). So: run the ``atexit`` handlers (logging's and Ray's shutdown among
+    them), flush the standard streams, and leave. Threads other than daemons still running (never the case
     after a command returns) get the ordinary interpreter exit instead, which waits for them.
     """
     if isinstance(code, str):  # sys.exit("message"): printed, status 1
@@ -122,13 +121,12 @@ def exit_now(code: int | str | None) -> None:
     status = 0 if code is None else int(code)
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(status)
-    logging.shutdown()
+    atexit._run_exitfuncs()  # logging's shutdown is one of them; what they print is flushed below
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (apex-opt solve | head): nothing more can be written
             status = status or 1
-    atexit._run_exitfuncs()
     os._exit(status)
 
 
