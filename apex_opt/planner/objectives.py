@@ -27,10 +27,10 @@ the same order, counting values within 1% of the best as ties (:func:`rank_plans
 
 ``Minimize(metric)``, ``Maximize(metric)`` take a registry name of a metric the planner models (one with a
 ``solver`` entry, such as ``"cost_per_mtok_usd"``) or a function ``(v, s) -> linear expression`` for objectives of
-your own; such plans are ranked by the solver's order. An earlier spelling the registry lists
-(:data:`apex_opt.metrics.FORMERLY`, e.g. ``"goodput_per_gpu"``) is accepted with a ``DeprecationWarning``, like
-everywhere else; other names are refused with the registry name to use (``"cost_per_mtok"`` is the planner
-variable ``v.cost_per_mtok``, in milli-USD: name the metric ``"cost_per_mtok_usd"``).
+your own; such plans are ranked by the solver's order. An earlier spelling is accepted with a
+``DeprecationWarning`` until the next release: one the registry lists (:data:`apex_opt.metrics.FORMERLY`, e.g.
+``"goodput_per_gpu"``), or the planner's own name from before the registry (``"cost_per_mtok"``, ``"tpot"``);
+any other name is refused with the closest registry name.
 """
 
 from __future__ import annotations
