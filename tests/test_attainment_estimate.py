@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 import apex_opt as ax
-from apex_opt.planner.estimates import Estimator, Menu, ShapeKey, TpotSpread, WorkloadStats
+from apex_opt.planner.attainment import TpotSpread
+from apex_opt.planner.estimates import Estimator, Menu, ShapeKey
 from apex_opt.planner.solve import Problem
+from apex_opt.planner.workload_stats import WorkloadStats
 from apex_opt.schema.slo import parse_slo
 
 LLAMA_8B = ("llama-3.1-8b", "synthetic:rate={rate}rps,requests=600,prompt=1024,output=128,seed=0")

@@ -14,8 +14,8 @@ import math
 import pytest
 
 import apex_opt as ax
-from apex_opt.planner.estimates import WorkloadStats
 from apex_opt.planner.solve import Problem
+from apex_opt.planner.workload_stats import WorkloadStats
 
 
 def stats(duration: float) -> WorkloadStats:

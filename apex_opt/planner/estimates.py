@@ -41,27 +41,23 @@ Llama-3.1-70B tp4/tp2 pp2 and 47% high on 8B tp2 pp2. Now every pipelined row th
 ``docs/scale.md``). Pipelined plans without chunked prefill and disaggregated decode replicas keep the step
 formula of :meth:`Estimator._step`.
 
-Attainment (:meth:`Estimator._tpot_share`). The SLO counts a request as met when its *own* TPOT is within the
-bound, and requests do not all decode at the mean: those of a short trace's plateau see more requests in service
-than the token-weighted mean, and those whose lives see more prompts arrive (or that have few tokens to average
-them over) see more prefill work in their steps. The share is read off the load profile of the trace, the Poisson
-count of the prompts arriving during a life and of the requests sharing the steps, and the output-length deciles;
-every term is the cost model's step (round) formula or the workload's. It replaced "every request at the mean
-TPOT", which estimated 100% for Kimi-K2 ``tp4 pp4`` plans whose simulations kept 51-58% of the requests within
-the bound (``tests/test_attainment_estimate.py``, ``docs/planner.md``).
-"""
+Attainment (:meth:`Estimator._tpot_share`, :func:`apex_opt.planner.attainment.tpot_share`). The SLO counts a request
+as met when its *own* TPOT is within the bound, and requests do not all decode at the mean: those of a short trace's
+plateau see more requests in service than the token-weighted mean, and those whose lives see more prompts arrive (or
+that have few tokens to average them over) see more prefill work in their steps. The share is read off the load
+profile of the trace, the Poisson count of the prompts arriving during a life and of the requests sharing the steps,
+and the output-length deciles; every term is the cost model's step (round) formula or the workload's. It replaced
+"every request at the mean TPOT", which estimated 100% for Kimi-K2 ``tp4 pp4`` plans whose simulations kept 51-58%
+of the requests within the bound (``tests/test_attainment_estimate.py``, ``docs/planner.md``)."""
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from ..errors import SpecError
 from ..ir.parallel import StageLayout, default_layer_split
 from ..perf.engine_rules import resolve_engine
 from ..perf.memory import plan_memory, stage_weight_bytes
@@ -73,94 +69,11 @@ from ..schema.plan import Plan
 from ..schema.slo import SLO
 from ..sim.cost import BatchShape
 from ..topology.graph import Topology
-from ..workload import Workload
+from .attainment import TpotSpread, tpot_share
+from .workload_stats import WorkloadStats
 
 #: shares of a replica's capacity the arrival rate may use before the [capacity] constraint refuses it
 DEFAULT_HEADROOM = 0.10
-
-
-@dataclass(frozen=True)
-class WorkloadStats:
-    """The few numbers of a workload the analytical bounds use."""
-
-    requests: int
-    rate: float  # requests/s
-    mean_prompt: float
-    mean_output: float
-    #: time-average context of a decoding sequence (output-weighted mean of prompt + output/2)
-    ctx_occupancy: float
-    #: prompt length at the SLO attainment quantile ("the workload's long prompts")
-    long_prompt: int
-    #: prompt lengths at the 5th, 15th, ..., 95th percentiles (the mean TTFT averages over them)
-    prompt_deciles: tuple[int, ...]
-    quantile: float  # that quantile, in percent
-    max_request_tokens: int  # longest prompt + output
-    #: every prompt length, sorted (the share of requests within a TTFT bound is read off it)
-    prompts_sorted: tuple[int, ...] = ()
-    #: seconds from the first arrival to the last (inf: a workload that arrives for ever)
-    duration: float = math.inf
-    #: output lengths at the 5th, 15th, ..., 95th percentiles (the TPOT share averages over them; empty: the mean)
-    output_deciles: tuple[int, ...] = ()
-
-    def concurrency(self, rate: float, lifetime: float) -> float:
-        """Requests in service that a decoding token sees on average, when ``rate`` requests/s arrive over
-        :attr:`duration` seconds and each is served for ``lifetime`` seconds.
-
-        In service at time ``t`` are those arrived in the last ``lifetime`` seconds: the count climbs for
-        ``a = min(duration, lifetime)`` seconds to ``rate * a``, holds until ``b = max(duration, lifetime)``, and falls
-        back to zero in ``a`` more. Tokens come out in proportion to that count, so the count a token sees is its
-        mean weighted by itself, ``rate * a * (1 - a / (3 b))``: Little's ``rate * lifetime`` for a trace that lasts
-        much longer than a request, and less when requests outlive the trace (they pile up only while it
-        arrives; a simulation of the trace never reaches the steady batch).
-
-        >>> stats = WorkloadStats(100, 1.0, 100.0, 100.0, 150.0, 100, (100,), 90.0, 200, duration=10.0)
-        >>> stats.concurrency(1.0, 1.0), round(stats.concurrency(1.0, 30.0), 3)  # 1 - 1/30; 10 x (1 - 10/90)
-        (0.9666666666666667, 8.889)
-        """
-        a, b = min(self.duration, lifetime), max(self.duration, lifetime)
-        if not (a > 0 and math.isfinite(a)):
-            return rate * lifetime if a > 0 else 0.0
-        return rate * a * (1.0 - a / (3.0 * b))
-
-    def rate_for(self, batch: float, lifetime: float) -> float:
-        """The arrival rate at which :meth:`concurrency` is ``batch`` (its inverse in the rate)."""
-        per_rate = self.concurrency(1.0, lifetime)
-        return batch / per_rate if per_rate > 0 else math.inf
-
-    def share_at_most(self, prompt: int) -> float:
-        """Share of requests whose prompt has at most ``prompt`` tokens."""
-        return bisect.bisect_right(self.prompts_sorted, prompt) / max(len(self.prompts_sorted), 1)
-
-    @classmethod
-    def of(cls, workload: Workload, slo: SLO | None = None) -> WorkloadStats:
-        n = len(workload)
-        if n == 0:
-            raise SpecError(f"workload '{workload.name}' has no requests; the planner needs at least one")
-        rate = workload.rate
-        span = float(workload.arrival_s[-1] - workload.arrival_s[0]) if n > 1 else 0.0
-        if not math.isfinite(rate) or rate <= 0:
-            # one request, or all at once: size for the whole trace arriving within a second
-            rate = float(max(n, 1))
-        # the arrivals' span as the rate counts it: n requests at `rate` arrive over n / rate seconds
-        duration = n / rate if span > 0 else 1.0
-        prompt = workload.prompt_tokens.astype(float)
-        output = workload.output_tokens.astype(float)
-        occupancy = float(np.sum(output * (prompt + output / 2.0)) / max(np.sum(output), 1.0))
-        q = 90.0 if slo is None else min(99.9, max(50.0, slo.attainment * 100.0))
-        return cls(
-            requests=n,
-            rate=float(rate),
-            mean_prompt=float(prompt.mean()),
-            mean_output=float(output.mean()),
-            ctx_occupancy=occupancy,
-            long_prompt=math.ceil(workload.percentile("prompt", q)),
-            prompt_deciles=tuple(max(round(workload.percentile("prompt", p)), 1) for p in range(5, 100, 10)),
-            quantile=q,
-            max_request_tokens=int((workload.prompt_tokens + workload.output_tokens).max()),
-            prompts_sorted=tuple(int(x) for x in np.sort(workload.prompt_tokens)),
-            duration=duration,
-            output_deciles=tuple(max(round(workload.percentile("output", p)), 1) for p in range(5, 100, 10)),
-        )
 
 
 @dataclass(frozen=True)
@@ -391,30 +304,6 @@ class PipeRound:
     cap: float  # most prompt tokens a step can carry beside its decodes (budget - decodes)
     residual: float  # mean time from an arrival to the end of its engine's round (length-biased)
     chunk_round: float  # mean round in which the engine's own micro-batch carries prompt tokens
-
-
-@dataclass(frozen=True)
-class TpotSpread:
-    """What spreads the per-request TPOT of one candidate around its mean (:meth:`Estimator._tpot_share`)."""
-
-    rate: float  # requests/s reaching one replica
-    limit: float  # most sequences a replica (all its virtual engines) runs at once
-    #: variance of the prompts' delay per token over one token (s^2): over ``n`` tokens it is this ``/ n``
-    prefill_var: float
-    #: mean TPOT (s) with this many requests in service, while prompts arrive at ``rate`` (True) or after the
-    #: last arrival (False: decode steps only)
-    curve: Callable[[float, bool], float]
-
-
-#: arrival times and points of a request's life the TPOT share averages over (:meth:`Estimator._tpot_share`)
-_ARRIVAL_POINTS = 48
-_LIFE_POINTS = 12
-#: batches at which the TPOT curve is evaluated between the lightest and the busiest request's load
-_CURVE_POINTS = 4
-#: most fixed-point iterations of the plateau's per-token time and the load it makes (:meth:`Estimator._tpot_share`)
-_LIFE_ITERATIONS = 6
-#: standard deviations of a request's own TPOT below the bound at which its share counts as 1 (Phi(-4) = 3e-5)
-_SHARE_Z = 4.0
 
 
 @dataclass
@@ -852,117 +741,8 @@ class Estimator:
         return st.share_at_most(lo)
 
     def _tpot_share(self, tpot: float, spread: TpotSpread | None = None) -> float:
-        """Predicted share of requests whose own TPOT is within the SLO's bound.
-
-        A request's TPOT is the sum of the steps (rounds, when pipelined) it decodes through, over its
-        ``n = output - 1`` gaps. Three things spread it around the mean ``tpot`` (:class:`TpotSpread`):
-
-        * **The trace's load profile.** The number of requests in service climbs while the trace's first
-          requests arrive, holds, and falls after the last arrival (:meth:`WorkloadStats.concurrency`, whose
-          token-weighted mean the estimate's batch is): ``N(s) = rate x mean over outputs o of
-          (min(s, duration) - max(0, s - o x T))+``. A request arriving at ``t`` with ``o`` output tokens
-          decodes at the mean, over its life ``[t, t + o x T]``, of the TPOT at ``N(s)`` (``spread.curve``: the
-          step or round formula of the mean TPOT, with the prompts arriving at the arrival rate, or none after
-          the last arrival). The plateau's requests decode slower than the mean and live longer, which raises
-          the plateau: ``T`` is the fixed point of the curve at the busiest load (at the last arrival). A trace
-          that arrives for ever has the plateau only.
-        * **The prompts that arrive during its life.** Each prompt's prefill delays the decodes by ``c`` (a
-          chunk in the steps, or a whole prefill step that stalls them); the prompts arriving during ``n``
-          tokens are Poisson, ``a = rate x tpot`` per token, and ``a x c`` is the mean delay per token
-          (``tpot`` less the TPOT with no prompts). Their count and lengths spread the request's TPOT by a
-          variance ``(a c)^2 (1 + cv^2) / (a n)``, ``cv`` the prompt lengths' coefficient of variation: the
-          binomial of mixed and pure steps, counted per prompt (a prompt's chunks come together).
-        * **The requests it shares the steps with.** Their count is Poisson about the load (variance ``N``);
-          over a life ``r`` times the mean one its time average keeps a share ``1 - r/3`` (``r <= 1``) or
-          ``(1 - 1/(3r)) / r`` of that variance, and the TPOT follows with the curve's slope ``dT/dN``.
-
-        Both fluctuations feed back: a request decoding slower stays longer and loads the others, so their
-        standard deviation is amplified by ``1 / (1 - N dT/dN / T)`` (the elasticity of the curve). The share
-        is ``Phi((bound - TPOT(t, o)) / sd(o))`` averaged over arrival times uniform over the trace and the
-        output-length deciles. Every term is the cost model's or the workload's; nothing is fitted. Without
-        ``spread`` (disaggregated decode replicas) every request decodes at ``tpot``: the share falls
-        linearly from 1 to 0 as it goes from the bound to 10% over it.
-        """
-        bound = self.slo.tpot
-        if bound is None:
-            return 1.0
-        if spread is None or tpot > bound * self.slo_slack:
-            # (also a plan the [slo.tpot] constraint refuses: not worth pricing its spread)
-            if tpot <= bound:
-                return 1.0
-            return max(0.0, 1.0 - (tpot - bound) / (0.1 * bound))
-        st = self.stats
-        outs = np.asarray(st.output_deciles or (max(round(st.mean_output), 1),), dtype=float)
-        gaps = np.maximum(outs - 1.0, 1.0)
-        ratio = outs / max(float(outs.mean()), 1.0)
-        kept = np.where(ratio <= 1.0, 1.0 - ratio / 3.0, (1.0 - 1.0 / (3.0 * ratio)) / ratio)
-        duration = st.duration
-        finite = math.isfinite(duration) and duration > 0
-
-        def busiest(per_token: float) -> float:
-            """Most requests in service at once (at the last arrival), each decoding for ``o x per_token`` s."""
-            alive = np.minimum(outs * per_token, duration) if finite else outs * per_token
-            return min(max(spread.rate * float(alive.mean()), 1.0), spread.limit)
-
-        def deviation(load: float, at: float, slope: float) -> np.ndarray:
-            """Standard deviation of a request's TPOT per output decile at ``load`` in service, TPOT ``at``."""
-            slope = max(slope, 0.0)
-            gain = 1.0 / max(1.0 - load * slope / max(at, 1e-12), 0.1)
-            var = spread.prefill_var / gaps + slope**2 * load * kept
-            return gain * np.sqrt(var)
-
-        heavy = busiest(max(bound, 1.05 * tpot))  # (a load above the mean's: the curve's slope needs two points)
-        at_heavy = spread.curve(heavy, True)
-        base_load = busiest(max(tpot, 1e-9))
-        slope = (at_heavy - tpot) / (heavy - base_load) if heavy > base_load else 0.0
-        spread_max = _SHARE_Z * float(deviation(heavy, at_heavy, slope).max())
-        if tpot + spread_max <= bound and at_heavy + spread_max <= bound:
-            # requests decoding at the bound would load the replica less than it takes to reach it: the fixed
-            # point below lies under the bound, and so does every request's TPOT with its slow tail
-            return 1.0
-        # the requests of the plateau decode slower than the mean, live longer, and so raise the plateau:
-        # the per-token time their lives are priced at is the fixed point of the curve at the busiest load
-        per_token = max(tpot, 1e-9)
-        for _ in range(_LIFE_ITERATIONS):
-            nxt = max(spread.curve(busiest(per_token), True), tpot)
-            done = abs(nxt - per_token) <= 2e-3 * per_token
-            per_token = nxt
-            if done:
-                break
-        top_load = busiest(per_token)
-        if per_token + _SHARE_Z * float(deviation(top_load, per_token, slope).max()) <= bound:
-            return 1.0  # even the busiest request's slow tail is within the bound
-        life = outs * per_token  # seconds each output decile decodes for
-
-        def in_service(s: np.ndarray) -> np.ndarray:
-            """Requests in service at times ``s`` (the trapezoid of :meth:`WorkloadStats.concurrency`)."""
-            s = s[..., None]
-            alive = np.minimum(s, duration) - np.maximum(s - life, 0.0)
-            return spread.rate * np.clip(alive, 0.0, None).mean(axis=-1)
-
-        if finite:
-            ts = (np.arange(_ARRIVAL_POINTS) + 0.5) / _ARRIVAL_POINTS * duration
-            frac = (np.arange(_LIFE_POINTS) + 0.5) / _LIFE_POINTS
-            # points[t, o, k]: the k-th point of the life of a request arriving at ts[t] with outs[o] tokens
-            points = ts[:, None, None] + life[None, :, None] * frac[None, None, :]
-            load = np.clip(in_service(points), 1.0, spread.limit)
-            arriving = points < duration
-        else:
-            load = np.full((1, len(outs), 1), busiest(per_token))
-            arriving = np.ones_like(load, dtype=bool)
-        peak = max(float(load.max()), top_load)
-        lo = float(load.min())
-        xs = np.linspace(lo, peak, _CURVE_POINTS) if peak > lo * (1 + 1e-6) else np.array([0.9 * peak, peak])
-        on = np.array([spread.curve(float(x), True) for x in xs[:-1]] + [per_token])
-        off = np.array([spread.curve(float(x), False) for x in xs]) if not arriving.all() else on
-        # a request's TPOT: the mean of the step (round) times over its life
-        times = np.where(arriving, np.interp(load, xs, on), np.interp(load, xs, off)).mean(axis=-1)
-        seen = load.mean(axis=-1)
-        slope = float((on[-1] - on[-2]) / (xs[-1] - xs[-2]))
-        sd = deviation(peak, float(on[-1]), slope)[None, :] * np.sqrt(np.clip(seen / peak, 0.0, 1.0))
-        z = (bound - times) / np.maximum(sd, 1e-12)
-        share = 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
-        return float(share.mean())
+        """Predicted share of requests whose own TPOT is within the SLO's bound (:func:`~apex_opt.planner.attainment.tpot_share`)."""
+        return tpot_share(tpot, spread, self.stats, self.slo.tpot, self.slo_slack)
 
     # ------------------------------------------------------------------------------------------- disaggregated roles
     def estimate_role(self, role: str, key: ShapeKey, menu: Menu, pp: int, dp: int,

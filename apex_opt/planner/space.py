@@ -31,7 +31,8 @@ from ..schema.model import ModelSpec
 from ..schema.plan import Plan
 from ..specs import Specs
 from ..topology.graph import Topology
-from .estimates import ConfigEstimate, Estimator, Menu, RoleEstimate, ShapeKey, WorkloadStats
+from .estimates import ConfigEstimate, Estimator, Menu, RoleEstimate, ShapeKey
+from .workload_stats import WorkloadStats
 
 QUANTIZATION = ("none", "fp8", "int8", "int4", "fp4", "any")
 KV_DTYPES = ("bf16", "fp8", "any")
