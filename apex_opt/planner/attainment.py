@@ -151,5 +151,4 @@ def tpot_share(tpot: float, spread: TpotSpread | None, stats: WorkloadStats, bou
     return float(share.mean())
 
 
-
 __all__ = ["TpotSpread", "tpot_share"]
