@@ -65,7 +65,7 @@ from .plugins import (
 )
 from .schema.plan import Deployment, Plan
 from .schema.slo import SLO, parse_slo
-from .sim import SimResult
+from .sim import SimResult, SimSummary
 from .simulate import simulate
 from .specs import Specs, load_specs
 from .sweep import sweep
@@ -136,6 +136,7 @@ __all__ = [
     "RankedPlan",
     "SearchOptions",
     "SimResult",
+    "SimSummary",
     "SimulationError",
     "SolverError",
     "SpecError",

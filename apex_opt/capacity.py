@@ -197,7 +197,7 @@ def capacity(specs: Specs, plan: Plan | Deployment, *, precision: float = 0.02, 
                         "spread over time, e.g. synthetic:rate=4rps,requests=200,prompt=1024,output=128")
 
     trials: list[Trial] = []
-    summaries: dict[float, dict[str, Any]] = {}
+    summaries: dict[float, Mapping[str, Any]] = {}
 
     def run(rate: float) -> bool:
         s = simulate(dataclasses.replace(specs, workload=workload.with_rate(rate)), plan, seed=seed,

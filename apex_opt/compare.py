@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import SpecError, shorten
-from .metrics import METRICS, Metric, MetricValues, canonical_name, compared
+from .metrics import METRICS, Metric, canonical_name, compared
 from .schema.plan import Deployment, Plan
+from .sim.summary import SimSummary
 from .simulate import check_seed, check_simulate_args
 from .simulate import simulate as _simulate
 from .specs import Specs
@@ -26,22 +27,22 @@ class Comparison:
     """What :func:`compare` returns: one column per plan, in the order given.
 
     ``labels``: a unique name per plan (its label, made unique with ``#2``, ``#3`` when two plans share one).
-    ``metrics``: each plan's simulated summary (:class:`~apex_opt.metrics.MetricValues`), or None when its
+    ``metrics``: each plan's simulated summary (:class:`~apex_opt.sim.summary.SimSummary`), or None when its
     simulation failed, with the reason in ``errors`` ("" where it ran).
     """
 
     plans: tuple[Plan | Deployment, ...]
     labels: tuple[str, ...]
-    metrics: tuple[MetricValues | None, ...]
+    metrics: tuple[SimSummary | None, ...]
     errors: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.plans)
 
-    def __iter__(self) -> Iterator[tuple[str, MetricValues | None]]:
+    def __iter__(self) -> Iterator[tuple[str, SimSummary | None]]:
         return iter(zip(self.labels, self.metrics, strict=True))
 
-    def __getitem__(self, key: int | str) -> MetricValues | None:
+    def __getitem__(self, key: int | str) -> SimSummary | None:
         """A plan's metrics by position or label."""
         if isinstance(key, str):
             if key not in self.labels:

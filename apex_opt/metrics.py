@@ -16,9 +16,11 @@ planner's objectives (:mod:`apex_opt.planner.objectives`) are read from here: :a
 ``Objective.metric`` is the registered name.
 
 Names used before this registry (``goodput_rps``, ``energy_per_token_j``, ``cost``, ...) are listed as
-:attr:`Metric.formerly`. They stay readable for one release, through :class:`MetricValues` (the dicts
-``simulate(...).summary()``, ``RankedPlan.predicted`` and ``RankedPlan.simulated`` return) with a
-``DeprecationWarning``; they are no longer written to JSON.
+:attr:`Metric.formerly`. They stay readable for one release, with a ``DeprecationWarning``, from the typed records
+that ``simulate(...).summary()`` and ``RankedPlan.simulated`` (:class:`apex_opt.sim.summary.SimSummary`) and
+``RankedPlan.predicted`` (:class:`apex_opt.planner.prediction.Prediction`) return, and from :class:`MetricValues` (a
+plain dict keyed by registered names); they are no longer written to JSON. Both records have one field per
+registered metric of their kind (a simulation reports every metric outside the *prediction* group).
 
 >>> from apex_opt.metrics import METRICS, canonical_name
 >>> m = METRICS["energy_per_output_token_j"]
@@ -36,9 +38,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 #: lower is better, higher is better, neither (a count or a setting that describes the run)
 LOWER, HIGHER, NEITHER = -1, +1, 0
@@ -284,6 +286,92 @@ def warn_renamed(old: str, new: str) -> None:
                   "next release", DeprecationWarning, stacklevel=3)
 
 
+class MetricRecord(Mapping[str, Any]):
+    """Base of the typed records of registered metrics (:class:`~apex_opt.planner.prediction.Prediction`,
+    :class:`~apex_opt.sim.summary.SimSummary`): a subclass is a frozen dataclass (``eq=False``) whose fields are
+    metrics, ``None`` when not reported.
+
+    A record reads as a mapping of the fields it has, in field order (the form of the JSON output), and compares
+    equal to a dict of the same items; an earlier spelling (:data:`FORMERLY`) is readable by key or attribute with a
+    ``DeprecationWarning`` and accepted by :meth:`of`, but ``in`` is true for present fields only.
+    """
+
+    #: how messages name one record, and the parameter a mapping of it is given as
+    _what: ClassVar[str] = "record"
+    _given_as: ClassVar[str] = "values"
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The record's fields, in order."""
+        names = _RECORD_FIELDS.get(cls)
+        if names is None:
+            names = _RECORD_FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        return names
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> Self:
+        """A record from a mapping of its fields (an earlier spelling accepted; a registered name wins over its
+        earlier spelling). A key that is no field is a :class:`~apex_opt.errors.SpecError` naming it."""
+        if isinstance(values, cls):
+            return values
+        names = cls.field_names()
+        fields: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key if key in names else FORMERLY.get(key, key)
+            if name not in names:
+                from .errors import SpecError
+
+                raise SpecError(f"{cls._given_as}: no metric '{key}' in {cls._what}; its fields are "
+                                f"{', '.join(names)} ({cls.__module__}.{cls.__name__})")
+            if name == key or name not in values:
+                fields[name] = value
+        return cls(**fields)
+
+    def replace(self, **changes: Any) -> Self:
+        """This record with ``changes`` to its fields (``None``: not reported)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def __getitem__(self, key: str) -> Any:
+        names = self.field_names()
+        name = key if key in names else FORMERLY.get(key, "")
+        value = getattr(self, name) if name in names else None
+        if value is None:
+            raise KeyError(key)
+        if name != key:
+            warn_renamed(key, name)
+        return value
+
+    def __contains__(self, key: object) -> bool:  # a present field only; an earlier spelling is read, never held
+        return isinstance(key, str) and key in self.field_names() and getattr(self, key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in self.field_names() if getattr(self, name) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __eq__(self, other: object) -> bool:  # as the dict it reads as (NaN values compare as dicts compare them)
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self) == dict(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping, like the dict it stands for
+
+    def __getattr__(self, name: str) -> Any:  # only called for names that are not fields: earlier spellings
+        new = FORMERLY.get(name)
+        if new is None or name.startswith("__") or new not in self.field_names():
+            raise AttributeError(f"no metric '{name}' in {self._what}; its fields are "
+                                 f"{', '.join(self.field_names())}")
+        warn_renamed(name, new)
+        return getattr(self, new)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
+
+
+_RECORD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 class MetricValues(dict):
     """A dict of metric values keyed by registered names, with attribute access (``r.ttft_p99_s``).
 
@@ -335,18 +423,27 @@ def renamed(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def derived_metrics(values: Mapping[str, Any], gpus: int | None = None) -> dict[str, Any]:
+    """The metrics a simulated summary ``values`` lacks that follow from the others: ``gpus`` (given),
+    ``goodput_per_gpu_req_s`` (goodput over the GPUs) and ``cost_per_mtok_usd`` (cost over the output tokens)."""
+    out: dict[str, Any] = {}
+    if gpus is not None and "gpus" not in values:
+        out["gpus"] = gpus
+    n = values["gpus"] if "gpus" in values else out.get("gpus")
+    if "goodput_per_gpu_req_s" not in values and "goodput_req_s" in values and n:
+        out["goodput_per_gpu_req_s"] = values["goodput_req_s"] / n
+    if "cost_per_mtok_usd" not in values and "cost_usd" in values:
+        tokens = values.get("output_tokens") or 0
+        out["cost_per_mtok_usd"] = values["cost_usd"] / tokens * 1e6 if tokens else math.nan
+    return out
+
+
 def with_derived(values: Mapping[str, Any], gpus: int | None = None) -> MetricValues:
-    """``values`` (a simulated summary) as :class:`MetricValues` with the metrics derived from others filled in:
-    ``gpus``, ``goodput_per_gpu_req_s`` and ``cost_per_mtok_usd``."""
+    """``values`` (a simulated summary) as a plain :class:`MetricValues` dict with the metrics derived from others
+    filled in (:func:`derived_metrics`). ``SimResult.summary()`` is a typed record with its own
+    ``with_derived``; this is for a dict that mixes metrics with other columns."""
     out = MetricValues(renamed(values))
-    if gpus is not None:
-        out.setdefault("gpus", gpus)
-    n = out.get("gpus")
-    if "goodput_per_gpu_req_s" not in out and "goodput_req_s" in out and n:
-        out["goodput_per_gpu_req_s"] = out["goodput_req_s"] / n
-    if "cost_per_mtok_usd" not in out and "cost_usd" in out:
-        tokens = out.get("output_tokens") or 0
-        out["cost_per_mtok_usd"] = out["cost_usd"] / tokens * 1e6 if tokens else math.nan
+    out.update(derived_metrics(out, gpus))
     return out
 
 
@@ -383,7 +480,7 @@ def markdown() -> str:
             lines.append(f"| `{m.name}` | {m.unit} | {m.meaning} | {sense[m.sense]} | {objective} | {solver} |")
         lines.append("")
     lines += ["## Earlier names", "",
-              "These spellings were used before the registry. They stay readable for one release from the dicts",
+              "These spellings were used before the registry. They stay readable for one release from the records",
               "that `simulate(...).summary()`, `SimResult[...]`, `RankedPlan.predicted` and `RankedPlan.simulated`",
               "return (with a `DeprecationWarning`), and are no longer written to JSON.", "",
               "| earlier name | name |", "|---|---|"]
@@ -391,5 +488,5 @@ def markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CLUSTER_MAXIMA", "FORMERLY", "HIGHER", "LOWER", "METRICS", "NEITHER", "Metric", "MetricValues", "canonical_name",
-           "compared", "markdown", "renamed", "warn_renamed", "with_derived"]
+__all__ = ["CLUSTER_MAXIMA", "FORMERLY", "HIGHER", "LOWER", "METRICS", "NEITHER", "Metric", "MetricRecord", "MetricValues", "canonical_name",
+           "compared", "derived_metrics", "markdown", "renamed", "warn_renamed", "with_derived"]

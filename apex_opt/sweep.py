@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApexOptError, SpecError, shorten
-from .metrics import METRICS, with_derived
+from .metrics import METRICS
 
 #: the axes that change the problem, and the row column each is written to
 PROBLEM_AXES = {"rate": "rate_req_s", "slo": "slo", "gpu": "gpu", "model": "model", "engine": "engine",
@@ -103,7 +103,7 @@ def _run_point(job: dict[str, Any]) -> dict[str, Any]:
                 raise SpecError(f"plan {plan.label} needs {plan.gpus} GPUs; cluster '{specs.cluster.name}' has "
                                 f"{specs.cluster.total_gpus}")
             result = simulate(specs, plan, seed=job["seed"], max_requests=job["max_requests"])
-            metrics = with_derived(result.summary(), plan.gpus)
+            metrics = result.summary().with_derived(plan.gpus)
             row["plan"] = plan.label
         else:
             from .planner import solve
@@ -113,7 +113,7 @@ def _run_point(job: dict[str, Any]) -> dict[str, Any]:
             if found.best is None or found.best.simulated is None:
                 row["error"] = f"no verified plan ({found.status}): {found.explanation}".strip()
                 return row
-            metrics = with_derived(found.best.simulated, found.best.plan.gpus)
+            metrics = found.best.simulated.with_derived(found.best.plan.gpus)
             row["plan"] = found.best.label
     except ApexOptError as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"

@@ -184,7 +184,7 @@ class MeasuredRun:
     measured_at: str
     prefix_caching: bool | None
 
-    def predict(self, *, seed: int = 0) -> tuple[dict[str, float], dict[str, Any]]:
+    def predict(self, *, seed: int = 0) -> tuple[dict[str, float], Mapping[str, Any]]:
         """(predicted metrics under the canonical names, the simulation summary) of this run."""
         from .simulate import simulate
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -403,7 +403,7 @@ _REJECTED = {
 }
 
 
-def no_completion(result: SimResult, summary: dict[str, Any]) -> str | None:
+def no_completion(result: SimResult, summary: Mapping[str, Any]) -> str | None:
     """None when some request completed; otherwise the reason, e.g. every request was rejected, and a fix."""
     if summary.get("num_completed"):
         return None
@@ -423,7 +423,7 @@ def no_completion(result: SimResult, summary: dict[str, Any]) -> str | None:
             f"({reasons[top]:,} because {why}), so there is no throughput or energy per token to report; {fix}")
 
 
-def rate_line(s: dict) -> str:
+def rate_line(s: Mapping[str, Any]) -> str:
     """Offered vs served request rate, and a plain warning when the plan cannot keep up."""
     if math.isnan(s.get("offered_rate_req_s", math.nan)):
         return "rate         too few arrivals to compare offered and served load"

@@ -6,6 +6,7 @@ import math
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -281,7 +282,7 @@ def render_table(result: PlanSet) -> None:
     prob = result.problem
     rows = []
     for p in result.plans:
-        s = p.simulated or {}
+        s: Mapping[str, Any] = p.simulated or {}
         pred = p.predicted
         rows.append([
             p.rank,

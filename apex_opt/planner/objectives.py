@@ -185,8 +185,8 @@ def objective_function(objective: str | Objective | Callable[..., Any] | None) -
 
 
 # ------------------------------------------------------------------------------------------- values
-def simulated_value(metric: str, summary: dict, gpus: int) -> float:
-    """The simulated value of ``metric`` (a registry name; SI units) from a ``SimResult.summary()`` dict.
+def simulated_value(metric: str, summary: Mapping[str, Any], gpus: int) -> float:
+    """The simulated value of ``metric`` (a registry name; SI units) from a ``SimResult.summary()`` record.
 
     ``gpus`` and ``goodput_per_gpu_req_s`` are the plan's: its GPU count, and the goodput over it.
     """

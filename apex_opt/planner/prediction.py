@@ -22,18 +22,19 @@ apex_opt.errors.SpecError: predicted: no metric 'speed' in a prediction; its fie
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
-from ..errors import SpecError
-from ..metrics import FORMERLY, METRICS, warn_renamed
+from ..metrics import METRICS, MetricRecord
 
 
-@dataclass(frozen=True)
-class Prediction(Mapping[str, Any]):
+@dataclass(frozen=True, eq=False)
+class Prediction(MetricRecord):
     """The cost model's predictions for one plan or deployment (SI units; ``None``: not predicted)."""
+
+    _what: ClassVar[str] = "a prediction"
+    _given_as: ClassVar[str] = "predicted"
 
     fits: bool = False
     gpus: int | None = None
@@ -56,50 +57,8 @@ class Prediction(Mapping[str, Any]):
     #: mixed-GPU plans: the share of the traffic each GPU kind's replicas take (their router weights)
     traffic_shares: Mapping[str, float] | None = None
 
-    @classmethod
-    def of(cls, values: Mapping[str, Any]) -> Prediction:
-        """A prediction from a mapping of its fields (earlier spellings such as ``attainment`` accepted)."""
-        if isinstance(values, Prediction):
-            return values
-        fields: dict[str, Any] = {}
-        for key, value in values.items():
-            name = key if key in _FIELDS else FORMERLY.get(key, key)
-            if name not in _FIELDS:
-                raise SpecError(f"predicted: no metric '{key}' in a prediction; its fields are "
-                                f"{', '.join(_FIELDS)} (apex_opt.planner.prediction.Prediction)")
-            if name == key or name not in values:
-                fields[name] = value
-        return cls(**fields)
 
-    def replace(self, **changes: Any) -> Prediction:
-        """This prediction with ``changes`` to its fields."""
-        return dataclasses.replace(self, **changes)
-
-    # ---------------------------------------------------------------------------------------- as a mapping
-    def __getitem__(self, key: str) -> Any:
-        name = key if key in _FIELDS else FORMERLY.get(key, "")
-        value = getattr(self, name) if name in _FIELDS else None
-        if value is None:
-            raise KeyError(key)
-        if name != key:
-            warn_renamed(key, name)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name in _FIELDS if getattr(self, name) is not None)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __getattr__(self, name: str) -> Any:  # only called for names that are not fields: earlier spellings
-        new = FORMERLY.get(name)
-        if new is None or new not in _FIELDS or name.startswith("__"):
-            raise AttributeError(f"no metric '{name}' in a prediction; its fields are {', '.join(_FIELDS)}")
-        warn_renamed(name, new)
-        return getattr(self, new)
-
-
-_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Prediction))
+_FIELDS = Prediction.field_names()
 
 #: every scalar field is a registered metric (traffic_shares is a table of them, one per GPU kind)
 _UNREGISTERED = [name for name in _FIELDS if name not in METRICS and name != "traffic_shares"]

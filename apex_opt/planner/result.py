@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..metrics import MetricValues, renamed
 from ..schema.plan import Deployment, Plan
+from ..sim.summary import SimSummary
 from .launch import LaunchSettings, launch_commands
 from .objectives import Objective
 from .prediction import Prediction
@@ -22,15 +22,16 @@ class RankedPlan:
     ``predicted``: the cost model's :class:`~apex_opt.planner.prediction.Prediction` (``tpot_mean_s``,
     ``slo_attainment``, ``goodput_per_gpu_req_s``, ``kv_tokens``, ``memory_headroom_bytes``, ...; a mapping given
     here is read into one).
-    ``simulated``: the simulation summary (``SimResult.summary()`` keys, with ``gpus``,
-    ``goodput_per_gpu_req_s`` and ``cost_per_mtok_usd``) as :class:`~apex_opt.metrics.MetricValues`, or None.
+    ``simulated``: the simulation summary (``SimResult.summary()``, with ``gpus``, ``goodput_per_gpu_req_s`` and
+    ``cost_per_mtok_usd``): a :class:`~apex_opt.sim.summary.SimSummary` (a mapping given here is read into one),
+    or None.
     Both keep the earlier names (``goodput_rps``, ``tpot_s``, ``attainment``, ...) readable for one release.
     ``verified``: simulated, meets the SLO and every simulated-result constraint.
     """
 
     plan: Plan | Deployment  # a Deployment: a disaggregated (xPyD) plan
     predicted: Prediction
-    simulated: dict[str, Any] | None = None
+    simulated: SimSummary | None = None
     verified: bool = False
     notes: tuple[str, ...] = ()
     rank: int = 0
@@ -41,8 +42,8 @@ class RankedPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "predicted", Prediction.of(self.predicted))
-        if self.simulated is not None and not isinstance(self.simulated, MetricValues):
-            object.__setattr__(self, "simulated", MetricValues(renamed(self.simulated)))
+        if self.simulated is not None:
+            object.__setattr__(self, "simulated", SimSummary.of(self.simulated))
 
     @property
     def label(self) -> str:

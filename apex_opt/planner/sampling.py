@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from ..metrics import CLUSTER_MAXIMA, METRICS
 from ..schema.plan import Deployment, Plan
+from ..sim.summary import SimSummary
 from ..specs import Specs
 
 #: requests a verification simulates at least, by default (``solve(verify_requests=...)``; module docstring)
@@ -82,20 +84,19 @@ def sampled(plan: Plan, specs: Specs, sample: ReplicaSample) -> tuple[Plan, Spec
             dataclasses.replace(specs, workload=specs.workload.subset(sample.index)))
 
 
-def scaled_up(summary: dict[str, Any], sample: ReplicaSample) -> dict[str, Any]:
+def scaled_up(summary: Mapping[str, Any], sample: ReplicaSample) -> SimSummary:
     """A sample's summary as the whole deployment's: extensive metrics times ``sample.factor``, cluster-wide
     maxima left out, and ``replicas_simulated`` recorded."""
-    out = dict(summary)
+    record = SimSummary.of(summary)
     factor = sample.factor
-    for key, value in summary.items():
+    changes: dict[str, Any] = {}
+    for key, value in record.items():
         metric = METRICS.get(key)
         if metric is None or not metric.extensive or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        out[key] = round(value * factor) if isinstance(value, int) else value * factor
-    for key in CLUSTER_MAXIMA:
-        out.pop(key, None)
-    out["replicas_simulated"] = sample.replicas
-    return out
+        changes[key] = round(value * factor) if isinstance(value, int) else value * factor
+    changes.update(dict.fromkeys(CLUSTER_MAXIMA), replicas_simulated=sample.replicas)
+    return record.replace(**changes)
 
 
 __all__ = ["VERIFY_REQUESTS", "ReplicaSample", "replica_sample", "sampled", "scaled_up"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -148,7 +148,7 @@ class Optimizer:
         space = self.problem.space
         cut: list[int] = []
         for entry in entries:
-            metrics = entry.simulated or {}
+            metrics: Mapping[str, Any] = entry.simulated or {}
             if entry.verified or entry.index is None or metrics.get("slo_met", True):
                 continue
             c = space.candidates[entry.index]

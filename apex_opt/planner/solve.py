@@ -38,7 +38,7 @@ import difflib
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -549,7 +549,7 @@ class Problem:
                 if not check_simulated(c, m, self.specs):
                     ok = False
                     notes.append(f"[{c.label}] does not hold in simulation ({c.location})")
-            out.append(RankedPlan(prop.plan, prop.predicted, dict(m), ok, tuple(notes), source=prop.source,
+            out.append(RankedPlan(prop.plan, prop.predicted, m, ok, tuple(notes), source=prop.source,
                                   index=prop.index))
         return out
 
@@ -572,7 +572,7 @@ class Problem:
         ranked = distinct[:keep]
         ranked = [dataclasses.replace(p, rank=i + 1, predicted=self._with_memory(p),
                                       launch_settings=self._launch_settings(p)) for i, p in enumerate(ranked)]
-        rej = sorted(rejected, key=lambda p: -float((p.simulated or {}).get("slo_attainment", -1.0) or -1.0))
+        rej = sorted(rejected, key=lambda p: -float((p.simulated.get("slo_attainment", -1.0) if p.simulated else -1.0) or -1.0))
         if ranked:
             status = "optimal" if len(ranked) >= keep else ("exhausted" if exhausted else "budget")
         else:
@@ -675,7 +675,7 @@ def _layout(plan: Plan | Deployment) -> tuple:
     return (plan.dp, plan.pp, plan.tp, plan.ep, plan.expert_tp, plan.weight_dtype, plan.kv_dtype)
 
 
-def _slo_miss(m: dict[str, Any], slo: Any) -> str:
+def _slo_miss(m: Mapping[str, Any], slo: Any) -> str:
     from ..units import format_time
 
     cut = m.get("cut_at_s")

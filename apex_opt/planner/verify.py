@@ -1,16 +1,16 @@
 """Verify plans by simulation, in parallel processes, with results independent of the number of workers.
 
 Each plan is simulated on the (possibly truncated) workload in a worker process (or a Ray task, with
-``executor="ray"``: :mod:`apex_opt.executors`); only the summary dict travels back. Results are collected by
-position, never by completion order, and every simulation uses the same seed, so ``workers=1`` and ``workers=2``,
-``local`` and ``ray``, give identical rankings.
+``executor="ray"``: :mod:`apex_opt.executors`); only the summary (a :class:`~apex_opt.sim.summary.SimSummary`)
+travels back. Results are collected by position, never by completion order, and every simulation uses the same
+seed, so ``workers=1`` and ``workers=2``, ``local`` and ``ray``, give identical rankings.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Self
@@ -25,8 +25,8 @@ from ..executors import (
     terminate_pool,
     usable_workers,
 )
-from ..metrics import MetricValues, with_derived
 from ..schema.plan import Deployment, Plan
+from ..sim.summary import SimSummary
 from ..specs import Specs
 from .sampling import ReplicaSample, replica_sample, sampled, scaled_up
 
@@ -34,18 +34,17 @@ from .sampling import ReplicaSample, replica_sample, sampled, scaled_up
 Simulator = Callable[..., Any]
 
 
-class SimMetrics(MetricValues):
-    """A simulation summary with attribute access (``r.ttft_p99_s``), named as in :mod:`apex_opt.metrics`.
-
-    Besides the simulator's own keys it always holds ``gpus``, ``goodput_per_gpu_req_s`` (with an SLO) and
-    ``cost_per_mtok_usd``. The planner's earlier names (``goodput_rps``, ``throughput_tok_s``,
-    ``energy_per_token_j``, ``cost``, ...) stay readable for one release, with a DeprecationWarning.
-    """
+#: a simulation summary, named as in :mod:`apex_opt.metrics` (the planner's earlier name for it): besides the
+#: simulator's own metrics it always holds ``gpus``, ``goodput_per_gpu_req_s`` (with an SLO) and
+#: ``cost_per_mtok_usd``; earlier names (``goodput_rps``, ``energy_per_token_j``, ``cost``, ...) stay readable for
+#: one release, with a DeprecationWarning
+SimMetrics = SimSummary
 
 
-def normalize_summary(summary: dict[str, Any], plan: Plan | Deployment) -> SimMetrics:
-    """A simulator summary as :class:`SimMetrics`: registry names, plus the metrics derived from the plan."""
-    return SimMetrics(with_derived(summary, plan.gpus))
+def normalize_summary(summary: Mapping[str, Any], plan: Plan | Deployment) -> SimSummary:
+    """A simulator summary (a :class:`SimSummary`, or a custom simulator's mapping of registered names) as a
+    :class:`SimSummary` with the metrics derived from the plan (a key that is no metric: a SpecError naming it)."""
+    return SimSummary.of(summary).with_derived(plan.gpus)
 
 
 def _default_simulator() -> Simulator:
@@ -56,7 +55,7 @@ def _default_simulator() -> Simulator:
 
 
 def _run_one(simulator: Simulator | None, specs: Specs, plan: Plan | Deployment, seed: int) -> tuple[str, Any]:
-    """Worker: ('ok', summary dict) or ('error', message) for an error a user can cause."""
+    """Worker: ('ok', summary) or ('error', message) for an error a user can cause."""
     sim = simulator or _default_simulator()
     try:
         result = sim(specs, plan, seed=seed)
@@ -69,7 +68,7 @@ def _run_one(simulator: Simulator | None, specs: Specs, plan: Plan | Deployment,
 @dataclass(frozen=True)
 class SimOutcome:
     plan: Plan | Deployment
-    metrics: SimMetrics | None
+    metrics: SimSummary | None
     error: str = ""
 
 

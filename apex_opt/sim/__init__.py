@@ -14,6 +14,7 @@ from .metrics import RequestRecords, SimResult, SLOTarget
 from .policies import Iteration, SchedulerPolicy, SglangPolicy, VllmV0Policy, VllmV1Policy
 from .router import ROUTERS
 from .run import run_simulation
+from .summary import SimSummary
 
 __all__ = [
     "FAMILIES",
@@ -32,6 +33,7 @@ __all__ = [
     "SchedulerPolicy",
     "SglangPolicy",
     "SimResult",
+    "SimSummary",
     "Simulation",
     "StageCost",
     "StaticReplicaCost",

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import MetricValues, with_derived
+from .summary import SimSummary
 
 STATS: tuple[str, ...] = ("mean", "p50", "p90", "p95", "p99")
 _Q = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0}
@@ -233,10 +233,12 @@ class SimResult:
     log: tuple[tuple, ...] | None = None
     iterations: tuple[tuple, ...] | None = None
 
-    def summary(self) -> MetricValues:
-        """The summary as a new dict (see the class docstring for the keys), named as in :mod:`apex_opt.metrics`
-        (earlier spellings such as ``cost`` stay readable for one release, with a DeprecationWarning)."""
-        return with_derived(self.summary_values)
+    def summary(self) -> SimSummary:
+        """The summary as a typed record (:class:`~apex_opt.sim.summary.SimSummary`; see the class docstring for
+        the keys), named as in :mod:`apex_opt.metrics`, with the derived ``goodput_per_gpu_req_s`` and
+        ``cost_per_mtok_usd`` (earlier spellings such as ``cost`` stay readable for one release, with a
+        DeprecationWarning)."""
+        return SimSummary.of(self.summary_values).with_derived()
 
     def __getitem__(self, key: str) -> Any:
         return self.summary()[key]
