@@ -7,13 +7,14 @@ import pytest
 import apex_opt as ax
 from apex_opt.catalog import get_engine, get_gpu, get_model
 from apex_opt.perf.engine_rules import resolve_engine, scheduler_config
+from apex_opt.perf.replica import build_replica
 from apex_opt.planner.space import _ep_choices
 from apex_opt.schema.engine import FAMILY_RULES, EngineSpec
 from apex_opt.schema.plan import Plan
 
 RULES = ("ep_whole_tp_group", "dp_attention", "small_gpu", "graph_batch_within_max_num_seqs",
          "async_output_needs_graphs", "default_seqs_within_budget", "budget_raised_to_seqs",
-         "unchunked_budget_covers_model_len", "prefill_chunks_with_decodes")
+         "unchunked_budget_covers_model_len", "prefill_chunks_with_decodes", "kv_pool_after_activations")
 
 
 def custom(name: str, **rules: object) -> EngineSpec:
@@ -107,3 +108,13 @@ def test_a_declared_prefill_chunk_rule_changes_how_the_planner_prices_prompts_ag
     separate, mixed = tpot(custom("sglang-0.4")), tpot(custom("sglang-0.4", prefill_chunks_with_decodes=True))
     assert get_engine("sglang-0.4").prefill_chunks_with_decodes is False
     assert mixed < separate
+
+
+def test_a_declared_kv_pool_rule_changes_the_kv_cache_a_replica_gets():
+    """vLLM sizes the KV cache after profiling the activation peak; SGLang profiles nothing (engines.md 4)."""
+    model, gpu = get_model("llama-3.1-8b"), get_gpu("h100-sxm-80gb")
+    plan = Plan(gpu="h100-sxm-80gb", engine="sglang-0.4", tp=1)
+    unprofiled = build_replica(model, gpu, plan, custom("sglang-0.4")).memory
+    profiled = build_replica(model, gpu, plan, custom("sglang-0.4", kv_pool_after_activations=True)).memory
+    assert get_engine("sglang-0.4").kv_pool_after_activations is False
+    assert profiled.kv_tokens != unprofiled.kv_tokens

@@ -169,12 +169,12 @@ def plan_memory(model: ModelSpec, gpu: GPUSpec, plan: Plan, settings: EngineSett
     for layout in layouts:
         weights = stage_weight_bytes(layout, model, plan, gpu)
         act = activation_peak(model, plan, settings, layout)
-        if settings.family == "sglang":
-            budget = total * util - CUDA_CONTEXT_BYTES
-            kv = budget - weights - fixed
-        else:
+        if settings.engine.kv_pool_after_activations:
             budget = total * util
             kv = budget - weights - act - fixed
+        else:  # nothing profiled: the pool is what the weights leave of the static fraction (SGLang)
+            budget = total * util - CUDA_CONTEXT_BYTES
+            kv = budget - weights - fixed
         per_token, window_reserve = kv_layout(model, plan, settings, layout, kv_bytes, kv)
         kv -= window_reserve
         graphs = GRAPH_BYTES_PER_SEQ * settings.graph_max_batch if settings.cuda_graphs else 0.0

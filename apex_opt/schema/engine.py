@@ -163,16 +163,19 @@ FAMILY_RULES: dict[str, dict[str, Any]] = {
     "vllm-v0": {"ep_whole_tp_group": True, "dp_attention": False, "small_gpu": None,
                 "graph_batch_within_max_num_seqs": True, "async_output_needs_graphs": True,
                 "default_seqs_within_budget": False, "budget_raised_to_seqs": True,
-                "unchunked_budget_covers_model_len": True, "prefill_chunks_with_decodes": True},
+                "unchunked_budget_covers_model_len": True, "prefill_chunks_with_decodes": True,
+                "kv_pool_after_activations": True},
     "vllm-v1": {"ep_whole_tp_group": True, "dp_attention": True,
                 "small_gpu": {"below": 70 * 2**30, "chunked_budget": 2048, "max_num_seqs": 256, "names": ("a100",)},
                 "graph_batch_within_max_num_seqs": False, "async_output_needs_graphs": False,
                 "default_seqs_within_budget": True, "budget_raised_to_seqs": False,
-                "unchunked_budget_covers_model_len": True, "prefill_chunks_with_decodes": True},
+                "unchunked_budget_covers_model_len": True, "prefill_chunks_with_decodes": True,
+                "kv_pool_after_activations": True},
     "sglang": {"ep_whole_tp_group": True, "dp_attention": True, "small_gpu": {"below": 25e9, "chunked_budget": 2048},
                "graph_batch_within_max_num_seqs": False, "async_output_needs_graphs": False,
                "default_seqs_within_budget": False, "budget_raised_to_seqs": False,
-               "unchunked_budget_covers_model_len": False, "prefill_chunks_with_decodes": False},
+               "unchunked_budget_covers_model_len": False, "prefill_chunks_with_decodes": False,
+               "kv_pool_after_activations": False},
 }
 
 
@@ -181,9 +184,9 @@ class EngineSpec(Spec):
 
     The engine rules ``ep_whole_tp_group``, ``dp_attention``, ``small_gpu``, ``graph_batch_within_max_num_seqs``,
     ``async_output_needs_graphs``, ``default_seqs_within_budget``, ``budget_raised_to_seqs``,
-    ``unchunked_budget_covers_model_len`` and ``prefill_chunks_with_decodes`` default to what the engine's ``family``
-    does (:data:`FAMILY_RULES`); a spec may declare its own. (The rules the simulator itself follows are
-    ``scheduler.behaviour``.)
+    ``unchunked_budget_covers_model_len``, ``prefill_chunks_with_decodes`` and ``kv_pool_after_activations`` default
+    to what the engine's ``family`` does (:data:`FAMILY_RULES`); a spec may declare its own. (The rules the
+    simulator itself follows are ``scheduler.behaviour``.)
 
     >>> from apex_opt.catalog import get_engine
     >>> e = get_engine("vllm-0.6")
@@ -242,6 +245,12 @@ class EngineSpec(Spec):
                                                     "longest prompt could never be scheduled (vLLM's "
                                                     "SchedulerConfig check). Default: the family's (true for vLLM, "
                                                     "false for SGLang)")
+    kv_pool_after_activations: bool = Field(default=True, description="the KV cache gets the memory budget less "
+                                            "the weights, the profiled activation peak and fixed overheads (vLLM "
+                                            "determine_num_available_blocks, engines.md 1.4); false: nothing is "
+                                            "profiled, the pool is the budget less the CUDA context, the weights and "
+                                            "fixed overheads (SGLang profile_max_num_token, engines.md 4, 'KV pool'). "
+                                            "Default: the family's (false for SGLang)")
     prefill_chunks_with_decodes: bool = Field(default=True, description="a chunk of a prompt runs in the same "
                                               "forward step as the running decodes (vLLM's chunked prefill, 0.6 and "
                                               "V1); false: a chunk is an extend batch of its own and the decodes wait "
