@@ -295,11 +295,7 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
     the cluster's links to the decode instances, which generate the rest, e.g.
     --prefill tp=4,dp=2 --decode tp=8,dp=1.
     """
-    if requests_out is not None:
-        check_output_file("--requests-out", requests_out)  # before the simulation, not after it
-    if speculative is not None and len(speculative) > 1:
-        raise click.BadParameter("k=auto is for solve; simulate one setting, e.g. eagle:k=3,acceptance=0.7",
-                                 param_hint="'--speculative'")
+    _check_inputs(requests_out, speculative)
     specs, plan = build_deployment(
         ctx, model=model, gpu=gpu, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, dp=dp,
         ep=ep, dp_attention=dp_attention, layers_per_stage=layers_per_stage, weight_dtype=weight_dtype,
@@ -310,50 +306,82 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
     specs = dataclasses.replace(specs, calibration=resolve_profile(calibration))
     if speculative:
         plan = with_speculative(plan, speculative[0])
-    show_progress = fmt == "table" and sys.stderr.isatty()
-    progress, callback = _progress_callback(show_progress)
-    kw: dict[str, Any] = {"router": router, "decode_router": decode_router, "seed": seed,
-                          "max_requests": max_requests, "measured_at": measured_at, **engine_knobs}
-    if progress is not None:
-        with progress:
-            result = run(specs, plan, progress=callback, **kw)
-    else:
-        result = run(specs, plan, **kw)
+    result = _run(specs, plan, fmt == "table" and sys.stderr.isatty(), router=router, decode_router=decode_router,
+                  seed=seed, max_requests=max_requests, measured_at=measured_at, **engine_knobs)
     summary = result.summary()
     if requests_out is not None:
         write_requests(result, requests_out)
     failed = no_completion(result, summary)
     if fmt == "json":
-        echo_json({"plan": plan.model_dump(mode="json"), "label": plan.label, "model": specs.model.name,
-                   "cluster": specs.cluster.name, "workload": specs.workload.name, "engine": specs.engine.name,
-                   "slo": specs.slo.describe() if not specs.slo.is_empty else None, **summary,
-                   "calibration": calibration_sources(specs.gpus.values(), specs.calibration),
-                   "notes": calibration_notes(specs.gpus.values(), specs.calibration),
-                   **({"error": failed} if failed else {})})
-        if failed:
-            ctx.exit(1)
-        return
-    if failed:
+        _render_json(specs, plan, summary, failed)
+    elif failed:
         click.echo(f"Error: {failed}", err=True)
-        ctx.exit(1)
-    out = console()
-    s = summary
-    rows = [
-        ["TTFT", *(format_time(s[f"ttft_{k}_s"]) for k in ("mean", "p50", "p90", "p99"))],
-        ["TPOT", *(format_time(s[f"tpot_{k}_s"]) for k in ("mean", "p50", "p90", "p99"))],
-        ["ITL", *(format_time(s[f"itl_{k}_s"]) for k in ("mean", "p50", "p90", "p99"))],
-        ["e2e latency", *(format_time(s[f"e2e_{k}_s"]) for k in ("mean", "p50", "p90", "p99"))],
-    ]
-    if isinstance(plan, Deployment):
-        kinds = {p.gpu for p in plan.plans}
-        label = " + ".join(p.label if len(kinds) == 1 else f"{p.label} on {p.gpu}" for p in plan.plans)
-        gpu_name = ", ".join(sorted(kinds))
     else:
-        label, gpu_name = plan.label, specs.gpu.name
+        _render_table(result, specs, plan, summary, requests_out)
+    if failed:
+        ctx.exit(1)
+
+
+def _check_inputs(requests_out: Path | None, speculative: tuple[Any, ...] | None) -> None:
+    """Fail before the simulation on a --requests-out path that cannot be written or a --speculative search."""
+    if requests_out is not None:
+        check_output_file("--requests-out", requests_out)  # before the simulation, not after it
+    if speculative is not None and len(speculative) > 1:
+        raise click.BadParameter("k=auto is for solve; simulate one setting, e.g. eagle:k=3,acceptance=0.7",
+                                 param_hint="'--speculative'")
+
+
+def _run(specs: Specs, plan: Plan | Deployment, show_progress: bool, **kw: Any) -> SimResult:
+    """:func:`apex_opt.simulate.simulate`, with a progress bar when ``show_progress``."""
+    progress, callback = _progress_callback(show_progress)
+    if progress is None:
+        return run(specs, plan, **kw)
+    with progress:
+        return run(specs, plan, progress=callback, **kw)
+
+
+def _render_json(specs: Specs, plan: Plan | Deployment, summary: Mapping[str, Any], failed: str | None) -> None:
+    echo_json({"plan": plan.model_dump(mode="json"), "label": plan.label, "model": specs.model.name,
+               "cluster": specs.cluster.name, "workload": specs.workload.name, "engine": specs.engine.name,
+               "slo": specs.slo.describe() if not specs.slo.is_empty else None, **summary,
+               "calibration": calibration_sources(specs.gpus.values(), specs.calibration),
+               "notes": calibration_notes(specs.gpus.values(), specs.calibration),
+               **({"error": failed} if failed else {})})
+
+
+def _render_table(result: SimResult, specs: Specs, plan: Plan | Deployment, s: Mapping[str, Any],
+                  requests_out: Path | None) -> None:
+    """The latency table, then a line per aspect of the run (throughput, rate, load, ..., notes)."""
+    out = console()
+    rows = [[name, *(format_time(s[f"{key}_{k}_s"]) for k in ("mean", "p50", "p90", "p99"))]
+            for name, key in (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("e2e latency", "e2e"))]
+    label, gpu_name = _plan_label(specs, plan)
     out.print(table(f"{specs.model.name} on {label} ({gpu_name}, {specs.engine.name}), "
                     f"workload {specs.workload.name}: {s['num_completed']:,} of {s['num_requests']:,} requests",
                     ["latency", "mean", "p50", "p90", "p99"], rows))
-    lines = [
+    lines = [*_summary_lines(s), *_feature_lines(result, specs, s)]
+    if "slo_attainment" in s and not specs.slo.is_empty:
+        lines.append(f"SLO          {specs.slo.describe()}: attainment {s['slo_attainment'] * 100:.1f}%, goodput "
+                     f"{s['goodput_req_s']:.2f} req/s, {'met' if s['slo_met'] else 'MISSED'}")
+    if requests_out is not None:
+        lines.append(f"requests     written to {requests_out}")
+    lines += [f"note         {note}" for note in calibration_notes(specs.gpus.values(), specs.calibration)]
+    for line in lines:
+        out.print(line, highlight=False)
+
+
+def _plan_label(specs: Specs, plan: Plan | Deployment) -> tuple[str, str]:
+    """The plan's label for the table title (each instance's, with its GPU when they differ) and its GPU kinds."""
+    if isinstance(plan, Deployment):
+        kinds = {p.gpu for p in plan.plans}
+        label = " + ".join(p.label if len(kinds) == 1 else f"{p.label} on {p.gpu}" for p in plan.plans)
+        return label, ", ".join(sorted(kinds))
+    return plan.label, specs.gpu.name
+
+
+def _summary_lines(s: Mapping[str, Any]) -> list[str]:
+    """The lines every run has: throughput, rate, load, engine, hardware, energy and cost."""
+    return [
         (f"throughput   {s['throughput_output_tok_s']:,.0f} output tok/s, {s['throughput_req_s']:.2f} req/s "
          f"over {format_time(s['makespan_s'])}"),
         rate_line(s),
@@ -368,6 +396,11 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
         (f"cost         {s['gpu_hours']:.2f} GPU-hours, ${s['cost_usd']:.2f}, ${s['cost_per_mtok_usd']:.2f} per "
          "million output tokens"),
     ]
+
+
+def _feature_lines(result: SimResult, specs: Specs, s: Mapping[str, Any]) -> list[str]:
+    """The lines of the features this run used: prefix caching, speculative decoding, disaggregation."""
+    lines = []
     if "prefix_cache_hit_rate" in s:
         note = "" if getattr(specs.workload, "segments", None) is not None else \
             " (the workload describes no shared prefixes)"
@@ -375,22 +408,21 @@ def simulate(ctx: click.Context, model: str, gpu: str, cluster: str | None, node
     if "spec_tokens_per_step" in s:
         lines.append(f"speculative  {s['spec_tokens_per_step']:.2f} tokens per verify step (bonus token included)")
     if "num_kv_transfers" in s:
-        lines.append(
-            f"KV transfer  {s['num_kv_transfers']:,} transfers, {s['kv_transfer_bytes'] / 2**30:,.1f} GiB, "
-            f"{format_time(s['kv_transfer_mean_s'])} mean / {format_time(s['kv_transfer_p99_s'])} p99, "
-            f"{format_time(s['kv_transfer_wait_mean_s'])} mean wait for decode memory and links")
-        for role in ("prefill", "decode"):
-            reps = [r for r in result.per_replica if r.get("role") == role]
-            busy = sum(r["busy_fraction"] for r in reps) / len(reps)
-            lines.append(f"{role:<12} {len(reps)} instance{'s' if len(reps) != 1 else ''}, busy {busy * 100:.0f}%")
-    if "slo_attainment" in s and not specs.slo.is_empty:
-        lines.append(f"SLO          {specs.slo.describe()}: attainment {s['slo_attainment'] * 100:.1f}%, goodput "
-                     f"{s['goodput_req_s']:.2f} req/s, {'met' if s['slo_met'] else 'MISSED'}")
-    if requests_out is not None:
-        lines.append(f"requests     written to {requests_out}")
-    lines += [f"note         {note}" for note in calibration_notes(specs.gpus.values(), specs.calibration)]
-    for line in lines:
-        out.print(line, highlight=False)
+        lines += _kv_transfer_lines(result, s)
+    return lines
+
+
+def _kv_transfer_lines(result: SimResult, s: Mapping[str, Any]) -> list[str]:
+    """Disaggregated runs: the KV transfers, then a line per role (instances and how busy they were)."""
+    lines = [
+        (f"KV transfer  {s['num_kv_transfers']:,} transfers, {s['kv_transfer_bytes'] / 2**30:,.1f} GiB, "
+         f"{format_time(s['kv_transfer_mean_s'])} mean / {format_time(s['kv_transfer_p99_s'])} p99, "
+         f"{format_time(s['kv_transfer_wait_mean_s'])} mean wait for decode memory and links")]
+    for role in ("prefill", "decode"):
+        reps = [r for r in result.per_replica if r.get("role") == role]
+        busy = sum(r["busy_fraction"] for r in reps) / len(reps)
+        lines.append(f"{role:<12} {len(reps)} instance{'s' if len(reps) != 1 else ''}, busy {busy * 100:.0f}%")
+    return lines
 
 
 #: why the engine turned a request away (``RequestRecords.reject_reason``), and what would let it in

@@ -38,6 +38,7 @@ from ..specs import (
     DEFAULT_MODEL,
     DEFAULT_SLO,
     DEFAULT_WORKLOAD,
+    Specs,
     load_specs,
     with_engine_settings,
 )
@@ -134,60 +135,24 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
                                  measured_at=measured_at, **engine_knobs)
     if ray_address is None:  # on a Ray cluster its CPUs, not this machine's, decide how many run at once
         note_workers(workers, max_simulations if max_simulations is not None else 5 * top_k + 5)
-    if plot_file is not None:  # a bad --plot path fails now, not after the solve
-        from ..plots import check_path
-
-        check_path(plot_file)
-    with VerificationBar(enabled=fmt == "table" and stderr_is_terminal()) as bar:
-        result = run_solve(specs, objective=objective, constraints=list(constraint_files), top_k=top_k,
-                           solver=solver, quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
-                           disaggregation=disaggregation,
-                           tp_across_nodes=tp_across_nodes, max_requests=max_requests,
-                           verify_requests=verify_requests, seed=seed, workers=workers, time_limit=time_limit, max_simulations=max_simulations, executor=executor,
-                           ray_address=ray_address,
-                           speculative=None if speculative is None else
-                           (speculative if len(speculative) == 1 else (None, *speculative)),
-                           progress=bar.say if bar.enabled else None,
-                           simulation_progress=bar.update if bar.enabled else None)
-    if plot_file is not None:
-        from ..plots import plot_solve
-
-        plot_solve(result, plot_file, slo=specs.slo)
-        click.echo(f"Wrote {plot_file}", err=True)
-    if emit_k8s is not None and result.plans:
-        from ..errors import ApexOptError
-        from ..planner.k8s import emit_k8s as write_k8s
-
-        try:
-            for path in write_k8s(result, emit_k8s):
-                click.echo(f"Wrote {path}", err=True)
-        except ApexOptError as exc:
-            click.echo(f"Note: no Kubernetes manifests: {exc.render('cli')}", err=True)
-    bench, written, bench_error = None, [], None
+    _check_plot_path(plot_file)
+    result = _run(specs, progress=fmt == "table", objective=objective, constraints=list(constraint_files),
+                  top_k=top_k, solver=solver, quantization=quantization, kv_dtype=kv_dtype, use_all_gpus=use_all_gpus,
+                  disaggregation=disaggregation, tp_across_nodes=tp_across_nodes, max_requests=max_requests,
+                  verify_requests=verify_requests, seed=seed, workers=workers, time_limit=time_limit,
+                  max_simulations=max_simulations, executor=executor, ray_address=ray_address,
+                  speculative=_speculative_choices(speculative))
+    _write_plot(result, plot_file, specs)
+    _write_k8s(result, emit_k8s)
+    bench: Benchmark | None = None
+    written: list[str] = []
+    bench_error: str | None = None
     if result.plans:
-        options = ([] if cuda_graphs is None else ["--cuda-graphs" if cuda_graphs else "--no-cuda-graphs"]) + \
-            ([f"--attention-backend {attention_backend}"] if attention_backend else []) + \
-            ([] if engine_knobs.get("prefix_caching") is None else
-             ["--prefix-caching" if engine_knobs["prefix_caching"] else "--no-prefix-caching"]) + \
-            ([f"--calibration {shlex.quote(str(calibration))}"] if calibration is not None else [])
-        gpu_file = gpu if gpu is not None and Path(gpu).suffix.lower() in (".yaml", ".yml", ".json") else None
-        workload_run = specs.workload.head(max_requests) if max_requests else specs.workload
-        try:
-            # a Hugging Face id as the catalog spells it: the client must name the model exactly as the server does
-            served = specs.model.hf_repo if is_repo_id(model) and specs.model.hf_repo else model
-            bench = benchmark_command(result.plans[0].plan, served, workload_run, engine=specs.engine.name,
-                                      directory=benchmark_dir, seed=seed,
-                                      gpus_per_node=result.problem.get("gpus_per_node", 8), validate_options=options,
-                                      gpu_ref=gpu_file)
-        except SpecError as exc:  # an engine no benchmark client is known for: the solve stands without it
-            bench_error = exc.render("cli")
-        if bench is not None and benchmark_dir is not None:
-            written = write_files(bench)
+        options = _validate_options(cuda_graphs, attention_backend, engine_knobs.get("prefix_caching"), calibration)
+        bench, written, bench_error = _benchmark(result, specs, model=model, gpu=gpu, max_requests=max_requests,
+                                                 benchmark_dir=benchmark_dir, seed=seed, options=options)
     if fmt == "json":
-        data = result.to_dict()
-        data["benchmark"] = bench.to_dict(written) if bench is not None else \
-            ({"error": bench_error} if bench_error else None)
-        echo_json(data)
+        _render_json(result, bench, written, bench_error)
         if not result.plans:
             sys.exit(1)
         return
@@ -195,6 +160,83 @@ def solve(model: str, cluster: str | None, gpu: str | None, nodes: int | None, g
         raise InfeasibleError(unverified_message(result), ("simulation",))
     render_table(result)
     render_benchmark(bench, written, bench_error)
+
+
+def _check_plot_path(plot_file: Path | None) -> None:
+    if plot_file is not None:  # a bad --plot path fails now, not after the solve
+        from ..plots import check_path
+
+        check_path(plot_file)
+
+
+def _speculative_choices(speculative: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """--speculative as the planner takes it: one setting, or the settings to choose from (None: also without)."""
+    if speculative is None:
+        return None
+    return speculative if len(speculative) == 1 else (None, *speculative)
+
+
+def _run(specs: Specs, *, progress: bool, **kw: Any) -> PlanSet:
+    """:func:`apex_opt.planner.solve.solve`, with the verification bar on stderr when ``progress`` and stderr is a
+    terminal."""
+    with VerificationBar(enabled=progress and stderr_is_terminal()) as bar:
+        return run_solve(specs, **kw, progress=bar.say if bar.enabled else None,
+                         simulation_progress=bar.update if bar.enabled else None)
+
+
+def _write_plot(result: PlanSet, plot_file: Path | None, specs: Specs) -> None:
+    if plot_file is not None:
+        from ..plots import plot_solve
+
+        plot_solve(result, plot_file, slo=specs.slo)
+        click.echo(f"Wrote {plot_file}", err=True)
+
+
+def _write_k8s(result: PlanSet, directory: Path | None) -> None:
+    """--emit-k8s: the best plan's manifests (a note on stderr when they cannot be written)."""
+    if directory is None or not result.plans:
+        return
+    from ..errors import ApexOptError
+    from ..planner.k8s import emit_k8s as write_k8s
+
+    try:
+        for path in write_k8s(result, directory):
+            click.echo(f"Wrote {path}", err=True)
+    except ApexOptError as exc:
+        click.echo(f"Note: no Kubernetes manifests: {exc.render('cli')}", err=True)
+
+
+def _validate_options(cuda_graphs: bool | None, attention_backend: str | None, prefix_caching: bool | None,
+                      calibration: Path | None) -> list[str]:
+    """The engine and calibration flags of this solve, for the benchmark's validate command."""
+    return ([] if cuda_graphs is None else ["--cuda-graphs" if cuda_graphs else "--no-cuda-graphs"]) + \
+        ([f"--attention-backend {attention_backend}"] if attention_backend else []) + \
+        ([] if prefix_caching is None else ["--prefix-caching" if prefix_caching else "--no-prefix-caching"]) + \
+        ([f"--calibration {shlex.quote(str(calibration))}"] if calibration is not None else [])
+
+
+def _benchmark(result: PlanSet, specs: Specs, *, model: str, gpu: str | None, max_requests: int | None,
+               benchmark_dir: Path | None, seed: int, options: list[str]) -> tuple[Benchmark | None, list[str], str | None]:
+    """The best plan's benchmark, the files written for it (--benchmark-dir) and why there is none (or None)."""
+    gpu_file = gpu if gpu is not None and Path(gpu).suffix.lower() in (".yaml", ".yml", ".json") else None
+    workload_run = specs.workload.head(max_requests) if max_requests else specs.workload
+    try:
+        # a Hugging Face id as the catalog spells it: the client must name the model exactly as the server does
+        served = specs.model.hf_repo if is_repo_id(model) and specs.model.hf_repo else model
+        bench = benchmark_command(result.plans[0].plan, served, workload_run, engine=specs.engine.name,
+                                  directory=benchmark_dir, seed=seed,
+                                  gpus_per_node=result.problem.get("gpus_per_node", 8), validate_options=options,
+                                  gpu_ref=gpu_file)
+    except SpecError as exc:  # an engine no benchmark client is known for: the solve stands without it
+        return None, [], exc.render("cli")
+    return bench, write_files(bench) if benchmark_dir is not None else [], None
+
+
+def _render_json(result: PlanSet, bench: Benchmark | None, written: list[str], bench_error: str | None) -> None:
+    data = result.to_dict()
+    data["benchmark"] = bench.to_dict(written) if bench is not None else \
+        ({"error": bench_error} if bench_error else None)
+    echo_json(data)
 
 
 def stderr_is_terminal() -> bool:

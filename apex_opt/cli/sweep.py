@@ -209,29 +209,61 @@ def sweep(ctx: click.Context, grid_file: Path | None, rates: tuple[str, ...], sl
     apex-opt sweep --plan tp=1 --model llama-3.1-8b --vary max_num_seqs=32,64,128 --rate 8rps,16rps
     apex-opt sweep --grid sweep.yaml --out sweep.parquet --plot sweep.png
     """
+    _check_outputs(out_file, plot_file)
+    grid, plan = _grid_from_flags(grid_file, plan_spec, varied, rate=_split(rates), slo=list(slos), gpu=_split(gpus),
+                                  model=_split(models), engine=_split(engines), workload=list(workloads))
+    rows = _run(grid, plan=plan, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node, objective=objective,
+                seed=seed, max_requests=max_requests, workers=workers, calibration=calibration, executor=executor,
+                ray_address=ray_address)
+    if out_file is not None:
+        write_rows(rows, out_file)
+    axes = [c for c in columns(rows) if c not in METRICS and c not in ("plan", "error")]
+    if plot_file is not None:
+        plot_rows(rows, plot_file, axes, plot_x, plot_y, plot_group)
+    _render(rows, axes, fmt)
+    _say_written(out_file, plot_file)
+    if rows and all(r["error"] for r in rows):
+        ctx.exit(1)
+
+
+def _check_outputs(out_file: Path | None, plot_file: Path | None) -> None:
+    """Fail before the sweep on an --out or --plot path that cannot be written, or an --out format this
+    environment cannot write."""
     for option, path in (("--out", out_file), ("--plot", plot_file)):
         if path is not None:
             check_output_file(option, path)
-    if out_file is not None and out_file.suffix.lower() not in (".csv", ".parquet"):
+    if out_file is None:
+        return
+    if out_file.suffix.lower() not in (".csv", ".parquet"):
         raise SpecError(f"--out {shorten(str(out_file))}: give a .csv or .parquet file name")
-    if out_file is not None and out_file.suffix.lower() == ".parquet":
+    if out_file.suffix.lower() == ".parquet":
         try:
             import pyarrow  # noqa: F401
         except ModuleNotFoundError:
             raise SpecError(f"--out {shorten(str(out_file))}: writing Parquet needs pyarrow, which is not installed; "
                             "pip install pyarrow, or write a .csv file") from None
+
+
+def _vary_axis(item: str) -> tuple[str, list[Any]]:
+    """One --vary KEY=V,V,... as an axis name and its values."""
+    key, sep, values = item.partition("=")
+    key = key.strip().lower().replace("-", "_")
+    if not sep or not values.strip():
+        raise SpecError(f"--vary {shorten(item)}: write KEY=V,V,..., e.g. --vary max_num_seqs=64,128")
+    if key not in PLAN_AXES:
+        raise SpecError(f"--vary {shorten(item)}: '{key}' is not a plan or engine setting; use one of "
+                        f"{', '.join(PLAN_AXES)} (rates, SLOs, GPUs, models and engines have their own flags)")
+    return key, [_scalar(v) for v in _split([values])]
+
+
+def _grid_from_flags(grid_file: Path | None, plan_spec: str | None, varied: Sequence[str],
+                     **flags: list[Any]) -> tuple[dict[str, Any], Any]:
+    """The grid (the --grid file's axes, replaced by the axes given as flags and --vary) and the plan (--plan,
+    else the file's), or SpecError."""
     grid, plan = read_grid(grid_file) if grid_file is not None else ({}, None)
-    flags: dict[str, list[Any]] = {"rate": _split(rates), "slo": list(slos), "gpu": _split(gpus),
-                                   "model": _split(models), "engine": _split(engines), "workload": list(workloads)}
     for item in varied:
-        key, sep, values = item.partition("=")
-        key = key.strip().lower().replace("-", "_")
-        if not sep or not values.strip():
-            raise SpecError(f"--vary {shorten(item)}: write KEY=V,V,..., e.g. --vary max_num_seqs=64,128")
-        if key not in PLAN_AXES:
-            raise SpecError(f"--vary {shorten(item)}: '{key}' is not a plan or engine setting; use one of "
-                            f"{', '.join(PLAN_AXES)} (rates, SLOs, GPUs, models and engines have their own flags)")
-        flags[key] = [_scalar(v) for v in _split([values])]
+        key, values = _vary_axis(item)
+        flags[key] = values
     grid.update({k: v for k, v in flags.items() if v})
     if plan_spec is not None:
         plan = parse_role_spec("--plan", plan_spec, keys=PLAN_KEYS, form=PLAN_FORM)
@@ -240,38 +272,57 @@ def sweep(ctx: click.Context, grid_file: Path | None, rates: tuple[str, ...], sl
     if not grid:
         raise SpecError("sweep needs at least one axis: e.g. --rate 1rps,2rps,4rps, --gpu h100-sxm-80gb,"
                         "a100-sxm-80gb, --slo ... (repeat) or --grid FILE.yaml")
+    return grid, plan
+
+
+def _run(grid: dict[str, Any], **kw: Any) -> list[dict[str, Any]]:
+    """:func:`apex_opt.sweep.sweep`, with a progress bar on stderr when it is a terminal."""
     progress, update = _progress(sys.stderr.isatty())
-    kw: dict[str, Any] = {"plan": plan, "cluster": cluster, "nodes": nodes, "gpus_per_node": gpus_per_node,
-                          "objective": objective, "seed": seed, "max_requests": max_requests, "workers": workers,
-                          "calibration": calibration, "progress": update, "executor": executor,
-                          "ray_address": ray_address}
-    if progress is not None:
-        with progress:
-            rows = run(grid, **kw)
-    else:
-        rows = run(grid, **kw)
-    if out_file is not None:
-        write_rows(rows, out_file)
-    axes = [c for c in columns(rows) if c not in METRICS and c not in ("plan", "error")]
-    if plot_file is not None:
-        plot_rows(rows, plot_file, axes, plot_x, plot_y, plot_group)
+    if progress is None:
+        return run(grid, progress=update, **kw)
+    with progress:
+        return run(grid, progress=update, **kw)
+
+
+def _render(rows: list[dict[str, Any]], axes: list[str], fmt: str) -> None:
+    """The rows on stdout: a JSON document or a table."""
     if fmt == "json":
         echo_json({"points": len(rows), "failed": sum(1 for r in rows if r["error"]), "rows": rows})
     else:
-        shown = [m for m in TABLE_METRICS if any(m in r for r in rows)]
-        changing = [a for a in axes if len({repr(r.get(a)) for r in rows}) > 1]
-        same = [f"{a} {rows[0].get(a)}" for a in axes if a not in changing] if rows else []
-        body = [[*(escape(_text(r.get(a))) for a in changing), escape(r["plan"]),
-                 *(METRICS[m].format(r.get(m)) for m in shown)] for r in rows]
-        out = Console(width=max(160, Console().width), soft_wrap=False)
-        title = f"sweep: {len(rows)} points" + (f"; {', '.join(same)}" if same else "")
-        out.print(table(escape(title), [*changing, "plan", *(METRICS[m].label for m in shown)], body))
-        for r in rows:
-            if r["error"]:
-                point = ", ".join(f"{a}={r.get(a)}" for a in axes)
-                out.print(f"failed: {escape(point)}: {escape(r['error'])}", highlight=False)
-    for path in (out_file, plot_file):
+        _render_table(rows, axes)
+
+
+def _render_table(rows: list[dict[str, Any]], axes: list[str]) -> None:
+    """The rows as a table on stdout (the axes that change and the table metrics), then the failed points."""
+    shown = [m for m in TABLE_METRICS if any(m in r for r in rows)]
+    changing = [a for a in axes if len({repr(r.get(a)) for r in rows}) > 1]
+    body = [_table_row(r, changing, shown) for r in rows]
+    out = Console(width=max(160, Console().width), soft_wrap=False)
+    out.print(table(escape(_table_title(rows, axes, changing)),
+                    [*changing, "plan", *(METRICS[m].label for m in shown)], body))
+    _print_failures(out, rows, axes)
+
+
+def _print_failures(out: Console, rows: list[dict[str, Any]], axes: list[str]) -> None:
+    """A line per failed point: its axis values and the reason."""
+    for r in rows:
+        if r["error"]:
+            point = ", ".join(f"{a}={r.get(a)}" for a in axes)
+            out.print(f"failed: {escape(point)}: {escape(r['error'])}", highlight=False)
+
+
+def _table_row(row: dict[str, Any], changing: list[str], shown: list[str]) -> list[str]:
+    return [*(escape(_text(row.get(a))) for a in changing), escape(row["plan"]),
+            *(METRICS[m].format(row.get(m)) for m in shown)]
+
+
+def _table_title(rows: list[dict[str, Any]], axes: list[str], changing: list[str]) -> str:
+    """The number of points and the axes that keep one value, e.g. ``sweep: 2 points; model llama-3.1-8b``."""
+    same = [f"{a} {rows[0].get(a)}" for a in axes if a not in changing] if rows else []
+    return f"sweep: {len(rows)} points" + (f"; {', '.join(same)}" if same else "")
+
+
+def _say_written(*paths: Path | None) -> None:
+    for path in paths:
         if path is not None:
             click.echo(f"Wrote {path}", err=True)
-    if rows and all(r["error"] for r in rows):
-        ctx.exit(1)
