@@ -94,3 +94,17 @@ def test_ctrl_c_during_a_solve_exits_130_and_leaves_no_worker_behind() -> None:
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # nobody is left in the group
+
+
+def test_a_thread_that_never_ends_holds_the_exit_for_a_bounded_time_only() -> None:
+    """After Ctrl-C a worker pool's manager thread may outlive its terminated workers; the interpreter's own exit
+    would wait for it for ever."""
+    program = ("import threading, time\n"
+               "from apex_opt.cli import main as m\n"
+               "m.EXIT_WAIT_S = 0.5\n"
+               "threading.Thread(target=time.sleep, args=(600,)).start()\n"
+               "m.exit_now(130)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 130, done.stderr
+    assert time.monotonic() - started < 30

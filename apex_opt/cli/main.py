@@ -10,6 +10,7 @@ import re
 import sys
 import textwrap
 import threading
+import time
 from typing import Any
 
 import click
@@ -19,6 +20,8 @@ from ..errors import ECHO_LIMIT, ApexOptError
 
 #: exit code after Ctrl-C (128 + SIGINT), with the message "Interrupted."
 INTERRUPTED = 130
+#: seconds the console script waits, at exit, for threads other than daemons to end (:func:`exit_now`)
+EXIT_WAIT_S = 10.0
 
 
 def cap_echoes(message: str) -> str:
@@ -112,15 +115,18 @@ def exit_now(code: int | str | None) -> None:
     By then the command has written its output and closed its files and worker pools; what is left is freeing
     every object of a solved problem (CP-SAT, pandas, pydantic), which took 0.2-0.3 s after the default
     ``apex-opt solve`` (``docs/planner.md``). So: run the ``atexit`` handlers (logging's and Ray's shutdown among
-    them), flush the standard streams, and leave. Threads other than daemons still running (never the case
-    after a command returns) get the ordinary interpreter exit instead, which waits for them.
+    them), flush the standard streams, and leave. A thread other than a daemon still running (never the case
+    after a command returns; a worker pool's manager thread after Ctrl-C terminated its workers) is waited for
+    up to :data:`EXIT_WAIT_S` seconds, where the interpreter's own exit would wait for ever.
     """
     if isinstance(code, str):  # sys.exit("message"): printed, status 1
         click.echo(code, err=True)
         code = 1
     status = 0 if code is None else int(code)
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        sys.exit(status)
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for thread in threading.enumerate():  # none after a command returns; a worker pool's, after Ctrl-C, perhaps
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(deadline - time.monotonic(), 0.0))
     atexit._run_exitfuncs()  # logging's shutdown is one of them; what they print is flushed below
     for stream in (sys.stdout, sys.stderr):
         try:
