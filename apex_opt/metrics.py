@@ -42,6 +42,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
+from .errors import SpecError
+
 #: lower is better, higher is better, neither (a count or a setting that describes the run)
 LOWER, HIGHER, NEITHER = -1, +1, 0
 
@@ -319,8 +321,6 @@ class MetricRecord(Mapping[str, Any]):
         for key, value in values.items():
             name = key if key in names else FORMERLY.get(key, key)
             if name not in names:
-                from .errors import SpecError
-
                 raise SpecError(f"{cls._given_as}: no metric '{key}' in {cls._what}; its fields are "
                                 f"{', '.join(names)} ({cls.__module__}.{cls.__name__})")
             if name == key or name not in values:

@@ -174,8 +174,8 @@ class StageCost:
         self._eager_gpu = np.zeros(0)
         self._decode_cache: dict[tuple[int, int], tuple[float, float]] = {}
         self._head_cache: dict[int, float] = {}
-        self._comm_memo: dict[tuple, dict[float, float]] = {}
-        self._comm_curves: dict[tuple, Callable[[float], float]] = {}
+        #: (kind, size, link, custom all-reduce) -> the collective's curve and its values by message size
+        self._comm: dict[tuple, tuple[Callable[[float], float], dict[float, float]]] = {}
         self._last_shape: BatchShape | None = None
         self._last_time = 0.0
 
@@ -271,12 +271,11 @@ class StageCost:
         call is ``custom_allreduce_graph_saving_s`` shorter (``serving.yaml``, ``docs/calibration.md`` section 5).
         """
         key = (kind, size, link, custom)
-        memo = self._comm_memo.setdefault(key, {})
-        curve = self._comm_curves.get(key)
-        if curve is None:
-            curve = self._comm_curves[key] = collective_curve(
-                kind, size, nodes=link.domains, intra_bw=link.intra_bandwidth, inter_bw=link.inter_bandwidth,
-                params=self._coll, intra_fabric=_fabric(link), custom_allreduce=custom)
+        if key not in self._comm:
+            self._comm[key] = (collective_curve(kind, size, nodes=link.domains, intra_bw=link.intra_bandwidth,
+                                                inter_bw=link.inter_bandwidth, params=self._coll,
+                                                intra_fabric=_fabric(link), custom_allreduce=custom), {})
+        curve, memo = self._comm[key]
         saving = self._graph_saving if graph and custom and \
             custom_allreduce_applies(0.0, size, nodes=link.nodes, intra_fabric=_fabric(link)) else 0.0
         out = np.empty_like(nbytes, dtype=float)
